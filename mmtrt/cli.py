@@ -1,0 +1,32 @@
+"""The `mmtrt` command line. Each command lives beside the code it drives and is imported only
+when it runs, so `mmtrt --help` stays fast (no torch import)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> "module:click command". Only commands that work are listed here.
+COMMANDS = {
+    "synth": "mmtrt.data.commands:synth",
+    "init": "mmtrt.commands:init_checkpoint",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmtrt")
+def main():
+    """Train, export, serve and benchmark MultiMix: joint chest X-ray classification + lung
+    segmentation with a saliency bridge."""

@@ -1,0 +1,479 @@
+"""Run the real Triton Inference Server (``tritonserver``) as a child process.
+
+Two sources for the binary, in this order (see :func:`find_tritonserver`):
+
+1. a ``tritonserver`` on PATH (inside NVIDIA's Triton container: it brings its own backends);
+2. the binary bundled in ``nvidia-pytriton`` (``pip install --no-deps nvidia-pytriton==0.7.0``):
+   a real Triton 2.51.0 with only the python backend. For it :class:`TritonServer` prepares a
+   backend directory (links to ``libtriton_python.so``, ``triton_python_backend_utils.py`` and
+   the python-backend stub built for the running Python version) and puts this interpreter's
+   folder first on PATH, because the stub finds its packages (numpy, onnxruntime) through the
+   ``python3`` on PATH (PYTHONPATH is ignored).
+
+The server runs in its own process group with its output in a log file that is kept after
+stop; start-up failures raise :class:`ServingError` carrying the tail of that log.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import weakref
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = ["ServingError", "TritonServer", "find_tritonserver", "bundled_tritonserver_root"]
+
+_INSTALL_HINT = (
+    "install the Triton server binary with `pip install --no-deps nvidia-pytriton==0.7.0` "
+    "(or `pip install -e '.[serve]'`, see scripts/setup.sh), or run inside NVIDIA's Triton "
+    "Inference Server container where `tritonserver` is on PATH"
+)
+
+# "failed to start HTTP service: Unavailable - Socket '127.0.0.1:60385' already in use", or
+# gRPC's "No address added out of total 1 resolved for '127.0.0.1:44185' {... Address already in use"
+_QUOTED_PORT = re.compile(r"'[^']*:(\d+)\s*'")
+
+
+# "E1125 23:26:45.733378 3932 backend_model.cc:692] message"
+_ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (.*)$")
+# Error lines the bundled server always logs on a machine without a GPU.
+_HARMLESS = ("CudaDriverHelper has not been initialized", "pinned memory",
+             "CUDA driver version is insufficient")
+
+
+class ServingError(RuntimeError):
+    """The Triton server or its model repository could not be prepared, started or used."""
+
+
+# --------------------------------------------------------------------------- locating the binary
+
+def bundled_tritonserver_root() -> Path | None:
+    """``site-packages/pytriton/tritonserver`` of an installed nvidia-pytriton, else None.
+
+    The pytriton package is located without importing it (its Python API and dependencies are
+    not installed here, only the binary is used).
+    """
+    candidates: list[Path] = []
+    try:
+        spec = importlib.util.find_spec("pytriton")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) for p in spec.submodule_search_locations]
+    for entry in sys.path:
+        if entry:
+            candidates.append(Path(entry) / "pytriton")
+    for pkg in candidates:
+        root = pkg / "tritonserver"
+        if (root / "bin" / "tritonserver").is_file():
+            return root
+    return None
+
+
+def find_tritonserver() -> Path:
+    """The ``tritonserver`` binary: one on PATH first, else the one bundled in nvidia-pytriton."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Path(on_path)
+    root = bundled_tritonserver_root()
+    if root is not None:
+        binary = root / "bin" / "tritonserver"
+        if os.access(binary, os.X_OK):
+            return binary
+        raise ServingError(f"the bundled tritonserver at {binary} is not executable; "
+                           f"reinstall it: {_INSTALL_HINT}")
+    raise ServingError(f"no tritonserver binary found (none on PATH, no nvidia-pytriton "
+                       f"installed for {sys.executable}): {_INSTALL_HINT}")
+
+
+def _bundled_root_of(binary: Path) -> Path | None:
+    """The pytriton ``tritonserver`` folder if ``binary`` is the bundled one, else None."""
+    root = binary.resolve().parent.parent
+    if (root / "backends" / "python" / "libtriton_python.so").is_file() and \
+            (root / "python_backend_stubs").is_dir():
+        return root
+    return None
+
+
+def _prepare_backend_dir(root: Path, dest: Path) -> Path:
+    """Build ``dest/python/`` with links to the bundled python backend and the stub for this
+    Python version; return ``dest`` (the value for ``--backend-directory``)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        have = sorted(p.name for p in (root / "python_backend_stubs").iterdir() if p.is_dir())
+        raise ServingError(f"the bundled Triton has no python-backend stub for Python {version} "
+                           f"(it has {', '.join(have) or 'none'}); run mmtrt with one of those "
+                           "Python versions")
+    py = dest / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for src in (root / "backends" / "python" / "libtriton_python.so",
+                root / "backends" / "python" / "triton_python_backend_utils.py",
+                stub):
+        if not src.is_file():
+            raise ServingError(f"the bundled Triton is incomplete: {src} is missing; "
+                               f"reinstall it: {_INSTALL_HINT}")
+        (py / src.name).symlink_to(src)
+    return dest
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _client_host(host: str) -> str:
+    """The address a local client uses to reach a server bound to ``host``."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def _model_names(repository: Path) -> list[str]:
+    return sorted(p.name for p in repository.iterdir()
+                  if p.is_dir() and not p.name.startswith("."))
+
+
+def _offline_config_problems(repository: Path) -> list[str]:
+    """Problems :func:`mmtrt.serving.repository.validate_config` finds in the repository."""
+    from .repository import validate_config  # (repository imports this module)
+
+    problems = []
+    try:
+        configs = sorted(repository.glob("*/config.pbtxt"))
+    except OSError:
+        return problems
+    for config in configs:
+        try:
+            validate_config(config)
+        except ServingError as e:
+            problems.append(str(e))
+    return problems
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we cannot signal still exists
+        return True
+    return True
+
+
+# Servers started by this process, stopped at interpreter exit if their owner forgot to: the
+# server runs in its own session, so nothing else would end it.
+_RUNNING: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop()
+
+
+# --------------------------------------------------------------------------- the server
+
+class TritonServer:
+    """A real ``tritonserver`` serving ``repository``; use as a context manager.
+
+    Ports given as 0 are picked free on ``host`` (loopback by default). ``log_file`` receives the
+    server's stdout and stderr (default: a ``mmtrt-tritonserver-*.log`` file in the temp folder,
+    kept after stop). ``extra_args`` are appended to the command line as given.
+    """
+
+    def __init__(self, repository: Path, *, host: str = "127.0.0.1", http_port: int = 0,
+                 grpc_port: int = 0, metrics_port: int = 0, log_file: Path | None = None,
+                 extra_args: Sequence[str] = (), model_control_mode: str = "none",
+                 tritonserver: Path | None = None, exit_timeout_s: int = 5):
+        self.repository = Path(repository).resolve()
+        self.host = host
+        self._requested_ports = {"http": int(http_port), "grpc": int(grpc_port),
+                                 "metrics": int(metrics_port)}
+        self.ports = dict(self._requested_ports)
+        self.extra_args = tuple(str(a) for a in extra_args)
+        if model_control_mode not in ("none", "poll", "explicit"):
+            raise ValueError(f"model_control_mode must be 'none', 'poll' or 'explicit', "
+                             f"got {model_control_mode!r}")
+        self.model_control_mode = model_control_mode
+        self.exit_timeout_s = int(exit_timeout_s)
+        self._binary = Path(tritonserver) if tritonserver is not None else None
+        if log_file is None:
+            fd, name = tempfile.mkstemp(prefix="mmtrt-tritonserver-", suffix=".log")
+            os.close(fd)
+            log_file = Path(name)
+        self.log_path = Path(log_file)
+        self.command: list[str] = []
+        self._proc: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._log_offset = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint (the form tritonclient.http expects)."""
+        return f"{_client_host(self.host)}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint (the form tritonclient.grpc expects)."""
+        return f"{_client_host(self.host)}:{self.ports['grpc']}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Full URL of the Prometheus metrics page."""
+        return f"http://{_client_host(self.host)}:{self.ports['metrics']}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ log
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines this server (its latest launch) wrote to its log."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_offset)
+                text = fh.read().decode("utf-8", "replace")
+        except OSError as e:
+            return f"(log {self.log_path} unreadable: {e})"
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def log_errors(self) -> list[str]:
+        """Error lines of this server's latest launch (``E...`` log lines and ``error:`` lines),
+        without the CUDA noise a CPU-only machine always produces."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_offset)
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
+        errors = []
+        for line in lines:
+            m = _ERROR_LINE.match(line)
+            if m:
+                text = m.group(1).strip().strip('"')
+            elif line.startswith("error:"):
+                text = line.strip()
+            else:
+                continue
+            text = text.replace("\\n", "\n    ").rstrip()  # Triton escapes newlines
+            if not any(n in text for n in _HARMLESS) and text not in errors:
+                errors.append(text)
+        return errors
+
+    def _ports_in_use(self) -> set[int]:
+        """Ports the latest launch could not bind, according to its log."""
+        ports = set()
+        for line in self.log_errors():
+            if "already in use" in line.lower():
+                ports.update(int(m.group(1)) for m in _QUOTED_PORT.finditer(line))
+        return ports
+
+    def _fail(self, message: str) -> ServingError:
+        parts = [message]
+        errors = self.log_errors()
+        if errors:
+            parts.append("errors in the Triton log:\n" + "\n".join(f"  {e}" for e in errors))
+        bad_configs = _offline_config_problems(self.repository)
+        if bad_configs:
+            parts.append("offline config check:\n" + "\n".join(f"  {e}" for e in bad_configs))
+        parts.append(f"--- tail of the Triton log {self.log_path} ---\n{self.log_tail()}")
+        return ServingError("\n".join(parts))
+
+    # ------------------------------------------------------------------ start / stop
+    def _build_command(self, binary: Path, backend_dir: Path | None) -> list[str]:
+        h = self.host
+        cmd = [str(binary),
+               f"--model-repository={self.repository}",
+               f"--model-control-mode={self.model_control_mode}",
+               "--disable-auto-complete-config",
+               "--strict-readiness=true",
+               "--exit-on-error=true",
+               f"--exit-timeout-secs={self.exit_timeout_s}",
+               f"--http-address={h}", f"--http-port={self.ports['http']}",
+               f"--grpc-address={h}", f"--grpc-port={self.ports['grpc']}",
+               f"--metrics-address={h}", f"--metrics-port={self.ports['metrics']}",
+               "--allow-gpu-metrics=false",
+               "--log-verbose=0"]
+        if backend_dir is not None:
+            cmd.append(f"--backend-directory={backend_dir}")
+        if self.model_control_mode == "explicit" and \
+                not any(a.startswith("--load-model") for a in self.extra_args):
+            cmd.append("--load-model=*")
+        cmd += self.extra_args
+        return cmd
+
+    def _environment(self, bundled_root: Path | None) -> dict[str, str]:
+        env = os.environ.copy()
+        # The python-backend stub runs the `python3` it finds on PATH: make it this interpreter.
+        env["PATH"] = os.pathsep.join(
+            [str(Path(sys.executable).parent)] + [p for p in env.get("PATH", "").split(os.pathsep) if p])
+        if bundled_root is not None:
+            libs = bundled_root.parent.parent / "nvidia_pytriton.libs"
+            if libs.is_dir():  # needed by a copied binary; the in-place one has an RPATH to it
+                env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                    [str(libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+        return env
+
+    def start(self, timeout: float = 120.0) -> "TritonServer":
+        """Launch the server; return once it is live and every model in the repository is ready.
+
+        Raises ServingError (with the log tail) when the process exits early, a model is
+        unavailable, or ``timeout`` seconds pass. Auto-picked ports are re-picked up to twice if
+        another process took one in the meantime.
+        """
+        if self.is_running():
+            raise ServingError(f"this server is already running (pid {self.pid})")
+        if not self.repository.is_dir():
+            raise ServingError(f"model repository {self.repository} does not exist")
+        models = _model_names(self.repository)
+        if not models:
+            raise ServingError(f"model repository {self.repository} holds no model folder")
+        binary = self._binary or find_tritonserver()
+        bundled_root = _bundled_root_of(binary)
+        attempts = 3 if 0 in self._requested_ports.values() else 1
+        for attempt in range(attempts):
+            try:
+                self._launch(binary, bundled_root)
+                self._wait_ready(models, timeout)
+                return self
+            except ServingError:
+                taken = self._ports_in_use()
+                auto = {self.ports[k] for k, v in self._requested_ports.items() if v == 0}
+                self.stop()
+                # retry only when a port we picked ourselves was taken in the meantime
+                if not (taken and taken <= auto and attempt + 1 < attempts):
+                    raise
+            except BaseException:  # interrupted while starting: leave nothing running
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _launch(self, binary: Path, bundled_root: Path | None) -> None:
+        for name, port in self._requested_ports.items():
+            self.ports[name] = port or _free_port(self.host)
+        self._workdir = Path(tempfile.mkdtemp(prefix="mmtrt-triton-"))
+        backend_dir = None
+        if bundled_root is not None:
+            backend_dir = _prepare_backend_dir(bundled_root, self._workdir / "backends")
+        self.command = self._build_command(binary, backend_dir)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(("=== mmtrt: " + " ".join(self.command) + "\n").encode())
+            log.flush()
+            self._log_offset = log.tell()
+            self._proc = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self._environment(bundled_root), cwd=self._workdir,
+                start_new_session=True)  # own session and process group
+        _RUNNING.add(self)
+
+    def _wait_ready(self, models: Iterable[str], timeout: float) -> None:
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        models = list(models)
+        deadline = time.monotonic() + timeout
+        client = None
+        try:
+            while True:
+                code = self._proc.poll()
+                if code is not None:
+                    raise self._fail(f"tritonserver exited with code {code} while starting "
+                                     f"(repository {self.repository})")
+                if time.monotonic() > deadline:
+                    raise self._fail(f"tritonserver was not ready with models {models} "
+                                     f"after {timeout:.0f} s")
+                try:
+                    if client is None:
+                        client = httpclient.InferenceServerClient(
+                            self.http_url, connection_timeout=2.0, network_timeout=5.0)
+                    if client.is_server_live():
+                        pending = [m for m in models if not client.is_model_ready(m)]
+                        # Triton starts its endpoints gRPC, HTTP, then metrics, and exits if one
+                        # cannot bind: ready means the metrics page answers too (unless disabled)
+                        # and the process is still there.
+                        if not pending and self._metrics_answer() and self._proc.poll() is None:
+                            return
+                        failed = [e for e in client.get_model_repository_index()
+                                  if e.get("name") in pending and e.get("state") == "UNAVAILABLE"]
+                        if failed:
+                            why = "; ".join(f"{e['name']}: {e.get('reason', '?')}" for e in failed)
+                            raise self._fail(f"model(s) failed to load: {why}")
+                except (InferenceServerException, OSError, ConnectionError):
+                    pass  # not listening yet
+                time.sleep(0.1)
+        finally:
+            if client is not None:
+                client.close()
+
+    def _metrics_answer(self) -> bool:
+        if any(a.replace(" ", "") in ("--allow-metrics=false", "--allow-metrics=0")
+               for a in self.extra_args):
+            return True
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=2.0) as r:
+                return b"nv_" in r.read()
+        except (OSError, ValueError):
+            return False
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM the server (it unloads its models and stops their stub processes), then the
+        rest of its process group; SIGKILL whatever is left after ``grace`` seconds."""
+        proc, self._proc = self._proc, None
+        _RUNNING.discard(self)
+        if proc is not None:
+            pgid = proc.pid  # leader of its own group (start_new_session)
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    pass
+            deadline = time.monotonic() + max(1.0, grace / 4)
+            sig = signal.SIGTERM
+            while _group_alive(pgid):
+                if time.monotonic() > deadline:
+                    sig = signal.SIGKILL
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    break
+                if proc.poll() is None and sig == signal.SIGKILL:
+                    proc.kill()
+                time.sleep(0.05)
+                proc.poll()  # reap the leader so its pid (= the group id) frees
+            proc.wait()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
