@@ -1,0 +1,127 @@
+"""PyTorch joint pipeline on one device: saliency parity, accuracy of each target, throughput.
+
+    python benchmarks/torch_pipeline_bench.py --device cuda --batches 1,8,32 --out benchmarks/results/gpu_torch_h100
+    python benchmarks/torch_pipeline_bench.py --device cpu --batches 1,8 --out benchmarks/results/cpu_torch
+
+Sections of the report:
+  parity      the explicit saliency graph against autograd on this device (float32, TF32 off),
+              per image kind and batch size, and float32 autograd's own error against float64;
+  accuracy    each target's outputs against float32 eager on the same images (what reduced
+              precision and compilation cost);
+  throughput  images/s and latency percentiles per target and batch size, with the ratio to
+              the reference path (autograd saliency + a second encoder pass, as published).
+Random weights (a seeded `MultiMix()`), realistic synthetic X-rays rotated across calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmtrt.bench.measure import measure  # noqa: E402
+from mmtrt.bench.report import environment, ratio_table, write_report  # noqa: E402
+from mmtrt.bench.torch_targets import joint, torch_targets  # noqa: E402
+from mmtrt.data import synth_xray  # noqa: E402
+from mmtrt.model import MultiMix, reference_saliency  # noqa: E402
+
+
+def xrays(n: int, seed: int) -> torch.Tensor:
+    images = [synth_xray(seed + i, label=i % 2)[0] for i in range(n)]
+    return torch.from_numpy(np.stack(images)).float().div(255).unsqueeze(1)
+
+
+def random_images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 1, 256, 256, generator=torch.Generator().manual_seed(seed))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm())
+
+
+def parity(model: MultiMix, device: torch.device) -> list[dict]:
+    rows = []
+    model64 = MultiMix().double().to(device).eval()
+    model64.load_state_dict(model.state_dict())
+    for kind, make in (("random", random_images), ("xray", xrays)):
+        for batch in (1, 3, 8):
+            images = make(batch, seed=1000 + batch).to(device)
+            expected = reference_saliency(model.encoder, images)
+            with torch.no_grad():
+                graph = model.saliency(images)
+                graph64 = model64.saliency(images.double())
+            rows.append({"kind": kind, "batch": batch,
+                         "graph_vs_autograd_rel": rel(graph, expected),
+                         "autograd_fp32_vs_fp64_rel": rel(expected, graph64),
+                         "graph_fp32_vs_fp64_rel": rel(graph, graph64)})
+    return rows
+
+
+def accuracy(targets: dict, images: torch.Tensor) -> list[dict]:
+    exact = targets["eager"](images)
+    rows = []
+    for name, run in targets.items():
+        probs, mask, saliency = run(images)
+        agree = ((mask > 0.5) == (exact[1] > 0.5)).float().mean().item()
+        rows.append({"target": name,
+                     "probs_max_abs": float((probs - exact[0]).abs().max()),
+                     "class_agreement": float((probs.argmax(1) == exact[0].argmax(1)).float().mean()),
+                     "mask_pixel_agreement": agree,
+                     "saliency_rel": rel(saliency, exact[2]),
+                     "saliency_cosine": float(F.cosine_similarity(saliency.flatten(1).double(),
+                                                                  exact[2].flatten(1).double()).min())})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--targets", default="", help="comma-separated subset (default: all for the device)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per measurement")
+    parser.add_argument("--out", type=Path, required=True, help="report stem (writes .json, .md, .png)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    # Parity is judged in true float32: TF32 convolutions would add ~1e-3 of their own.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    model = MultiMix().to(device).eval()
+
+    print("parity ...", flush=True)
+    parity_rows = parity(model, device)
+    targets = torch_targets(model, device, [t for t in args.targets.split(",") if t] or None)
+    print("accuracy ...", flush=True)
+    accuracy_rows = accuracy(targets, xrays(4, seed=7).to(device))
+
+    env = environment()
+    notes = [f"device {device}; TF32 off; random-initialised MultiMix (1,965,155 parameters); synthetic X-rays 1x256x256",
+             "x_reference: images/s over the reference path's (autograd saliency + second encoder pass) at the same batch, same run"]
+    measurements = []
+    pool = xrays(64, seed=0)
+    for batch in [int(b) for b in args.batches.split(",")]:
+        batches = [pool[(i * batch) % 64:][:batch].to(device) for i in range(4)]
+        batches = [b if len(b) == batch else pool[:batch].to(device) for b in batches]
+        for name, run in targets.items():
+            m = measure(name, run, batches, min_seconds=args.seconds)
+            print(f"{name:>14} batch {batch:>3}: {m.images_per_s:8.1f} images/s, p50 {m.latency_ms['p50']:.2f} ms", flush=True)
+            measurements.append(m)
+        # Written after every batch size, so a run cut short still leaves its figures.
+        rows = ratio_table(measurements, baseline="reference")
+        write_report(args.out, title=f"PyTorch joint pipeline on {env['gpu'] or env['cpu']}",
+                     command="python " + " ".join(sys.argv), env=env,
+                     sections={"parity": parity_rows, "accuracy": accuracy_rows, "throughput": rows},
+                     notes=notes, plot_rows=rows)
+    print(Path(args.out).with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

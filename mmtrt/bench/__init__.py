@@ -1,0 +1,1 @@
+"""Throughput and latency measurement, side by side with the PyTorch reference path."""
