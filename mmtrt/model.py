@@ -225,6 +225,11 @@ class MultiMix(nn.Module):
 
     `detach_saliency=True` stops gradients at the saliency map (the published behaviour); by
     default a training loss differentiates through it.
+
+    In training mode the saliency is the input-gradient of the same (dropout-on) pass that makes
+    the logits and skips, not of a separate dropout-off pass as in the published code: one
+    encoder pass per image instead of two, at the price of a saliency as noisy as the features.
+    In eval mode (inference, export) the two definitions coincide.
     """
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = ENCODER_WIDTHS,
