@@ -1,0 +1,203 @@
+"""Load on a Triton endpoint: the built-in load generator, perf_analyzer, and the server's own
+queue / compute breakdown.
+
+The built-in generator runs `concurrency` client threads (one tritonclient each: the HTTP
+client is not thread-safe), each sending batches back to back for a fixed time, and measures
+what perf_analyzer measures: completed images/s and request latency percentiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmtrt.bench.measure import Measurement, percentiles
+
+
+def triton_client(protocol: str, url: str):
+    if protocol == "http":
+        import tritonclient.http as client
+    elif protocol == "grpc":
+        import tritonclient.grpc as client
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}: http or grpc")
+    return client, client.InferenceServerClient(url=url)
+
+
+def infer_once(client_module, client, model: str, images: np.ndarray, outputs: tuple[str, ...]):
+    tensor = client_module.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    result = client.infer(model, [tensor], outputs=[client_module.InferRequestedOutput(n) for n in outputs])
+    return [result.as_numpy(n) for n in outputs]
+
+
+def server_statistics(url: str, model: str) -> dict:
+    """Cumulative counts and nanoseconds of the model, from Triton's statistics extension."""
+    import tritonclient.http as client
+
+    c = client.InferenceServerClient(url=url)
+    try:
+        stats = c.get_inference_statistics(model)["model_stats"][0]
+    finally:
+        c.close()
+    inference = stats["inference_stats"]
+    return {"inference_count": stats.get("inference_count", 0), "execution_count": stats.get("execution_count", 0),
+            **{f"{k}_ns": inference[k]["ns"] for k in ("queue", "compute_input", "compute_infer", "compute_output")},
+            "success_count": inference["success"]["count"]}
+
+
+def server_breakdown(before: dict, after: dict) -> dict:
+    """Per-request averages (ms) over a measurement, and the average executed batch size."""
+    requests = max(after["success_count"] - before["success_count"], 1)
+    executions = max(after["execution_count"] - before["execution_count"], 1)
+    out = {f"server_{k[:-3]}_ms": (after[k] - before[k]) / requests / 1e6
+           for k in ("queue_ns", "compute_input_ns", "compute_infer_ns", "compute_output_ns")}
+    out["server_avg_batch"] = (after["inference_count"] - before["inference_count"]) / executions
+    return out
+
+
+def run_load(protocol: str, url: str, model: str, pool: np.ndarray, batch: int, concurrency: int,
+             seconds: float, *, stats_url: str | None = None,
+             outputs: tuple[str, ...] = ("probs", "mask", "saliency"), warmup: int = 2) -> Measurement:
+    """`concurrency` clients sending `batch`-image requests for `seconds`; `stats_url` (the
+    server's HTTP endpoint) adds the server-side queue / compute breakdown."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    warmed, go = threading.Barrier(concurrency + 1), threading.Barrier(concurrency + 1)
+    deadline = [0.0]
+
+    def worker(offset: int) -> None:
+        client_module, client = triton_client(protocol, url)
+        try:
+            i = offset
+            try:
+                for _ in range(warmup):
+                    infer_once(client_module, client, model, _take(pool, i, batch), outputs)
+            except Exception as exc:
+                failures.append(str(exc).splitlines()[0])
+                warmed.abort()  # the endpoint does not work: stop everyone
+                return
+            try:
+                warmed.wait()
+                go.wait()
+            except threading.BrokenBarrierError:
+                return
+            while time.perf_counter() < deadline[0]:
+                images = _take(pool, i, batch)
+                t0 = time.perf_counter()
+                try:
+                    infer_once(client_module, client, model, images, outputs)
+                except Exception as exc:  # counted and reported, the load goes on
+                    with lock:
+                        failures.append(str(exc).splitlines()[0])
+                    continue
+                with lock:
+                    latencies.append((time.perf_counter() - t0) * 1e3)
+                i += concurrency
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    try:
+        warmed.wait()  # warm-up requests stay out of the server's statistics too
+    except threading.BrokenBarrierError:
+        raise RuntimeError(f"{model} at {url} ({protocol}) failed during warm-up: {failures[:1]}") from None
+    stats_before = server_statistics(stats_url, model) if stats_url else None
+    deadline[0] = time.perf_counter() + seconds
+    started = time.perf_counter()
+    go.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if not latencies:
+        raise RuntimeError(f"no request to {model} at {url} succeeded: {failures[:3]}")
+    extra = {"concurrency": concurrency, "protocol": protocol, "failures": len(failures)}
+    if stats_before is not None:
+        extra.update(server_breakdown(stats_before, server_statistics(stats_url, model)))
+    return Measurement(f"triton-{protocol}", batch, len(latencies), images_per_s=len(latencies) * batch / elapsed,
+                       latency_ms=percentiles(latencies), extra=extra)
+
+
+def _take(pool: np.ndarray, i: int, batch: int) -> np.ndarray:
+    start = (i * batch) % (len(pool) - batch + 1)
+    return np.ascontiguousarray(pool[start:start + batch])
+
+
+# --- perf_analyzer ------------------------------------------------------------------------------
+
+def perf_analyzer_command() -> tuple[list[str], dict] | None:
+    """The perf_analyzer shipped in tritonclient 2.51 (same version as the bundled server) and
+    the environment it needs, or None where it cannot run. It links libb64 and libcudart, which
+    nvidia-pytriton ships under hashed names: expose them under their sonames."""
+    binary = shutil.which("perf_analyzer")
+    if binary is None:
+        return None
+    env = dict(os.environ)
+    libs = _pytriton_libs()
+    if libs is not None:
+        links = Path(tempfile.mkdtemp(prefix="mmtrt-perf-analyzer-libs-"))
+        for pattern, soname in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
+            found = sorted(libs.glob(pattern))
+            if found:
+                (links / soname).symlink_to(found[0])
+        env["LD_LIBRARY_PATH"] = f"{links}:{env.get('LD_LIBRARY_PATH', '')}"
+    probe = subprocess.run([binary, "--version"], env=env, capture_output=True, text=True)
+    if probe.returncode != 0 and "error while loading shared libraries" in probe.stderr:
+        return None
+    return [binary], env
+
+
+def _pytriton_libs() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    libs = Path(list(spec.submodule_search_locations)[0]).parent / "nvidia_pytriton.libs"
+    return libs if libs.is_dir() else None
+
+
+def run_perf_analyzer(grpc_url: str, model: str, pool: np.ndarray, batch: int, concurrency: list[int],
+                      seconds: float, workdir: Path) -> list[Measurement]:
+    found = perf_analyzer_command()
+    if found is None:
+        raise RuntimeError("perf_analyzer cannot run here")
+    command, env = found
+    data = workdir / "perf_analyzer_input.json"
+    # Real images (not perf_analyzer's random or zero data), one entry per stream step.
+    data.write_text(json.dumps({"data": [{"image": {"content": pool[i].ravel().tolist(), "shape": list(pool[i].shape)}}
+                                         for i in range(min(len(pool), 4))]}))
+    csv_path = workdir / f"perf_analyzer_b{batch}.csv"
+    args = command + ["-m", model, "-u", grpc_url, "-i", "grpc", "-b", str(batch),
+                      "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:{_step(concurrency)}",
+                      "--input-data", str(data), "--measurement-interval", str(int(seconds * 1000)),
+                      "--stability-percentage", "30", "--max-trials", "4", "--percentile", "99", "-f", str(csv_path)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=max(120, 20 * seconds * len(concurrency)))
+    if done.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stderr.strip()[-500:] or done.stdout[-500:]}")
+    rows = []
+    with open(csv_path) as fh:
+        for row in csv.DictReader(fh):
+            lat = {f"p{q}": float(row[f"p{q} latency"]) / 1e3 for q in (50, 90, 95, 99)}
+            rows.append(Measurement("perf_analyzer-grpc", batch, 0, images_per_s=float(row["Inferences/Second"]),
+                                    latency_ms=lat, extra={"concurrency": int(row["Concurrency"]),
+                                                           "server_queue_ms": float(row["Server Queue"]) / 1e3,
+                                                           "server_compute_infer_ms": float(row["Server Compute Infer"]) / 1e3}))
+    return rows
+
+
+def _step(values: list[int]) -> int:
+    steps = {b - a for a, b in zip(sorted(values), sorted(values)[1:])}
+    return steps.pop() if len(steps) == 1 else 1
