@@ -13,9 +13,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUT_DIR/gpu.txt"
 
 status=0
-timeout 330 python3 benchmarks/torch_pipeline_bench.py --device cuda --batches 1,8,32 --seconds 1.5 \
-    --out "$OUT_DIR/gpu_torch" || status=1
-if [ -f benchmarks/train_bench.py ]; then
-    timeout 200 python3 benchmarks/train_bench.py --device cuda --out "$OUT_DIR/gpu_train" || status=1
-fi
+timeout 260 python3 benchmarks/torch_pipeline_bench.py --device cuda --batches 8,32 --seconds 1.0 \
+    --out "$OUT_DIR/gpu_torch" 2>&1 | tee "$OUT_DIR/gpu_torch.log" || status=1
+timeout 250 python3 benchmarks/train_bench.py --device cuda --out "$OUT_DIR/gpu_train" 2>&1 \
+    | tee "$OUT_DIR/gpu_train.log" | grep -v " step " || status=1
 exit $status

@@ -103,7 +103,8 @@ def write_report(stem: Path, *, title: str, command: str, env: dict, sections: d
           "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None), ""]
     md += [f"- {note}" for note in notes]
     for name, rows in sections.items():
-        md += ["", f"## {name}", "", markdown_table(rows)]
+        if rows:
+            md += ["", f"## {name}", "", markdown_table(rows)]
     if plot_rows:
         plot_throughput(plot_rows, stem.with_suffix(".png"), title)
         md += ["", f"![throughput]({stem.with_suffix('.png').name})"]

@@ -32,7 +32,8 @@ import weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["ServingError", "TritonServer", "find_tritonserver", "bundled_tritonserver_root"]
+__all__ = ["ServingError", "TritonServer", "find_tritonserver", "bundled_tritonserver_root",
+           "restricted_headers"]
 
 _INSTALL_HINT = (
     "install the Triton server binary with `pip install --no-deps nvidia-pytriton==0.7.0` "
@@ -50,6 +51,29 @@ _ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (.*)$")
 # Error lines the bundled server always logs on a machine without a GPU.
 _HARMLESS = ("CudaDriverHelper has not been initialized", "pinned memory",
              "CUDA driver version is insufficient")
+
+
+# Flags TritonServer sets from its own arguments; extra_args may not override them.
+_MANAGED_FLAGS = frozenset({
+    "--model-repository", "--model-store", "--model-control-mode", "--backend-directory",
+    "--http-address", "--http-port", "--grpc-address", "--grpc-port", "--metrics-address",
+    "--metrics-port", "--allow-http", "--allow-grpc",
+})
+
+
+def restricted_headers(args: Sequence[str]) -> dict[str, str]:
+    """Headers a client needs for the APIs ``--http-restricted-api=<apis>:<key>=<value>`` flags
+    in ``args`` restrict (what TritonServer sends with its own readiness checks)."""
+    headers = {}
+    for arg in args:
+        flag, _, value = str(arg).partition("=")
+        if flag != "--http-restricted-api" or ":" not in value:
+            continue
+        _apis, _, key_value = value.partition(":")
+        key, sep, secret = key_value.partition("=")
+        if sep and key:
+            headers[key] = secret
+    return headers
 
 
 class ServingError(RuntimeError):
@@ -180,6 +204,28 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _parent_death_signal():
+    """A preexec_fn making the child get SIGTERM when the thread that started it ends (its
+    process exiting, even by SIGKILL, included): Linux's PR_SET_PDEATHSIG. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def preexec():
+        prctl(1, sigterm, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 # Servers started by this process, stopped at interpreter exit if their owner forgot to: the
 # server runs in its own session, so nothing else would end it.
 _RUNNING: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
@@ -198,24 +244,34 @@ class TritonServer:
 
     Ports given as 0 are picked free on ``host`` (loopback by default). ``log_file`` receives the
     server's stdout and stderr (default: a ``mmtrt-tritonserver-*.log`` file in the temp folder,
-    kept after stop). ``extra_args`` are appended to the command line as given.
+    kept after stop). ``extra_args`` are appended to the command line as given (flags the class
+    sets itself, such as ports and addresses, are refused). With ``die_with_parent`` (Linux), the
+    server gets SIGTERM when the thread that started it ends, so even a SIGKILLed owner leaves no
+    server behind: start it from a thread that outlives it (e.g. the main thread), or pass False.
     """
 
     def __init__(self, repository: Path, *, host: str = "127.0.0.1", http_port: int = 0,
                  grpc_port: int = 0, metrics_port: int = 0, log_file: Path | None = None,
                  extra_args: Sequence[str] = (), model_control_mode: str = "none",
-                 tritonserver: Path | None = None, exit_timeout_s: int = 5):
+                 tritonserver: Path | None = None, exit_timeout_s: int = 5,
+                 die_with_parent: bool = True):
         self.repository = Path(repository).resolve()
         self.host = host
         self._requested_ports = {"http": int(http_port), "grpc": int(grpc_port),
                                  "metrics": int(metrics_port)}
         self.ports = dict(self._requested_ports)
         self.extra_args = tuple(str(a) for a in extra_args)
+        managed = [a for a in self.extra_args if a.split("=", 1)[0] in _MANAGED_FLAGS]
+        if managed:
+            raise ValueError(f"extra_args {managed} would override flags TritonServer sets itself "
+                             "(repository, addresses, ports, backend directory): use its "
+                             "arguments instead")
         if model_control_mode not in ("none", "poll", "explicit"):
             raise ValueError(f"model_control_mode must be 'none', 'poll' or 'explicit', "
                              f"got {model_control_mode!r}")
         self.model_control_mode = model_control_mode
         self.exit_timeout_s = int(exit_timeout_s)
+        self.die_with_parent = bool(die_with_parent)
         self._binary = Path(tritonserver) if tritonserver is not None else None
         if log_file is None:
             fd, name = tempfile.mkstemp(prefix="mmtrt-tritonserver-", suffix=".log")
@@ -242,6 +298,11 @@ class TritonServer:
     def metrics_url(self) -> str:
         """Full URL of the Prometheus metrics page."""
         return f"http://{_client_host(self.host)}:{self.ports['metrics']}/metrics"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers for the APIs restricted by ``--http-restricted-api`` in extra_args."""
+        return restricted_headers(self.extra_args)
 
     @property
     def pid(self) -> int | None:
@@ -361,6 +422,7 @@ class TritonServer:
             raise ServingError(f"model repository {self.repository} holds no model folder")
         binary = self._binary or find_tritonserver()
         bundled_root = _bundled_root_of(binary)
+        self._check_repository(bundled_root is not None)
         attempts = 3 if 0 in self._requested_ports.values() else 1
         for attempt in range(attempts):
             try:
@@ -379,6 +441,35 @@ class TritonServer:
                 raise
         raise AssertionError("unreachable")
 
+    def _check_repository(self, bundled: bool) -> None:
+        """Fail early, with the fix, on what tritonserver would only report in its log."""
+        from .repository import BUILD_ENGINES_HINT, missing_plan_files, parse_config
+
+        missing = missing_plan_files(self.repository)
+        if missing:
+            raise ServingError(
+                f"model repository {self.repository} lacks TensorRT engine file(s): "
+                + ", ".join(str(p.relative_to(self.repository)) for p in missing) + "; "
+                + BUILD_ENGINES_HINT.format(export="EXPORT_DIR"))
+        if not bundled:
+            return
+        foreign = []
+        for cfg in sorted(self.repository.glob("*/config.pbtxt")):
+            try:
+                config = parse_config(cfg.read_text(), source=str(cfg))
+            except ServingError:
+                continue  # reported by tritonserver itself, and by the offline check
+            kind = config.backend or config.platform
+            if kind not in ("python", "ensemble"):
+                foreign.append(f"{cfg.parent.name} ({kind})")
+        if foreign:
+            raise ServingError(
+                f"model repository {self.repository} has models the bundled tritonserver "
+                f"cannot run: {', '.join(foreign)}. The Triton binary of nvidia-pytriton has the "
+                "python backend only; serve this (gpu flavour) repository with NVIDIA's Triton "
+                "Inference Server container, where `tritonserver` is on PATH, or build a cpu "
+                "flavour repository (`mmtrt repo EXPORT_DIR OUT --flavour cpu`)")
+
     def _launch(self, binary: Path, bundled_root: Path | None) -> None:
         for name, port in self._requested_ports.items():
             self.ports[name] = port or _free_port(self.host)
@@ -395,7 +486,8 @@ class TritonServer:
             self._proc = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self._environment(bundled_root), cwd=self._workdir,
-                start_new_session=True)  # own session and process group
+                start_new_session=True,  # own session and process group
+                preexec_fn=_parent_death_signal() if self.die_with_parent else None)
         _RUNNING.add(self)
 
     def _wait_ready(self, models: Iterable[str], timeout: float) -> None:
@@ -403,6 +495,7 @@ class TritonServer:
         from tritonclient.utils import InferenceServerException
 
         models = list(models)
+        headers = self.headers
         deadline = time.monotonic() + timeout
         client = None
         try:
@@ -418,14 +511,15 @@ class TritonServer:
                     if client is None:
                         client = httpclient.InferenceServerClient(
                             self.http_url, connection_timeout=2.0, network_timeout=5.0)
-                    if client.is_server_live():
-                        pending = [m for m in models if not client.is_model_ready(m)]
+                    if client.is_server_live(headers=headers):
+                        pending = [m for m in models
+                                   if not client.is_model_ready(m, headers=headers)]
                         # Triton starts its endpoints gRPC, HTTP, then metrics, and exits if one
                         # cannot bind: ready means the metrics page answers too (unless disabled)
                         # and the process is still there.
                         if not pending and self._metrics_answer() and self._proc.poll() is None:
                             return
-                        failed = [e for e in client.get_model_repository_index()
+                        failed = [e for e in client.get_model_repository_index(headers=headers)
                                   if e.get("name") in pending and e.get("state") == "UNAVAILABLE"]
                         if failed:
                             why = "; ".join(f"{e['name']}: {e.get('reason', '?')}" for e in failed)

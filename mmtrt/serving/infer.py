@@ -1,0 +1,388 @@
+"""The client side: send image files to a running Triton server and write what comes back.
+
+Images are read with :func:`mmtrt.data.load_image` (THE normalisation: grayscale, [0, 1],
+256 x 256 bilinear, exactly as in training), sent in batches through tritonclient (HTTP or gRPC),
+and each gets a JSON file (probabilities, label, mask foreground fraction, source file) and a PNG
+overlay (the X-ray in grey, the lung-mask contour, the saliency as a heat map, the predicted class
+and its probability). Works with both repository flavours: it requests ``probs`` (plus ``mask``
+and ``saliency`` when the model has them) and takes the label as argmax(probs).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from mmtrt.data.datasets import CLASSES, IMAGE_EXTENSIONS, DataError, load_image
+
+from .server import ServingError
+
+__all__ = ["ImageResult", "InferError", "connect", "infer_files", "render_overlay",
+           "summary_table", "expand_inputs", "parse_url"]
+
+MASK_THRESHOLD = 0.5
+
+
+class InferError(ServingError):
+    """The server cannot be reached or used (not a problem with one image)."""
+
+
+@dataclass
+class ImageResult:
+    source: Path
+    probs: np.ndarray | None = None
+    mask_fraction: float | None = None
+    json_path: Path | None = None
+    overlay_path: Path | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label_index(self) -> int | None:
+        return None if self.probs is None else int(np.argmax(self.probs))
+
+    @property
+    def label(self) -> str | None:
+        return None if self.probs is None else CLASSES[self.label_index]
+
+
+# --------------------------------------------------------------------------- connecting
+
+def parse_url(url: str, protocol: str) -> tuple[str, bool]:
+    """(``host:port`` as tritonclient wants it, ssl?) from ``host:port``, ``http://host:port``,
+    ``https://host:port`` or ``grpc://host:port``. A missing port gets the protocol's default."""
+    ssl = False
+    text = url.strip()
+    for scheme in ("https://", "http://", "grpcs://", "grpc://"):
+        if text.lower().startswith(scheme):
+            ssl = scheme in ("https://", "grpcs://")
+            text = text[len(scheme):]
+            break
+    text = text.rstrip("/")
+    if "/" in text:
+        raise InferError(f"--url {url!r}: give host:port (a path is not supported)")
+    if not text:
+        raise InferError("--url is empty")
+    host_has_port = text.rsplit(":", 1)[-1].isdigit() and (":" in text) and \
+        not (text.startswith("[") and text.endswith("]"))
+    if not host_has_port:
+        text = f"{text}:{8000 if protocol == 'http' else 8001}"
+    return text, ssl
+
+
+def _client_module(protocol: str):
+    if protocol == "http":
+        import tritonclient.http as module
+    elif protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+    return module
+
+
+def connect(url: str, protocol: str = "http", *, retries: int = 4, backoff_s: float = 0.5,
+            timeout_s: float = 60.0, headers: dict | None = None,
+            say: Callable[[str], None] = lambda _m: None):
+    """A tritonclient client for a live and ready server at ``url``.
+
+    Tries ``1 + retries`` times, sleeping ``backoff_s``, then twice as long each time (0.5, 1,
+    2, 4 s by default: about 7.5 s in all) and calling ``say`` with a line per retry; then raises
+    InferError saying what failed.
+    """
+    module = _client_module(protocol)
+    from tritonclient.utils import InferenceServerException
+
+    address, ssl = parse_url(url, protocol)
+    delay = float(backoff_s)
+    reason = "?"
+    for attempt in range(int(retries) + 1):
+        client = None
+        try:
+            if protocol == "http":
+                client = module.InferenceServerClient(address, ssl=ssl, connection_timeout=5.0,
+                                                      network_timeout=timeout_s)
+                ready = client.is_server_ready(headers=headers)
+            else:
+                client = module.InferenceServerClient(address, ssl=ssl)
+                ready = client.is_server_ready(headers=headers, client_timeout=5.0)
+            if ready:
+                return client
+            reason = "the server is up but not ready (models still loading?)"
+        except InferenceServerException as e:
+            reason = _short(e)
+        except (OSError, ConnectionError) as e:  # refused, reset, DNS...
+            reason = f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - any client-side failure is "not reachable"
+            reason = f"{type(e).__name__}: {e}"
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if attempt < retries:
+            say(f"server at {address} ({protocol}) not reachable: {reason}; retrying in "
+                f"{delay:.1f} s ({attempt + 1}/{retries})")
+            time.sleep(delay)
+            delay *= 2
+    raise InferError(f"cannot reach a ready Triton server at {address} over {protocol} after "
+                     f"{int(retries) + 1} attempt(s): {reason}. Is `mmtrt serve` running there, "
+                     f"and are --url and --protocol right (HTTP and gRPC use different ports)?")
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip()
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def _model_info(client, protocol: str, model: str, headers: dict | None):
+    """(max_batch_size, output names) of a ready model; InferError otherwise."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        if not client.is_model_ready(model, headers=headers):
+            raise InferError(f"model '{model}' is not ready on the server "
+                             f"({_available_models(client, protocol, headers)})")
+        meta = client.get_model_metadata(model, headers=headers)
+        config = client.get_model_config(model, headers=headers)
+    except InferenceServerException as e:
+        raise InferError(f"model '{model}': {_short(e)}") from None
+    if protocol == "http":
+        outputs = [o["name"] for o in meta["outputs"]]
+        max_batch = int(config.get("max_batch_size", 0))
+    else:
+        outputs = [o.name for o in meta.outputs]
+        max_batch = int(config.config.max_batch_size)
+    if "probs" not in outputs:
+        raise InferError(f"model '{model}' has no 'probs' output (outputs: {outputs}); "
+                         "is it a MultiMix model?")
+    return max_batch, outputs
+
+
+def _available_models(client, protocol: str, headers: dict | None) -> str:
+    try:
+        index = client.get_model_repository_index(headers=headers)
+        if protocol == "http":
+            names = [f"{m['name']} ({m.get('state', '?')})" for m in index]
+        else:
+            names = [f"{m.name} ({m.state or '?'})" for m in index.models]
+        return "models on the server: " + (", ".join(names) or "none")
+    except Exception:  # noqa: BLE001 - only for the message
+        return "the model list is not available"
+
+
+# --------------------------------------------------------------------------- inputs
+
+def expand_inputs(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; a folder stands for its image files (by extension, sorted, not
+    recursive). A missing path is kept: it fails as that image's error."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir()
+                          if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            out.append(p)
+    return out
+
+
+def _output_stems(paths: Sequence[Path]) -> list[str]:
+    """A distinct file stem per input: ``name`` from ``name.png``; ``name-2``... on clashes
+    (``a/x.png`` and ``b/x.png``, or ``x.png`` and ``x.jpg``)."""
+    used: set[str] = set()
+    stems = []
+    for p in paths:
+        base = p.stem or "image"
+        stem, k = base, 1
+        while stem.lower() in used:
+            k += 1
+            stem = f"{base}-{k}"
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
+# --------------------------------------------------------------------------- overlay
+
+def render_overlay(image: np.ndarray, path: Path, *, probs: np.ndarray,
+                   mask: np.ndarray | None = None, saliency: np.ndarray | None = None,
+                   title: str | None = None, size_px: int = 512) -> Path:
+    """Write a PNG: ``image`` (H x W in [0, 1]) in grey, the saliency as a heat map whose opacity
+    grows with its value, the mask's 0.5 contour, and the predicted class with its probability.
+    Uses matplotlib's object API (no pyplot, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    dpi = 100
+    fig = Figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
+    handles = []
+    if saliency is not None:
+        s = np.asarray(saliency, dtype=np.float64)
+        top = float(np.percentile(s, 99.5)) if s.size else 0.0
+        s = np.clip(s / top, 0.0, 1.0) if top > 0 else np.zeros_like(s)
+        rgba = colormaps["inferno"](Normalize(0.0, 1.0)(s))
+        rgba[..., 3] = 0.75 * s  # weak saliency stays see-through
+        ax.imshow(rgba, interpolation="bilinear")
+        handles.append(Patch(color=colormaps["inferno"](0.8), label="saliency"))
+    if mask is not None and float(mask.max()) > MASK_THRESHOLD > float(mask.min()):
+        ax.contour(mask, levels=[MASK_THRESHOLD], colors=["#39ff14"], linewidths=1.6)
+    if mask is not None:
+        handles.append(Line2D([], [], color="#39ff14", lw=1.6, label="lung mask"))
+    k = int(np.argmax(probs))
+    colour = "#ff5050" if CLASSES[k] == "PNEUMONIA" else "#50c8ff"
+    ax.text(0.02, 0.98, f"{CLASSES[k]}  p = {float(probs[k]):.3f}", transform=ax.transAxes,
+            ha="left", va="top", fontsize=15, fontweight="bold", color=colour,
+            bbox=dict(facecolor="black", alpha=0.7, edgecolor="none", pad=4))
+    if title:
+        ax.text(0.02, 0.02, title, transform=ax.transAxes, ha="left", va="bottom",
+                fontsize=8, color="white",
+                bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=2))
+    if handles:
+        legend = ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.6,
+                           facecolor="black", edgecolor="none")
+        for text in legend.get_texts():
+            text.set_color("white")
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------- the run
+
+def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "multimix",
+                batch_size: int = 8, out: Path | None = None, overlays: bool = True,
+                headers: dict | None = None, url: str = "",
+                say: Callable[[str], None] = lambda _m: None) -> list[ImageResult]:
+    """Run ``paths`` through ``model`` in batches of ``batch_size`` (at most the model's
+    max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when ``out``.
+
+    A file that cannot be read is that image's error (its message names the file) and the others
+    go on; a failed request is the error of the images it carried. Raises InferError only when
+    the model cannot be used at all.
+    """
+    from tritonclient.utils import InferenceServerException
+
+    module = _client_module(protocol)
+    max_batch, outputs = _model_info(client, protocol, model, headers)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_batch and batch_size > max_batch:
+        say(f"batch size {batch_size} is above model '{model}''s max_batch_size {max_batch}: "
+            f"sending batches of {max_batch}")
+        batch_size = max_batch
+    wanted = [o for o in ("probs", "mask", "saliency") if o in outputs]
+    paths = [Path(p) for p in paths]
+    stems = _output_stems(paths)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+    results = [ImageResult(p) for p in paths]
+
+    for start in range(0, len(paths), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(paths))))
+        loaded: list[tuple[int, np.ndarray]] = []
+        for i in chunk:
+            try:
+                loaded.append((i, load_image(paths[i])))
+            except DataError as e:
+                results[i].error = str(e)
+                say(f"error: {e}")
+            except OSError as e:  # e.g. permission denied while opening
+                results[i].error = f"{paths[i]}: cannot read ({e})"
+                say(f"error: {results[i].error}")
+        if not loaded:
+            continue
+        batch = np.stack([a for _, a in loaded])[:, None].astype(np.float32, copy=False)
+        inp = module.InferInput("image", list(batch.shape), "FP32")
+        inp.set_data_from_numpy(batch)
+        try:
+            response = client.infer(model, [inp], headers=headers,
+                                    outputs=[module.InferRequestedOutput(o) for o in wanted])
+            got = {o: response.as_numpy(o) for o in wanted}
+        except (InferenceServerException, OSError, ConnectionError) as e:
+            for i, _ in loaded:
+                results[i].error = f"{paths[i]}: inference failed: {_short(e)}"
+            say(f"error: a batch of {len(loaded)} image(s) failed: {_short(e)}")
+            continue
+        for j, (i, image) in enumerate(loaded):
+            r = results[i]
+            r.probs = np.asarray(got["probs"][j], dtype=np.float64)
+            mask = got["mask"][j, 0] if "mask" in got else None
+            saliency = got["saliency"][j, 0] if "saliency" in got else None
+            if mask is not None:
+                r.mask_fraction = float((mask > MASK_THRESHOLD).mean())
+            if out is None:
+                continue
+            try:
+                if overlays:
+                    r.overlay_path = render_overlay(
+                        image, out / f"{stems[i]}.png", probs=r.probs, mask=mask,
+                        saliency=saliency, title=f"{paths[i].name} | {model}")
+                r.json_path = out / f"{stems[i]}.json"
+                record = _record(r, model=model, url=url, protocol=protocol)
+                r.json_path.write_text(json.dumps(record, indent=2) + "\n")
+            except OSError as e:
+                r.error = f"{paths[i]}: cannot write the results to {out}: {e}"
+                say(f"error: {r.error}")
+    return results
+
+
+def _record(r: ImageResult, *, model: str, url: str, protocol: str) -> dict:
+    return {
+        "source": str(r.source.resolve()),
+        "label": r.label,
+        "label_index": r.label_index,
+        "probabilities": {name: float(p) for name, p in zip(CLASSES, r.probs)},
+        "mask_foreground_fraction": r.mask_fraction,
+        "mask_threshold": MASK_THRESHOLD if r.mask_fraction is not None else None,
+        "overlay": r.overlay_path.name if r.overlay_path else None,
+        "model": model,
+        "server": {"url": url, "protocol": protocol},
+        "input": "mmtrt.data.load_image: grayscale, [0, 1], 256x256 bilinear",
+    }
+
+
+def summary_table(results: Sequence[ImageResult]) -> str:
+    """A plain-text table, one row per image, and a totals line."""
+    rows = [("file", "label", "p(PNEUMONIA)", "lung mask", "result")]
+    for r in results:
+        if r.ok:
+            rows.append((r.source.name, r.label, f"{r.probs[1]:.4f}",
+                         "-" if r.mask_fraction is None else f"{100 * r.mask_fraction:.1f}%",
+                         r.json_path.name if r.json_path else "ok"))
+        else:
+            rows.append((r.source.name, "-", "-", "-", "ERROR (see above)"))
+    widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]))]
+    widths[0] = min(widths[0], 48)
+
+    def fmt(row):
+        cells = [str(c) if len(str(c)) <= w else "..." + str(c)[-(w - 3):]
+                 for c, w in zip(row, widths)]
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    lines = [fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows[1:]]
+    ok = sum(r.ok for r in results)
+    failed = len(results) - ok
+    pneumonia = sum(1 for r in results if r.ok and r.label == "PNEUMONIA")
+    lines.append(f"{len(results)} image(s): {ok} ok ({pneumonia} PNEUMONIA, {ok - pneumonia} "
+                 f"NORMAL), {failed} failed")
+    return "\n".join(lines)

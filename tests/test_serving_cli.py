@@ -1,0 +1,230 @@
+"""`mmtrt repo` and `mmtrt serve` as a user runs them: `serve` as a real subprocess, stopped
+with SIGTERM / SIGINT like a terminal or a service manager would."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mmtrt.cli import main
+from mmtrt.serving import build_repository, validate_config, validate_repository
+from test_serving import needs_server, processes_mentioning, real_export
+
+SECRET = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def export_dir(request) -> Path:
+    return real_export(request)
+
+
+def test_repo_command(export_dir, tmp_path):
+    out = tmp_path / "repo"
+    runner = CliRunner()
+    r = runner.invoke(main, ["repo", str(export_dir), str(out), "--max-batch", "4",
+                             "--ort-threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {out} (cpu flavour): models classifier, multimix" in r.stdout
+    assert f"mmtrt serve {out}" in r.stdout
+    validate_repository(out, onnx_dir=export_dir)
+    cfg = validate_config(out / "multimix" / "config.pbtxt")
+    assert cfg.max_batch_size == 4 and cfg.parameters["ort_intra_op_threads"].string_value == "1"
+    r = runner.invoke(main, ["repo", str(export_dir), str(out)])
+    assert r.exit_code == 1 and "already exists" in r.stderr
+    r = runner.invoke(main, ["repo", str(export_dir), str(out), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert validate_config(out / "multimix" / "config.pbtxt").max_batch_size == 8  # the manifest's
+    r = runner.invoke(main, ["repo", str(tmp_path / "nope"), str(tmp_path / "r2")])
+    assert r.exit_code == 1 and "Error: export folder" in r.stderr and "does not exist" in r.stderr
+    r = runner.invoke(main, ["repo", str(export_dir), str(tmp_path / "r3"), "--flavour", "tpu"])
+    assert r.exit_code == 2 and "tpu" in r.stderr
+
+
+def test_repo_command_gpu_names_the_missing_engines(export_dir, tmp_path):
+    out = tmp_path / "repo"
+    r = CliRunner().invoke(main, ["repo", str(export_dir), str(out), "--flavour", "gpu"])
+    assert r.exit_code == 0, r.output
+    assert "models classifier, decoder, encoder, multimix, saliency" in r.stdout
+    assert "3 TensorRT engine file(s) missing" in r.stderr
+    assert "saliency/1/model.plan" in r.stderr and f"mmtrt build-engines {export_dir}" in r.stderr
+
+
+def test_serve_command_rejects_bad_arguments(export_dir, tmp_path):
+    repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",))
+    runner = CliRunner()
+    r = runner.invoke(main, ["serve", str(repo), "--", "--http-port=9"])
+    assert r.exit_code == 1 and "would override" in r.stderr
+    r = runner.invoke(main, ["serve", str(repo), "stray"])
+    assert r.exit_code == 2 and "stray" in r.stderr
+    r = runner.invoke(main, ["serve", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def _running(pid: int) -> bool:
+    """Is ``pid`` a live process? (An orphan that exited stays a zombie until init reaps it.)"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+class _Serve:
+    """`mmtrt serve` in a subprocess; its output lines collected by a thread."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from mmtrt.cli import main; main()", "serve", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 180.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.lines.append(line)
+            m = re.search(pattern, line)
+            if m:
+                return m
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines))
+
+    def stop(self):
+        """After a failed assert: SIGTERM (mmtrt serve cleans up), SIGKILL if that hangs."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def finish(self, timeout: float = 60.0) -> int:
+        code = self.proc.wait(timeout)
+        while True:
+            line = self._queue.get(timeout=5)
+            if line is None:
+                return code
+            self.lines.append(line)
+
+
+@needs_server
+def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    repo = build_repository(export_dir, tmp_path / "repo", ort_threads=1)
+    restricted = f"model-repository,shared-memory:admin-key={SECRET}"
+    serve = _Serve(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                   "--", f"--http-restricted-api={restricted}",
+                   f"--grpc-restricted-protocol={restricted}")
+    try:
+        t0 = time.monotonic()
+        ready = serve.wait_for(r"^ready in .* \(pid (\d+)\)")
+        print(f"\nmmtrt serve ready after {time.monotonic() - t0:.1f} s")
+        pid = int(ready.group(1))
+        text = "\n".join(serve.lines)
+        http = re.search(r"^HTTP +http://(127\.0\.0\.1:\d+)$", text, re.M).group(1)
+        grpc = re.search(r"^gRPC +(127\.0\.0\.1:\d+)$", text, re.M).group(1)
+        assert re.search(r"^metrics +http://127\.0\.0\.1:\d+/metrics$", text, re.M)
+        assert re.search(r"model multimix v1 READY .*out: probs, label, mask, saliency", text)
+        assert re.search(r"model classifier v1 READY .*out: probs, label", text)
+        assert processes_mentioning(str(repo)), "the server runs"
+
+        x = np.random.default_rng(0).random((2, 1, 256, 256), dtype=np.float32)
+        client = grpcclient.InferenceServerClient(grpc)
+        try:
+            inp = grpcclient.InferInput("image", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            r = client.infer("multimix", [inp])
+            assert r.as_numpy("probs").shape == (2, 2) and r.as_numpy("mask").shape == (2, 1, 256, 256)
+            with pytest.raises(InferenceServerException):  # restricted without the header
+                client.get_model_repository_index()
+            # gRPC: the header name gets Triton's "triton-grpc-protocol-" prefix
+            header = {"triton-grpc-protocol-admin-key": SECRET}
+            assert client.get_model_repository_index(headers=header).models
+        finally:
+            client.close()
+        client = httpclient.InferenceServerClient(http)
+        try:
+            inp = httpclient.InferInput("image", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            np.testing.assert_allclose(client.infer("classifier", [inp]).as_numpy("probs"),
+                                       r.as_numpy("probs"), rtol=1e-4, atol=1e-5)
+            with pytest.raises(InferenceServerException, match="403|restricted|header"):
+                client.get_model_repository_index()
+            assert client.get_model_repository_index(headers={"admin-key": SECRET})
+        finally:
+            client.close()
+
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.finish() == 0, "\n".join(serve.lines)
+    finally:
+        serve.stop()
+    assert "SIGTERM: stopping the server" in serve.lines and serve.lines[-1] == "stopped"
+    assert not _running(pid)
+    assert not processes_mentioning(str(repo)), "a tritonserver or stub process is left"
+
+
+@needs_server
+def test_serve_command_ctrl_c_while_starting(export_dir, tmp_path):
+    repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",))
+    serve = _Serve(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    try:
+        serve.wait_for(r"^starting ")
+        time.sleep(0.3)  # tritonserver is launching, the models are not loaded yet
+        serve.proc.send_signal(signal.SIGINT)
+        assert serve.finish() == 0, "\n".join(serve.lines)
+    finally:
+        serve.stop()
+    assert "SIGINT: stopping the server" in serve.lines, serve.lines
+    assert not processes_mentioning(str(repo)), "a tritonserver or stub process is left"
+
+
+@needs_server
+def test_killed_serve_command_leaves_no_server(export_dir, tmp_path):
+    """Even a SIGKILLed `mmtrt serve` (no clean-up code runs) takes its tritonserver along: the
+    server gets SIGTERM when its parent dies (PR_SET_PDEATHSIG) and stops its stub processes."""
+    repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",))
+    serve = _Serve(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    try:
+        pid = int(serve.wait_for(r"^ready in .* \(pid (\d+)\)").group(1))
+        assert processes_mentioning(str(repo))
+        serve.proc.kill()
+        serve.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while processes_mentioning(str(repo)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        serve.stop()
+    assert not processes_mentioning(str(repo)), "the server outlived its killed parent"
+    assert not _running(pid)
