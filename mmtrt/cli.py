@@ -11,6 +11,12 @@ import click
 COMMANDS = {
     "synth": "mmtrt.data.commands:synth",
     "init": "mmtrt.commands:init_checkpoint",
+    "repo": "mmtrt.serving.commands:repo",
+    "serve": "mmtrt.serving.commands:serve",
+    "infer": "mmtrt.serving.commands:infer",
+    "bench": "mmtrt.bench.command:bench",
+    "export": "mmtrt.export.command:export",
+    "build-engines": "mmtrt.export.command:build_engines_command",
 }
 
 

@@ -1,0 +1,197 @@
+"""Benchmark of the exported ONNX graphs in onnxruntime on this CPU, against PyTorch eager.
+
+    python benchmarks/export_onnx_bench.py [--export DIR] [--batches 1,8] [--repeats 7]
+
+Without --export, a random-initialised checkpoint (`mmtrt init`, the real architecture) is
+exported first (fp32, no engines). Every case runs in the same process, interleaved: each round
+times every case once, in a rotated order, so that load from other work on a shared machine
+spreads over all cases instead of landing on one; the figures are medians over the rounds.
+
+Cases per batch size, on synthetic chest X-rays:
+  onnxruntime: encoder, saliency, decoder, split (saliency then decoder), multimix (fused)
+  PyTorch eager (no_grad, float32): the same graphs (mmtrt.graphs)
+Ratios: saliency / encoder (goal <= 2.2), fused / split, onnxruntime / eager per graph.
+
+Writes benchmarks/results/export_onnx_cpu.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from mmtrt.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from mmtrt.export.manifest import read_manifest, versions
+from mmtrt.export.validate import make_image, onnxruntime_runner
+from mmtrt.graphs import GRAPHS
+from mmtrt.model import MultiMix
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_SALIENCY_OVER_ENCODER = 2.2
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def prepare_export(args) -> tuple[Path, MultiMix]:
+    if args.export:
+        folder = Path(args.export)
+        manifest = read_manifest(folder)
+        if not args.checkpoint:
+            raise SystemExit("--export needs --checkpoint (the checkpoint it was exported from) for the eager baseline")
+        checkpoint = Path(args.checkpoint)
+        model, _ = load_checkpoint(checkpoint)
+        if manifest["checkpoint"]["sha256"] != file_sha256(checkpoint):
+            raise SystemExit(f"{checkpoint} is not the checkpoint {folder} was exported from")
+        return folder, model
+    from mmtrt.export.command import export_model
+
+    work = Path(tempfile.mkdtemp(prefix="mmtrt-bench-"))
+    torch.manual_seed(0)
+    model = MultiMix().eval()
+    save_checkpoint(work / "ckpt.pt", model, meta={"origin": "random initialisation", "seed": 0})
+    print(f"exporting a random-initialised checkpoint into {work / 'export'} (takes a few minutes)")
+    export_model(work / "ckpt.pt", work / "export", engines=False, echo=lambda *a, **k: None)
+    return work / "export", load_checkpoint(work / "ckpt.pt")[0]
+
+
+def build_cases(folder: Path, model: MultiMix, batch: int) -> dict:
+    images = torch.stack([make_image("xray", 9_000 + i) for i in range(batch)])
+    ort = {name: onnxruntime_runner(folder / f"{name}.onnx") for name in GRAPHS}
+    eager = {name: spec.build(model) for name, spec in GRAPHS.items()}
+    with torch.no_grad():
+        features = dict(zip(GRAPHS["saliency"].outputs, eager["saliency"](images)))
+    decoder_inputs = {n: (images if n == "image" else features[n]) for n in GRAPHS["decoder"].inputs}
+    np_image = {"image": images.numpy()}
+    np_decoder = {n: t.numpy() for n, t in decoder_inputs.items()}
+
+    def split():
+        out = ort["saliency"](np_image)
+        ort["decoder"]({n: (np_image["image"] if n == "image" else out[n]) for n in GRAPHS["decoder"].inputs})
+
+    def eager_run(name, inputs):
+        def run():
+            with torch.no_grad():
+                eager[name](*inputs)
+        return run
+
+    return {
+        "ort encoder": lambda: ort["encoder"](np_image),
+        "ort saliency": lambda: ort["saliency"](np_image),
+        "ort decoder": lambda: ort["decoder"](np_decoder),
+        "ort split": split,
+        "ort multimix": lambda: ort["multimix"](np_image),
+        "eager encoder": eager_run("encoder", [images]),
+        "eager saliency": eager_run("saliency", [images]),
+        "eager decoder": eager_run("decoder", [decoder_inputs[n] for n in GRAPHS["decoder"].inputs]),
+        "eager multimix": eager_run("multimix", [images]),
+    }
+
+
+def measure(cases: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    for run in cases.values():
+        for _ in range(warmup):
+            run()
+    names = list(cases)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate the order every round
+        for name in order:
+            t0 = time.perf_counter()
+            cases[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--export", help="an export folder (mmtrt export); default: export a random checkpoint")
+    parser.add_argument("--checkpoint", help="the checkpoint --export was made from")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes [1,8]")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per batch size [7]")
+    parser.add_argument("--out", default=str(RESULTS / "export_onnx_cpu"), help="results path without suffix")
+    args = parser.parse_args(argv)
+
+    load_before = os.getloadavg()
+    folder, model = prepare_export(args)
+    results = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        print(f"batch {batch}: {args.repeats} interleaved rounds", flush=True)
+        times = measure(build_cases(folder, model, batch), args.repeats)
+        med = {name: statistics.median(t) for name, t in times.items()}
+        results[batch] = {
+            "median_s": med,
+            "min_s": {name: min(t) for name, t in times.items()},
+            "max_s": {name: max(t) for name, t in times.items()},
+            "ratios": {
+                "ort saliency / ort encoder": med["ort saliency"] / med["ort encoder"],
+                "ort multimix (fused) / ort split": med["ort multimix"] / med["ort split"],
+                "eager saliency / eager encoder": med["eager saliency"] / med["eager encoder"],
+                **{f"ort {g} / eager {g}": med[f"ort {g}"] / med[f"eager {g}"] for g in GRAPHS},
+            },
+        }
+    record = {
+        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "versions": versions(),
+        "threads": {"torch": torch.get_num_threads(), "onnxruntime": "default (one per core)"},
+        "export": str(folder), "repeats": args.repeats, "images": "synthetic chest X-rays, 1x256x256",
+        "goal": {"ort saliency / ort encoder": GOAL_SALIENCY_OVER_ENCODER},
+        "results": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
+
+
+def markdown(record: dict) -> str:
+    m = record["machine"]
+    lines = [
+        "# Exported ONNX graphs on CPU: onnxruntime vs PyTorch eager",
+        "",
+        f"- date: {record['date']}",
+        f"- machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); load average before "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average_before'])}, after "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average_after'])} (shared machine)",
+        f"- command: `{record['command']}`",
+        f"- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
+        f"- method: {record['repeats']} interleaved rounds per batch size (every case once per round, "
+        "order rotated), medians; 2 warm-up calls per case; " + record["images"],
+        "",
+    ]
+    for batch, r in record["results"].items():
+        lines += [f"## batch {batch}", "", "| case | median ms | min ms | max ms |", "| --- | ---: | ---: | ---: |"]
+        for name, t in r["median_s"].items():
+            lines.append(f"| {name} | {t * 1e3:.1f} | {r['min_s'][name] * 1e3:.1f} | {r['max_s'][name] * 1e3:.1f} |")
+        lines += ["", "| ratio | value |", "| --- | ---: |"]
+        for name, v in r["ratios"].items():
+            goal = record["goal"].get(name)
+            lines.append(f"| {name}{f' (goal <= {goal})' if goal else ''} | {v:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

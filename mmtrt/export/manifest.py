@@ -1,0 +1,103 @@
+"""The export folder's manifest.json: what every file is, its sha256, and how it was made.
+
+Keys other code relies on (mmtrt/serving/repository.py): `files.<name>.sha256` for every file of
+the folder and the top-level `max_batch`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+
+from mmtrt.checkpoint import atomic_write, file_sha256
+
+MANIFEST = "manifest.json"
+PARITY = "parity.json"                # ONNX graphs vs PyTorch
+ENGINE_PARITY = "parity.engines.json"  # TensorRT engines vs onnxruntime
+TIMING_CACHE = "timing.cache"
+FORMAT = "mmtrt.export"
+FORMAT_VERSION = 1
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made or used; the message says why and what to do."""
+
+
+def versions() -> dict:
+    import onnxruntime
+    import torch
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mmtrt_version = version("mmtrt")
+    except PackageNotFoundError:
+        mmtrt_version = None
+    try:
+        import tensorrt
+
+        tensorrt_version = str(tensorrt.__version__)
+    except Exception:  # absent, or a stub without libraries
+        tensorrt_version = None
+    return {"python": platform.python_version(), "mmtrt": mmtrt_version, "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "tensorrt": tensorrt_version}
+
+
+def tensor_shapes(proto: onnx.ModelProto) -> dict:
+    """{"inputs": {name: {"shape": [...], "dtype": ...}}, "outputs": {...}}; the batch axis is "batch"."""
+    def describe(values):
+        out = {}
+        for v in values:
+            t = v.type.tensor_type
+            out[v.name] = {"shape": [d.dim_param or d.dim_value for d in t.shape.dim],
+                           "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+        return out
+
+    return {"inputs": describe(proto.graph.input), "outputs": describe(proto.graph.output)}
+
+
+def file_entry(path: Path, **extra) -> dict:
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size, **extra}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, allow_nan=True) + "\n"
+    write_file(path, text.encode())
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Atomically, readable by all like the ONNX files (the temporary file is 0600)."""
+    atomic_write(path, lambda fh: fh.write(data))
+    os.chmod(path, 0o644)
+
+
+def read_manifest(folder: Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: no such export folder")
+    if not path.is_file():
+        raise ExportError(f"{folder} has no {MANIFEST}: not a complete mmtrt export (run `mmtrt export` again)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ExportError(f"{path} is not an mmtrt export manifest (no '{FORMAT}' format tag)")
+    for name, entry in manifest.get("files", {}).items():
+        if name == TIMING_CACHE:  # rewritten by every engine build, even a failed one
+            continue
+        if not (folder / name).is_file():
+            raise ExportError(f"{folder / name} is listed in the manifest but missing")
+        if file_sha256(folder / name) != entry.get("sha256"):
+            raise ExportError(f"{folder / name} differs from the file the manifest describes (sha256 mismatch)")
+    return manifest

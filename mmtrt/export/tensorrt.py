@@ -1,0 +1,185 @@
+"""TensorRT engines from an export folder's ONNX graphs, for TensorRT 10 and 11.
+
+Written against the documented Python API (TensorRT cannot be installed on the machines this
+project is developed on): `tensorrt` is imported only here and only when engines are built, and
+every function takes the module as an argument so the logic around it can be tested.
+
+Per graph, one engine `<graph>.<precision>.sm<XY>.plan` (plans are tied to the GPU's compute
+capability and the TensorRT version), with one optimization profile on the batch axis:
+min 1, opt = max = the export's max_batch (Triton's batcher here prefers full batches).
+
+Precision:
+* fp32: the float32 graph; TF32 is switched off (it rounds convolution inputs to 10 bits, far
+  outside the float32 tolerances).
+* TensorRT 10, fp16/bf16: the float32 graph, the builder flag FP16/BF16, and per-layer
+  constraints (OBEY_PRECISION_CONSTRAINTS) that keep every layer in float32 except the
+  convolutions the precision policy lets go (mmtrt.export.precision).
+* TensorRT 11 removed those flags: networks are strongly typed and the precision comes from the
+  graph, so the engine is built from the mixed-precision copy `<graph>.<precision>.onnx`
+  (graphs without one, the saliency graph, run in float32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT engines cannot be built here; the message names what is missing."""
+
+
+class EngineBuildError(RuntimeError):
+    pass
+
+
+def require_tensorrt():
+    """The tensorrt module, or TensorRTUnavailable naming what is missing (module or GPU)."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            f"the tensorrt Python module is not installed ({exc}); install TensorRT 10 or 11 for this "
+            "host's CUDA version (NVIDIA's wheels, or use the TensorRT / Triton container)") from None
+    if not hasattr(trt, "Builder"):  # e.g. tensorrt-cu12-bindings without its libraries
+        raise TensorRTUnavailable("the tensorrt module has no Builder: the TensorRT libraries are missing "
+                                  f"(found {getattr(trt, '__file__', 'a stub')})")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("no CUDA GPU is visible (torch.cuda.is_available() is False; "
+                                  "engines are run on the GPU through PyTorch's CUDA tensors)")
+    return trt
+
+
+def major_version(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    graph: str
+    onnx: str                  # the ONNX file (in the export folder) the engine is built from
+    precision: str             # fp32 / fp16 / bf16: the export's precision
+    strongly_typed: bool       # TensorRT 11 (or a graph built from a typed mixed-precision copy)
+    builder_flag: str | None   # TensorRT 10 reduced precision: "FP16" / "BF16"
+    plan: str                  # file name of the engine
+
+
+def engine_specs(manifest: dict, trt_major: int, capability: tuple[int, int]) -> list[EngineSpec]:
+    """What to build for every graph of the export described by `manifest`."""
+    precision = manifest["precision"]
+    specs = []
+    for graph, info in manifest["graphs"].items():
+        reduced_file = info.get("reduced_precision_file")
+        strongly_typed = trt_major >= 11
+        flag = None
+        if precision == "fp32" or not reduced_file:
+            onnx = info["file"]  # float32 (the saliency graph keeps float32 at every precision)
+        elif strongly_typed:
+            onnx = reduced_file
+        else:
+            onnx, flag = info["file"], precision.upper()
+        specs.append(EngineSpec(graph, onnx, precision, strongly_typed, flag,
+                                f"{graph}.{precision}.sm{capability[0]}{capability[1]}.plan"))
+    return specs
+
+
+def build_engine(trt, spec: EngineSpec, onnx_path: Path, *, max_batch: int, timing_cache: Path,
+                 reduced_layers: frozenset[str] = frozenset()) -> bytes:
+    """Build one serialized engine; the timing cache file is read first and written back after."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if spec.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
+
+    config = builder.create_builder_config()
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if spec.builder_flag:  # TensorRT 10 weak typing: allow the type, then pin everything else
+        config.set_flag(getattr(trt.BuilderFlag, spec.builder_flag))
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        keep_float32_except(trt, network, reduced_layers)
+
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rest = tuple(tensor.shape)[1:]  # batch is the only dynamic axis
+        profile.set_shape(tensor.name, (1, *rest), (max_batch, *rest), (max_batch, *rest))
+    config.add_optimization_profile(profile)
+
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # A cache from another GPU or TensorRT version: start a fresh one rather than fail.
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path.name} (see its log above)")
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def keep_float32_except(trt, network, reduced_layers: frozenset[str]) -> int:
+    """Constrain every layer with float outputs to float32, except the convolutions named in
+    `reduced_layers` (TensorRT's ONNX parser names a layer after its ONNX node). Returns how many
+    convolutions were left free; none while some were asked for is an error, not an fp32 engine
+    that calls itself fp16."""
+    free = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.CONVOLUTION and layer.name in reduced_layers:
+            free += 1
+            continue
+        floats = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype == trt.float32]
+        if floats:
+            layer.precision = trt.float32
+            for j in floats:
+                layer.set_output_type(j, trt.float32)
+    if reduced_layers and not free:
+        raise EngineBuildError(f"none of the {len(reduced_layers)} convolutions chosen for reduced precision "
+                               "matched a TensorRT layer name; refusing to build a float32 engine under a "
+                               "reduced-precision name")
+    return free
+
+
+class EngineRunner:
+    """Runs a serialized engine on the GPU: numpy arrays in, float32 numpy arrays out."""
+
+    def __init__(self, trt, plan: bytes):
+        import torch
+
+        self.torch, self.trt = torch, trt
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise EngineBuildError("TensorRT could not load the engine it just built")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+
+    def __call__(self, inputs):
+        torch, trt = self.torch, self.trt
+        keep = []
+        for name, array in inputs.items():
+            tensor = torch.from_numpy(array).to("cuda", torch.float32).contiguous()
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            keep.append(tensor)
+        results = {}
+        for name in self.outputs:
+            dtype = torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+            self.context.set_tensor_address(name, out.data_ptr())
+            results[name] = out
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise EngineBuildError("TensorRT failed to run the engine")
+        stream.synchronize()
+        return {name: t.float().cpu().numpy() for name, t in results.items()}
