@@ -1,0 +1,430 @@
+"""The training loop: data, DDP, compile, mixed precision, validation, checkpoints, resume, logs.
+
+Run folder (``--out``):
+    config.json     the TrainConfig of the run
+    last.pt         written atomically every ``--ckpt-every`` steps and at each epoch end: model,
+                    optimizer, scheduler, GradScaler, RNG states and the next step to run
+    best.pt         the checkpoint with the best validation score so far (``--select-metric``)
+    log.jsonl       one JSON object a line: "run" (start/resume), "train" (every --log-every
+                    steps), "val" (each epoch), "compile", "end"
+    metrics.json    final: best and last validation metrics, test metrics of best.pt when the data
+                    has a test split, throughput, compile time, work per step
+
+All checkpoints are read back with ``torch.load(weights_only=True)`` (mmtrt.checkpoint).
+
+Reproducibility and resume: before step ``g`` the torch generators are re-seeded from
+(seed, g, rank), and the batch of step ``g`` is a pure function of (seed, g, rank) (train.data). So
+the state that decides step ``g`` is exactly (weights, optimizer, scheduler, scaler, g), which
+last.pt holds; a run killed at any point (SIGKILL included) and resumed from last.pt replays the
+lost steps and ends with the same weights as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from mmtrt.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from mmtrt.data import ClassificationFolder, SegmentationPairs
+from mmtrt.model import MultiMix
+
+from . import data as tdata
+from .config import TrainConfig
+from .metrics import evaluate_classification, evaluate_segmentation, selection_score
+from .step import TrainModule, work_per_step
+
+log = logging.getLogger("train")
+
+# Fields of the saved config that a --resume may change (they do not change the result).
+RESUME_OVERRIDES = ("out", "resume", "epochs", "max_steps", "progress", "workers", "compile", "ckpt_every",
+                    "log_every", "device")
+
+
+# ------------------------------------------------------------------------------------------------
+# Distributed set-up
+# ------------------------------------------------------------------------------------------------
+class Dist:
+    def __init__(self, cfg: TrainConfig):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", str(self.rank)))
+        want = cfg.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is available")
+        if want == "cuda":
+            self.device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        self.enabled = self.world > 1
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+# ------------------------------------------------------------------------------------------------
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank, 4242]).generate_state(1)[0])
+
+
+def params_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class JsonLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"time": _now(), **record}, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if isinstance(x, torch.Tensor):
+        return x.item() if x.numel() == 1 else x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return str(x)
+
+
+def _finite(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: (v if isinstance(v, float) and math.isfinite(v) else None) if isinstance(v, float) else v
+            for k, v in d.items()}
+
+
+def load_resume_config(cfg: TrainConfig) -> TrainConfig:
+    """The saved config of the run in cfg.out, with the fields a resume may change taken from cfg."""
+    path = Path(cfg.out) / "config.json"
+    if not path.is_file() or not (Path(cfg.out) / "last.pt").is_file():
+        raise SystemExit(f"--resume: no resumable run in {cfg.out} (config.json and last.pt are needed)")
+    saved = json.loads(path.read_text())
+    merged = {**saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES}}
+    differing = sorted(k for k, v in cfg.to_dict().items()
+                       if k not in RESUME_OVERRIDES and k in saved and saved[k] != v)
+    if differing:
+        warnings.warn(f"--resume: using the run's saved values for {differing} (the command line differs)")
+    return TrainConfig.from_dict(merged)
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------------
+def validate(model: MultiMix, cfg: TrainConfig, cls_set, seg_set, device) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    was_training = model.training
+    try:
+        if cls_set is not None:
+            metrics.update(evaluate_classification(model, cls_set, device, batch_size=max(cfg.batch, 16)))
+        if seg_set is not None:
+            metrics.update(evaluate_segmentation(model, seg_set, device, bridge=cfg.saliency_bridge,
+                                                 batch_size=max(cfg.batch, 8)))
+    finally:
+        model.train(was_training)
+    return metrics
+
+
+def eval_sets(cfg: TrainConfig, cls_root: Path, seg_root: Path, split: str):
+    cls_set = seg_set = None
+    if cfg.trains_classifier and tdata.has_split(cls_root, split):
+        cls_set = ClassificationFolder(cls_root, split, size=cfg.image_size)
+    if cfg.uses_seg and tdata.has_split(seg_root, split):
+        seg_set = SegmentationPairs(seg_root, split, size=cfg.image_size)
+    return cls_set, seg_set
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.resume:
+        cfg = load_resume_config(cfg)
+    out = Path(cfg.out)
+    dd = Dist(cfg)
+    flush = dd.device.type == "cpu" and cfg.flush_denormal
+    try:
+        if flush:
+            torch.set_flush_denormal(True)
+        return _train(cfg, out, dd)
+    finally:
+        if flush:  # process-wide state: put back the default for whoever runs next in this process
+            torch.set_flush_denormal(False)
+        dd.close()
+
+
+def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
+    device = dd.device
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            cfg.save(out / "config.json")
+    jlog = JsonLog(out / "log.jsonl", dd.main)
+
+    # data (rank 0 generates synthetic data first; the others then find it in the cache)
+    if dd.main:
+        cls_root, seg_root = tdata.data_roots(cfg)
+    dd.barrier()
+    if not dd.main:
+        cls_root, seg_root = tdata.data_roots(cfg)
+    pools = tdata.make_pools(cfg, cls_root, seg_root)
+    spe = tdata.steps_per_epoch(cfg, pools, dd.world)
+    total = cfg.epochs * spe
+    if cfg.max_steps > 0:
+        total = min(total, cfg.max_steps)
+    val_cls, val_seg = eval_sets(cfg, cls_root, seg_root, "val")
+    if cfg.trains_classifier and val_cls is None:
+        raise SystemExit(f"{cls_root}: no val/ split; the best checkpoint is chosen on held-out data")
+    if cfg.uses_seg and val_seg is None:
+        raise SystemExit(f"{seg_root}: no val/ split; the best checkpoint is chosen on held-out data")
+
+    # model, optimiser, schedule, scaler
+    torch.manual_seed(cfg.seed)
+    model = MultiMix().to(device).train()
+    module = TrainModule(model, cfg)
+    if dd.enabled:
+        full = cfg.uses_cls and cfg.uses_ssl and cfg.uses_seg and cfg.saliency_bridge
+        module = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not full)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    start_step, best_score, best_info = 0, -math.inf, None
+    if cfg.resume:
+        state = read_checkpoint(out / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        trainer_state = state["trainer"]
+        start_step = int(trainer_state["next_step"])
+        best_score = float(trainer_state["best_score"])
+        best_info = trainer_state.get("best_info") or None
+        torch.set_rng_state(state["rng"]["torch"])
+        jlog.write({"type": "run", "event": "resume", "next_step": start_step})
+
+    step_fn = module
+    compiled = False
+    # auto: compile on CUDA; on CPU the inductor build of this torch gave wrong gradients for this
+    # step (benchmarks/train_compile_check.py; losses equal, weight gradients off by >100%) and no
+    # speed-up, so auto trains eagerly there. --compile on compiles anyway.
+    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
+        step_fn = torch.compile(module)
+        compiled = True
+
+    batches = tdata.StepBatches(cfg, pools, dd.rank, dd.world, total_steps=total)
+    loader = DataLoader(batches, batch_size=None, sampler=range(start_step, total), num_workers=cfg.workers,
+                        pin_memory=device.type == "cuda")
+    n_seg = cfg.batch * ((len(pools.seg_l) > 0) + (len(pools.seg_u) > 0))
+    n_cls_grad = cfg.batch * ((len(pools.cls_l) > 0) + (len(pools.cls_u) > 0))
+    n_cls_nograd = cfg.batch * (len(pools.cls_u) > 0)
+    work = work_per_step(model, cfg, n_seg, n_cls_grad, n_cls_nograd)
+    images_per_step = work["images_per_step"]
+    if not cfg.resume:
+        jlog.write({"type": "run", "event": "start", "config": cfg.to_dict(), "world_size": dd.world,
+                    "device": str(device), "torch": torch.__version__, "steps_per_epoch": spe,
+                    "total_steps": total, "data": {"cls_root": str(cls_root), "seg_root": str(seg_root),
+                                                   **pools.sizes()}, "work": work})
+
+    disable = {"auto": None, "on": False, "off": True}[cfg.progress] if dd.main else True
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=start_step, desc="train", unit="step", disable=disable, dynamic_ncols=True)
+
+    step_times: list[float] = []
+    first_step_s = None
+    compile_fallback = None
+    last_val: dict[str, float] = {}
+    first_batch_digest = None
+    t_run = time.perf_counter()
+    eval_s = 0.0
+
+    def save_last(next_step: int, epoch: float, val: dict | None) -> None:
+        if not dd.main:
+            return
+        save_checkpoint(out / "last.pt", model,
+                        meta={"epoch": epoch, "step": next_step, "seed": cfg.seed, "metrics": val or {},
+                              "train_config": cfg.to_dict()},
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict() if scaler.is_enabled() else {},
+                        rng={"torch": torch.get_rng_state(),
+                             **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {})},
+                        trainer={"next_step": next_step, "best_score": best_score, "best_info": best_info or {}})
+
+    def run_step(fn, batch):
+        loss, parts = fn(batch)
+        scaler.scale(loss).backward()
+        return loss, parts
+
+    step = start_step
+    for step, batch in zip(range(start_step, total), loader):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if first_batch_digest is None:
+            first_batch_digest = hashlib.sha256(
+                b"".join(batch[k].cpu().numpy().tobytes() for k in sorted(batch))).hexdigest()
+        torch.manual_seed(step_seed(cfg.seed, step, dd.rank))
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        if compiled and first_step_s is None and cfg.compile == "auto":
+            try:
+                loss, parts = run_step(step_fn, batch)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
+                compile_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                warnings.warn(f"torch.compile failed, training eagerly instead ({compile_fallback})")
+                step_fn, compiled = module, False
+                optimizer.zero_grad(set_to_none=True)
+                torch.manual_seed(step_seed(cfg.seed, step, dd.rank))
+                loss, parts = run_step(step_fn, batch)
+        else:
+            loss, parts = run_step(step_fn, batch)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_value = float(loss.detach())  # (also synchronises a GPU: the timing below is real)
+        dt = time.perf_counter() - t0
+        if first_step_s is None:
+            first_step_s = dt
+            if compiled:
+                jlog.write({"type": "compile", "first_step_s": dt})
+        else:
+            step_times.append(dt)
+        if not math.isfinite(loss_value) and not scaler.is_enabled():
+            raise FloatingPointError(f"non-finite loss {loss_value} at step {step} "
+                                     f"({ {k: float(v) for k, v in parts.items()} })")
+        img_s = images_per_step * dd.world / dt
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{img_s:.1f}", refresh=False)
+        epoch = step // spe
+        if (step + 1) % cfg.log_every == 0 or step == start_step:
+            jlog.write({"type": "train", "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                        "step_s": dt, "images_per_s": img_s, **{k: float(v) for k, v in parts.items()}})
+
+        epoch_end = (step + 1) % spe == 0
+        stop = step + 1 == total
+        if epoch_end or stop:
+            t_eval = time.perf_counter()
+            val = validate(model, cfg, val_cls, val_seg, device) if dd.main else {}
+            eval_s += time.perf_counter() - t_eval
+            last_val = val
+            if epoch_end:
+                scheduler.step()
+            if dd.main:
+                score = selection_score(val, cfg.select_metric)
+                improved = math.isfinite(score) and score > best_score
+                if improved:
+                    best_score = score
+                    best_info = {"epoch": epoch, "step": step + 1, "score": score, "val": val}
+                    save_checkpoint(out / "best.pt", model,
+                                    meta={"epoch": epoch, "step": step + 1, "seed": cfg.seed, "metrics": val,
+                                          "score": score, "train_config": cfg.to_dict()})
+                jlog.write({"type": "val", "epoch": epoch, "step": step + 1, "score": score, "best": improved,
+                            **val})
+                bar.write(f"epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+            save_last(step + 1, epoch if epoch_end else epoch + ((step + 1) % spe) / spe, val)
+            dd.barrier()
+        elif cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
+            save_last(step + 1, epoch + ((step + 1) % spe) / spe, None)
+    bar.close()
+    wall = time.perf_counter() - t_run
+
+    # ---- final report ------------------------------------------------------------------------
+    digests = [params_digest(model)]
+    batch_digests = [first_batch_digest]
+    if dd.enabled:
+        gathered: list = [None] * dd.world
+        dist.all_gather_object(gathered, (digests[0], first_batch_digest))
+        digests = [g[0] for g in gathered]
+        batch_digests = [g[1] for g in gathered]
+    result: dict[str, Any] = {}
+    if dd.main:
+        test_metrics = None
+        test_cls, test_seg = eval_sets(cfg, cls_root, seg_root, "test")
+        if (out / "best.pt").is_file() and (test_cls is not None or test_seg is not None):
+            best_model, _ = load_checkpoint(out / "best.pt")
+            test_metrics = validate(best_model.to(device), cfg, test_cls, test_seg, device)
+        median = statistics.median(step_times) if step_times else first_step_s
+        result = {
+            "finished": _now(),
+            "out": str(out),
+            "config": cfg.to_dict(),
+            "best": best_info,
+            "last": {"step": step + 1 if total > start_step else start_step, "val": last_val},
+            "test": test_metrics,
+            "timing": {
+                "device": str(device), "world_size": dd.world, "precision": cfg.precision,
+                "compiled": compiled, "compile_fallback": compile_fallback,
+                "first_step_s": first_step_s,
+                "compile_s": (first_step_s - median) if (compiled and first_step_s is not None and step_times)
+                else None,
+                "median_step_s": median,
+                "steps_per_s": (1.0 / median) if median else None,
+                "images_per_s": (images_per_step * dd.world / median) if median else None,
+                "steps_timed": len(step_times), "eval_s": eval_s, "wall_s": wall,
+            },
+            "work": work,
+            "data": pools.sizes(),
+            "distributed": {"world_size": dd.world, "param_digests": digests, "first_batch_digests": batch_digests,
+                            "in_sync": len(set(digests)) == 1},
+        }
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+        jlog.write({"type": "end", "timing": result["timing"], "best": best_info})
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import parse_args
+
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = train(cfg)
+    if result:
+        summary = {"best": (result["best"] or {}).get("val"), "test": result["test"],
+                   "timing": result["timing"]}
+        print(json.dumps(summary, indent=2, default=_jsonable))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
