@@ -82,6 +82,24 @@ def _raise_stop(signum, _frame):
     raise _Stop(signum)
 
 
+# The watchdog of `mmtrt serve`: how often it looks for dead stub processes, and how many
+# restarts it makes in a window before it gives up (a model whose stub dies at once again).
+WATCHDOG_PERIOD_S = 1.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 def _describe_models(server) -> list[str]:
     import tritonclient.http as httpclient
 
@@ -117,9 +135,16 @@ def _describe_models(server) -> list[str]:
               help="Where the server's own log goes [default: a file in the temp folder].")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds to wait for the models to load.")
+@click.option("--watchdog/--no-watchdog", default=True, show_default=True,
+              help="Restart tritonserver on the same ports when it exits on its own (a crash) "
+                   "or a model's python-backend stub process dies (Triton does not restart a "
+                   "stub: the model would fail every request while still reported ready). At "
+                   f"most {MAX_RESTARTS} restarts in {RESTART_WINDOW_S // 60} minutes, then "
+                   "mmtrt serve exits 1.")
 @click.argument("tritonserver_args", nargs=-1, type=click.UNPROCESSED)
 def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_port: int,
-          log_file: Path | None, timeout: float, tritonserver_args: tuple[str, ...]):
+          log_file: Path | None, timeout: float, watchdog: bool,
+          tritonserver_args: tuple[str, ...]):
     """Serve the model REPOSITORY (built by `mmtrt repo`) with the real Triton server until
     Ctrl-C or SIGTERM.
 
@@ -161,11 +186,42 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_p
         click.echo(f"ready in {time.monotonic() - t0:.1f} s (pid {server.pid}); Ctrl-C or "
                    "SIGTERM stops it")
         sys.stdout.flush()
-        while server.is_running():
+        restarts: list[float] = []
+        next_check = time.monotonic() + WATCHDOG_PERIOD_S
+        while True:
             time.sleep(0.2)
+            exited = not server.is_running()
+            if exited and not watchdog:
+                break
+            if not exited:
+                if not watchdog or time.monotonic() < next_check:
+                    continue
+                dead = server.dead_stubs()
+                next_check = time.monotonic() + WATCHDOG_PERIOD_S
+                if not dead:
+                    continue
+                reason = f"the python-backend stub process of model(s) {', '.join(dead)} died"
+            else:
+                reason = f"tritonserver exited on its own ({_exit_status(server.exit_code)})"
+            restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_S]
+            if len(restarts) >= MAX_RESTARTS:
+                raise ServingError(
+                    f"{reason} after {len(restarts)} restarts in {RESTART_WINDOW_S // 60} "
+                    f"minutes; giving up\n--- tail of {server.log_path} ---\n{server.log_tail()}")
+            restarts.append(time.monotonic())
+            click.echo(f"warning: {reason}; restarting tritonserver on the same ports "
+                       "(requests in flight fail; clients retry)", err=True)
+            if exited:
+                click.echo(f"--- tail of {server.log_path} ---\n{server.log_tail(8)}", err=True)
+            t1 = time.monotonic()
+            server.restart(timeout=timeout)
+            click.echo(f"serving again after {time.monotonic() - t1:.1f} s (pid "
+                       f"{server.pid}, restart {len(restarts)})")
+            sys.stdout.flush()
+            next_check = time.monotonic() + WATCHDOG_PERIOD_S
         code = 1
-        click.echo(f"Error: tritonserver exited on its own\n--- tail of {server.log_path} "
-                   f"---\n{server.log_tail()}", err=True)
+        click.echo(f"Error: tritonserver exited on its own ({_exit_status(server.exit_code)})"
+                   f"\n--- tail of {server.log_path} ---\n{server.log_tail()}", err=True)
     except _Stop as stop:
         click.echo(f"{stop}: stopping the server")
     except ServingError as e:
@@ -196,8 +252,9 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_p
               help="Images per request (capped at the model's max_batch_size).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"),
               show_default=True, help="Folder for the JSON and PNG overlay of each image.")
-@click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Connection retries when the server is unreachable.")
+@click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Retries when the server is unreachable, at connection and for each batch "
+                   "(a server restarting, a model's stub process restarted).")
 @click.option("--retry-delay", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="First retry delay in seconds; doubled at each retry.")
 @click.option("--header", "headers", multiple=True, metavar="KEY=VALUE",
@@ -235,7 +292,7 @@ def infer(images: tuple[Path, ...], url: str | None, protocol: str, model: str,
     try:
         results = infer_files(paths, client=client, protocol=protocol, model=model,
                               batch_size=batch_size, out=out, headers=header_dict or None,
-                              url=url, say=say)
+                              url=url, retries=retries, backoff_s=retry_delay, say=say)
     except InferError as e:
         _fail(str(e))
     finally:

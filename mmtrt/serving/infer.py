@@ -88,13 +88,14 @@ def _client_module(protocol: str):
     return module
 
 
-def connect(url: str, protocol: str = "http", *, retries: int = 4, backoff_s: float = 0.5,
+def connect(url: str, protocol: str = "http", *, retries: int = 5, backoff_s: float = 0.5,
             timeout_s: float = 60.0, headers: dict | None = None,
             say: Callable[[str], None] = lambda _m: None):
     """A tritonclient client for a live and ready server at ``url``.
 
     Tries ``1 + retries`` times, sleeping ``backoff_s``, then twice as long each time (0.5, 1,
-    2, 4 s by default: about 7.5 s in all) and calling ``say`` with a line per retry; then raises
+    2, 4, 8 s by default: about 15 s in all, longer than `mmtrt serve`'s watchdog takes to
+    restart a server on 2 busy cores) and calling ``say`` with a line per retry; then raises
     InferError saying what failed.
     """
     module = _client_module(protocol)
@@ -138,8 +139,29 @@ def connect(url: str, protocol: str = "http", *, retries: int = 4, backoff_s: fl
 
 
 def _short(e: Exception) -> str:
-    text = str(e).strip()
+    text = str(e).strip() or type(e).__name__
     return text if len(text) < 300 else text[:300] + "..."
+
+
+def _transient(e: Exception) -> bool:
+    """Can the same request succeed later? True when the server was unreachable or dropped the
+    connection (stopped, killed, restarting; a model being unloaded while the server stops), and
+    when a model's python-backend stub process had died (``mmtrt serve`` restarts the server
+    then). A rejected input is not transient."""
+    import http.client
+
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(e, (OSError, ConnectionError, http.client.HTTPException)):
+        return True  # refused, reset, closed mid-response (geventhttpclient's HTTPConnectionClosed)
+    if isinstance(e, InferenceServerException):
+        if "UNAVAILABLE" in str(e.status() or ""):  # gRPC: no server at the address
+            return True
+        text = str(e)
+        if "Stub process" in text and "not healthy" in text:
+            return True
+        return "has no available versions" in text  # the server unloading it: stopping
+    return False
 
 
 def _model_info(client, protocol: str, model: str, headers: dict | None):
@@ -270,14 +292,19 @@ def render_overlay(image: np.ndarray, path: Path, *, probs: np.ndarray,
 
 def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "multimix",
                 batch_size: int = 8, out: Path | None = None, overlays: bool = True,
-                headers: dict | None = None, url: str = "",
+                headers: dict | None = None, url: str = "", retries: int = 5,
+                backoff_s: float = 0.5,
                 say: Callable[[str], None] = lambda _m: None) -> list[ImageResult]:
     """Run ``paths`` through ``model`` in batches of ``batch_size`` (at most the model's
     max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when ``out``.
 
     A file that cannot be read is that image's error (its message names the file) and the others
-    go on; a failed request is the error of the images it carried. Raises InferError only when
-    the model cannot be used at all.
+    go on; a request the server rejects is the error of the images it carried. A request that
+    fails because the server went away (killed, restarting) or a model's stub process died is
+    sent again up to ``retries`` times, sleeping ``backoff_s``, then twice as long each time (as
+    :func:`connect`); if it still fails, that batch and every image not sent yet get an error
+    saying so, and no more requests are made. Raises InferError only when the model cannot be
+    used at all.
     """
     from tritonclient.utils import InferenceServerException
 
@@ -296,6 +323,7 @@ def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "m
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
     results = [ImageResult(p) for p in paths]
+    address = url or "the server"
 
     for start in range(0, len(paths), batch_size):
         chunk = list(range(start, min(start + batch_size, len(paths))))
@@ -314,14 +342,40 @@ def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "m
         batch = np.stack([a for _, a in loaded])[:, None].astype(np.float32, copy=False)
         inp = module.InferInput("image", list(batch.shape), "FP32")
         inp.set_data_from_numpy(batch)
-        try:
-            response = client.infer(model, [inp], headers=headers,
-                                    outputs=[module.InferRequestedOutput(o) for o in wanted])
-            got = {o: response.as_numpy(o) for o in wanted}
-        except (InferenceServerException, OSError, ConnectionError) as e:
+        delay = float(backoff_s)
+        for attempt in range(int(retries) + 1):
+            try:
+                response = client.infer(model, [inp], headers=headers,
+                                        outputs=[module.InferRequestedOutput(o) for o in wanted])
+                got = {o: response.as_numpy(o) for o in wanted}
+                error = None
+                break
+            except Exception as e:  # noqa: BLE001 - sorted into transient or not below
+                if not isinstance(e, InferenceServerException) and not _transient(e):
+                    raise
+                error = e
+                if not _transient(e) or attempt == retries:
+                    break
+                say(f"a batch of {len(loaded)} image(s) failed: {_short(e)}; retrying in "
+                    f"{delay:.1f} s ({attempt + 1}/{retries})")
+                time.sleep(delay)
+                delay *= 2
+        if error is not None and _transient(error):
+            attempts = int(retries) + 1
+            reason = (f"{address} ({protocol}) still failing after {attempts} attempt(s): "
+                      f"{_short(error)}")
             for i, _ in loaded:
-                results[i].error = f"{paths[i]}: inference failed: {_short(e)}"
-            say(f"error: a batch of {len(loaded)} image(s) failed: {_short(e)}")
+                results[i].error = f"{paths[i]}: inference failed: {reason}"
+            unsent = [i for i in range(chunk[-1] + 1, len(paths))]
+            for i in unsent:
+                results[i].error = f"{paths[i]}: not sent: giving up on the server at {reason}"
+            say(f"error: giving up: the server at {reason}; a batch of {len(loaded)} image(s) "
+                f"failed and {len(unsent)} image(s) were not sent")
+            break
+        if error is not None:
+            for i, _ in loaded:
+                results[i].error = f"{paths[i]}: inference failed: {_short(error)}"
+            say(f"error: a batch of {len(loaded)} image(s) failed: {_short(error)}")
             continue
         for j, (i, image) in enumerate(loaded):
             r = results[i]

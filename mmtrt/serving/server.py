@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 __all__ = ["ServingError", "TritonServer", "find_tritonserver", "bundled_tritonserver_root",
-           "restricted_headers"]
+           "restricted_headers", "python_stub_processes"]
 
 _INSTALL_HINT = (
     "install the Triton server binary with `pip install --no-deps nvidia-pytriton==0.7.0` "
@@ -226,6 +226,50 @@ def _parent_death_signal():
     return preexec
 
 
+_STUB_NAME = "triton_python_backend_stub"
+
+
+def _stat(pid: str) -> tuple[str, int] | None:
+    """(state letter, parent pid) of a process from /proc, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    try:
+        return fields[0], int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def python_stub_processes(server_pid: int) -> list[tuple[int, str, str]]:
+    """(pid, model, instance) of every live python-backend stub process of the tritonserver
+    ``server_pid`` (its children in /proc running ``triton_python_backend_stub``). A stub that
+    died and was not reaped (a zombie: tritonserver does not wait for it) is not listed. Empty
+    without /proc."""
+    stubs = []
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return stubs
+    for pid in pids:
+        stat = _stat(pid)
+        if stat is None or stat[1] != server_pid or stat[0] in ("Z", "X"):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if not argv or Path(argv[0]).name != _STUB_NAME:
+            continue
+        # argv: stub, <repository>/<model>/<version>/model.py, shm region, ..., instance name, ...
+        model = Path(argv[1]).parent.parent.name if len(argv) > 1 else "?"
+        instance = argv[8] if len(argv) > 8 and argv[8] else model
+        stubs.append((int(pid), model, instance))
+    return sorted(stubs)
+
+
 # Servers started by this process, stopped at interpreter exit if their owner forgot to: the
 # server runs in its own session, so nothing else would end it.
 _RUNNING: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
@@ -282,6 +326,7 @@ class TritonServer:
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._log_offset = 0
+        self._stubs_at_ready: dict[str, int] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -310,6 +355,12 @@ class TritonServer:
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status of a server that ended by itself (negative: killed by that signal);
+        None while it runs or after stop()."""
+        return self._proc.poll() if self._proc is not None else None
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> "TritonServer":
@@ -428,6 +479,9 @@ class TritonServer:
             try:
                 self._launch(binary, bundled_root)
                 self._wait_ready(models, timeout)
+                self._stubs_at_ready = {}
+                for _pid, model, _instance in python_stub_processes(self.pid):
+                    self._stubs_at_ready[model] = self._stubs_at_ready.get(model, 0) + 1
                 return self
             except ServingError:
                 taken = self._ports_in_use()
@@ -440,6 +494,39 @@ class TritonServer:
                 self.stop()
                 raise
         raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ health of the models
+    def stub_processes(self) -> list[tuple[int, str, str]]:
+        """(pid, model, instance) of the live python-backend stub processes of this server."""
+        return python_stub_processes(self.pid) if self.is_running() else []
+
+    def dead_stubs(self) -> list[str]:
+        """Models that have fewer live python-backend stub processes than when the server became
+        ready: a stub was killed or crashed (e.g. by the OOM killer).
+
+        Triton 2.51 neither restarts such a stub nor marks its model unready: the server stays
+        live and ready, the model stays READY, and every request to it fails with "Stub process
+        '<model>_0_0' is not healthy" until the model is loaded again, which model control mode
+        ``none`` only does by restarting the server (:meth:`restart`; ``mmtrt serve`` does it by
+        itself). Meant for model control mode ``none``, where the set of models never changes.
+        """
+        if not self._stubs_at_ready or not self.is_running():
+            return []
+        live: dict[str, int] = {}
+        for _pid, model, _instance in self.stub_processes():
+            live[model] = live.get(model, 0) + 1
+        return sorted(m for m, n in self._stubs_at_ready.items() if live.get(m, 0) < n)
+
+    def restart(self, timeout: float = 120.0) -> "TritonServer":
+        """Stop the server and start it again on the same ports (also those first picked free),
+        so clients reconnect to the same addresses. Raises ServingError like :meth:`start`."""
+        ports = dict(self.ports)
+        self.stop()
+        requested, self._requested_ports = self._requested_ports, ports
+        try:
+            return self.start(timeout)
+        finally:
+            self._requested_ports = requested
 
     def _check_repository(self, bundled: bool) -> None:
         """Fail early, with the fix, on what tritonserver would only report in its log."""

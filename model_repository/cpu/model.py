@@ -15,7 +15,8 @@ between the models lives in their ``config.pbtxt``:
 
 Every request is validated on its own (dtype, shape, batch size, finite values); the valid
 requests of one execution (dynamic batching) run as one onnxruntime batch and are split back, an
-invalid one gets its own error response.
+invalid one gets its own error response, and so does one whose outputs are not finite (a finite
+input far outside [0, 1] can overflow float32 inside the graph).
 
 Structure follows the official python-backend examples (initialize / execute / finalize).
 """
@@ -69,6 +70,19 @@ def _shape_fits(onnx_shape, batched_dims):
         return False
     return all(not isinstance(have, int) or want == -1 or have == want
                for have, want in zip(onnx_shape, batched_dims))
+
+
+def _non_finite(parts, arr):
+    """A message if an output of one request holds NaN or Inf, else None. Finite inputs can still
+    overflow float32 inside the graph (values near 3.4e38); that request gets an error instead of
+    NaN probabilities (and a label that would be argmax of NaN)."""
+    bad = [f"{name} ({int((~np.isfinite(value)).sum())})" for name, value in parts
+           if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()]
+    if not bad:
+        return None
+    return (f"the outputs for this input are not finite: non-finite values in {', '.join(bad)}; "
+            f"the input's values range from {float(arr.min()):.4g} to {float(arr.max()):.4g}, "
+            "images are expected in [0, 1]")
 
 
 class TritonPythonModel:
@@ -185,9 +199,14 @@ class TritonPythonModel:
         start = 0
         for i, arr in valid:
             stop = start + arr.shape[0]
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(name, np.ascontiguousarray(value[start:stop]))
-                for name, value in outputs])
+            parts = [(name, value[start:stop]) for name, value in outputs]
+            problem = _non_finite(parts, arr)
+            if problem:  # never answer NaN: e.g. finite inputs near the float32 maximum
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"model '{self.model_name}': {problem}"))
+            else:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in parts])
             start = stop
         return responses
 
