@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from mmtrt.bench.report import cpu_model
 from mmtrt.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from mmtrt.export.manifest import read_manifest, versions
 from mmtrt.export.validate import make_image, onnxruntime_runner
@@ -39,16 +40,6 @@ from mmtrt.model import MultiMix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_SALIENCY_OVER_ENCODER = 2.2
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def prepare_export(args) -> tuple[Path, MultiMix]:

@@ -12,14 +12,12 @@ execution):
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmtrt.files import atomic_write, file_sha256  # noqa: F401  (re-exported)
 from mmtrt.model import MultiMix
 
 FORMAT = "mmtrt.multimix"
@@ -28,23 +26,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(file_object)` on a temporary file beside `path`, fsync it, then rename it over
-    `path`: readers see the old file or the complete new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, model: MultiMix, meta: dict[str, Any] | None = None, **extra: Any) -> None:
@@ -83,14 +64,6 @@ def load_checkpoint(path: Path) -> tuple[MultiMix, dict[str, Any]]:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the MultiMix architecture: {_first_line(exc, 3)}") from exc
     return model.eval(), state.get("meta", {})
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _first_line(exc: Exception, lines: int = 1) -> str:

@@ -3,9 +3,7 @@ published reference path."""
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import click

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import click
 
+from mmtrt.files import move_folder_into_place
+
 from mmtrt.export.manifest import (ENGINE_PARITY, FORMAT, FORMAT_VERSION, MANIFEST, PARITY, TIMING_CACHE,
                                    ExportError, file_entry, now, read_manifest, tensor_shapes, versions,
                                    write_file, write_json)
@@ -131,7 +133,7 @@ def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_ba
             "versions": versions(),
         }
         write_json(staging / MANIFEST, manifest)
-        _move_into_place(staging, out)
+        move_folder_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -260,17 +262,6 @@ def _staging_folder(out: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=f".{out.name}.exporting-", dir=out.parent))
     except OSError as exc:
         raise ExportError(f"cannot write the export folder {out}: {exc.strerror or exc} ({exc.filename or out.parent})") from None
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    os.chmod(staging, 0o755)  # mkdtemp makes it 0700
-    if out.exists():  # --overwrite (or an empty folder): swap, never a half-replaced folder
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / out.name)
-        os.rename(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, out)
 
 
 def _keep_failed(staging: Path, out: Path) -> Path:

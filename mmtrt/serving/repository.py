@@ -16,10 +16,8 @@ the result offline (:func:`validate_repository`) before renaming it into place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import string
@@ -27,6 +25,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from mmtrt.files import file_sha256, move_folder_into_place
 
 from .server import ServingError
 
@@ -403,14 +403,6 @@ def _graph_of(name: str, config, repository: Path) -> str | None:
 
 # --------------------------------------------------------------------------- building
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_manifest(export_dir: Path) -> dict:
     path = export_dir / "manifest.json"
     if not path.is_file():
@@ -432,7 +424,7 @@ def _check_sha256(path: Path, manifest: dict, export_dir: Path, *, required: boo
         if required:
             raise ServingError(f"manifest.json of {export_dir} lists no sha256 for {path.name}")
         return
-    if _sha256(path).lower() != str(expected).lower():
+    if file_sha256(path).lower() != str(expected).lower():
         raise ServingError(f"sha256 mismatch for {path}: the file differs from the one the "
                            "manifest describes (modified or corrupted after export)")
 
@@ -600,14 +592,7 @@ def build_repository(export_dir: Path, out: Path, *, flavour: str = "cpu",
                 shutil.copy2(export_dir / spec.onnx_file, dst / VERSION / spec.onnx_file)
                 shutil.copy2(export_dir / "manifest.json", dst / VERSION / "manifest.json")
         validate_repository(staging, onnx_dir=export_dir)
-        os.chmod(staging, 0o755)  # mkdtemp makes it 0700
-        if out.exists():  # overwrite: move the old one aside, then swap
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / out.name)
-            os.rename(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, out)
+        move_folder_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
