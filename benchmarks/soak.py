@@ -399,7 +399,7 @@ def main(argv=None) -> int:
                            window_s=args.window, warmup_s=args.warmup, progress=progress)
             figures["server_alive_after"] = server.is_running()
             figures["server_log_errors"] = server.log_errors()[:10]
-        command = "python " + " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:]))
+        command = "python benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
         figures["environment"] = env
         figures["command"] = command
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(md)
+    md_file = out.with_suffix(".md")
+    # keep the hand-written findings (every "## " section) of the previous table
+    if md_file.is_file() and "\n## " in md_file.read_text():
+        md += "\n## " + md_file.read_text().split("\n## ", 1)[1]
+    md_file.write_text(md)
     return 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +21,8 @@ def file_sha256(path: Path) -> str:
 
 def atomic_write(path: Path, write) -> None:
     """Call `write(file_object)` on a temporary file beside `path`, fsync it, then rename it over
-    `path`: readers see the old file or the complete new one, never a half-written one."""
+    `path`: readers see the old file or the complete new one, never a half-written one. A write
+    that runs out of space raises OSError(ENOSPC or EFBIG) naming `path`; the old file stays."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,9 +32,46 @@ def atomic_write(path: Path, write) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        out_of_space = _out_of_space(exc, Path(tmp))  # before the unlink frees the space
         Path(tmp).unlink(missing_ok=True)
-        raise
+        if out_of_space is None:
+            raise
+        code, why = out_of_space
+        raise OSError(code, f"cannot write {path}: {why}; the previous file is unchanged",
+                      str(path)) from exc
+
+
+def _out_of_space(exc: BaseException, tmp: Path) -> tuple[int, str] | None:
+    """(errno, reason) when a failed write ran out of room, else None. Writers that keep their
+    own buffers (torch.save's zip writer) report a short write as a RuntimeError ("unexpected
+    pos N vs M") and drop the errno, so the file-size limit and the free space are looked at."""
+    code = getattr(exc, "errno", None)
+    if not isinstance(exc, Exception) or (isinstance(exc, OSError)
+                                          and code not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)):
+        return None
+    try:
+        written = tmp.stat().st_size
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if code == errno.EFBIG or (limit != resource.RLIM_INFINITY and written >= limit):
+        return errno.EFBIG, f"file too large (the process may write at most {limit} bytes a file)"
+    if code in (errno.ENOSPC, errno.EDQUOT) or free < (1 << 20):
+        return errno.ENOSPC, f"no space left on {tmp.parent} ({free} bytes free)"
+    return None
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files that writers of `path` killed mid-write left beside it
+    (``.<name>.*.tmp``: a SIGKILL gives atomic_write no chance to clean up). Call it only where
+    no other writer of `path` can be running."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def move_folder_into_place(staging: Path, out: Path) -> None:

@@ -2,7 +2,8 @@
 and no checkpoint reaches pickle, eval/exec or a shell.
 
 The served code path (mmtrt/serving, the python-backend model in model_repository, the image
-loader in mmtrt/data) must not deserialise with pickle/marshal/shelve/dill, nor call eval, exec,
+loader in mmtrt/data, mmtrt/checkpoint.py and the file helpers of mmtrt/files.py) must not
+deserialise with pickle/marshal/shelve/dill, nor call eval, exec,
 compile or __import__, nor run a shell; every torch.load in the project (mmtrt/, train/) must pass
 weights_only=True, and numpy.load must not allow pickles.
 
@@ -26,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVED = [ROOT / "mmtrt" / "serving", ROOT / "model_repository", ROOT / "mmtrt" / "data",
-          ROOT / "mmtrt" / "checkpoint.py"]
+          ROOT / "mmtrt" / "checkpoint.py", ROOT / "mmtrt" / "files.py"]
 CHECKPOINT_READERS = [ROOT / "mmtrt", ROOT / "train"]
 
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve",

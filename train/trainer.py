@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from mmtrt.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mmtrt.data import ClassificationFolder, SegmentationPairs
+from mmtrt.files import remove_stale_temporaries
 from mmtrt.model import MultiMix
 
 from . import data as tdata
@@ -234,6 +235,10 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
 
     start_step, best_score, best_info = 0, -math.inf, None
     if cfg.resume:
+        if dd.main:  # what a SIGKILL during a checkpoint write left behind
+            for name in ("last.pt", "best.pt"):
+                for tmp in remove_stale_temporaries(out / name):
+                    jlog.write({"type": "run", "event": "removed-temporary", "file": tmp.name})
         state = read_checkpoint(out / "last.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -418,7 +423,11 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except OSError as exc:  # e.g. a full disk or an unwritable --out: the message names the file
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if result:
         summary = {"best": (result["best"] or {}).get("val"), "test": result["test"],
                    "timing": result["timing"]}

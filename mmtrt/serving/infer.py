@@ -88,6 +88,23 @@ def _client_module(protocol: str):
     return module
 
 
+def _grpc_channel_args(module) -> list[tuple]:
+    """tritonclient's own gRPC channel options, plus a reconnect back-off capped at 1 s: after the
+    server went away gRPC waits up to 120 s between connection attempts by default, and a call in
+    that wait fails at once with UNAVAILABLE even after the server is back, which would use up
+    the retries of :func:`infer_files` while a restarted server is already serving."""
+    keepalive = module.KeepAliveOptions()
+    return [("grpc.max_send_message_length", module.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", module.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
 def connect(url: str, protocol: str = "http", *, retries: int = 5, backoff_s: float = 0.5,
             timeout_s: float = 60.0, headers: dict | None = None,
             say: Callable[[str], None] = lambda _m: None):
@@ -112,7 +129,8 @@ def connect(url: str, protocol: str = "http", *, retries: int = 5, backoff_s: fl
                                                       network_timeout=timeout_s)
                 ready = client.is_server_ready(headers=headers)
             else:
-                client = module.InferenceServerClient(address, ssl=ssl)
+                client = module.InferenceServerClient(address, ssl=ssl,
+                                                      channel_args=_grpc_channel_args(module))
                 ready = client.is_server_ready(headers=headers, client_timeout=5.0)
             if ready:
                 return client

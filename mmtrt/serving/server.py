@@ -242,11 +242,12 @@ def _stat(pid: str) -> tuple[str, int] | None:
         return None
 
 
-def python_stub_processes(server_pid: int) -> list[tuple[int, str, str]]:
-    """(pid, model, instance) of every live python-backend stub process of the tritonserver
-    ``server_pid`` (its children in /proc running ``triton_python_backend_stub``). A stub that
-    died and was not reaped (a zombie: tritonserver does not wait for it) is not listed. Empty
-    without /proc."""
+_SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def _stub_argvs(server_pid: int) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of the live python-backend stub processes that are children of
+    ``server_pid``, from /proc (zombies left out). Empty without /proc."""
     stubs = []
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
@@ -261,13 +262,23 @@ def python_stub_processes(server_pid: int) -> list[tuple[int, str, str]]:
                 argv = fh.read().decode("utf-8", "replace").split("\0")
         except OSError:
             continue
-        if not argv or Path(argv[0]).name != _STUB_NAME:
-            continue
+        if argv and Path(argv[0]).name == _STUB_NAME:
+            stubs.append((int(pid), argv))
+    return sorted(stubs)
+
+
+def python_stub_processes(server_pid: int) -> list[tuple[int, str, str]]:
+    """(pid, model, instance) of every live python-backend stub process of the tritonserver
+    ``server_pid`` (its children in /proc running ``triton_python_backend_stub``). A stub that
+    died and was not reaped (a zombie: tritonserver does not wait for it) is not listed. Empty
+    without /proc."""
+    stubs = []
+    for pid, argv in _stub_argvs(server_pid):
         # argv: stub, <repository>/<model>/<version>/model.py, shm region, ..., instance name, ...
         model = Path(argv[1]).parent.parent.name if len(argv) > 1 else "?"
         instance = argv[8] if len(argv) > 8 and argv[8] else model
-        stubs.append((int(pid), model, instance))
-    return sorted(stubs)
+        stubs.append((pid, model, instance))
+    return stubs
 
 
 # Servers started by this process, stopped at interpreter exit if their owner forgot to: the
@@ -327,6 +338,7 @@ class TritonServer:
         self._workdir: Path | None = None
         self._log_offset = 0
         self._stubs_at_ready: dict[str, int] = {}
+        self._shm_regions: set[str] = set()  # the python backend's /dev/shm files of this server
 
     # ------------------------------------------------------------------ properties
     @property
@@ -482,6 +494,8 @@ class TritonServer:
                 self._stubs_at_ready = {}
                 for _pid, model, _instance in python_stub_processes(self.pid):
                     self._stubs_at_ready[model] = self._stubs_at_ready.get(model, 0) + 1
+                self._shm_regions = {argv[2] for _pid, argv in _stub_argvs(self.pid)
+                                     if len(argv) > 2 and argv[2].startswith(_SHM_PREFIX)}
                 return self
             except ServingError:
                 taken = self._ports_in_use()
@@ -517,11 +531,18 @@ class TritonServer:
             live[model] = live.get(model, 0) + 1
         return sorted(m for m, n in self._stubs_at_ready.items() if live.get(m, 0) < n)
 
-    def restart(self, timeout: float = 120.0) -> "TritonServer":
+    def restart(self, timeout: float = 120.0, grace: float | None = None) -> "TritonServer":
         """Stop the server and start it again on the same ports (also those first picked free),
-        so clients reconnect to the same addresses. Raises ServingError like :meth:`start`."""
+        so clients reconnect to the same addresses. Raises ServingError like :meth:`start`.
+
+        ``grace``: seconds the stop waits for tritonserver to exit by itself (:meth:`stop`);
+        default 20, or 2 when a stub is dead: the dead model can never unload, so tritonserver
+        would only wait out its exit time-out (5 s) for it, while the requests in flight on the
+        healthy models finish well within 2 s."""
+        if grace is None:
+            grace = 2.0 if self.dead_stubs() else 20.0
         ports = dict(self.ports)
-        self.stop()
+        self.stop(grace=grace)
         requested, self._requested_ports = self._requested_ports, ports
         try:
             return self.start(timeout)
@@ -630,7 +651,8 @@ class TritonServer:
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM the server (it unloads its models and stops their stub processes), then the
-        rest of its process group; SIGKILL whatever is left after ``grace`` seconds."""
+        rest of its process group; SIGKILL whatever is left after ``grace`` seconds. Removes the
+        shared-memory files of its stubs a crashed or killed server leaves in /dev/shm."""
         proc, self._proc = self._proc, None
         _RUNNING.discard(self)
         if proc is not None:
@@ -655,6 +677,14 @@ class TritonServer:
                 time.sleep(0.05)
                 proc.poll()  # reap the leader so its pid (= the group id) frees
             proc.wait()
+        # A server that stopped cleanly removed its stubs' shared-memory files; one that crashed
+        # or was killed left them in /dev/shm (1 MB and up each, for good): remove them.
+        for name in self._shm_regions:
+            try:
+                (Path("/dev/shm") / name).unlink()
+            except OSError:
+                pass
+        self._shm_regions = set()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
