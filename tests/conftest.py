@@ -51,3 +51,31 @@ def model() -> MultiMix:
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = torch.as_tensor(actual).detach().double(), torch.as_tensor(expected).detach().double()
     return float((actual - expected).norm() / expected.norm())
+
+
+# --------------------------------------------------------------------------- serving fixtures
+# One module-scoped export, repository and Triton server for each serving test module (their
+# helpers are in serving_helpers.py). A module that needs other graphs or settings overrides one.
+
+@pytest.fixture(scope="module")
+def export_dir(request):
+    from serving_helpers import real_export
+
+    return real_export(request)
+
+
+@pytest.fixture(scope="module")
+def repo(export_dir, tmp_path_factory):
+    """The repository as `mmtrt repo` builds it (CPU flavour), one onnxruntime thread a model."""
+    from mmtrt.serving import build_repository
+
+    return build_repository(export_dir, tmp_path_factory.mktemp("built") / "repo", ort_threads=1)
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    from serving_helpers import start_server
+
+    srv = start_server(repo, tmp_path_factory.mktemp("log") / "triton.log")
+    yield srv
+    srv.stop()

@@ -38,3 +38,21 @@ def test_ratio_table_quotes_each_target_against_the_baseline_at_its_batch():
                         Measurement("fast", 1, 5, 3.0, lat)], baseline="reference")
     assert [r["x_reference"] for r in rows] == [1.0, 3.5, None]
     assert "| fast | 8 | 35 |" in markdown_table(rows)
+
+
+def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_timed_calls():
+    import numpy as np
+
+    from mmtrt.bench.measure import reset_peak_rss, resident_mb
+
+    batches = [torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0)]
+    touch_200_mb = lambda b: float(np.ones(200 * 2**20 // 8).sum())  # noqa: E731 (allocated and written)
+    if not reset_peak_rss():  # no /proc/self/clear_refs to write: no figure rather than a wrong one
+        assert measure("probe", lambda b: None, batches, warmup=0, min_calls=2, min_seconds=0).peak_memory_mb is None
+        return
+    before = resident_mb()
+    allocating = measure("alloc", touch_200_mb, batches, warmup=1, min_calls=2, min_seconds=0)
+    assert allocating.peak_memory_mb >= before + 190
+    before = resident_mb()  # the warm-up's 200 MB above are not a peak of these timed calls
+    idle = measure("idle", lambda b: None, batches, warmup=1, min_calls=2, min_seconds=0)
+    assert before - 1 <= idle.peak_memory_mb < before + 50

@@ -18,25 +18,11 @@ from PIL import Image
 
 from mmtrt.cli import main
 from mmtrt.data import load_image, synth_xray
-from mmtrt.serving import build_repository
-from test_serving import needs_server, ort_session, real_export, start_server
+from serving_helpers import needs_server, ort_session
 
 pytestmark = needs_server
 GOOD = ("chest_a.png", "chest_b.jpg", "chest_c16.png", "small.png", "sub/chest_a.png")
 BAD = ("broken.png", "notes.png", "missing.png")
-
-
-@pytest.fixture(scope="module")
-def export_dir(request) -> Path:
-    return real_export(request)
-
-
-@pytest.fixture(scope="module")
-def server(export_dir, tmp_path_factory):
-    repo = build_repository(export_dir, tmp_path_factory.mktemp("built") / "repo", ort_threads=1)
-    srv = start_server(repo, tmp_path_factory.mktemp("log") / "triton.log")
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -38,8 +38,7 @@ from PIL import Image
 
 from mmtrt.cli import main
 from mmtrt.data import DataError, load_image, synth_xray
-from mmtrt.serving import build_repository
-from test_serving import MAX_BATCH, needs_server, ort_session, real_export, start_server
+from serving_helpers import MAX_BATCH, needs_server, ort_session
 
 SEED = 20251126
 CASE_LIMIT_S = 30.0  # per case: a case that takes longer counts as a hang
@@ -47,19 +46,6 @@ FIGURES: dict[str, int] = {}
 
 
 # --------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def export_dir(request) -> Path:
-    return real_export(request)
-
-
-@pytest.fixture(scope="module")
-def server(export_dir, tmp_path_factory):
-    repo = build_repository(export_dir, tmp_path_factory.mktemp("built") / "repo", ort_threads=1)
-    srv = start_server(repo, tmp_path_factory.mktemp("log") / "triton.log")
-    yield srv
-    srv.stop()
-
 
 @pytest.fixture(scope="module")
 def ort_ref(export_dir):

@@ -36,7 +36,7 @@ from PIL import Image
 
 from mmtrt.serving import build_repository
 from mmtrt.serving.server import python_stub_processes
-from test_serving import needs_server, processes_mentioning, real_export, start_server
+from serving_helpers import needs_server, processes_mentioning
 from test_serving_cli import _Serve
 
 pytestmark = needs_server
@@ -55,29 +55,11 @@ def _load_soak():
 soak_module = _load_soak()
 
 
-@pytest.fixture(scope="module")
-def export_dir(request) -> Path:
-    return real_export(request)
-
-
-@pytest.fixture(scope="module")
-def repo(export_dir, tmp_path_factory) -> Path:
-    # the repository as `mmtrt repo` builds it by default, one onnxruntime thread per model
-    return build_repository(export_dir, tmp_path_factory.mktemp("built") / "repo", ort_threads=1)
-
-
 @pytest.fixture
 def own_repo(export_dir, tmp_path) -> Path:
     """A repository of its own, for a test that starts its own server (so that its processes
     can be told apart from the module server's)."""
     return build_repository(export_dir, tmp_path / "own_repo", ort_threads=1)
-
-
-@pytest.fixture(scope="module")
-def server(repo, tmp_path_factory):
-    srv = start_server(repo, tmp_path_factory.mktemp("log") / "triton.log")
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

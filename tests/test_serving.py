@@ -4,140 +4,27 @@ PATH) and the real tritonclient over HTTP and gRPC, serving the real MultiMix gr
 The export folder under test comes from :func:`real_export` (the one place to switch to
 `mmtrt export` when it lands). One server serves the module's repository for most tests; the
 failure tests start their own short-lived servers. The other serving test modules
-(test_serving_*.py, test_infer*.py) import the helpers of this one.
+(test_serving_*.py, test_infer*.py, test_reliability_*.py) share its helpers
+(serving_helpers.py) and fixtures (conftest.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
 import subprocess
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mmtrt.files import file_sha256
 from mmtrt.serving import (ServingError, TritonServer, build_repository, find_tritonserver,
                            render_config, template_dir, validate_config)
+from serving_helpers import MAX_BATCH, needs_server, ort_session, processes_mentioning
 
-MAX_BATCH = 8
 QUEUE_DELAY_US = 50_000  # long enough for concurrent batch-1 requests to meet in one batch
-
-try:
-    find_tritonserver()
-    _NO_SERVER = None
-except ServingError as _e:  # pragma: no cover - depends on the machine
-    _NO_SERVER = str(_e)
-needs_server = pytest.mark.skipif(_NO_SERVER is not None, reason=f"no tritonserver: {_NO_SERVER}")
-
-
-# --------------------------------------------------------------------------- the export under test
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _export_key() -> str:
-    """What the exported files depend on: the sources of the mmtrt modules the exporter runs
-    (mmtrt.model, mmtrt.graphs, the loaded mmtrt.export modules) and the library versions."""
-    import sys
-
-    import onnx
-    import onnxscript
-    import torch
-
-    import mmtrt.export.onnx_graphs  # noqa: F401 - loads what it depends on
-
-    names = sorted(n for n in sys.modules
-                   if n in ("mmtrt.model", "mmtrt.graphs") or n.startswith("mmtrt.export"))
-    digest = hashlib.sha256()
-    for name in names:
-        source = Path(sys.modules[name].__file__)
-        digest.update(name.encode() + b"\0" + source.read_bytes())
-    digest.update(f"{torch.__version__} {onnx.__version__} {onnxscript.__version__} seed=0 "
-                  f"max_batch={MAX_BATCH}".encode())
-    return digest.hexdigest()[:16]
-
-
-def real_export(request, graphs=("multimix", "encoder")) -> Path:
-    """An export folder of the real graphs of ``mmtrt.graphs`` over
-    ``torch.manual_seed(0); MultiMix().eval()``: ``<graph>.onnx`` written by
-    ``mmtrt.export.onnx_graphs.export_onnx(..., max_batch=8)`` for each of ``graphs`` (and any
-    exported before), plus manifest.json with their sha256 and ``max_batch``.
-
-    Stand-in for the `mmtrt export` command until it lands: this is the only place to change.
-    The export is deterministic (byte-identical files) but slow (~10-30 s a graph), so the folder
-    is kept in pytest's cache under a key of the sources and versions it depends on; set
-    MMTRT_TEST_FRESH_EXPORT=1 to export into the session's temp folder instead.
-    """
-    cache = getattr(request.config, "cache", None)
-    if cache is not None and not os.environ.get("MMTRT_TEST_FRESH_EXPORT"):
-        folder = Path(cache.mkdir(f"mmtrt-export-{_export_key()}"))
-        for stale in folder.parent.glob("mmtrt-export-*"):  # other sources, untouched for a day
-            if stale != folder and time.time() - stale.stat().st_mtime > 86400:
-                shutil.rmtree(stale, ignore_errors=True)
-    else:
-        folder = request.getfixturevalue("tmp_path_factory").getbasetemp() / "real-export"
-        folder.mkdir(exist_ok=True)
-    missing = [g for g in graphs if not (folder / f"{g}.onnx").is_file()]
-    if missing:
-        import torch
-
-        from mmtrt.export.onnx_graphs import export_onnx
-        from mmtrt.graphs import GRAPHS
-        from mmtrt.model import MultiMix
-
-        torch.manual_seed(0)
-        model = MultiMix().eval()
-        for graph in missing:
-            t0 = time.monotonic()
-            tmp = folder / f".{graph}.{os.getpid()}.tmp.onnx"
-            export_onnx(GRAPHS[graph], model, tmp, max_batch=MAX_BATCH)
-            os.replace(tmp, folder / f"{graph}.onnx")  # atomic: a parallel run sees all or nothing
-            print(f"\nexported {graph}.onnx in {time.monotonic() - t0:.1f} s")
-    files = sorted(folder.glob("[!.]*.onnx"))
-    manifest = {"files": {f.name: {"sha256": _sha256(f)} for f in files}, "max_batch": MAX_BATCH,
-                "image_size": 256, "note": "tests/test_serving.py real_export (seed 0, untrained)"}
-    tmp = folder / f".manifest.{os.getpid()}.json"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / "manifest.json")
-    return folder
-
-
-def ort_session(path: Path):
-    """An onnxruntime session set up like the served one (one intra-op thread)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def start_server(repo: Path, log: Path) -> TritonServer:
-    srv = TritonServer(repo, log_file=log)
-    t0 = time.monotonic()
-    srv.start(timeout=180)
-    print(f"\ntritonserver ready in {time.monotonic() - t0:.2f} s: {' '.join(srv.command)}")
-    return srv
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """tritonserver / python-backend stub processes whose command line contains ``text``."""
-    ps = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,args="], capture_output=True, text=True,
-                        check=True).stdout
-    return [line for line in ps.splitlines()
-            if text in line and ("tritonserver" in line or "triton_python_backend_stub" in line)]
-
-
-@pytest.fixture(scope="module")
-def export_dir(request) -> Path:
-    return real_export(request)
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +32,6 @@ def repo(export_dir, tmp_path_factory) -> Path:
     return build_repository(export_dir, tmp_path_factory.mktemp("built") / "repo",
                             max_queue_delay_us=QUEUE_DELAY_US, ort_threads=1)
 
-
-@pytest.fixture(scope="module")
-def server(repo, tmp_path_factory):
-    srv = start_server(repo, tmp_path_factory.mktemp("log") / "triton.log")
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +118,7 @@ def test_built_configs_parse(repo, export_dir):
         version = repo / name / "1"
         assert sorted(p.name for p in version.iterdir()) == \
             sorted(["model.py", "manifest.json", onnx_name])
-        assert _sha256(version / onnx_name) == _sha256(export_dir / onnx_name)
+        assert file_sha256(version / onnx_name) == file_sha256(export_dir / onnx_name)
         # one python-backend model file for every model: the flavour's shared template
         assert (version / "model.py").read_bytes() == (template_dir("cpu") / "model.py").read_bytes()
     assert not list(template_dir("cpu").glob("*/1/model.py")), "a per-model copy of model.py"

@@ -19,14 +19,9 @@ from click.testing import CliRunner
 
 from mmtrt.cli import main
 from mmtrt.serving import build_repository, validate_config, validate_repository
-from test_serving import needs_server, processes_mentioning, real_export
+from serving_helpers import needs_server, processes_mentioning
 
 SECRET = "s3cret"
-
-
-@pytest.fixture(scope="module")
-def export_dir(request) -> Path:
-    return real_export(request)
 
 
 def test_repo_command(export_dir, tmp_path):

@@ -21,7 +21,7 @@ from mmtrt.cli import main
 from mmtrt.serving import (ServingError, TritonServer, build_repository, find_tritonserver,
                            missing_plan_files, render_config, template_dir, validate_repository)
 from mmtrt.serving.server import _bundled_root_of
-from test_serving import MAX_BATCH, processes_mentioning, real_export
+from serving_helpers import MAX_BATCH, processes_mentioning, real_export
 
 ENGINES = ("encoder", "saliency", "decoder")
 ENSEMBLES = ("multimix", "classifier")
