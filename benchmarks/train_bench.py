@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from mmtrt.data import synth_xray  # noqa: E402
 from mmtrt.model import MultiMix  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.step import TrainModule, work_per_step  # noqa: E402
+from train.step import TrainModule, compile_step, work_per_step  # noqa: E402
 
 CPU_VARIANTS = ("eager-fp32", "compiled-fp32", "compiled-bf16")
 CUDA_VARIANTS = ("eager-fp32", "compiled-fp32", "eager-bf16", "compiled-bf16", "eager-fp16", "compiled-fp16")
@@ -86,7 +86,7 @@ def run_variant(name: str, args, device, batch) -> dict:
     torch.manual_seed(0)
     model = MultiMix().to(device).train()
     module = TrainModule(model, cfg)
-    fn = torch.compile(module) if mode == "compiled" else module
+    fn = compile_step(module, device) if mode == "compiled" else module
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if device.type == "cuda":

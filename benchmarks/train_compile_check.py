@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmtrt.data import synth_xray  # noqa: E402
 from mmtrt.model import MultiMix  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.step import TrainModule  # noqa: E402
+from train.step import TrainModule, compile_step  # noqa: E402
 
 
 def batch_for(size: int, b: int, device, streams: str) -> dict[str, torch.Tensor]:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = MultiMix(dropout=0.0).to(device).train()
         module = TrainModule(model, cfg)
-        fn = torch.compile(module, backend=args.backend) if compiled else module
+        fn = compile_step(module, device, backend=args.backend) if compiled else module
         loss, parts = fn(batch)
         loss.backward()
         return float(loss), {n: q.grad.detach().clone() for n, q in model.named_parameters() if q.grad is not None}

@@ -1,13 +1,39 @@
-"""The benchmark's PyTorch targets compute the same outputs, and its measurement counts right."""
+"""The benchmark's targets compute the same outputs, its measurement counts right, and
+`mmtrt bench` runs each target where it can (CPU or CUDA GPU) and refuses the rest clearly.
+
+The bench runs here on the CPU over exports whose graphs are small stand-ins with the real tensor
+names: every output is the sum of the inputs plus its position (1, 2, ...), as the engines of
+`FakeTensorRT` (tests/test_export.py) compute, so a test can tell which tensor went where. The
+TensorRT runner's device logic runs against FakeTensorRT on CPU tensors; the real engines and the
+GPU bench are `gpu` tests that skip with the reason.
+"""
 
 from __future__ import annotations
 
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
 import torch
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from tqdm import tqdm
 
 from conftest import flat_region_images, relative_error
 from mmtrt.bench.measure import measure, percentiles
 from mmtrt.bench.report import markdown_table, ratio_table
+from mmtrt.bench.runner import onnx_targets, run_bench
 from mmtrt.bench.torch_targets import joint, reference_joint
+from mmtrt.cli import main
+from mmtrt.export import tensorrt as trt_code
+from mmtrt.export.manifest import FORMAT, MANIFEST, file_entry, write_json
+from mmtrt.graphs import GRAPHS
+from test_export import NO_TENSORRT, FakeTensorRT
+
+CUDA = torch.cuda.is_available()
 
 
 def test_reference_path_and_shared_pass_agree(model):
@@ -41,8 +67,6 @@ def test_ratio_table_quotes_each_target_against_the_baseline_at_its_batch():
 
 
 def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_timed_calls():
-    import numpy as np
-
     from mmtrt.bench.measure import reset_peak_rss, resident_mb
 
     batches = [torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0)]
@@ -56,3 +80,229 @@ def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_timed_calls():
     before = resident_mb()  # the warm-up's 200 MB above are not a peak of these timed calls
     idle = measure("idle", lambda b: None, batches, warmup=1, min_calls=2, min_seconds=0)
     assert before - 1 <= idle.peak_memory_mb < before + 50
+
+
+# --------------------------------------------------------------------------- devices and targets
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def sum_graph(graph: str) -> onnx.ModelProto:
+    """A stand-in for an exported graph, with its tensor names (see the module docstring)."""
+    spec = GRAPHS[graph]
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1, 256, 256])
+    nodes = [helper.make_node("Sum", list(spec.inputs), ["total"])]
+    constants = [numpy_helper.from_array(np.array(i, np.float32), f"c{i}") for i in range(1, len(spec.outputs) + 1)]
+    nodes += [helper.make_node("Add", ["total", f"c{i}"], [name]) for i, name in enumerate(spec.outputs, 1)]
+    return helper.make_model(helper.make_graph(nodes, graph, [value(n) for n in spec.inputs],
+                                               [value(n) for n in spec.outputs], constants),
+                             opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "multimix.pt"
+    assert invoke("init", path).exit_code == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def sum_export(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sum-export")
+    for graph in GRAPHS:
+        onnx.save(sum_graph(graph), str(folder / f"{graph}.onnx"))
+    return folder
+
+
+def expected_joint(images: torch.Tensor, split: bool) -> tuple[torch.Tensor, ...]:
+    """probs, mask, saliency of the sum graphs / fake engines: fused, or saliency then decoder (whose
+    inputs are image, saliency x+8, skip1..5 x+3..x+7; its mask is the second output)."""
+    if not split:
+        return images + 1, images + 2, images + 3
+    decoder_inputs = [images, images + 8, *(images + k for k in range(3, 8))]
+    return images + 2, sum(decoder_inputs) + 2, images + 8
+
+
+@pytest.mark.parametrize("target", ["cuda-graphs", "eager-fp16", "compiled-fp16", "eager-bf16", "tensorrt"])
+def test_cpu_refuses_the_gpu_only_targets_before_doing_anything(tmp_path, target):
+    checkpoint = tmp_path / "any.pt"
+    checkpoint.write_bytes(b"")  # never read: the targets are checked first
+    result = invoke("bench", checkpoint, tmp_path, "--targets", f"eager,{target}", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert f"{target}: GPU-only target(s), give --device cuda" in result.output
+    assert ("TensorRT needs a CUDA GPU" in result.output) == (target == "tensorrt")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(CUDA, reason="a CUDA GPU is visible here")
+def test_device_cuda_without_a_gpu_fails_clearly(tmp_path, checkpoint):
+    result = invoke("bench", checkpoint, tmp_path, "--device", "cuda", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "--device" in result.output and "no CUDA GPU is visible to PyTorch" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_onnxruntime_targets_chain_the_split_graphs_by_name(sum_export):
+    images = torch.rand(3, 1, 256, 256)
+    targets, notes = onnx_targets(sum_export, ["eager", "ort-fused", "ort-split"], torch.device("cpu"))
+    assert list(targets) == ["ort-fused", "ort-split"] and not notes
+    for name, split in (("ort-fused", False), ("ort-split", True)):
+        for got, want in zip(targets[name](images), expected_joint(images, split)):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, err_msg=name)
+
+
+def test_bench_on_the_cpu_writes_every_batch_even_above_the_image_pool(tmp_path, checkpoint, sum_export):
+    out = tmp_path / "out"
+    result = invoke("bench", checkpoint, sum_export, "--targets", "ort-fused,ort-split", "--batches", "1,40",
+                    "--seconds", "0", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    assert [(r["target"], r["batch"]) for r in report["in_process"]] == [
+        ("ort-fused", 1), ("ort-split", 1), ("ort-fused", 40), ("ort-split", 40)]
+    assert (out / "bench.md").is_file() and (out / "bench.png").is_file()
+
+
+@pytest.mark.skipif(NO_TENSORRT is None, reason="TensorRT and a GPU are present here")
+def test_a_tensorrt_target_that_cannot_run_fails_when_asked_for_and_is_noted_by_default(tmp_path, checkpoint, sum_export):
+    def bench(required):
+        return run_bench(checkpoint, sum_export, tmp_path / str(required), device="cpu",
+                         targets=["ort-fused", "tensorrt"], batch_sizes=[1], concurrency=[1], triton_batch=1,
+                         seconds=0, use_perf_analyzer=False, tensorrt_required=required,
+                         progress=tqdm(disable=True), command="test")
+
+    with pytest.raises(trt_code.TensorRTUnavailable, match=NO_TENSORRT.split(" (")[0]):
+        bench(required=True)
+    report = bench(required=False)
+    assert [r["target"] for r in report["in_process"]] == ["ort-fused"]
+    assert f"tensorrt not measured: {NO_TENSORRT}" in report["notes"]
+    assert f"tensorrt not measured: {NO_TENSORRT}" in json.loads((tmp_path / "False" / "bench.json").read_text())["notes"]
+
+
+# --------------------------------------------------------------------------- TensorRT engines, device side
+
+class NoGPUStream:
+    """A stand-in for torch.cuda.Stream where there is no GPU: a handle, and the streams it waited for."""
+
+    def __init__(self, handle: int):
+        self.cuda_stream, self.waited_for = handle, []
+
+    def wait_stream(self, other):
+        self.waited_for.append(other)
+
+
+@pytest.fixture
+def no_gpu_streams(monkeypatch):
+    """EngineRunner's CUDA streams replaced by NoGPUStream: the engine logic runs here on CPU tensors
+    (FakeTensorRT's engines compute through the addresses they are given)."""
+    streams = types.SimpleNamespace(caller=NoGPUStream(0), made=[])  # 0: the default stream
+
+    def new_stream():
+        streams.made.append(NoGPUStream(len(streams.made) + 1))
+        return streams.made[-1]
+
+    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: streams.caller)
+    return streams
+
+
+def test_engine_runner_runs_on_its_own_stream_into_buffers_kept_per_batch_size(no_gpu_streams):
+    trt = FakeTensorRT("10.13.0")
+    runner = trt_code.EngineRunner(trt, FakeTensorRT.fake_plan("decoder", max_batch=4))
+    assert runner.inputs == list(GRAPHS["decoder"].inputs) and runner.outputs == ["mask_logits", "mask"]
+
+    def inputs(batch, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return {name: torch.rand(batch, 1, 8, 8, generator=generator) for name in runner.inputs}
+
+    first = inputs(2, seed=0)
+    out = runner.run_device(first)
+    assert torch.equal(out["mask_logits"], sum(first.values()) + 1) and torch.equal(out["mask"], sum(first.values()) + 2)
+    addresses = {name: t.data_ptr() for name, t in out.items()}
+    second = inputs(2, seed=1)
+    again = runner.run_device(second)
+    assert {name: t.data_ptr() for name, t in again.items()} == addresses  # same batch size: same buffers
+    assert torch.equal(again["mask"], sum(second.values()) + 2)
+    other = runner.run_device(inputs(3, seed=2))
+    assert other["mask"].shape == (3, 1, 8, 8) and other["mask"].data_ptr() not in addresses.values()
+
+    (own,) = no_gpu_streams.made
+    assert own.cuda_stream != 0 and trt.record["executed_on"] == [own.cuda_stream] * 3
+    # after the caller's queued work, and before the caller's next
+    assert own.waited_for == [no_gpu_streams.caller] * 3 and no_gpu_streams.caller.waited_for == [own] * 3
+    with pytest.raises(trt_code.EngineBuildError, match="outside the engine's optimization profile"):
+        runner.run_device(inputs(5, seed=3))
+
+
+def engine_export(folder: Path, graphs: list[str], state: str = "built", max_batch: int = 8) -> Path:
+    """An export folder as `mmtrt build-engines` leaves it, as far as the engines go (FakeTensorRT plans)."""
+    folder.mkdir()
+    for graph in graphs:
+        (folder / f"{graph}.plan").write_bytes(FakeTensorRT.fake_plan(graph, max_batch))
+    files = {f"{g}.plan": file_entry(folder / f"{g}.plan", kind="tensorrt", graph=g) for g in graphs}
+    engines = {"state": state, "profile": {"min": 1, "opt": max_batch, "max": max_batch},
+               "plans": {g: {"file": f"{g}.plan"} for g in graphs}}
+    write_json(folder / MANIFEST, {"format": FORMAT, "files": files, "engines": engines})
+    return folder
+
+
+@pytest.mark.parametrize("graphs, split", [(["encoder", "saliency", "decoder", "multimix"], False),
+                                           (["encoder", "saliency", "decoder"], True)], ids=["fused", "split"])
+def test_the_tensorrt_target_runs_the_fused_engine_or_chains_saliency_and_decoder(tmp_path, no_gpu_streams, graphs, split):
+    trt = FakeTensorRT("11.4.0")
+    run, largest = trt_code.engine_pipeline(trt, engine_export(tmp_path / "export", graphs, max_batch=4))
+    assert largest == 4 and trt.record["loaded"] == (["saliency", "decoder"] if split else ["multimix"])
+    images = torch.rand(2, 1, 8, 8)
+    for got, want in zip(run(images), expected_joint(images, split)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_the_tensorrt_target_without_engines_says_how_to_build_them(tmp_path):
+    folder = engine_export(tmp_path / "export", [], state="not built")
+    with pytest.raises(trt_code.TensorRTUnavailable,
+                       match=f"has no TensorRT engines .state: not built.; build them on this host with: mmtrt build-engines {folder}"):
+        trt_code.engine_pipeline(FakeTensorRT("10.13.0"), folder)
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_bench_on_the_gpu(tmp_path, checkpoint, sum_export):  # pragma: no cover - no GPU here
+    out = tmp_path / "out"
+    result = invoke("bench", checkpoint, sum_export, "--device", "cuda", "--targets", "eager,eager-fp16,ort-fused",
+                    "--batches", "2", "--seconds", "0", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    rows = {r["target"]: r for r in report["in_process"]}
+    assert rows["eager"]["peak_memory_mb"] > 0 and "eager-fp16" in rows  # timed on the GPU
+    assert "ort-fused" in rows or any(n.startswith("ort-fused not measured") for n in report["notes"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_TENSORRT is not None, reason=f"needs TensorRT and a CUDA GPU: {NO_TENSORRT}")
+def test_engines_on_a_tensorrt_host(tmp_path, sum_export):  # pragma: no cover - no TensorRT here
+    trt = trt_code.require_tensorrt()
+    manifest = {"precision": "fp32", "graphs": {g: {"file": f"{g}.onnx"} for g in ("saliency", "decoder")}}
+    plans = {}
+    for spec in trt_code.engine_specs(manifest, trt_code.major_version(trt), torch.cuda.get_device_capability()):
+        plans[spec.graph] = trt_code.build_engine(trt, spec, sum_export / spec.onnx, max_batch=4,
+                                                  timing_cache=tmp_path / "timing.cache")
+    images = torch.rand(3, 1, 256, 256)
+    saliency = trt_code.EngineRunner(trt, plans["saliency"])
+    on_host = saliency({"image": images.numpy()})
+    np.testing.assert_allclose(on_host["saliency"], (images + 8).numpy(), rtol=1e-6)
+    on_device = saliency.run_device({"image": images.cuda()})
+    assert on_device["saliency"].is_cuda and saliency.run_device({"image": images.cuda()})["saliency"].data_ptr() == on_device["saliency"].data_ptr()
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for graph, plan in plans.items():
+        (folder / f"{graph}.plan").write_bytes(plan)
+    write_json(folder / MANIFEST, {"format": FORMAT, "files": {f"{g}.plan": file_entry(folder / f"{g}.plan") for g in plans},
+                                   "engines": {"state": "built", "profile": {"max": 4},
+                                               "plans": {g: {"file": f"{g}.plan"} for g in plans}}})
+    run, largest = trt_code.engine_pipeline(trt, folder)
+    images = images.cuda()
+    for got, want in zip(run(images), expected_joint(images, split=True)):
+        torch.testing.assert_close(got, want)

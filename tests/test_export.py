@@ -8,6 +8,7 @@ what the code asks of it, and the real build is a `gpu` test that skips with the
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -383,11 +384,13 @@ def test_reduced_precision_leaves_everything_the_saliency_depends_on_in_float32(
 class FakeTensorRT(types.SimpleNamespace):
     """A stand-in for the absent `tensorrt` module: only the names the engine code uses, recording
     what it is asked to do. Its ONNX 'parser' makes one layer per ONNX node, named after the node
-    (as TensorRT's parser names layers)."""
+    (as TensorRT's parser names layers). Its runtime loads `fake_plan`s and runs them on CPU
+    memory through the addresses it is given: every output is the sum of the inputs plus the
+    output's position (1, 2, ...), so a test can tell which tensor went where."""
 
     def __init__(self, version: str):
         record = {"flags": set(), "cleared": set(), "profiles": [], "network_flags": None,
-                  "cache_in": None, "constrained": {}}
+                  "cache_in": None, "constrained": {}, "loaded": [], "executed_on": []}
         enum = lambda *names: types.SimpleNamespace(**{n: n for n in names})
 
         class Layer:
@@ -480,11 +483,69 @@ class FakeTensorRT(types.SimpleNamespace):
             def __init__(self, level):
                 pass
 
+        class Engine:
+            def __init__(self, plan):
+                spec = json.loads(plan)
+                self.max_batch, self.inputs, self.outputs = spec["max_batch"], spec["inputs"], spec["outputs"]
+                self.num_io_tensors = len(self.inputs) + len(self.outputs)
+                record["loaded"].append(spec["graph"])
+
+            def get_tensor_name(self, i):
+                return [*self.inputs, *self.outputs][i]
+
+            def get_tensor_mode(self, name):
+                return "INPUT" if name in self.inputs else "OUTPUT"
+
+            def get_tensor_dtype(self, name):
+                return "float32"
+
+            def create_execution_context(self):
+                return Context(self)
+
+        class Context:
+            def __init__(self, engine):
+                self.engine, self.shapes, self.addresses = engine, {}, {}
+
+            def set_input_shape(self, name, shape):
+                self.shapes[name] = tuple(shape)
+                return 1 <= shape[0] <= self.engine.max_batch  # the optimization profile
+
+            def get_tensor_shape(self, name):  # outputs have the shape of the first input
+                return self.shapes[self.engine.inputs[0]]
+
+            def set_tensor_address(self, name, address):
+                self.addresses[name] = address
+                return True
+
+            def execute_async_v3(self, stream_handle):
+                shape = self.shapes[self.engine.inputs[0]]
+                memory = lambda name: np.ctypeslib.as_array(
+                    (ctypes.c_float * int(np.prod(shape))).from_address(self.addresses[name])).reshape(shape)
+                total = sum(memory(name) for name in self.engine.inputs)
+                for position, name in enumerate(self.engine.outputs, 1):
+                    memory(name)[...] = total + position
+                record["executed_on"].append(stream_handle)
+                return True
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, plan):
+                return Engine(plan)
+
         weak_typing = ["FP16", "BF16"] if version.startswith("10.") else []  # removed in TensorRT 11
         super().__init__(__version__=version, float32="float32", record=record, Logger=Logger, Builder=Builder,
                          OnnxParser=Parser, BuilderFlag=enum("TF32", "OBEY_PRECISION_CONSTRAINTS", *weak_typing),
                          LayerType=enum("CONVOLUTION", "OTHER"),
-                         NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5))
+                         NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5),
+                         Runtime=Runtime, TensorIOMode=enum("INPUT", "OUTPUT"), nptype=lambda dtype: np.dtype(dtype))
+
+    @staticmethod
+    def fake_plan(graph: str, max_batch: int = 8) -> bytes:
+        """What FakeTensorRT's runtime loads: the graph's tensor names (mmtrt.graphs) and its batch limit."""
+        spec = GRAPHS[graph]
+        return json.dumps({"graph": graph, "inputs": spec.inputs, "outputs": spec.outputs, "max_batch": max_batch}).encode()
 
 
 MANIFEST = {"precision": "fp16", "graphs": {

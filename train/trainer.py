@@ -48,7 +48,7 @@ from mmtrt.model import MultiMix
 from . import data as tdata
 from .config import TrainConfig
 from .metrics import evaluate_classification, evaluate_segmentation, selection_score
-from .step import TrainModule, work_per_step
+from .step import TrainModule, compile_step, work_per_step
 
 log = logging.getLogger("train")
 
@@ -258,7 +258,7 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
     # step (benchmarks/train_compile_check.py; losses equal, weight gradients off by >100%) and no
     # speed-up, so auto trains eagerly there. --compile on compiles anyway.
     if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
-        step_fn = torch.compile(module)
+        step_fn = compile_step(module, device)
         compiled = True
 
     batches = tdata.StepBatches(cfg, pools, dd.rank, dd.world, total_steps=total)

@@ -4,12 +4,18 @@ Every measurement runs the same way: warm-up calls first (not counted), then cal
 minimum count and a minimum duration are reached, each on the next batch of a rotation (never
 the same buffer twice in a row, never zeros). On CUDA each call is timed with device events
 after a synchronise, so the figure is the device time the call needs, launch gaps included.
+
+Peak memory: on CUDA, the most the caching allocator held during the timed calls; on a Linux
+CPU, the whole process's peak resident memory (VmHWM, reset after the warm-up calls), so it
+counts the interpreter, libraries, weights and inputs too: compare rows of one run, or subtract
+`resident_mb()` taken after loading the model. None where the peak cannot be reset.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -23,7 +29,7 @@ class Measurement:
     calls: int
     images_per_s: float
     latency_ms: dict[str, float]  # p50, p90, p95, p99 of one call (one batch)
-    peak_memory_mb: float | None = None
+    peak_memory_mb: float | None = None  # CUDA allocator or process resident peak: see above
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -33,6 +39,35 @@ class Measurement:
 def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
     values = np.asarray(samples_ms, dtype=np.float64)
     return {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 95, 99)}
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak resident memory (VmHWM) to its current size; False where Linux
+    does not let us (no /proc, or clear_refs not writable)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def resident_mb() -> float | None:
+    return _proc_status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float | None:
+    """The process's peak resident memory since it started or since `reset_peak_rss`."""
+    return _proc_status_mb("VmHWM")
 
 
 def measure(target: str, run: Callable[[torch.Tensor], object], batches: Sequence[torch.Tensor], *,
@@ -45,6 +80,8 @@ def measure(target: str, run: Callable[[torch.Tensor], object], batches: Sequenc
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    # (after the warm-up, so the peak is that of the timed calls on top of what warm-up kept)
+    cpu_peak = not cuda and reset_peak_rss()
     latencies: list[float] = []
     started = time.perf_counter()
     while True:
@@ -66,7 +103,7 @@ def measure(target: str, run: Callable[[torch.Tensor], object], batches: Sequenc
         if (len(latencies) >= min_calls and elapsed >= min_seconds) or elapsed >= max_seconds:
             break
     batch_size = batches[0].shape[0]
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() if cpu_peak else None
     return Measurement(target, batch_size, len(latencies),
                        images_per_s=batch_size * 1e3 / float(np.median(latencies)),
                        latency_ms=percentiles(latencies), peak_memory_mb=peak)

@@ -11,7 +11,9 @@ import torch
 from mmtrt.bench.measure import Measurement, measure
 from mmtrt.bench.report import environment, ratio_table, write_report
 
-POOL_SIZE = 32  # distinct synthetic X-rays rotated across calls
+POOL_SIZE = 32  # distinct synthetic X-rays rotated across calls (more when a batch is larger)
+ORT_GRAPHS = {"ort-fused": ("multimix",), "ort-split": ("saliency", "decoder"),
+              "ort-encoder": ("encoder",), "ort-saliency": ("saliency",)}
 
 
 def xray_pool(n: int = POOL_SIZE, seed: int = 0) -> np.ndarray:
@@ -20,67 +22,132 @@ def xray_pool(n: int = POOL_SIZE, seed: int = 0) -> np.ndarray:
     return np.stack([synth_xray(seed + i, label=i % 2)[0] for i in range(n)]).astype(np.float32)[:, None] / 255.0
 
 
-def onnx_targets(export_dir: Path, names: list[str]) -> dict:
-    """name -> callable(images: torch.Tensor) over onnxruntime sessions of the exported graphs."""
+def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tuple[dict, list[str]]:
+    """name -> callable(images: torch.Tensor) over onnxruntime sessions of the exported graphs, and
+    notes on those that cannot run here. Each call reads the images where they lie and leaves its
+    outputs on the same device (I/O binding): on the GPU no call copies to or from the host."""
     import onnxruntime as ort
 
-    sessions: dict[str, ort.InferenceSession] = {}
+    wanted = [name for name in names if name in ORT_GRAPHS]
+    if not wanted:
+        return {}, []
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return {}, [f"{', '.join(wanted)} not measured: onnxruntime {ort.__version__} here has no "
+                        "CUDAExecutionProvider (the onnxruntime-gpu package has it)"]
+        # TF32 off, as for the PyTorch targets and the TensorRT engines: float32 means float32
+        providers = [("CUDAExecutionProvider", {"device_id": device.index, "use_tf32": "0"}), "CPUExecutionProvider"]
+    sessions = {graph: ort.InferenceSession(str(export_dir / f"{graph}.onnx"), providers=providers)
+                for graph in sorted({g for name in wanted for g in ORT_GRAPHS[name]})}
+    if device.type == "cuda" and any(s.get_providers()[0] != "CUDAExecutionProvider" for s in sessions.values()):
+        return {}, [f"{', '.join(wanted)} not measured: onnxruntime could not start its CUDAExecutionProvider "
+                    "(its log above says why; usually a CUDA or cuDNN library it needs is missing)"]
 
-    def session(graph: str) -> ort.InferenceSession:
-        if graph not in sessions:
-            sessions[graph] = ort.InferenceSession(str(export_dir / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
-        return sessions[graph]
+    def run(graph: str, inputs: dict, outputs: list[str] | None = None) -> dict:
+        session, binding = sessions[graph], sessions[graph].io_binding()
+        for name, value in inputs.items():
+            if isinstance(value, torch.Tensor):  # contiguous float32 (slices of the image pool)
+                binding.bind_input(name, value.device.type, value.device.index or 0, np.float32,
+                                   tuple(value.shape), value.data_ptr())
+            else:  # an OrtValue the previous graph left where it ran
+                binding.bind_ortvalue_input(name, value)
+        outputs = outputs or [o.name for o in session.get_outputs()]
+        for name in outputs:
+            binding.bind_output(name, device.type, device.index or 0)
+        session.run_with_iobinding(binding)
+        return dict(zip(outputs, binding.get_outputs()))
+
+    def fused(images):
+        out = run("multimix", {"image": images})
+        return out["probs"], out["mask"], out["saliency"]
 
     def split(images):
-        feed = images.numpy()
-        outs = session("saliency").run(None, {"image": feed})
-        names_out = [o.name for o in session("saliency").get_outputs()]
-        values = dict(zip(names_out, outs))
-        decoder_inputs = {i.name: (feed if i.name == "image" else values[i.name]) for i in session("decoder").get_inputs()}
-        mask = session("decoder").run(["mask"], decoder_inputs)[0]
-        return values["probs"], mask, values["saliency"]
+        first = run("saliency", {"image": images})
+        decoder_inputs = {i.name: images if i.name == "image" else first[i.name] for i in sessions["decoder"].get_inputs()}
+        return first["probs"], run("decoder", decoder_inputs, ["mask"])["mask"], first["saliency"]
 
     makers = {
-        "ort-fused": lambda: (lambda images: session("multimix").run(None, {"image": images.numpy()})),
-        "ort-split": lambda: split,
-        "ort-encoder": lambda: (lambda images: session("encoder").run(None, {"image": images.numpy()})),
-        "ort-saliency": lambda: (lambda images: session("saliency").run(None, {"image": images.numpy()})),
+        "ort-fused": fused,
+        "ort-split": split,
+        "ort-encoder": lambda images: run("encoder", {"image": images}),
+        "ort-saliency": lambda images: run("saliency", {"image": images}),
     }
-    return {name: makers[name]() for name in names if name in makers}
+    return {name: makers[name] for name in wanted}, []
 
 
-def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, targets: list[str], batch_sizes: list[int],
-              concurrency: list[int], triton_batch: int, seconds: float, use_perf_analyzer: bool,
-              progress, command: str) -> dict:
+def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, device: str, targets: list[str],
+              batch_sizes: list[int], concurrency: list[int], triton_batch: int, seconds: float,
+              use_perf_analyzer: bool, tensorrt_required: bool, progress, command: str) -> dict:
+    """Measure `targets` on `device`. A tensorrt target that cannot run (no TensorRT, no engines)
+    raises when `tensorrt_required`, else it is left out with a note in the report, as are
+    onnxruntime targets on a GPU that onnxruntime cannot use."""
     from mmtrt.bench.torch_targets import torch_targets
     from mmtrt.checkpoint import load_checkpoint
+    from mmtrt.export.manifest import ExportError
+    from mmtrt.export.tensorrt import EngineBuildError, TensorRTUnavailable, engine_pipeline, require_tensorrt
 
     out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    notes = []
+    if cuda:
+        device = torch.device("cuda", torch.cuda.current_device())
+        # float32 means float32, as in the TensorRT engines (built without TF32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        notes.append(f"Device {torch.cuda.get_device_name(device)}: the images are copied to the GPU once, "
+                     "each call is timed with CUDA events; TF32 off.")
     model, _ = load_checkpoint(checkpoint)
-    pool = xray_pool()
-    in_process = {}
-    torch_names = [t for t in targets if t in ("reference", "eager", "compiled")]
+    in_process, largest_batch = {}, {}
+    torch_names = [t for t in targets if t not in ORT_GRAPHS and t not in ("tensorrt", "triton")]
     if torch_names:
-        in_process.update(torch_targets(model, torch.device("cpu"), torch_names))
-    in_process.update(onnx_targets(export_dir, targets))
+        in_process.update(torch_targets(model, device, torch_names))
+    ort_targets, ort_notes = onnx_targets(export_dir, targets, device)
+    in_process.update(ort_targets)
+    notes += ort_notes
+    if "tensorrt" in targets:
+        try:
+            in_process["tensorrt"], largest_batch["tensorrt"] = engine_pipeline(require_tensorrt(), export_dir)
+        except (TensorRTUnavailable, EngineBuildError, ExportError) as exc:
+            if tensorrt_required:
+                raise
+            notes.append(f"tensorrt not measured: {exc}")
+    for name, largest in largest_batch.items():
+        if max(batch_sizes) > largest:
+            notes.append(f"{name}: batches above {largest} not measured (the engines' optimization profile "
+                         f"ends there; export with --max-batch {max(batch_sizes)} to measure them)")
+    if cuda and "triton" in targets:
+        notes.append("triton: the server runs the cpu repository flavour (onnxruntime on the CPU) whatever --device says.")
 
+    pool = torch.from_numpy(xray_pool(max(POOL_SIZE, *batch_sizes))).to(device)
+    if cuda:  # onnxruntime reads the images on a stream of its own
+        torch.cuda.synchronize(device)
+    # A CPU call of the reference path takes seconds: the timed duration, not a call count, bounds
+    # each measurement. A GPU call takes milliseconds, and CUDA graphs are recorded in the first calls.
+    warmup, min_calls = (3, 10) if cuda else (1, 3)
     measurements: list[Measurement] = []
+    triton_rows: list[Measurement] = []
     for batch in batch_sizes:
-        batches = [torch.from_numpy(pool[(i * batch) % (POOL_SIZE - batch + 1):][:batch]) for i in range(4)]
+        batches = [pool[(i * batch) % (len(pool) - batch + 1):][:batch] for i in range(4)]
         for name in [t for t in targets if t in in_process]:
             progress.set_postfix_str(f"{name} b{batch}")
-            # (a CPU call of the reference path takes seconds: the timed duration, not a call
-            # count, bounds each measurement)
-            measurements.append(measure(name, in_process[name], batches, warmup=1, min_calls=3, min_seconds=seconds))
+            if batch <= largest_batch.get(name, batch):
+                measurements.append(measure(name, in_process[name], batches, warmup=warmup, min_calls=min_calls,
+                                            min_seconds=seconds))
             progress.update(1)
+        # written after every batch size, so a run cut short still leaves its figures
+        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
 
-    triton_rows: list[Measurement] = []
-    notes = []
     if "triton" in targets:
-        triton_rows, triton_notes = _triton_sweep(export_dir, pool, triton_batch, concurrency, seconds,
+        triton_rows, triton_notes = _triton_sweep(export_dir, pool.cpu().numpy(), triton_batch, concurrency, seconds,
                                                   use_perf_analyzer, progress)
         notes += triton_notes
+        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
+    return report
 
+
+def _write_report(out: Path, command: str, notes: list[str], measurements: list[Measurement],
+                  triton_rows: list[Measurement], triton_batch: int) -> dict:
     rows = ratio_table(measurements, baseline="reference")
     reference_at = {m.batch: m.images_per_s for m in measurements if m.target == "reference"}
     triton_table = [{"target": m.target, "batch": m.batch, "concurrency": m.extra.get("concurrency"),
@@ -88,15 +155,15 @@ def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, targets: list[st
                      "x_reference": m.images_per_s / reference_at[m.batch] if m.batch in reference_at else None,
                      **{k: v for k, v in m.extra.items() if k != "concurrency"}} for m in triton_rows]
     goals = _goals(measurements, triton_rows, triton_batch)
-    env = environment()
-    notes += ["Every ratio is measured in this run against the reference path (autograd saliency + a second encoder pass, PyTorch eager fp32) at the same batch size.",
-              "In-process targets run one call at a time; Triton targets run `concurrency` clients at once."]
-    write_report(out / "bench", title="mmtrt bench", command=command, env=env,
+    notes = notes + ["Every ratio is measured in this run against the reference path (autograd saliency + a second encoder pass, PyTorch eager fp32) at the same batch size.",
+                     "In-process targets run one call at a time; Triton targets run `concurrency` clients at once."]
+    write_report(out / "bench", title="mmtrt bench", command=command, env=environment(),
                  sections={"goals": goals, "in_process": rows, "triton": triton_table}, notes=notes, plot_rows=rows)
     if triton_table:
         _plot_concurrency(triton_table, out / "bench_concurrency.png")
-    _plot_latency(rows + triton_table, out / "bench_latency.png")
-    return {"goals": goals, "in_process": rows, "triton": triton_table}
+    if rows or triton_table:
+        _plot_latency(rows + triton_table, out / "bench_latency.png")
+    return {"goals": goals, "in_process": rows, "triton": triton_table, "notes": notes}
 
 
 def _triton_sweep(export_dir, pool, batch, concurrency, seconds, use_perf_analyzer, progress):

@@ -1,8 +1,8 @@
 """TensorRT engines from an export folder's ONNX graphs, for TensorRT 10 and 11.
 
 Written against the documented Python API (TensorRT cannot be installed on the machines this
-project is developed on): `tensorrt` is imported only here and only when engines are built, and
-every function takes the module as an argument so the logic around it can be tested.
+project is developed on): `tensorrt` is imported only here and only when engines are built or
+run, and every function takes the module as an argument so the logic around it can be tested.
 
 Per graph, one engine `<graph>.<precision>.sm<XY>.plan` (plans are tied to the GPU's compute
 capability and the TensorRT version), with one optimization profile on the batch axis:
@@ -151,35 +151,96 @@ def keep_float32_except(trt, network, reduced_layers: frozenset[str]) -> int:
 
 
 class EngineRunner:
-    """Runs a serialized engine on the GPU: numpy arrays in, float32 numpy arrays out."""
+    """Runs a serialized engine on the GPU. `run_device` takes and returns CUDA tensors with no host
+    copy (what `mmtrt bench` times); calling the runner with numpy arrays returns float32 numpy
+    arrays (what the engine check against onnxruntime compares)."""
 
     def __init__(self, trt, plan: bytes):
         import torch
 
-        self.torch, self.trt = torch, trt
+        self.torch = torch
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise EngineBuildError("TensorRT could not load the engine it just built")
+            raise EngineBuildError("TensorRT could not load the engine (a plan runs only with the TensorRT "
+                                   "version and on the GPU model that built it)")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(n)))).dtype
+                       for n in names}
+        # TensorRT synchronises more than it needs to on the default stream: the engine gets its own.
+        self.stream = torch.cuda.Stream()
+        self.buffers: dict[tuple, dict] = {}  # input shapes -> the output tensors for them
 
-    def __call__(self, inputs):
-        torch, trt = self.torch, self.trt
-        keep = []
-        for name, array in inputs.items():
-            tensor = torch.from_numpy(array).to("cuda", torch.float32).contiguous()
-            self.context.set_input_shape(name, tuple(tensor.shape))
+    def run_device(self, tensors: dict) -> dict:
+        """Enqueue the engine on `tensors` (name -> tensor on the GPU), after the work already queued
+        on the caller's current stream and before any it queues next. The outputs are buffers kept
+        per input shape, allocated on the first call: the next call with the same shapes overwrites them."""
+        torch = self.torch
+        inputs = {name: tensors[name].to(self.dtypes[name]).contiguous() for name in self.inputs}
+        for name, tensor in inputs.items():
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise EngineBuildError(f"input {name} of shape {tuple(tensor.shape)} is outside the engine's "
+                                       "optimization profile (export with a larger --max-batch)")
             self.context.set_tensor_address(name, tensor.data_ptr())
-            keep.append(tensor)
-        results = {}
-        for name in self.outputs:
-            dtype = torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            results[name] = out
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        shapes = tuple(tuple(t.shape) for t in inputs.values())
+        if shapes not in self.buffers:
+            device = next(iter(inputs.values())).device
+            self.buffers[shapes] = {name: torch.empty(tuple(self.context.get_tensor_shape(name)),
+                                                      dtype=self.dtypes[name], device=device)
+                                    for name in self.outputs}
+        outputs = self.buffers[shapes]
+        for name, tensor in outputs.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        caller = torch.cuda.current_stream()
+        self.stream.wait_stream(caller)
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise EngineBuildError("TensorRT failed to run the engine")
-        stream.synchronize()
-        return {name: t.float().cpu().numpy() for name, t in results.items()}
+        caller.wait_stream(self.stream)
+        return outputs
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = {name: self.torch.from_numpy(np.ascontiguousarray(array)).to("cuda") for name, array in inputs.items()}
+        # (the copy to the host runs on the caller's stream, which waits for the engine)
+        return {name: t.float().cpu().numpy() for name, t in self.run_device(tensors).items()}
+
+
+def engine_pipeline(trt, folder: Path):
+    """The joint pipeline (images -> probs, mask, saliency, all on the GPU) over the engines that
+    `mmtrt build-engines` recorded in the manifest of the export `folder`: the fused multimix
+    engine when there is one, else the saliency engine then the decoder engine (as the split ONNX
+    graphs run). Returns it and the largest batch the engines take."""
+    from mmtrt.export.manifest import read_manifest
+
+    folder = Path(folder)
+    engines = read_manifest(folder).get("engines", {})
+    build = f"build them on this host with: mmtrt build-engines {folder}"
+    if engines.get("state") != "built":
+        reason = f" ({engines['reason']})" if engines.get("reason") else ""
+        raise TensorRTUnavailable(f"{folder} has no TensorRT engines (state: {engines.get('state', 'none')}{reason}); {build}")
+
+    def load(graph: str) -> EngineRunner:
+        if graph not in engines["plans"]:
+            raise TensorRTUnavailable(f"{folder} has no {graph} engine; {build}")
+        path = folder / engines["plans"][graph]["file"]
+        try:
+            return EngineRunner(trt, path.read_bytes())
+        except EngineBuildError as exc:
+            raise EngineBuildError(f"{path.name}: {exc}; rebuild the engines with: mmtrt build-engines {folder}") from None
+
+    if "multimix" in engines["plans"]:
+        fused = load("multimix")
+
+        def run(images):
+            out = fused.run_device({"image": images})
+            return out["probs"], out["mask"], out["saliency"]
+    else:
+        saliency, decoder = load("saliency"), load("decoder")
+
+        def run(images):
+            first = saliency.run_device({"image": images})
+            source = {"image": images, **first}
+            mask = decoder.run_device({name: source[name] for name in decoder.inputs})["mask"]
+            return first["probs"], mask, first["saliency"]
+    return run, engines["profile"]["max"]
