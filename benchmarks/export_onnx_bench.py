@@ -167,7 +167,7 @@ def markdown(record: dict) -> str:
         f"{', '.join(f'{x:.2f}' for x in m['load_average_before'])}, after "
         f"{', '.join(f'{x:.2f}' for x in m['load_average_after'])} (shared machine)",
         f"- command: `{record['command']}`",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items() if v),
         f"- method: {record['repeats']} interleaved rounds per batch size (every case once per round, "
         "order rotated), medians; 2 warm-up calls per case; " + record["images"],
         "",

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmtrt.bench.measure import measure  # noqa: E402
 from mmtrt.bench.report import environment, ratio_table, write_report  # noqa: E402
-from mmtrt.bench.torch_targets import joint, torch_targets  # noqa: E402
+from mmtrt.bench.torch_targets import torch_targets  # noqa: E402
 from mmtrt.data import synth_xray  # noqa: E402
 from mmtrt.model import MultiMix, reference_saliency  # noqa: E402
 

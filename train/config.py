@@ -89,10 +89,9 @@ class TrainConfig:
                                 "(decoder: the encoder and its saliency graph stay fp32).", choices=AMP_SCOPES)
     compile: str = _f("auto", "torch.compile the training step (forward + losses; AOT autograd compiles the "
                               "backward, double-backward saliency included). auto: on for CUDA, falling back "
-                              "to eager with a warning if compilation fails; eager on CPU, where this torch's "
-                              "inductor gave wrong gradients for this step (see "
-                              "benchmarks/train_compile_check.py); on: compile on any device and fail on "
-                              "errors; off: eager.",
+                              "to eager with a warning if compilation fails; eager on CPU, where the compiled "
+                              "step was no faster and compiling takes minutes (benchmarks/results/"
+                              "train_bench_cpu.md); on: compile on any device and fail on errors; off: eager.",
                       choices=COMPILE_MODES)
     ckpt_every: int = _f(50, "Also write last.pt every this many steps inside an epoch (0 = only at epoch "
                              "ends), so that --resume loses little work after a crash.")

@@ -30,7 +30,6 @@ import statistics
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -254,9 +253,9 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
 
     step_fn = module
     compiled = False
-    # auto: compile on CUDA; on CPU the inductor build of this torch gave wrong gradients for this
-    # step (benchmarks/train_compile_check.py; losses equal, weight gradients off by >100%) and no
-    # speed-up, so auto trains eagerly there. --compile on compiles anyway.
+    # auto: compile on CUDA; on CPU the compiled step was no faster than the eager one and its
+    # compile takes minutes (benchmarks/results/train_bench_cpu.md), so auto trains eagerly there.
+    # --compile on compiles anyway (correctly: train.step.compile_step).
     if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
         step_fn = compile_step(module, device)
         compiled = True

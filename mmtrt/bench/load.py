@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -141,7 +142,9 @@ def perf_analyzer_command() -> tuple[list[str], dict] | None:
     """The perf_analyzer shipped in tritonclient 2.51 (same version as the bundled server) and
     the environment it needs, or None where it cannot run. It links libb64 and libcudart, which
     nvidia-pytriton ships under hashed names: expose them under their sonames."""
-    binary = shutil.which("perf_analyzer")
+    # tritonclient installs it beside the interpreter, which is not on PATH when a venv's
+    # `mmtrt` runs without the venv activated
+    binary = shutil.which("perf_analyzer") or shutil.which("perf_analyzer", path=str(Path(sys.executable).parent))
     if binary is None:
         return None
     env = dict(os.environ)
