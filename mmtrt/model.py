@@ -74,8 +74,8 @@ def instance_norm_input_gradient(grad: torch.Tensor, normed: torch.Tensor, rstd:
 
 def leaky_relu_input_gradient(grad: torch.Tensor, pre_activation: torch.Tensor) -> torch.Tensor:
     """Backward of LeakyReLU: the slope is 1 where the input was > 0, else LEAKY_SLOPE (as autograd)."""
-    # (a multiply by a 0/1 mask rather than Where: onnxruntime's broadcasting Where is slow)
-    return grad * ((pre_activation > 0).to(grad.dtype) * (1.0 - LEAKY_SLOPE) + LEAKY_SLOPE)
+    # (a multiply by max(0/1 mask, slope) rather than Where: onnxruntime's Where is slow)
+    return grad * (pre_activation > 0).to(grad.dtype).clamp_min(LEAKY_SLOPE)
 
 
 def conv_input_gradient(grad: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -101,9 +101,13 @@ def max_pool_input_gradient(grad: torch.Tensor, pool_input: torch.Tensor) -> tor
     ge01, ge02, ge03, ge12, ge13, ge23 = e0 >= e1, e0 >= e2, e0 >= e3, e1 >= e2, e1 >= e3, e2 >= e3
     winners = (ge01 & ge02 & ge03, ~ge01 & ge12 & ge13, ~ge02 & ~ge12 & ge23, ~ge03 & ~ge13 & ~ge23)
     # (a multiply by a 0/1 mask rather than Where: onnxruntime's broadcasting Where is slow)
-    shares = [grad * wins.to(grad.dtype) for wins in winners]
-    # Interleave the four shares back into the full-resolution map.
-    return F.pixel_shuffle(torch.stack(shares, dim=2).reshape(-1, c * 4, h, w), 2)
+    shares = torch.stack([grad * wins.to(grad.dtype) for wins in winners], dim=2).reshape(-1, c * 4, h, w)
+    # Interleave the four shares back into the full-resolution map: a depthwise stride-2
+    # transposed convolution whose 2x2 kernels are one-hot puts share k at window position k
+    # (exact: one term per output). Same result as pixel_shuffle, ~3x faster in onnxruntime,
+    # whose DepthToSpace is a slow generic transpose.
+    interleave = torch.eye(4, dtype=grad.dtype, device=grad.device).reshape(4, 1, 2, 2).repeat(c, 1, 1, 1)
+    return F.conv_transpose2d(shares, interleave, stride=2, groups=c)
 
 
 class BlockTape(NamedTuple):

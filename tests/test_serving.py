@@ -575,3 +575,19 @@ def test_taken_port_is_repicked(export_dir, tmp_path, monkeypatch):
         squatter.close()
     assert "already in use" in (tmp_path / "triton.log").read_text()
     assert not processes_mentioning(str(repo))
+
+
+def test_perf_analyzer_measures_each_requested_concurrency(server, tmp_path):
+    """`mmtrt bench` reads Triton's own perf_analyzer (the tritonclient binary) when it runs here:
+    one measurement per requested concurrency, in the order asked, with the server's queue and
+    compute times."""
+    from mmtrt.bench import load
+    from mmtrt.bench.runner import xray_pool
+
+    if load.perf_analyzer_command() is None:
+        pytest.skip("perf_analyzer cannot run here (not installed, or its shared libraries are missing)")
+    rows = load.run_perf_analyzer(server.grpc_url, "multimix", xray_pool(2), 1, [1, 3], 0.5, tmp_path)
+    assert [r.extra["concurrency"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r.images_per_s > 0 and r.latency_ms["p50"] <= r.latency_ms["p99"]
+        assert r.extra["server_compute_infer_ms"] > 0

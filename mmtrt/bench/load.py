@@ -182,25 +182,21 @@ def run_perf_analyzer(grpc_url: str, model: str, pool: np.ndarray, batch: int, c
     # Real images (not perf_analyzer's random or zero data), one entry per stream step.
     data.write_text(json.dumps({"data": [{"image": {"content": pool[i].ravel().tolist(), "shape": list(pool[i].shape)}}
                                          for i in range(min(len(pool), 4))]}))
-    csv_path = workdir / f"perf_analyzer_b{batch}.csv"
-    args = command + ["-m", model, "-u", grpc_url, "-i", "grpc", "-b", str(batch),
-                      "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:{_step(concurrency)}",
-                      "--input-data", str(data), "--measurement-interval", str(int(seconds * 1000)),
-                      "--stability-percentage", "30", "--max-trials", "4", "--percentile", "99", "-f", str(csv_path)]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=max(120, 20 * seconds * len(concurrency)))
-    if done.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stderr.strip()[-500:] or done.stdout[-500:]}")
     rows = []
-    with open(csv_path) as fh:
-        for row in csv.DictReader(fh):
-            lat = {f"p{q}": float(row[f"p{q} latency"]) / 1e3 for q in (50, 90, 95, 99)}
-            rows.append(Measurement("perf_analyzer-grpc", batch, 0, images_per_s=float(row["Inferences/Second"]),
-                                    latency_ms=lat, extra={"concurrency": int(row["Concurrency"]),
-                                                           "server_queue_ms": float(row["Server Queue"]) / 1e3,
-                                                           "server_compute_infer_ms": float(row["Server Compute Infer"]) / 1e3}))
+    for clients in concurrency:  # one run per value: its concurrency range is linear, the sweep need not be
+        csv_path = workdir / f"perf_analyzer_b{batch}_c{clients}.csv"
+        args = command + ["-m", model, "-u", grpc_url, "-i", "grpc", "-b", str(batch),
+                          "--concurrency-range", f"{clients}:{clients}",
+                          "--input-data", str(data), "--measurement-interval", str(int(seconds * 1000)),
+                          "--stability-percentage", "30", "--max-trials", "4", "--percentile", "99", "-f", str(csv_path)]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=max(120, 20 * seconds))
+        if done.returncode != 0:
+            raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stderr.strip()[-500:] or done.stdout[-500:]}")
+        with open(csv_path) as fh:
+            for row in csv.DictReader(fh):
+                lat = {f"p{q}": float(row[f"p{q} latency"]) / 1e3 for q in (50, 90, 95, 99)}
+                rows.append(Measurement("perf_analyzer-grpc", batch, 0, images_per_s=float(row["Inferences/Second"]),
+                                        latency_ms=lat, extra={"concurrency": int(row["Concurrency"]),
+                                                               "server_queue_ms": float(row["Server Queue"]) / 1e3,
+                                                               "server_compute_infer_ms": float(row["Server Compute Infer"]) / 1e3}))
     return rows
-
-
-def _step(values: list[int]) -> int:
-    steps = {b - a for a, b in zip(sorted(values), sorted(values)[1:])}
-    return steps.pop() if len(steps) == 1 else 1
