@@ -586,7 +586,7 @@ def test_perf_analyzer_measures_each_requested_concurrency(server, tmp_path):
 
     if load.perf_analyzer_command() is None:
         pytest.skip("perf_analyzer cannot run here (not installed, or its shared libraries are missing)")
-    rows = load.run_perf_analyzer(server.grpc_url, "multimix", xray_pool(2), 1, [1, 3], 0.5, tmp_path)
+    rows = load.run_perf_analyzer(server.grpc_url, "multimix", xray_pool(2), 1, [1, 3], 1.5, tmp_path)
     assert [r.extra["concurrency"] for r in rows] == [1, 3]
     for r in rows:
         assert r.images_per_s > 0 and r.latency_ms["p50"] <= r.latency_ms["p99"]

@@ -185,10 +185,11 @@ def run_perf_analyzer(grpc_url: str, model: str, pool: np.ndarray, batch: int, c
     rows = []
     for clients in concurrency:  # one run per value: its concurrency range is linear, the sweep need not be
         csv_path = workdir / f"perf_analyzer_b{batch}_c{clients}.csv"
+        # (stable = three windows within 50% of each other: 2 shared cores rarely give the default 10%)
         args = command + ["-m", model, "-u", grpc_url, "-i", "grpc", "-b", str(batch),
                           "--concurrency-range", f"{clients}:{clients}",
                           "--input-data", str(data), "--measurement-interval", str(int(seconds * 1000)),
-                          "--stability-percentage", "30", "--max-trials", "4", "--percentile", "99", "-f", str(csv_path)]
+                          "--stability-percentage", "50", "--max-trials", "4", "--percentile", "99", "-f", str(csv_path)]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=max(120, 20 * seconds))
         if done.returncode != 0:
             raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stderr.strip()[-500:] or done.stdout[-500:]}")
