@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +177,9 @@ def _triton_sweep(export_dir, pool, batch, concurrency, seconds, use_perf_analyz
     with tempfile.TemporaryDirectory(prefix="mmtrt-bench-") as tmp:
         repo = build_repository(export_dir, Path(tmp) / "repo", flavour="cpu")
         with TritonServer(repo) as server:
+            with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as answer:
+                notes.append(f"Triton server {json.load(answer).get('version')} ({server.command[0]}), cpu "
+                             "repository flavour (python backend + onnxruntime)")
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
                 for clients in concurrency:
                     progress.set_postfix_str(f"triton-{protocol} c{clients}")
