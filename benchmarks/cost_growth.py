@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmtrt.bench.measure import measure, peak_rss_mb, reset_peak_rss, resident_mb  # noqa: E402
 from mmtrt.bench.report import environment, markdown_table  # noqa: E402
-from mmtrt.bench.runner import POOL_SIZE, xray_pool  # noqa: E402
+from mmtrt.bench.runner import POOL_SIZE, rotating_batches, xray_pool  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = ("reference", "eager", "ort-fused")
@@ -75,18 +75,17 @@ def load_target(name: str, checkpoint: Path, export: Path):
     return torch_targets(load_checkpoint(checkpoint)[0], torch.device("cpu"), [name])[name]
 
 
-def rotating_batches(batch: int, count: int = 4) -> list:
-    """`count` distinct batches of synthetic X-rays (as in runner.run_bench, with a pool at least
-    twice the batch so that large batches differ too)."""
+def xray_batches(batch: int) -> list:
+    """Distinct batches of synthetic X-rays (runner.rotating_batches over a pool at least twice
+    the batch, so that large batches differ too)."""
     import torch
 
-    pool = xray_pool(max(POOL_SIZE, 2 * batch))
-    return [torch.from_numpy(pool[(i * batch) % (len(pool) - batch + 1):][:batch]) for i in range(count)]
+    return rotating_batches(torch.from_numpy(xray_pool(max(POOL_SIZE, 2 * batch))), batch)
 
 
 def worker(job: dict) -> dict:
     run = load_target(job["target"], Path(job["checkpoint"]), Path(job["export"]))
-    batches = rotating_batches(job["batch"])
+    batches = xray_batches(job["batch"])
     loaded = resident_mb()
     if job["mode"] == "batch":
         cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -24,6 +24,12 @@ def xray_pool(n: int = POOL_SIZE, seed: int = 0) -> np.ndarray:
     return np.stack([synth_xray(seed + i, label=i % 2)[0] for i in range(n)]).astype(np.float32)[:, None] / 255.0
 
 
+def rotating_batches(pool, batch: int, count: int = 4) -> list:
+    """`count` different batches of `batch` images from `pool` (a tensor or array), so that no
+    measured call sees the buffer of the call before it."""
+    return [pool[(i * batch) % (len(pool) - batch + 1):][:batch] for i in range(count)]
+
+
 def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tuple[dict, list[str]]:
     """name -> callable(images: torch.Tensor) over onnxruntime sessions of the exported graphs, and
     notes on those that cannot run here. Each call reads the images where they lie and leaves its
@@ -118,8 +124,6 @@ def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, device: str, tar
         if max(batch_sizes) > largest:
             notes.append(f"{name}: batches above {largest} not measured (the engines' optimization profile "
                          f"ends there; export with --max-batch {max(batch_sizes)} to measure them)")
-    if cuda and "triton" in targets:
-        notes.append("triton: the server runs the cpu repository flavour (onnxruntime on the CPU) whatever --device says.")
 
     pool = torch.from_numpy(xray_pool(max(POOL_SIZE, *batch_sizes))).to(device)
     if cuda:  # onnxruntime reads the images on a stream of its own
@@ -130,7 +134,7 @@ def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, device: str, tar
     measurements: list[Measurement] = []
     triton_rows: list[Measurement] = []
     for batch in batch_sizes:
-        batches = [pool[(i * batch) % (len(pool) - batch + 1):][:batch] for i in range(4)]
+        batches = rotating_batches(pool, batch)
         for name in [t for t in targets if t in in_process]:
             progress.set_postfix_str(f"{name} b{batch}")
             if batch <= largest_batch.get(name, batch):
@@ -178,8 +182,8 @@ def _triton_sweep(export_dir, pool, batch, concurrency, seconds, use_perf_analyz
         repo = build_repository(export_dir, Path(tmp) / "repo", flavour="cpu")
         with TritonServer(repo) as server:
             with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as answer:
-                notes.append(f"Triton server {json.load(answer).get('version')} ({server.command[0]}), cpu "
-                             "repository flavour (python backend + onnxruntime)")
+                notes.append(f"Triton server {json.load(answer).get('version')} ({server.command[0]}): the cpu "
+                             "repository flavour (python backend + onnxruntime on the CPU), whatever --device says")
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
                 for clients in concurrency:
                     progress.set_postfix_str(f"triton-{protocol} c{clients}")

@@ -210,6 +210,11 @@ def _dtype_name(data_type: int) -> str:
     return model_config_pb2.DataType.Name(data_type)
 
 
+def _spec(data_type: int, dims) -> str:
+    """A tensor's type and shape as an error message names them: `TYPE_FP32 [-1, 1, 256, 256]`."""
+    return f"{_dtype_name(data_type)} {list(dims)}"
+
+
 def onnx_signature(path: Path) -> dict[str, dict[str, tuple[str, tuple]]]:
     """``{"inputs"|"outputs": {name: (Triton data type, dims)}}`` of an ONNX file; dims include
     the batch axis, symbolic dims as their name (e.g. ``("batch", 1, 256, 256)``)."""
@@ -309,16 +314,14 @@ def _ensemble_problems(name: str, config, configs: dict) -> list[str]:
         if value not in known:
             problems.append(f"{where}: reads ensemble tensor {value!r} that nothing produces")
         elif known[value][:2] != (dtype, dims):
-            problems.append(f"{where}: ensemble tensor {value!r} is {_dtype_name(known[value][0])} "
-                            f"{list(known[value][1])} ({known[value][2]}) but {who} is "
-                            f"{_dtype_name(dtype)} {list(dims)}")
+            problems.append(f"{where}: ensemble tensor {value!r} is {_spec(*known[value][:2])} "
+                            f"({known[value][2]}) but {who} is {_spec(dtype, dims)}")
     for tensor, (dtype, dims) in _tensors(config.output).items():
         if tensor not in produced:
             problems.append(f"{name}: output {tensor!r} is produced by no step")
         elif known[tensor][:2] != (dtype, dims):
-            problems.append(f"{name}: output {tensor!r} is {_dtype_name(dtype)} {list(dims)} but "
-                            f"{known[tensor][2]} gives {_dtype_name(known[tensor][0])} "
-                            f"{list(known[tensor][1])}")
+            problems.append(f"{name}: output {tensor!r} is {_spec(dtype, dims)} but "
+                            f"{known[tensor][2]} gives {_spec(*known[tensor][:2])}")
     return problems
 
 
