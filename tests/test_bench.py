@@ -19,10 +19,11 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import flat_region_images, relative_error
 from onnx import TensorProto, helper, numpy_helper
+from test_export import NO_TENSORRT, FakeTensorRT
 from tqdm import tqdm
 
-from conftest import flat_region_images, relative_error
 from mmtrt.bench.measure import measure, percentiles
 from mmtrt.bench.report import markdown_table, ratio_table
 from mmtrt.bench.runner import onnx_targets, run_bench
@@ -31,7 +32,6 @@ from mmtrt.cli import main
 from mmtrt.export import tensorrt as trt_code
 from mmtrt.export.manifest import FORMAT, MANIFEST, file_entry, write_json
 from mmtrt.graphs import GRAPHS
-from test_export import NO_TENSORRT, FakeTensorRT
 
 CUDA = torch.cuda.is_available()
 

@@ -230,7 +230,7 @@ def test_build_engines_on_a_tensorrt_host(export, tmp_path):  # pragma: no cover
     assert result.exit_code == 0, result.output
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["engines"]["state"] == "built"
-    for graph, plan in manifest["engines"]["plans"].items():
+    for plan in manifest["engines"]["plans"].values():
         assert manifest["files"][plan["file"]]["sha256"] == file_sha256(folder / plan["file"])
 
 
@@ -571,7 +571,7 @@ def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, versi
     manifest = {"precision": "fp16", "graphs": {"tiny": {"file": "tiny.onnx", "reduced_precision_file": "tiny.onnx"}}}
     (spec,) = trt_code.engine_specs(manifest, trt_code.major_version(trt), (9, 0))
     cache = tmp_path / "timing.cache"
-    for build in range(2):
+    for _build in range(2):
         plan = trt_code.build_engine(trt, spec, tmp_path / "tiny.onnx", max_batch=8, timing_cache=cache,
                                      reduced_layers=frozenset({"conv_b"}) if spec.builder_flag else frozenset())
         assert plan == b"engine"

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from serving_helpers import needs_server, ort_session
 
 from mmtrt.cli import main
 from mmtrt.data import load_image, synth_xray
-from serving_helpers import needs_server, ort_session
 
 pytestmark = needs_server
 GOOD = ("chest_a.png", "chest_b.jpg", "chest_c16.png", "small.png", "sub/chest_a.png")

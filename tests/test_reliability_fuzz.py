@@ -27,18 +27,18 @@ import json
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from serving_helpers import MAX_BATCH, needs_server, ort_session
 
 from mmtrt.cli import main
 from mmtrt.data import DataError, load_image, synth_xray
-from serving_helpers import MAX_BATCH, needs_server, ort_session
 
 SEED = 20251126
 CASE_LIMIT_S = 30.0  # per case: a case that takes longer counts as a hang
@@ -548,7 +548,7 @@ def image_cases(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     ok("la.png", _save(grey.convert("LA"), "PNG"))
     ok("palette.png", _save(grey.convert("P"), "PNG"))
     ok("onebit.png", _save(grey.convert("1"), "PNG"))
-    ok("sixteen.png", _save(Image.fromarray((xray.astype(np.uint16) * 257)), "PNG"))
+    ok("sixteen.png", _save(Image.fromarray(xray.astype(np.uint16) * 257), "PNG"))
     ok("grey.jpg", _save(grey, "JPEG"))
     ok("rgb.jpg", jpg)
     ok("cmyk.jpg", _save(grey.convert("CMYK"), "JPEG"))
@@ -560,8 +560,8 @@ def image_cases(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     frames = [grey, grey.transpose(Image.FLIP_LEFT_RIGHT)]
     ok("animated.gif", _save(frames[0], "GIF", save_all=True, append_images=frames[1:]))
     ok("grey.tif", _save(grey, "TIFF"))
-    ok("sixteen.tif", _save(Image.fromarray((xray.astype(np.uint16) * 257)), "TIFF"))
-    ok("int32.tif", _save(Image.fromarray((xray.astype(np.int32) * 300)), "TIFF"))
+    ok("sixteen.tif", _save(Image.fromarray(xray.astype(np.uint16) * 257), "TIFF"))
+    ok("int32.tif", _save(Image.fromarray(xray.astype(np.int32) * 300), "TIFF"))
     ok("png-named.jpg", png)  # wrong extension: read by content
     for w, h in ((1, 1), (2, 3), (1, 1000), (1000, 1), (257, 255), (6000, 6000)):
         ok(f"size-{w}x{h}.png", _save(grey.resize((w, h)), "PNG"))
@@ -585,7 +585,7 @@ def image_cases(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     bad("signature-only.png", png[:8])
     corrupt = bytearray(png)
     idat = corrupt.find(b"IDAT")
-    for k in range(3):
+    for _ in range(3):
         corrupt[idat + 8 + int(rng.integers(0, 200))] ^= 0xFF
     bad("crc-error.png", bytes(corrupt))
     # decompression bombs: headers that claim a huge image (no pixels behind them), and a real

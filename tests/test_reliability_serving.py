@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from serving_helpers import needs_server, processes_mentioning
+from test_serving_cli import _Serve
 
 from mmtrt.serving import build_repository
 from mmtrt.serving.server import python_stub_processes
-from serving_helpers import needs_server, processes_mentioning
-from test_serving_cli import _Serve
 
 pytestmark = needs_server
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def listening_sockets(port: int) -> list[str]:
     import ipaddress
 
     found = []
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+    for table, _width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:

@@ -18,11 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serving_helpers import MAX_BATCH, needs_server, ort_session, processes_mentioning
 
 from mmtrt.files import file_sha256
-from mmtrt.serving import (ServingError, TritonServer, build_repository, find_tritonserver,
-                           render_config, template_dir, validate_config)
-from serving_helpers import MAX_BATCH, needs_server, ort_session, processes_mentioning
+from mmtrt.serving import (
+    ServingError,
+    TritonServer,
+    build_repository,
+    find_tritonserver,
+    render_config,
+    template_dir,
+    validate_config,
+)
 
 QUEUE_DELAY_US = 50_000  # long enough for concurrent batch-1 requests to meet in one batch
 
@@ -252,7 +259,6 @@ def references(model, ort_ref):
     batches are the first images (outputs do not depend on the batch, as the concurrency tests
     check)."""
     import torch
-
     from conftest import IMAGE_KINDS
 
     cache = {}

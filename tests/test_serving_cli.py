@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from serving_helpers import needs_server, processes_mentioning
 
 from mmtrt.cli import main
 from mmtrt.serving import build_repository, validate_config, validate_repository
-from serving_helpers import needs_server, processes_mentioning
 
 SECRET = "s3cret"
 

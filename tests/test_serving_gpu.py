@@ -15,13 +15,21 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
+from serving_helpers import MAX_BATCH, processes_mentioning, real_export
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mmtrt.cli import main
-from mmtrt.serving import (ServingError, TritonServer, build_repository, find_tritonserver,
-                           missing_plan_files, render_config, template_dir, validate_repository)
+from mmtrt.serving import (
+    ServingError,
+    TritonServer,
+    build_repository,
+    find_tritonserver,
+    missing_plan_files,
+    render_config,
+    template_dir,
+    validate_repository,
+)
 from mmtrt.serving.server import _bundled_root_of
-from serving_helpers import MAX_BATCH, processes_mentioning, real_export
 
 ENGINES = ("encoder", "saliency", "decoder")
 ENSEMBLES = ("multimix", "classifier")

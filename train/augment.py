@@ -16,7 +16,7 @@ a resumed run see exactly the batches of an uninterrupted one.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 AMP_SCOPES = ("full", "decoder")
@@ -34,11 +34,11 @@ class TrainConfig:
                              "at each epoch end). Fails if there is none. The run's saved config is used; "
                              "only --epochs, --max-steps, --progress, --workers, --compile, --ckpt-every, --log-every and --device may differ (they do not change the weights, except a compiled step rounding differently).")
     # --- data -----------------------------------------------------------------------------------
-    cls_data: Optional[str] = _f(None, "Kermany-style classification root holding train/ and val/ (and optionally "
+    cls_data: str | None = _f(None, "Kermany-style classification root holding train/ and val/ (and optionally "
                                        "test/) with NORMAL/ and PNEUMONIA/ subfolders. Default: synthetic data.")
-    seg_data: Optional[str] = _f(None, "JSRT- or Montgomery-style segmentation root holding train/ and val/ (and "
+    seg_data: str | None = _f(None, "JSRT- or Montgomery-style segmentation root holding train/ and val/ (and "
                                        "optionally test/). Default: synthetic data.")
-    synth_cache: Optional[str] = _f(None, "Folder for the generated synthetic data sets (used when --cls-data or "
+    synth_cache: str | None = _f(None, "Folder for the generated synthetic data sets (used when --cls-data or "
                                           "--seg-data is not given). Default: $XDG_CACHE_HOME/mmtrt/synthetic "
                                           "(~/.cache/mmtrt/synthetic).")
     synth_cls: str = _f("400,100,100", "Synthetic classification images per split train,val,test.")
@@ -158,7 +158,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -29,7 +29,6 @@ from mmtrt.model import MultiMix
 
 from .step import segment
 
-
 # Validation runs on one process (rank 0) of a DDP run: no cross-process sync of metric states.
 LOCAL = {"sync_on_compute": False}
 
@@ -37,11 +36,17 @@ LOCAL = {"sync_on_compute": False}
 def _torchmetrics():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from torchmetrics.classification import (BinaryAccuracy, BinaryAUROC, BinaryPrecision, BinaryRecall,
-                                                 MulticlassF1Score)
+        from torchmetrics.classification import (
+            BinaryAccuracy,
+            BinaryAUROC,
+            BinaryPrecision,
+            BinaryRecall,
+            MulticlassF1Score,
+        )
         from torchmetrics.image import StructuralSimilarityIndexMeasure
         from torchmetrics.segmentation import DiceScore, MeanIoU
-    return locals()
+    return {m.__name__: m for m in (BinaryAccuracy, BinaryAUROC, BinaryPrecision, BinaryRecall,
+                                    MulticlassF1Score, StructuralSimilarityIndexMeasure, DiceScore, MeanIoU)}
 
 
 def average_hausdorff(pred: np.ndarray, target: np.ndarray) -> float:

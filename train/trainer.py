@@ -145,7 +145,7 @@ def load_resume_config(cfg: TrainConfig) -> TrainConfig:
     differing = sorted(k for k, v in cfg.to_dict().items()
                        if k not in RESUME_OVERRIDES and k in saved and saved[k] != v)
     if differing:
-        warnings.warn(f"--resume: using the run's saved values for {differing} (the command line differs)")
+        warnings.warn(f"--resume: using the run's saved values for {differing} (the command line differs)", stacklevel=2)
     return TrainConfig.from_dict(merged)
 
 
@@ -317,7 +317,7 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
                 loss, parts = run_step(step_fn, batch)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
                 compile_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                warnings.warn(f"torch.compile failed, training eagerly instead ({compile_fallback})")
+                warnings.warn(f"torch.compile failed, training eagerly instead ({compile_fallback})", stacklevel=2)
                 step_fn, compiled = module, False
                 optimizer.zero_grad(set_to_none=True)
                 torch.manual_seed(step_seed(cfg.seed, step, dd.rank))

@@ -14,9 +14,9 @@ counts the interpreter, libraries, weights and inputs too: compare rows of one r
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

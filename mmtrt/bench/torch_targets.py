@@ -8,7 +8,7 @@ graph (`MultiMix.forward`).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

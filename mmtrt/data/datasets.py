@@ -21,7 +21,6 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 IMAGE_SIZE = 256
 # Lower-case; matched case-insensitively (Kermany uses .jpeg, some copies .JPG; JSRT/SCR masks

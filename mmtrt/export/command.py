@@ -22,11 +22,23 @@ from pathlib import Path
 
 import click
 
+from mmtrt.export.manifest import (
+    ENGINE_PARITY,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PARITY,
+    TIMING_CACHE,
+    ExportError,
+    file_entry,
+    now,
+    read_manifest,
+    tensor_shapes,
+    versions,
+    write_file,
+    write_json,
+)
 from mmtrt.files import move_folder_into_place
-
-from mmtrt.export.manifest import (ENGINE_PARITY, FORMAT, FORMAT_VERSION, MANIFEST, PARITY, TIMING_CACHE,
-                                   ExportError, file_entry, now, read_manifest, tensor_shapes, versions,
-                                   write_file, write_json)
 
 DEFAULT_MAX_BATCH = 8
 
@@ -158,8 +170,14 @@ def build_engines(folder: Path, *, echo=click.echo, progress=None) -> dict:
     import onnx
 
     from mmtrt.export.precision import reduced_convolutions
-    from mmtrt.export.tensorrt import (EngineBuildError, EngineRunner, build_engine, engine_specs, major_version,
-                                       require_tensorrt)
+    from mmtrt.export.tensorrt import (
+        EngineBuildError,
+        EngineRunner,
+        build_engine,
+        engine_specs,
+        major_version,
+        require_tensorrt,
+    )
     from mmtrt.export.validate import format_table, onnxruntime_runner, validate_against
 
     folder = Path(folder)

@@ -29,10 +29,10 @@ class ExportError(RuntimeError):
 
 
 def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     import onnxruntime
     import torch
-
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         mmtrt_version = version("mmtrt")

@@ -10,11 +10,27 @@
   command-line faces of the above and of :mod:`mmtrt.serving.infer`, the client.
 """
 
-from .repository import (DEFAULT_MODELS, FLAVOUR_MODELS, FLAVOURS, MODELS, build_repository,
-                         missing_plan_files, onnx_signature, parse_config, render_config,
-                         template_dir, validate_config, validate_repository)
-from .server import (ServingError, TritonServer, bundled_tritonserver_root, find_tritonserver,
-                     restricted_headers)
+from .repository import (
+                         DEFAULT_MODELS,
+                         FLAVOUR_MODELS,
+                         FLAVOURS,
+                         MODELS,
+                         build_repository,
+                         missing_plan_files,
+                         onnx_signature,
+                         parse_config,
+                         render_config,
+                         template_dir,
+                         validate_config,
+                         validate_repository,
+)
+from .server import (
+                         ServingError,
+                         TritonServer,
+                         bundled_tritonserver_root,
+                         find_tritonserver,
+                         restricted_headers,
+)
 
 __all__ = [
     "DEFAULT_MODELS", "FLAVOURS", "FLAVOUR_MODELS", "MODELS", "ServingError", "TritonServer",

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -257,10 +257,10 @@ def render_overlay(image: np.ndarray, path: Path, *, probs: np.ndarray,
     """Write a PNG: ``image`` (H x W in [0, 1]) in grey, the saliency as a heat map whose opacity
     grows with its value, the mask's 0.5 contour, and the predicted class with its probability.
     Uses matplotlib's object API (no pyplot, no global backend change)."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
-    from matplotlib import colormaps
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 

@@ -22,9 +22,9 @@ import re
 import shutil
 import string
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from mmtrt.files import file_sha256, move_folder_into_place
 

@@ -29,8 +29,8 @@ import tempfile
 import time
 import urllib.request
 import weakref
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 __all__ = ["ServingError", "TritonServer", "find_tritonserver", "bundled_tritonserver_root",
            "restricted_headers", "python_stub_processes"]
@@ -283,7 +283,7 @@ def python_stub_processes(server_pid: int) -> list[tuple[int, str, str]]:
 
 # Servers started by this process, stopped at interpreter exit if their owner forgot to: the
 # server runs in its own session, so nothing else would end it.
-_RUNNING: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[TritonServer] = weakref.WeakSet()
 
 
 @atexit.register
@@ -375,7 +375,7 @@ class TritonServer:
         return self._proc.poll() if self._proc is not None else None
 
     # ------------------------------------------------------------------ context manager
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -469,7 +469,7 @@ class TritonServer:
                     [str(libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
         return env
 
-    def start(self, timeout: float = 120.0) -> "TritonServer":
+    def start(self, timeout: float = 120.0) -> TritonServer:
         """Launch the server; return once it is live and every model in the repository is ready.
 
         Raises ServingError (with the log tail) when the process exits early, a model is
@@ -531,7 +531,7 @@ class TritonServer:
             live[model] = live.get(model, 0) + 1
         return sorted(m for m, n in self._stubs_at_ready.items() if live.get(m, 0) < n)
 
-    def restart(self, timeout: float = 120.0, grace: float | None = None) -> "TritonServer":
+    def restart(self, timeout: float = 120.0, grace: float | None = None) -> TritonServer:
         """Stop the server and start it again on the same ports (also those first picked free),
         so clients reconnect to the same addresses. Raises ServingError like :meth:`start`.
 
