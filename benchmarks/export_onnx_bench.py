@@ -47,7 +47,9 @@ def prepare_export(args) -> tuple[Path, MultiMix]:
         folder = Path(args.export)
         manifest = read_manifest(folder)
         if not args.checkpoint:
-            raise SystemExit("--export needs --checkpoint (the checkpoint it was exported from) for the eager baseline")
+            raise SystemExit(
+                "--export needs --checkpoint (the checkpoint it was exported from) for the eager baseline"
+            )
         checkpoint = Path(args.checkpoint)
         model, _ = load_checkpoint(checkpoint)
         if manifest["checkpoint"]["sha256"] != file_sha256(checkpoint):
@@ -82,6 +84,7 @@ def build_cases(folder: Path, model: MultiMix, batch: int) -> dict:
         def run():
             with torch.no_grad():
                 eager[name](*inputs)
+
         return run
 
     return {
@@ -104,7 +107,7 @@ def measure(cases: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]
     names = list(cases)
     times = {name: [] for name in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate the order every round
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate the order every round
         for name in order:
             t0 = time.perf_counter()
             cases[name]()
@@ -114,7 +117,9 @@ def measure(cases: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--export", help="an export folder (mmtrt export); default: export a random checkpoint")
+    parser.add_argument(
+        "--export", help="an export folder (mmtrt export); default: export a random checkpoint"
+    )
     parser.add_argument("--checkpoint", help="the checkpoint --export was made from")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes [1,8]")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per batch size [7]")
@@ -141,12 +146,19 @@ def main(argv=None):
         }
     record = {
         "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "versions": versions(),
         "threads": {"torch": torch.get_num_threads(), "onnxruntime": "default (one per core)"},
-        "export": str(folder), "repeats": args.repeats, "images": "synthetic chest X-rays, 1x256x256",
+        "export": str(folder),
+        "repeats": args.repeats,
+        "images": "synthetic chest X-rays, 1x256x256",
         "goal": {"ort saliency / ort encoder": GOAL_SALIENCY_OVER_ENCODER},
         "results": results,
     }
@@ -173,9 +185,16 @@ def markdown(record: dict) -> str:
         "",
     ]
     for batch, r in record["results"].items():
-        lines += [f"## batch {batch}", "", "| case | median ms | min ms | max ms |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            f"## batch {batch}",
+            "",
+            "| case | median ms | min ms | max ms |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name, t in r["median_s"].items():
-            lines.append(f"| {name} | {t * 1e3:.1f} | {r['min_s'][name] * 1e3:.1f} | {r['max_s'][name] * 1e3:.1f} |")
+            lines.append(
+                f"| {name} | {t * 1e3:.1f} | {r['min_s'][name] * 1e3:.1f} | {r['max_s'][name] * 1e3:.1f} |"
+            )
         lines += ["", "| ratio | value |", "| --- | ---: |"]
         for name, v in r["ratios"].items():
             goal = record["goal"].get(name)

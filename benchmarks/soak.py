@@ -44,6 +44,7 @@ REQUEST_TIMEOUT_S = 300.0  # one request, client side: never reached when the se
 
 # --------------------------------------------------------------------------- server memory
 
+
 def _proc_fields(pid: str) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -84,12 +85,14 @@ def server_rss(server_pid: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- statistics
 
+
 def _pct(values, q) -> float | None:
     return float(np.percentile(np.asarray(values), q)) if len(values) else None
 
 
-def summarise(records: list[tuple], memory: list[tuple], seconds: float, window_s: float,
-              warmup_s: float) -> dict:
+def summarise(
+    records: list[tuple], memory: list[tuple], seconds: float, window_s: float, warmup_s: float
+) -> dict:
     """Figures from per-request records (protocol, t_start, t_end, latency_s, status, message)
     and memory samples (t, rss_bytes, n_processes); times relative to the start of the load."""
     ok = [r for r in records if r[4] == "ok"]
@@ -103,16 +106,23 @@ def summarise(records: list[tuple], memory: list[tuple], seconds: float, window_
         inside = [r for r in records if lo <= r[2] < hi]
         lat = [1000 * r[3] for r in inside if r[4] == "ok"]
         mem = [m[1] for m in memory if lo <= m[0] < hi]
-        windows.append({"start_s": lo, "end_s": hi, "completed": len(inside),
-                        "failed": sum(r[4] != "ok" for r in inside),
-                        "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
-                        "max_ms": max(lat) if lat else None,
-                        "rss_mib": (float(np.median(mem)) / 2**20) if mem else None})
+        windows.append(
+            {
+                "start_s": lo,
+                "end_s": hi,
+                "completed": len(inside),
+                "failed": sum(r[4] != "ok" for r in inside),
+                "p50_ms": _pct(lat, 50),
+                "p99_ms": _pct(lat, 99),
+                "max_ms": max(lat) if lat else None,
+                "rss_mib": (float(np.median(mem)) / 2**20) if mem else None,
+            }
+        )
     steady = [w for w in windows if w["start_s"] >= warmup_s and w["p99_ms"] is not None]
     p99s = [w["p99_ms"] for w in steady]
     stability = None
     if p99s:
-        first_half, second_half = p99s[:max(1, len(p99s) // 2)], p99s[len(p99s) // 2:]
+        first_half, second_half = p99s[: max(1, len(p99s) // 2)], p99s[len(p99s) // 2 :]
         stability = {
             "windows": len(p99s),
             "median_window_p99_ms": float(np.median(p99s)),
@@ -128,34 +138,53 @@ def summarise(records: list[tuple], memory: list[tuple], seconds: float, window_
         memory_figures = {
             "samples": len(memory),
             "processes": int(max(m[2] for m in memory)),
-            "start_mib": rss[0], "peak_mib": max(rss), "end_mib": rss[-1],
+            "start_mib": rss[0],
+            "peak_mib": max(rss),
+            "end_mib": rss[-1],
             "after_warmup_mib": mem_steady[0] if mem_steady else None,
             "last_window_mib": mem_steady[-1] if mem_steady else None,
             "growth_after_warmup": (mem_steady[-1] / mem_steady[0] - 1) if len(mem_steady) > 1 else None,
             # the second half of the run alone: does it still grow once the allocators settled?
             "growth_second_half": (mem_steady[-1] / mem_steady[len(mem_steady) // 2] - 1)
-            if len(mem_steady) > 3 else None,
+            if len(mem_steady) > 3
+            else None,
         }
     by_protocol = {}
     for proto in sorted({r[0] for r in records}):
         rs = [r for r in records if r[0] == proto]
-        by_protocol[proto] = {"requests": len(rs), "ok": sum(r[4] == "ok" for r in rs),
-                              "failed": sum(r[4] == "failed" for r in rs),
-                              "wrong": sum(r[4] == "wrong" for r in rs)}
+        by_protocol[proto] = {
+            "requests": len(rs),
+            "ok": sum(r[4] == "ok" for r in rs),
+            "failed": sum(r[4] == "failed" for r in rs),
+            "wrong": sum(r[4] == "wrong" for r in rs),
+        }
     messages = sorted({r[5] for r in failed + wrong})[:10]
     return {
-        "seconds": seconds, "window_s": window_s, "warmup_s": warmup_s,
-        "requests": len(records), "ok": len(ok), "failed": len(failed), "wrong": len(wrong),
-        "lost": len(failed) + len(wrong), "error_messages": messages,
+        "seconds": seconds,
+        "window_s": window_s,
+        "warmup_s": warmup_s,
+        "requests": len(records),
+        "ok": len(ok),
+        "failed": len(failed),
+        "wrong": len(wrong),
+        "lost": len(failed) + len(wrong),
+        "error_messages": messages,
         "throughput_rps": len(ok) / seconds if seconds else None,
-        "latency_ms": {"p50": _pct(lat_ms, 50), "p90": _pct(lat_ms, 90), "p99": _pct(lat_ms, 99),
-                       "max": max(lat_ms) if lat_ms else None},
-        "p99_stability": stability, "memory": memory_figures, "by_protocol": by_protocol,
+        "latency_ms": {
+            "p50": _pct(lat_ms, 50),
+            "p90": _pct(lat_ms, 90),
+            "p99": _pct(lat_ms, 99),
+            "max": max(lat_ms) if lat_ms else None,
+        },
+        "p99_stability": stability,
+        "memory": memory_figures,
+        "by_protocol": by_protocol,
         "windows": windows,
     }
 
 
 # --------------------------------------------------------------------------- the load
+
 
 def reference_outputs(onnx_path: Path, pool: np.ndarray) -> list[dict[str, np.ndarray]]:
     """What the server must answer for each image of ``pool`` (batch 1): the same ONNX graph in
@@ -164,13 +193,13 @@ def reference_outputs(onnx_path: Path, pool: np.ndarray) -> list[dict[str, np.nd
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), sess_options=options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
     refs = []
     for x in pool:
         probs, mask, saliency = session.run(["probs", "mask", "saliency"], {"image": x[None]})
-        refs.append({"probs": probs, "mask": mask, "saliency": saliency,
-                     "label": probs.argmax(axis=1).reshape(-1, 1)})
+        refs.append(
+            {"probs": probs, "mask": mask, "saliency": saliency, "label": probs.argmax(axis=1).reshape(-1, 1)}
+        )
     return refs
 
 
@@ -186,10 +215,21 @@ def _mismatch(got: dict, want: dict) -> str | None:
     return None
 
 
-def soak(http_url: str, grpc_url: str, *, pool: np.ndarray, references: list[dict],
-         seconds: float, concurrency: int = 16, model: str = "multimix", server_pid: int | None = None,
-         window_s: float = 10.0, warmup_s: float = 10.0, protocols=("http", "grpc"),
-         progress=None) -> dict:
+def soak(
+    http_url: str,
+    grpc_url: str,
+    *,
+    pool: np.ndarray,
+    references: list[dict],
+    seconds: float,
+    concurrency: int = 16,
+    model: str = "multimix",
+    server_pid: int | None = None,
+    window_s: float = 10.0,
+    warmup_s: float = 10.0,
+    protocols=("http", "grpc"),
+    progress=None,
+) -> dict:
     """``concurrency`` client threads (worker i uses ``protocols[i % len]``) each send batch-1
     requests of ``pool`` images back to back until ``seconds`` have passed; every answer is
     compared with ``references``; the server's RSS is sampled once a second. Returns
@@ -210,8 +250,9 @@ def soak(http_url: str, grpc_url: str, *, pool: np.ndarray, references: list[dic
         proto = protocols[index % len(protocols)]
         if proto == "http":
             module = httpclient
-            client = httpclient.InferenceServerClient(http_url, connection_timeout=30.0,
-                                                      network_timeout=REQUEST_TIMEOUT_S)
+            client = httpclient.InferenceServerClient(
+                http_url, connection_timeout=30.0, network_timeout=REQUEST_TIMEOUT_S
+            )
         else:
             module = grpcclient
             client = grpcclient.InferenceServerClient(grpc_url)
@@ -222,7 +263,7 @@ def soak(http_url: str, grpc_url: str, *, pool: np.ndarray, references: list[dic
             while time.monotonic() < deadline[0]:
                 i = k % len(pool)
                 k += concurrency
-                x = pool[i:i + 1]
+                x = pool[i : i + 1]
                 inp = module.InferInput("image", list(x.shape), "FP32")
                 inp.set_data_from_numpy(x)
                 begin = time.monotonic()
@@ -230,8 +271,7 @@ def soak(http_url: str, grpc_url: str, *, pool: np.ndarray, references: list[dic
                     if proto == "http":
                         r = client.infer(model, [inp], outputs=outputs)
                     else:
-                        r = client.infer(model, [inp], outputs=outputs,
-                                         client_timeout=REQUEST_TIMEOUT_S)
+                        r = client.infer(model, [inp], outputs=outputs, client_timeout=REQUEST_TIMEOUT_S)
                     got = {o: r.as_numpy(o) for o in OUTPUTS}
                     problem = _mismatch(got, references[i])
                     status, message = ("ok", "") if problem is None else ("wrong", problem)
@@ -270,14 +310,23 @@ def soak(http_url: str, grpc_url: str, *, pool: np.ndarray, references: list[dic
     sampling.join(10)
     hung = sum(t.is_alive() for t in threads)
     elapsed = time.monotonic() - t0[0]
-    figures = summarise(sorted(records, key=lambda r: r[2]), memory, max(seconds, 1e-9),
-                        window_s, warmup_s)
-    figures.update({"concurrency": concurrency, "model": model, "protocols": list(protocols),
-                    "wall_s": elapsed, "hung_clients": hung, "batch": 1, "pool_images": len(pool)})
+    figures = summarise(sorted(records, key=lambda r: r[2]), memory, max(seconds, 1e-9), window_s, warmup_s)
+    figures.update(
+        {
+            "concurrency": concurrency,
+            "model": model,
+            "protocols": list(protocols),
+            "wall_s": elapsed,
+            "hung_clients": hung,
+            "batch": 1,
+            "pool_images": len(pool),
+        }
+    )
     return figures
 
 
 # --------------------------------------------------------------------------- report
+
 
 def markdown(figures: dict, *, command: str, environment: dict) -> str:
     f = figures
@@ -316,8 +365,10 @@ def markdown(figures: dict, *, command: str, environment: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for w in f["windows"]:
-        lines.append(f"| {w['start_s']:.0f}-{w['end_s']:.0f} s | {w['completed']} | {w['failed']} | "
-                     f"{num(w['p50_ms'])} | {num(w['p99_ms'])} | {num(w['rss_mib'])} |")
+        lines.append(
+            f"| {w['start_s']:.0f}-{w['end_s']:.0f} s | {w['completed']} | {w['failed']} | "
+            f"{num(w['p50_ms'])} | {num(w['p99_ms'])} | {num(w['rss_mib'])} |"
+        )
     if f["error_messages"]:
         lines += ["", "Errors (distinct, first 10):", ""] + [f"- `{m}`" for m in f["error_messages"]]
     return "\n".join(lines) + "\n"
@@ -325,18 +376,26 @@ def markdown(figures: dict, *, command: str, environment: dict) -> str:
 
 def environment() -> dict:
     try:
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                    if line.startswith("model name")), platform.processor())
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
     except OSError:
         cpu = platform.processor()
     try:
         load = os.getloadavg()
     except OSError:
         load = None
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-                       f"Python {platform.python_version()}",
-            "load_average_at_start": load}
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}",
+        "load_average_at_start": load,
+    }
 
 
 def _export(out: Path) -> Path:
@@ -344,28 +403,40 @@ def _export(out: Path) -> Path:
     mmtrt = [sys.executable, "-c", "from mmtrt.cli import main; main()"]
     ckpt = out / "init.pt"
     subprocess.run(mmtrt + ["init", str(ckpt)], check=True)
-    subprocess.run(mmtrt + ["export", str(ckpt), "--out", str(out / "export"), "--no-engines"],
-                   check=True)
+    subprocess.run(mmtrt + ["export", str(ckpt), "--out", str(out / "export"), "--no-engines"], check=True)
     return out / "export"
 
 
 def main(argv=None) -> int:
     root = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--minutes", type=float, default=10.0, help="how long the load runs")
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--export", type=Path, default=None,
-                    help="export folder (multimix.onnx, encoder.onnx, manifest.json) "
-                         "[default: mmtrt init + mmtrt export into a temp folder]")
+    ap.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="export folder (multimix.onnx, encoder.onnx, manifest.json) "
+        "[default: mmtrt init + mmtrt export into a temp folder]",
+    )
     ap.add_argument("--window", type=float, default=10.0, help="seconds per latency window")
-    ap.add_argument("--warmup", type=float, default=10.0, help="seconds left out of the "
-                    "stability and memory-growth figures")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        help="seconds left out of the stability and memory-growth figures",
+    )
     ap.add_argument("--ort-threads", type=int, default=1, help="onnxruntime threads per model")
     ap.add_argument("--max-queue-delay-us", type=int, default=2000)
-    ap.add_argument("--out", type=Path, default=root / "benchmarks" / "results" / "reliability_soak",
-                    help="report stem: writes STEM.json and STEM.md")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=root / "benchmarks" / "results" / "reliability_soak",
+        help="report stem: writes STEM.json and STEM.md",
+    )
     args = ap.parse_args(argv)
 
     from mmtrt.bench.runner import xray_pool
@@ -374,29 +445,47 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="mmtrt-soak-"))
     try:
         export_dir = args.export or _export(work)
-        repo = build_repository(export_dir, work / "repo", ort_threads=args.ort_threads,
-                                max_queue_delay_us=args.max_queue_delay_us)
+        repo = build_repository(
+            export_dir,
+            work / "repo",
+            ort_threads=args.ort_threads,
+            max_queue_delay_us=args.max_queue_delay_us,
+        )
         pool = xray_pool(16)
         refs = reference_outputs(export_dir / "multimix.onnx", pool)
         env = environment()
         seconds = 60.0 * args.minutes
         with TritonServer(repo, log_file=work / "triton.log") as server:
-            env["server"] = (f"tritonserver (bundled nvidia-pytriton 0.7.0 = Triton 2.51) pid "
-                             f"{server.pid}, cpu flavour, ort_intra_op_threads {args.ort_threads}, "
-                             f"max_batch 8, max_queue_delay {args.max_queue_delay_us} us")
-            print(f"server ready (pid {server.pid}); {args.concurrency} clients for "
-                  f"{seconds:.0f} s", flush=True)
+            env["server"] = (
+                f"tritonserver (bundled nvidia-pytriton 0.7.0 = Triton 2.51) pid "
+                f"{server.pid}, cpu flavour, ort_intra_op_threads {args.ort_threads}, "
+                f"max_batch 8, max_queue_delay {args.max_queue_delay_us} us"
+            )
+            print(
+                f"server ready (pid {server.pid}); {args.concurrency} clients for {seconds:.0f} s", flush=True
+            )
             last = [0.0]
 
             def progress(t, done, bad, rss):
                 if t - last[0] >= 30 or t < 1:
                     last[0] = t
-                    print(f"  {t:6.0f} s  {done:6d} requests  {bad} failed/wrong  "
-                          f"RSS {rss / 2**20:.0f} MiB", flush=True)
+                    print(
+                        f"  {t:6.0f} s  {done:6d} requests  {bad} failed/wrong  RSS {rss / 2**20:.0f} MiB",
+                        flush=True,
+                    )
 
-            figures = soak(server.http_url, server.grpc_url, pool=pool, references=refs,
-                           seconds=seconds, concurrency=args.concurrency, server_pid=server.pid,
-                           window_s=args.window, warmup_s=args.warmup, progress=progress)
+            figures = soak(
+                server.http_url,
+                server.grpc_url,
+                pool=pool,
+                references=refs,
+                seconds=seconds,
+                concurrency=args.concurrency,
+                server_pid=server.pid,
+                window_s=args.window,
+                warmup_s=args.warmup,
+                progress=progress,
+            )
             figures["server_alive_after"] = server.is_running()
             figures["server_log_errors"] = server.log_errors()[:10]
         command = "python benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -409,9 +498,11 @@ def main(argv=None) -> int:
         print(text)
         ok = figures["lost"] == 0 and figures["hung_clients"] == 0
         growth = (figures["memory"] or {}).get("growth_after_warmup")
-        print(f"{'PASS' if ok and (growth is None or growth < 0.10) else 'FAIL'}: "
-              f"{figures['ok']} served, {figures['lost']} lost, memory growth "
-              f"{'-' if growth is None else f'{100 * growth:+.2f} %'}")
+        print(
+            f"{'PASS' if ok and (growth is None or growth < 0.10) else 'FAIL'}: "
+            f"{figures['ok']} served, {figures['lost']} lost, memory growth "
+            f"{'-' if growth is None else f'{100 * growth:+.2f} %'}"
+        )
         return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -57,10 +57,15 @@ def parity(model: MultiMix, device: torch.device) -> list[dict]:
             with torch.no_grad():
                 graph = model.saliency(images)
                 graph64 = model64.saliency(images.double())
-            rows.append({"kind": kind, "batch": batch,
-                         "graph_vs_autograd_rel": rel(graph, expected),
-                         "autograd_fp32_vs_fp64_rel": rel(expected, graph64),
-                         "graph_fp32_vs_fp64_rel": rel(graph, graph64)})
+            rows.append(
+                {
+                    "kind": kind,
+                    "batch": batch,
+                    "graph_vs_autograd_rel": rel(graph, expected),
+                    "autograd_fp32_vs_fp64_rel": rel(expected, graph64),
+                    "graph_fp32_vs_fp64_rel": rel(graph, graph64),
+                }
+            )
     return rows
 
 
@@ -70,18 +75,25 @@ def accuracy(targets: dict, images: torch.Tensor) -> list[dict]:
     for name, run in targets.items():
         probs, mask, saliency = run(images)
         agree = ((mask > 0.5) == (exact[1] > 0.5)).float().mean().item()
-        rows.append({"target": name,
-                     "probs_max_abs": float((probs - exact[0]).abs().max()),
-                     "class_agreement": float((probs.argmax(1) == exact[0].argmax(1)).float().mean()),
-                     "mask_pixel_agreement": agree,
-                     "saliency_rel": rel(saliency, exact[2]),
-                     "saliency_cosine": float(F.cosine_similarity(saliency.flatten(1).double(),
-                                                                  exact[2].flatten(1).double()).min())})
+        rows.append(
+            {
+                "target": name,
+                "probs_max_abs": float((probs - exact[0]).abs().max()),
+                "class_agreement": float((probs.argmax(1) == exact[0].argmax(1)).float().mean()),
+                "mask_pixel_agreement": agree,
+                "saliency_rel": rel(saliency, exact[2]),
+                "saliency_cosine": float(
+                    F.cosine_similarity(saliency.flatten(1).double(), exact[2].flatten(1).double()).min()
+                ),
+            }
+        )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--targets", default="", help="comma-separated subset (default: all for the device)")
@@ -103,23 +115,33 @@ def main() -> None:
     accuracy_rows = accuracy(targets, xrays(8, seed=7).to(device))  # batch 8: compiled targets reuse it
 
     env = environment()
-    notes = [f"device {device}; TF32 off; random-initialised MultiMix (1,965,155 parameters); synthetic X-rays 1x256x256",
-             "x_reference: images/s over the reference path's (autograd saliency + second encoder pass) at the same batch, same run"]
+    notes = [
+        f"device {device}; TF32 off; random-initialised MultiMix (1,965,155 parameters); synthetic X-rays 1x256x256",
+        "x_reference: images/s over the reference path's (autograd saliency + second encoder pass) at the same batch, same run",
+    ]
     measurements = []
     pool = xrays(64, seed=0)
     for batch in [int(b) for b in args.batches.split(",")]:
-        batches = [pool[(i * batch) % 64:][:batch].to(device) for i in range(4)]
+        batches = [pool[(i * batch) % 64 :][:batch].to(device) for i in range(4)]
         batches = [b if len(b) == batch else pool[:batch].to(device) for b in batches]
         for name, run in targets.items():
             m = measure(name, run, batches, min_seconds=args.seconds)
-            print(f"{name:>14} batch {batch:>3}: {m.images_per_s:8.1f} images/s, p50 {m.latency_ms['p50']:.2f} ms", flush=True)
+            print(
+                f"{name:>14} batch {batch:>3}: {m.images_per_s:8.1f} images/s, p50 {m.latency_ms['p50']:.2f} ms",
+                flush=True,
+            )
             measurements.append(m)
         # Written after every batch size, so a run cut short still leaves its figures.
         rows = ratio_table(measurements, baseline="reference")
-        write_report(args.out, title=f"PyTorch joint pipeline on {env['gpu'] or env['cpu']}",
-                     command="python " + " ".join(sys.argv), env=env,
-                     sections={"parity": parity_rows, "accuracy": accuracy_rows, "throughput": rows},
-                     notes=notes, plot_rows=rows)
+        write_report(
+            args.out,
+            title=f"PyTorch joint pipeline on {env['gpu'] or env['cpu']}",
+            command="python " + " ".join(sys.argv),
+            env=env,
+            sections={"parity": parity_rows, "accuracy": accuracy_rows, "throughput": rows},
+            notes=notes,
+            plot_rows=rows,
+        )
     print(Path(args.out).with_suffix(".md").read_text())
 
 

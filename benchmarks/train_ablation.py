@@ -46,8 +46,14 @@ MODELS = {
     "mt_bridge": dict(w_u=0.0, w_kl=0.0),
     "multimix": dict(),
 }
-NAMES = {"unet": "U-Net alone", "encoder": "Encoder alone", "encoder_ssl": "Encoder + SSL",
-         "unet_mt": "U-Net multi-task", "mt_bridge": "Multi-task + saliency bridge", "multimix": "MultiMix (full)"}
+NAMES = {
+    "unet": "U-Net alone",
+    "encoder": "Encoder alone",
+    "encoder_ssl": "Encoder + SSL",
+    "unet_mt": "U-Net multi-task",
+    "mt_bridge": "Multi-task + saliency bridge",
+    "multimix": "MultiMix (full)",
+}
 CLS_KEYS = ("accuracy", "f1_normal", "f1_pneumonia", "auroc")
 SEG_KEYS = ("dice", "jaccard", "ssim", "avg_hausdorff", "precision", "recall")
 
@@ -73,13 +79,20 @@ def main(argv=None) -> int:
     p.add_argument("--cls-labels", type=int, default=100)
     p.add_argument("--synth-cls", default="400,100,200")
     p.add_argument("--synth-seg", default="60,20,40")
-    p.add_argument("--difficulty", type=float, default=0.0,
-                   help="synthetic pneumonia subtlety; at 0.25 and 0.5 no classifier left chance level in this budget")
+    p.add_argument(
+        "--difficulty",
+        type=float,
+        default=0.0,
+        help="synthetic pneumonia subtlety; at 0.25 and 0.5 no classifier left chance level in this budget",
+    )
     p.add_argument("--runs", default=str(ROOT / "runs" / "ablation"))
     p.add_argument("--synth-cache", default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_ablation"))
-    p.add_argument("--collect-only", action="store_true",
-                   help="train nothing: tabulate the runs that exist under --runs (the n column says how many)")
+    p.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="train nothing: tabulate the runs that exist under --runs (the n column says how many)",
+    )
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
@@ -92,33 +105,61 @@ def main(argv=None) -> int:
             if not mfile.is_file() and args.collect_only:
                 continue
             if not mfile.is_file():
-                cfg = TrainConfig(out=str(out), image_size=args.image_size, batch=args.batch, epochs=args.epochs,
-                                  steps_per_epoch=args.steps_per_epoch, lr=args.lr, lr_step=args.lr_step,
-                                  seg_labels=args.seg_labels, cls_labels=args.cls_labels,
-                                  synth_cls=args.synth_cls, synth_seg=args.synth_seg,
-                                  synth_difficulty=args.difficulty, synth_cache=args.synth_cache, seed=seed,
-                                  compile="off", progress="off", ckpt_every=0, log_every=25, **MODELS[m])
+                cfg = TrainConfig(
+                    out=str(out),
+                    image_size=args.image_size,
+                    batch=args.batch,
+                    epochs=args.epochs,
+                    steps_per_epoch=args.steps_per_epoch,
+                    lr=args.lr,
+                    lr_step=args.lr_step,
+                    seg_labels=args.seg_labels,
+                    cls_labels=args.cls_labels,
+                    synth_cls=args.synth_cls,
+                    synth_seg=args.synth_seg,
+                    synth_difficulty=args.difficulty,
+                    synth_cache=args.synth_cache,
+                    seed=seed,
+                    compile="off",
+                    progress="off",
+                    ckpt_every=0,
+                    log_every=25,
+                    **MODELS[m],
+                )
                 t0 = time.time()
                 train(cfg)
                 print(f"{m} seed {seed}: {time.time() - t0:.0f} s", flush=True)
             res = json.loads(mfile.read_text())
-            rows[m].append({"seed": seed, "test": res["test"] or {}, "val": (res["best"] or {}).get("val", {}),
-                            "best_epoch": (res["best"] or {}).get("epoch"),
-                            "images_per_s": res["timing"]["images_per_s"], "wall_s": res["timing"]["wall_s"]})
+            rows[m].append(
+                {
+                    "seed": seed,
+                    "test": res["test"] or {},
+                    "val": (res["best"] or {}).get("val", {}),
+                    "best_epoch": (res["best"] or {}).get("epoch"),
+                    "images_per_s": res["timing"]["images_per_s"],
+                    "wall_s": res["timing"]["wall_s"],
+                }
+            )
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/train_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/train_ablation.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out", "synth_cache")},
         "wall_s_this_invocation": time.time() - started,
         "runs": rows,
     }
-    lines = ["# MultiMix ablation on synthetic data (10 seg / 100 cls labels)", "",
-             f"- date: {report['date']}", f"- command: `{report['command'].strip()}`",
-             f"- settings: {json.dumps(report['settings'])}",
-             "- metrics: test split, checkpoint chosen on validation; mean ± std over seeds " + str(seeds), "",
-             "| model | n | " + " | ".join(CLS_KEYS + SEG_KEYS) + " | train s/run |",
-             "|---|---|" + "---|" * (len(CLS_KEYS) + len(SEG_KEYS) + 1)]
+    lines = [
+        "# MultiMix ablation on synthetic data (10 seg / 100 cls labels)",
+        "",
+        f"- date: {report['date']}",
+        f"- command: `{report['command'].strip()}`",
+        f"- settings: {json.dumps(report['settings'])}",
+        "- metrics: test split, checkpoint chosen on validation; mean ± std over seeds " + str(seeds),
+        "",
+        "| model | n | " + " | ".join(CLS_KEYS + SEG_KEYS) + " | train s/run |",
+        "|---|---|" + "---|" * (len(CLS_KEYS) + len(SEG_KEYS) + 1),
+    ]
     for m in models:
         cells = [fmt([r["test"][k] for r in rows[m] if k in r["test"]]) for k in CLS_KEYS + SEG_KEYS]
         wall = np.mean([r["wall_s"] for r in rows[m]]) if rows[m] else float("nan")

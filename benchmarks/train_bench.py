@@ -42,8 +42,13 @@ CUDA_VARIANTS = ("eager-fp32", "compiled-fp32", "eager-bf16", "compiled-bf16", "
 
 
 def machine(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -53,8 +58,12 @@ def machine(device: torch.device) -> dict:
         pass
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    sm_count=p.multi_processor_count)
+        info.update(
+            gpu=p.name,
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            sm_count=p.multi_processor_count,
+        )
     try:
         info["load_average_at_start"] = os.getloadavg()
     except OSError:
@@ -68,9 +77,15 @@ def make_batch(size: int, b: int, device: torch.device) -> dict[str, torch.Tenso
         return torch.from_numpy(arr).float().div(255).unsqueeze(1).to(device)
 
     mask = np.stack([synth_xray(i, label=i % 2, size=size)[1] for i in range(b)])
-    return {"seg_l_img": imgs(0), "seg_l_mask": torch.from_numpy(mask > 127).float().unsqueeze(1).to(device),
-            "seg_u_img": imgs(100), "cls_l_img": imgs(200), "cls_l_y": torch.arange(b, device=device) % 2,
-            "cls_w": imgs(300), "cls_s": imgs(300).flip(-1)}
+    return {
+        "seg_l_img": imgs(0),
+        "seg_l_mask": torch.from_numpy(mask > 127).float().unsqueeze(1).to(device),
+        "seg_u_img": imgs(100),
+        "cls_l_img": imgs(200),
+        "cls_l_y": torch.arange(b, device=device) % 2,
+        "cls_w": imgs(300),
+        "cls_s": imgs(300).flip(-1),
+    }
 
 
 def sync(device):
@@ -80,8 +95,14 @@ def sync(device):
 
 def run_variant(name: str, args, device, batch) -> dict:
     mode, precision = name.split("-")
-    cfg = TrainConfig(out="bench", image_size=args.size, batch=args.batch, precision=precision,
-                      amp_scope=args.amp_scope, device=device.type)
+    cfg = TrainConfig(
+        out="bench",
+        image_size=args.size,
+        batch=args.batch,
+        precision=precision,
+        amp_scope=args.amp_scope,
+        device=device.type,
+    )
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = MultiMix().to(device).train()
@@ -115,9 +136,17 @@ def run_variant(name: str, args, device, batch) -> dict:
         print(f"  {name} step {i}: {dt:.3f} s loss {losses[-1]:.4f}", flush=True)
     med = statistics.median(times)
     images = 5 * args.batch
-    res = {"variant": name, "first_step_s": first, "compile_s": (first - med) if mode == "compiled" else None,
-           "median_step_s": med, "min_step_s": min(times), "steps_per_s": 1 / med, "images_per_s": images / med,
-           "steps_timed": len(times), "losses_finite": bool(np.isfinite(losses).all())}
+    res = {
+        "variant": name,
+        "first_step_s": first,
+        "compile_s": (first - med) if mode == "compiled" else None,
+        "median_step_s": med,
+        "min_step_s": min(times),
+        "steps_per_s": 1 / med,
+        "images_per_s": images / med,
+        "steps_timed": len(times),
+        "losses_finite": bool(np.isfinite(losses).all()),
+    }
     if device.type == "cuda":
         res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return res
@@ -125,23 +154,30 @@ def run_variant(name: str, args, device, batch) -> dict:
 
 def to_markdown(report: dict) -> str:
     m, w = report["machine"], report["work"]
-    lines = [f"# Training-step benchmark ({report['device']})", "",
-             f"- date: {report['date']}", f"- command: `{report['command']}`",
-             f"- machine: {m.get('gpu', m.get('cpu', '?'))}; {m.get('cpu_count')} CPU cores "
-             f"({m.get('cpu', '?')}); torch {m['torch']}; load average at start {m.get('load_average_at_start')}",
-             f"- step: 5 streams x {report['batch']} images at {report['size']}x{report['size']} "
-             f"= {w['images_per_step']} images; decoder on {w['decoder_images_per_step']}; "
-             f"forward {w['forward_gflop_per_step']:.1f} GFLOP/step (reference pipeline, same images: "
-             f"{w['reference_forward_gflop_per_step']:.1f}); amp scope {report['amp_scope']}", "",
-             "| variant | steps/s | images/s | median step (s) | first step (s) | compile (s) | finite |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Training-step benchmark ({report['device']})",
+        "",
+        f"- date: {report['date']}",
+        f"- command: `{report['command']}`",
+        f"- machine: {m.get('gpu', m.get('cpu', '?'))}; {m.get('cpu_count')} CPU cores "
+        f"({m.get('cpu', '?')}); torch {m['torch']}; load average at start {m.get('load_average_at_start')}",
+        f"- step: 5 streams x {report['batch']} images at {report['size']}x{report['size']} "
+        f"= {w['images_per_step']} images; decoder on {w['decoder_images_per_step']}; "
+        f"forward {w['forward_gflop_per_step']:.1f} GFLOP/step (reference pipeline, same images: "
+        f"{w['reference_forward_gflop_per_step']:.1f}); amp scope {report['amp_scope']}",
+        "",
+        "| variant | steps/s | images/s | median step (s) | first step (s) | compile (s) | finite |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
         if "error" in r:
             lines.append(f"| {r['variant']} | failed: {r['error'][:80]} | | | | | |")
             continue
         comp = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
-        lines.append(f"| {r['variant']} | {r['steps_per_s']:.3f} | {r['images_per_s']:.1f} | "
-                     f"{r['median_step_s']:.3f} | {r['first_step_s']:.1f} | {comp} | {r['losses_finite']} |")
+        lines.append(
+            f"| {r['variant']} | {r['steps_per_s']:.3f} | {r['images_per_s']:.1f} | "
+            f"{r['median_step_s']:.3f} | {r['first_step_s']:.1f} | {comp} | {r['losses_finite']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -151,10 +187,14 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256, help="image side (multiple of 32)")
     p.add_argument("--batch", type=int, default=None, help="images per stream (default 10 on CUDA, 2 on CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 3 on CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps after the first (default 3 CUDA, 1 CPU)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps after the first (default 3 CUDA, 1 CPU)"
+    )
     p.add_argument("--variants", default=None, help="comma-separated subset of: " + ", ".join(CUDA_VARIANTS))
     p.add_argument("--amp-scope", default="full", choices=("full", "decoder"))
-    p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/train_bench_<device>)")
+    p.add_argument(
+        "--out", default=None, help="results file stem (default benchmarks/results/train_bench_<device>)"
+    )
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -186,15 +226,30 @@ def main(argv=None) -> int:
 
 
 def write_report(args, dev, gpu_tag, device, work, results, final: bool) -> int:
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": dev + gpu_tag,
-              "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)
-                                                   if Path(sys.argv[0]).is_absolute() else sys.argv[0]),
-                                              *sys.argv[1:]]),
-              "size": args.size, "batch": args.batch, "amp_scope": args.amp_scope,
-              "machine": args.machine, "work": work, "results": results}
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": dev + gpu_tag,
+        "command": "python "
+        + " ".join(
+            [
+                str(Path(sys.argv[0]).relative_to(ROOT) if Path(sys.argv[0]).is_absolute() else sys.argv[0]),
+                *sys.argv[1:],
+            ]
+        ),
+        "size": args.size,
+        "batch": args.batch,
+        "amp_scope": args.amp_scope,
+        "machine": args.machine,
+        "work": work,
+        "results": results,
+    }
     try:
-        report["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                              text=True).stdout.strip() or None
+        report["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         pass
     md = to_markdown(report)

@@ -34,11 +34,18 @@ def batch_for(size: int, b: int, device, streams: str) -> dict[str, torch.Tensor
         return torch.from_numpy(arr).float().div(255).unsqueeze(1).to(device)
 
     mask = np.stack([synth_xray(i, label=i % 2, size=size)[1] for i in range(b)])
-    out = {"seg_l_img": imgs(0), "seg_l_mask": torch.from_numpy(mask > 127).float().unsqueeze(1).to(device),
-           "seg_u_img": imgs(100)}
+    out = {
+        "seg_l_img": imgs(0),
+        "seg_l_mask": torch.from_numpy(mask > 127).float().unsqueeze(1).to(device),
+        "seg_u_img": imgs(100),
+    }
     if streams == "all":
-        out.update(cls_l_img=imgs(200), cls_l_y=torch.arange(b, device=device) % 2, cls_w=imgs(300),
-                   cls_s=imgs(300).flip(-1))
+        out.update(
+            cls_l_img=imgs(200),
+            cls_l_y=torch.arange(b, device=device) % 2,
+            cls_w=imgs(300),
+            cls_s=imgs(300).flip(-1),
+        )
     return out
 
 
@@ -55,8 +62,14 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    cfg = TrainConfig(out="x", image_size=args.size, batch=args.batch, w_u=0.25 if args.streams == "all" else 0.0,
-                      w_ce=1.0 if args.streams == "all" else 0.0, saliency_bridge=not args.no_bridge)
+    cfg = TrainConfig(
+        out="x",
+        image_size=args.size,
+        batch=args.batch,
+        w_u=0.25 if args.streams == "all" else 0.0,
+        w_ce=1.0 if args.streams == "all" else 0.0,
+        saliency_bridge=not args.no_bridge,
+    )
     batch = batch_for(args.size, args.batch, device, args.streams)
 
     def step(compiled: bool):
@@ -66,17 +79,34 @@ def main(argv=None) -> int:
         fn = compile_step(module, device, backend=args.backend) if compiled else module
         loss, parts = fn(batch)
         loss.backward()
-        return float(loss), {n: q.grad.detach().clone() for n, q in model.named_parameters() if q.grad is not None}
+        return float(loss), {
+            n: q.grad.detach().clone() for n, q in model.named_parameters() if q.grad is not None
+        }
 
     loss_c, g_c = step(True)
     loss_e, g_e = step(False)
-    rel = {n: float((g_c[n] - g).norm() / (g.norm() + 1e-12)) for n, g in g_e.items()
-           if not (n.endswith(".bias") and ("conv" in n))}
+    rel = {
+        n: float((g_c[n] - g).norm() / (g.norm() + 1e-12))
+        for n, g in g_e.items()
+        if not (n.endswith(".bias") and ("conv" in n))
+    }
     worst = max(rel.values())
-    print(json.dumps({"device": str(device), "backend": args.backend, "streams": args.streams,
-                      "bridge": not args.no_bridge, "torch": torch.__version__, "loss_compiled": loss_c,
-                      "loss_eager": loss_e, "worst_weight_grad_rel_diff": worst,
-                      "rel_diff": {n: round(v, 6) for n, v in rel.items()}}, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": str(device),
+                "backend": args.backend,
+                "streams": args.streams,
+                "bridge": not args.no_bridge,
+                "torch": torch.__version__,
+                "loss_compiled": loss_c,
+                "loss_eager": loss_e,
+                "worst_weight_grad_rel_diff": worst,
+                "rel_diff": {n: round(v, 6) for n, v in rel.items()},
+            },
+            indent=1,
+        )
+    )
     return 0 if worst < args.tol and abs(loss_c - loss_e) <= 1e-4 * abs(loss_e) else 1
 
 

@@ -29,9 +29,14 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: Path, model: MultiMix, meta: dict[str, Any] | None = None, **extra: Any) -> None:
-    state = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dict(model.config),
-             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "meta": meta or {}, **extra}
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": dict(model.config),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+        **extra,
+    }
     atomic_write(Path(path), lambda fh: torch.save(state, fh))
 
 
@@ -43,12 +48,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or holding pickled code
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mmtrt MultiMix checkpoint (no '{FORMAT}' format tag)")
     if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {state.get('format_version')!r}, "
-                              f"this mmtrt reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {state.get('format_version')!r}, "
+            f"this mmtrt reads version {FORMAT_VERSION}"
+        )
     return state
 
 
@@ -62,7 +71,9 @@ def load_checkpoint(path: Path) -> tuple[MultiMix, dict[str, Any]]:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the MultiMix architecture: {_first_line(exc, 3)}") from exc
+        raise CheckpointError(
+            f"{path}: weights do not fit the MultiMix architecture: {_first_line(exc, 3)}"
+        ) from exc
     return model.eval(), state.get("meta", {})
 
 

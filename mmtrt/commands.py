@@ -21,4 +21,6 @@ def init_checkpoint(checkpoint: Path, seed: int):
     torch.manual_seed(seed)
     model = MultiMix()
     save_checkpoint(checkpoint, model, meta={"origin": "random initialisation", "seed": seed})
-    click.echo(f"wrote {checkpoint}: MultiMix, {count_parameters(model):,} parameters, random weights (seed {seed})")
+    click.echo(
+        f"wrote {checkpoint}: MultiMix, {count_parameters(model):,} parameters, random weights (seed {seed})"
+    )

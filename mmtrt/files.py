@@ -38,8 +38,7 @@ def atomic_write(path: Path, write) -> None:
         if out_of_space is None:
             raise
         code, why = out_of_space
-        raise OSError(code, f"cannot write {path}: {why}; the previous file is unchanged",
-                      str(path)) from exc
+        raise OSError(code, f"cannot write {path}: {why}; the previous file is unchanged", str(path)) from exc
 
 
 def _out_of_space(exc: BaseException, tmp: Path) -> tuple[int, str] | None:
@@ -47,8 +46,9 @@ def _out_of_space(exc: BaseException, tmp: Path) -> tuple[int, str] | None:
     own buffers (torch.save's zip writer) report a short write as a RuntimeError ("unexpected
     pos N vs M") and drop the errno, so the file-size limit and the free space are looked at."""
     code = getattr(exc, "errno", None)
-    if not isinstance(exc, Exception) or (isinstance(exc, OSError)
-                                          and code not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)):
+    if not isinstance(exc, Exception) or (
+        isinstance(exc, OSError) and code not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    ):
         return None
     try:
         written = tmp.stat().st_size

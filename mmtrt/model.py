@@ -64,7 +64,9 @@ def instance_norm(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centered * rstd, rstd
 
 
-def instance_norm_input_gradient(grad: torch.Tensor, normed: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+def instance_norm_input_gradient(
+    grad: torch.Tensor, normed: torch.Tensor, rstd: torch.Tensor
+) -> torch.Tensor:
     """Backward of `instance_norm`: dz = rstd * (dy - mean(dy) - y * mean(dy * y))."""
     grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
     mean_grad = spatial_mean(grad)
@@ -166,11 +168,18 @@ class EncoderTape(NamedTuple):
 
 
 class Encoder(nn.Module):
-    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = ENCODER_WIDTHS,
-                 num_classes: int = NUM_CLASSES, dropout: float = DROPOUT):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = ENCODER_WIDTHS,
+        num_classes: int = NUM_CLASSES,
+        dropout: float = DROPOUT,
+    ):
         super().__init__()
         channels = (in_channels, *widths)
-        self.blocks = nn.ModuleList(ConvBlock(cin, cout, dropout) for cin, cout in zip(channels[:-1], channels[1:]))
+        self.blocks = nn.ModuleList(
+            ConvBlock(cin, cout, dropout) for cin, cout in zip(channels[:-1], channels[1:])
+        )
         self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, images: torch.Tensor) -> EncoderOutput:
@@ -199,7 +208,9 @@ class Encoder(nn.Module):
         one_hot = (logits.argmax(dim=1, keepdim=True) == classes).to(self.fc.weight.dtype)
         grad = one_hot @ self.fc.weight  # [B, C5], through the linear layer
         pooled_h, pooled_w = tape.skips[-1].shape[2] // 2, tape.skips[-1].shape[3] // 2
-        grad = (grad[:, :, None, None] / (pooled_h * pooled_w)).expand(-1, -1, pooled_h, pooled_w)  # global avg pool
+        grad = (grad[:, :, None, None] / (pooled_h * pooled_w)).expand(
+            -1, -1, pooled_h, pooled_w
+        )  # global avg pool
         for i in reversed(range(len(self.blocks))):
             grad = max_pool_input_gradient(grad, tape.skips[i])
             grad = self.blocks[i].input_gradient(grad, tape.blocks[i])
@@ -209,7 +220,9 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Skips + image + saliency -> mask logits [B, 1, H, W]."""
 
-    def __init__(self, widths: tuple[int, ...] = ENCODER_WIDTHS, bridge_channels: int = 2, dropout: float = DROPOUT):
+    def __init__(
+        self, widths: tuple[int, ...] = ENCODER_WIDTHS, bridge_channels: int = 2, dropout: float = DROPOUT
+    ):
         super().__init__()
         deepest, *shallower = reversed(widths)  # 256, then 128, 64, 32, 16
         stages = []
@@ -220,8 +233,12 @@ class Decoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out = nn.Conv2d(shallower[-1], 1, 1)
 
-    def forward(self, skips: tuple[torch.Tensor, ...] | list[torch.Tensor], image: torch.Tensor,
-                saliency: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        skips: tuple[torch.Tensor, ...] | list[torch.Tensor],
+        image: torch.Tensor,
+        saliency: torch.Tensor,
+    ) -> torch.Tensor:
         *shallow, x = skips
         bridge = torch.cat([image, saliency], dim=1)
         bridge = F.interpolate(bridge, size=shallow[-1].shape[2:], mode="bilinear", align_corners=True)
@@ -244,10 +261,20 @@ class MultiMix(nn.Module):
     In eval mode (inference, export) the two definitions coincide.
     """
 
-    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = ENCODER_WIDTHS,
-                 num_classes: int = NUM_CLASSES, dropout: float = DROPOUT):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = ENCODER_WIDTHS,
+        num_classes: int = NUM_CLASSES,
+        dropout: float = DROPOUT,
+    ):
         super().__init__()
-        self.config = {"in_channels": in_channels, "widths": list(widths), "num_classes": num_classes, "dropout": dropout}
+        self.config = {
+            "in_channels": in_channels,
+            "widths": list(widths),
+            "num_classes": num_classes,
+            "dropout": dropout,
+        }
         self.encoder = Encoder(in_channels, widths, num_classes, dropout)
         self.decoder = Decoder(widths, bridge_channels=in_channels + 1, dropout=dropout)
 

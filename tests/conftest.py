@@ -26,7 +26,7 @@ def flat_region_images(batch: int, seed: int, size: int = 256) -> torch.Tensor:
     for i in range(batch):
         border = int(torch.randint(8, 40, (1,), generator=gen))
         images[i, :, :, :border] = 0.0
-        images[i, :, -border // 2:, :] = 0.0
+        images[i, :, -border // 2 :, :] = 0.0
         images[i, :, 20:60, -70:-20] = 1.0
     return images
 
@@ -56,6 +56,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- serving fixtures
 # One module-scoped export, repository and Triton server for each serving test module (their
 # helpers are in serving_helpers.py). A module that needs other graphs or settings overrides one.
+
 
 @pytest.fixture(scope="module")
 def export_dir(request):

@@ -29,6 +29,7 @@ needs_server = pytest.mark.skipif(_NO_SERVER is not None, reason=f"no tritonserv
 
 # --------------------------------------------------------------------------- the export under test
 
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -44,14 +45,17 @@ def _export_key() -> str:
 
     import mmtrt.export.onnx_graphs  # noqa: F401 - loads what it depends on
 
-    names = sorted(n for n in sys.modules
-                   if n in ("mmtrt.model", "mmtrt.graphs") or n.startswith("mmtrt.export"))
+    names = sorted(
+        n for n in sys.modules if n in ("mmtrt.model", "mmtrt.graphs") or n.startswith("mmtrt.export")
+    )
     digest = hashlib.sha256()
     for name in names:
         source = Path(sys.modules[name].__file__)
         digest.update(name.encode() + b"\0" + source.read_bytes())
-    digest.update(f"{torch.__version__} {onnx.__version__} {onnxscript.__version__} seed=0 "
-                  f"max_batch={MAX_BATCH}".encode())
+    digest.update(
+        f"{torch.__version__} {onnx.__version__} {onnxscript.__version__} seed=0 "
+        f"max_batch={MAX_BATCH}".encode()
+    )
     return digest.hexdigest()[:16]
 
 
@@ -91,8 +95,12 @@ def real_export(request, graphs=("multimix", "encoder")) -> Path:
             os.replace(tmp, folder / f"{graph}.onnx")  # atomic: a parallel run sees all or nothing
             print(f"\nexported {graph}.onnx in {time.monotonic() - t0:.1f} s")
     files = sorted(folder.glob("[!.]*.onnx"))
-    manifest = {"files": {f.name: {"sha256": _sha256(f)} for f in files}, "max_batch": MAX_BATCH,
-                "image_size": 256, "note": "tests/test_serving.py real_export (seed 0, untrained)"}
+    manifest = {
+        "files": {f.name: {"sha256": _sha256(f)} for f in files},
+        "max_batch": MAX_BATCH,
+        "image_size": 256,
+        "note": "tests/test_serving.py real_export (seed 0, untrained)",
+    }
     tmp = folder / f".manifest.{os.getpid()}.json"
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, folder / "manifest.json")
@@ -119,7 +127,11 @@ def start_server(repo: Path, log: Path) -> TritonServer:
 
 def processes_mentioning(text: str) -> list[str]:
     """tritonserver / python-backend stub processes whose command line contains ``text``."""
-    ps = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,args="], capture_output=True, text=True,
-                        check=True).stdout
-    return [line for line in ps.splitlines()
-            if text in line and ("tritonserver" in line or "triton_python_backend_stub" in line)]
+    ps = subprocess.run(
+        ["ps", "-ww", "-e", "-o", "pid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        line
+        for line in ps.splitlines()
+        if text in line and ("tritonserver" in line or "triton_python_backend_stub" in line)
+    ]

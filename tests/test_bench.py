@@ -49,7 +49,9 @@ def test_reference_path_and_shared_pass_agree(model):
 def test_measure_rotates_batches_and_reports_percentiles():
     batches = [torch.full((2, 1, 4, 4), float(i + 1)) for i in range(3)]
     seen = []
-    m = measure("probe", lambda b: seen.append(float(b[0, 0, 0, 0])), batches, warmup=2, min_calls=7, min_seconds=0)
+    m = measure(
+        "probe", lambda b: seen.append(float(b[0, 0, 0, 0])), batches, warmup=2, min_calls=7, min_seconds=0
+    )
     assert m.calls == 7 and m.batch == 2
     assert seen == [1, 2, 1, 2, 3, 1, 2, 3, 1]  # warm-up calls, then every batch in turn
     assert m.latency_ms["p50"] <= m.latency_ms["p90"] <= m.latency_ms["p99"]
@@ -60,8 +62,14 @@ def test_ratio_table_quotes_each_target_against_the_baseline_at_its_batch():
     from mmtrt.bench.measure import Measurement
 
     lat = {"p50": 1.0, "p90": 1.0, "p95": 1.0, "p99": 1.0}
-    rows = ratio_table([Measurement("reference", 8, 5, 10.0, lat), Measurement("fast", 8, 5, 35.0, lat),
-                        Measurement("fast", 1, 5, 3.0, lat)], baseline="reference")
+    rows = ratio_table(
+        [
+            Measurement("reference", 8, 5, 10.0, lat),
+            Measurement("fast", 8, 5, 35.0, lat),
+            Measurement("fast", 1, 5, 3.0, lat),
+        ],
+        baseline="reference",
+    )
     assert [r["x_reference"] for r in rows] == [1.0, 3.5, None]
     assert "| fast | 8 | 35 |" in markdown_table(rows)
 
@@ -72,7 +80,10 @@ def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_timed_calls():
     batches = [torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0)]
     touch_200_mb = lambda b: float(np.ones(200 * 2**20 // 8).sum())  # noqa: E731 (allocated and written)
     if not reset_peak_rss():  # no /proc/self/clear_refs to write: no figure rather than a wrong one
-        assert measure("probe", lambda b: None, batches, warmup=0, min_calls=2, min_seconds=0).peak_memory_mb is None
+        assert (
+            measure("probe", lambda b: None, batches, warmup=0, min_calls=2, min_seconds=0).peak_memory_mb
+            is None
+        )
         return
     before = resident_mb()
     allocating = measure("alloc", touch_200_mb, batches, warmup=1, min_calls=2, min_seconds=0)
@@ -84,6 +95,7 @@ def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_timed_calls():
 
 # --------------------------------------------------------------------------- devices and targets
 
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
@@ -93,11 +105,16 @@ def sum_graph(graph: str) -> onnx.ModelProto:
     spec = GRAPHS[graph]
     value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1, 256, 256])
     nodes = [helper.make_node("Sum", list(spec.inputs), ["total"])]
-    constants = [numpy_helper.from_array(np.array(i, np.float32), f"c{i}") for i in range(1, len(spec.outputs) + 1)]
+    constants = [
+        numpy_helper.from_array(np.array(i, np.float32), f"c{i}") for i in range(1, len(spec.outputs) + 1)
+    ]
     nodes += [helper.make_node("Add", ["total", f"c{i}"], [name]) for i, name in enumerate(spec.outputs, 1)]
-    return helper.make_model(helper.make_graph(nodes, graph, [value(n) for n in spec.inputs],
-                                               [value(n) for n in spec.outputs], constants),
-                             opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(
+        helper.make_graph(
+            nodes, graph, [value(n) for n in spec.inputs], [value(n) for n in spec.outputs], constants
+        ),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,32 +171,64 @@ def test_onnxruntime_targets_chain_the_split_graphs_by_name(sum_export):
 
 def test_bench_on_the_cpu_writes_every_batch_even_above_the_image_pool(tmp_path, checkpoint, sum_export):
     out = tmp_path / "out"
-    result = invoke("bench", checkpoint, sum_export, "--targets", "ort-fused,ort-split", "--batches", "1,40",
-                    "--seconds", "0", "--out", out)
+    result = invoke(
+        "bench",
+        checkpoint,
+        sum_export,
+        "--targets",
+        "ort-fused,ort-split",
+        "--batches",
+        "1,40",
+        "--seconds",
+        "0",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
     assert [(r["target"], r["batch"]) for r in report["in_process"]] == [
-        ("ort-fused", 1), ("ort-split", 1), ("ort-fused", 40), ("ort-split", 40)]
+        ("ort-fused", 1),
+        ("ort-split", 1),
+        ("ort-fused", 40),
+        ("ort-split", 40),
+    ]
     assert (out / "bench.md").is_file() and (out / "bench.png").is_file()
 
 
 @pytest.mark.skipif(NO_TENSORRT is None, reason="TensorRT and a GPU are present here")
-def test_a_tensorrt_target_that_cannot_run_fails_when_asked_for_and_is_noted_by_default(tmp_path, checkpoint, sum_export):
+def test_a_tensorrt_target_that_cannot_run_fails_when_asked_for_and_is_noted_by_default(
+    tmp_path, checkpoint, sum_export
+):
     def bench(required):
-        return run_bench(checkpoint, sum_export, tmp_path / str(required), device="cpu",
-                         targets=["ort-fused", "tensorrt"], batch_sizes=[1], concurrency=[1], triton_batch=1,
-                         seconds=0, use_perf_analyzer=False, tensorrt_required=required,
-                         progress=tqdm(disable=True), command="test")
+        return run_bench(
+            checkpoint,
+            sum_export,
+            tmp_path / str(required),
+            device="cpu",
+            targets=["ort-fused", "tensorrt"],
+            batch_sizes=[1],
+            concurrency=[1],
+            triton_batch=1,
+            seconds=0,
+            use_perf_analyzer=False,
+            tensorrt_required=required,
+            progress=tqdm(disable=True),
+            command="test",
+        )
 
     with pytest.raises(trt_code.TensorRTUnavailable, match=NO_TENSORRT.split(" (")[0]):
         bench(required=True)
     report = bench(required=False)
     assert [r["target"] for r in report["in_process"]] == ["ort-fused"]
     assert f"tensorrt not measured: {NO_TENSORRT}" in report["notes"]
-    assert f"tensorrt not measured: {NO_TENSORRT}" in json.loads((tmp_path / "False" / "bench.json").read_text())["notes"]
+    assert (
+        f"tensorrt not measured: {NO_TENSORRT}"
+        in json.loads((tmp_path / "False" / "bench.json").read_text())["notes"]
+    )
 
 
 # --------------------------------------------------------------------------- TensorRT engines, device side
+
 
 class NoGPUStream:
     """A stand-in for torch.cuda.Stream where there is no GPU: a handle, and the streams it waited for."""
@@ -217,7 +266,9 @@ def test_engine_runner_runs_on_its_own_stream_into_buffers_kept_per_batch_size(n
 
     first = inputs(2, seed=0)
     out = runner.run_device(first)
-    assert torch.equal(out["mask_logits"], sum(first.values()) + 1) and torch.equal(out["mask"], sum(first.values()) + 2)
+    assert torch.equal(out["mask_logits"], sum(first.values()) + 1) and torch.equal(
+        out["mask"], sum(first.values()) + 2
+    )
     addresses = {name: t.data_ptr() for name, t in out.items()}
     second = inputs(2, seed=1)
     again = runner.run_device(second)
@@ -240,15 +291,23 @@ def engine_export(folder: Path, graphs: list[str], state: str = "built", max_bat
     for graph in graphs:
         (folder / f"{graph}.plan").write_bytes(FakeTensorRT.fake_plan(graph, max_batch))
     files = {f"{g}.plan": file_entry(folder / f"{g}.plan", kind="tensorrt", graph=g) for g in graphs}
-    engines = {"state": state, "profile": {"min": 1, "opt": max_batch, "max": max_batch},
-               "plans": {g: {"file": f"{g}.plan"} for g in graphs}}
+    engines = {
+        "state": state,
+        "profile": {"min": 1, "opt": max_batch, "max": max_batch},
+        "plans": {g: {"file": f"{g}.plan"} for g in graphs},
+    }
     write_json(folder / MANIFEST, {"format": FORMAT, "files": files, "engines": engines})
     return folder
 
 
-@pytest.mark.parametrize("graphs, split", [(["encoder", "saliency", "decoder", "multimix"], False),
-                                           (["encoder", "saliency", "decoder"], True)], ids=["fused", "split"])
-def test_the_tensorrt_target_runs_the_fused_engine_or_chains_saliency_and_decoder(tmp_path, no_gpu_streams, graphs, split):
+@pytest.mark.parametrize(
+    "graphs, split",
+    [(["encoder", "saliency", "decoder", "multimix"], False), (["encoder", "saliency", "decoder"], True)],
+    ids=["fused", "split"],
+)
+def test_the_tensorrt_target_runs_the_fused_engine_or_chains_saliency_and_decoder(
+    tmp_path, no_gpu_streams, graphs, split
+):
     trt = FakeTensorRT("11.4.0")
     run, largest = trt_code.engine_pipeline(trt, engine_export(tmp_path / "export", graphs, max_batch=4))
     assert largest == 4 and trt.record["loaded"] == (["saliency", "decoder"] if split else ["multimix"])
@@ -259,19 +318,35 @@ def test_the_tensorrt_target_runs_the_fused_engine_or_chains_saliency_and_decode
 
 def test_the_tensorrt_target_without_engines_says_how_to_build_them(tmp_path):
     folder = engine_export(tmp_path / "export", [], state="not built")
-    with pytest.raises(trt_code.TensorRTUnavailable,
-                       match=f"has no TensorRT engines .state: not built.; build them on this host with: mmtrt build-engines {folder}"):
+    with pytest.raises(
+        trt_code.TensorRTUnavailable,
+        match=f"has no TensorRT engines .state: not built.; build them on this host with: mmtrt build-engines {folder}",
+    ):
         trt_code.engine_pipeline(FakeTensorRT("10.13.0"), folder)
 
 
 # --------------------------------------------------------------------------- on a GPU
 
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_bench_on_the_gpu(tmp_path, checkpoint, sum_export):  # pragma: no cover - no GPU here
     out = tmp_path / "out"
-    result = invoke("bench", checkpoint, sum_export, "--device", "cuda", "--targets", "eager,eager-fp16,ort-fused",
-                    "--batches", "2", "--seconds", "0", "--out", out)
+    result = invoke(
+        "bench",
+        checkpoint,
+        sum_export,
+        "--device",
+        "cuda",
+        "--targets",
+        "eager,eager-fp16,ort-fused",
+        "--batches",
+        "2",
+        "--seconds",
+        "0",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
     rows = {r["target"]: r for r in report["in_process"]}
@@ -285,23 +360,39 @@ def test_engines_on_a_tensorrt_host(tmp_path, sum_export):  # pragma: no cover -
     trt = trt_code.require_tensorrt()
     manifest = {"precision": "fp32", "graphs": {g: {"file": f"{g}.onnx"} for g in ("saliency", "decoder")}}
     plans = {}
-    for spec in trt_code.engine_specs(manifest, trt_code.major_version(trt), torch.cuda.get_device_capability()):
-        plans[spec.graph] = trt_code.build_engine(trt, spec, sum_export / spec.onnx, max_batch=4,
-                                                  timing_cache=tmp_path / "timing.cache")
+    for spec in trt_code.engine_specs(
+        manifest, trt_code.major_version(trt), torch.cuda.get_device_capability()
+    ):
+        plans[spec.graph] = trt_code.build_engine(
+            trt, spec, sum_export / spec.onnx, max_batch=4, timing_cache=tmp_path / "timing.cache"
+        )
     images = torch.rand(3, 1, 256, 256)
     saliency = trt_code.EngineRunner(trt, plans["saliency"])
     on_host = saliency({"image": images.numpy()})
     np.testing.assert_allclose(on_host["saliency"], (images + 8).numpy(), rtol=1e-6)
     on_device = saliency.run_device({"image": images.cuda()})
-    assert on_device["saliency"].is_cuda and saliency.run_device({"image": images.cuda()})["saliency"].data_ptr() == on_device["saliency"].data_ptr()
+    assert (
+        on_device["saliency"].is_cuda
+        and saliency.run_device({"image": images.cuda()})["saliency"].data_ptr()
+        == on_device["saliency"].data_ptr()
+    )
 
     folder = tmp_path / "export"
     folder.mkdir()
     for graph, plan in plans.items():
         (folder / f"{graph}.plan").write_bytes(plan)
-    write_json(folder / MANIFEST, {"format": FORMAT, "files": {f"{g}.plan": file_entry(folder / f"{g}.plan") for g in plans},
-                                   "engines": {"state": "built", "profile": {"max": 4},
-                                               "plans": {g: {"file": f"{g}.plan"} for g in plans}}})
+    write_json(
+        folder / MANIFEST,
+        {
+            "format": FORMAT,
+            "files": {f"{g}.plan": file_entry(folder / f"{g}.plan") for g in plans},
+            "engines": {
+                "state": "built",
+                "profile": {"max": 4},
+                "plans": {g: {"file": f"{g}.plan"} for g in plans},
+            },
+        },
+    )
     run, largest = trt_code.engine_pipeline(trt, folder)
     images = images.cuda()
     for got, want in zip(run(images), expected_joint(images, split=True)):

@@ -84,8 +84,12 @@ def test_synth_black_borders_and_saturated_markers():
     for seed in range(40):
         img, mask, meta = synth_xray_with_meta(seed, 0, 128)
         t, b, le, ri = meta["borders"]
-        for strip in (img[:t], img[128 - b :] if b else img[:0], img[:, :le],
-                      img[:, 128 - ri :] if ri else img[:, :0]):
+        for strip in (
+            img[:t],
+            img[128 - b :] if b else img[:0],
+            img[:, :le],
+            img[:, 128 - ri :] if ri else img[:, :0],
+        ):
             assert (strip == 0).all()
         if t or b or le or ri:
             n_border += 1

@@ -64,11 +64,13 @@ def export(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "multimix-fp32"
     result = invoke("export", checkpoint, "--out", out, "--max-batch", MAX_BATCH)
     assert result.exit_code == 0, result.output
-    return types.SimpleNamespace(out=out, output=result.output,
-                                 manifest=json.loads((out / "manifest.json").read_text()))
+    return types.SimpleNamespace(
+        out=out, output=result.output, manifest=json.loads((out / "manifest.json").read_text())
+    )
 
 
 # --------------------------------------------------------------------------- the export
+
 
 def test_export_writes_the_documented_files_and_nothing_else(export):
     assert {p.name for p in export.out.iterdir()} == GRAPH_FILES | {"manifest.json", "parity.json"}
@@ -160,22 +162,28 @@ def test_parity_json_meets_every_tolerance_on_every_kind_and_batch(export):
 def test_the_same_checkpoint_gives_byte_identical_onnx(export, checkpoint, tmp_path):
     """Every graph goes through the same export_onnx; re-exporting one in a fresh process is
     enough to show the bytes do not depend on the run."""
-    code = ("import sys; from pathlib import Path; from mmtrt.checkpoint import load_checkpoint; "
-            "from mmtrt.export.onnx_graphs import export_onnx; from mmtrt.graphs import GRAPHS; "
-            "model, _ = load_checkpoint(sys.argv[1]); "
-            f"export_onnx(GRAPHS['encoder'], model, Path(sys.argv[2]), opset=18, max_batch={MAX_BATCH})")
+    code = (
+        "import sys; from pathlib import Path; from mmtrt.checkpoint import load_checkpoint; "
+        "from mmtrt.export.onnx_graphs import export_onnx; from mmtrt.graphs import GRAPHS; "
+        "model, _ = load_checkpoint(sys.argv[1]); "
+        f"export_onnx(GRAPHS['encoder'], model, Path(sys.argv[2]), opset=18, max_batch={MAX_BATCH})"
+    )
     subprocess.run([sys.executable, "-c", code, str(checkpoint), str(tmp_path / "encoder.onnx")], check=True)
     assert (tmp_path / "encoder.onnx").read_bytes() == (export.out / "encoder.onnx").read_bytes()
 
 
 # --------------------------------------------------------------------------- engines without TensorRT
 
+
 @pytest.mark.skipif(NO_TENSORRT is None, reason="TensorRT and a GPU are present here")
 def test_export_says_which_engines_were_not_built_and_how_to_build_them(export):
     assert "TensorRT engines NOT built (encoder, saliency, decoder, multimix)" in export.output
     assert f"mmtrt build-engines {export.out.resolve()}" in export.output
     engines = export.manifest["engines"]
-    assert engines["state"] == "not built" and engines["command"] == f"mmtrt build-engines {export.out.resolve()}"
+    assert (
+        engines["state"] == "not built"
+        and engines["command"] == f"mmtrt build-engines {export.out.resolve()}"
+    )
     assert "tensorrt" in engines["reason"]
 
 
@@ -194,13 +202,24 @@ def test_the_engine_check_compares_with_onnxruntime_on_the_exports_inputs(export
     parity = json.loads((export.out / "parity.json").read_text())
     parity["inputs"] = parity["inputs"][:4]
     ref = {g: onnxruntime_runner(export.out / f"{g}.onnx") for g in ("saliency", "decoder")}
-    same = validate_against({("saliency.plan", "saliency", "fp32"): ref["saliency"],
-                             ("decoder.plan", "decoder", "fp32"): ref["decoder"]}, ref, parity)
+    same = validate_against(
+        {
+            ("saliency.plan", "saliency", "fp32"): ref["saliency"],
+            ("decoder.plan", "decoder", "fp32"): ref["decoder"],
+        },
+        ref,
+        parity,
+    )
     assert same["passed"], same["failures"]
-    assert {(r["graph"], r["output"]) for r in same["rows"]} >= {("saliency.plan", "saliency"), ("decoder.plan", "mask")}
+    assert {(r["graph"], r["output"]) for r in same["rows"]} >= {
+        ("saliency.plan", "saliency"),
+        ("decoder.plan", "mask"),
+    }
     off = lambda inputs: {k: v * (1 + 1e-3) for k, v in ref["decoder"](inputs).items()}
     wrong = validate_against({("decoder.plan", "decoder", "fp32"): off}, ref, parity)
-    assert not wrong["passed"] and any(f.startswith("decoder.plan [fp32] mask_logits") for f in wrong["failures"])
+    assert not wrong["passed"] and any(
+        f.startswith("decoder.plan [fp32] mask_logits") for f in wrong["failures"]
+    )
 
 
 def test_build_engines_refuses_a_folder_that_is_not_a_complete_untouched_export(export, tmp_path):
@@ -216,7 +235,9 @@ def test_build_engines_refuses_a_folder_that_is_not_a_complete_untouched_export(
         fh.seek(-1, os.SEEK_END)
         fh.write(bytes([last[0] ^ 1]))
     result = invoke("build-engines", folder)
-    assert result.exit_code != 0 and "encoder.onnx differs from the file the manifest describes" in result.output
+    assert (
+        result.exit_code != 0 and "encoder.onnx differs from the file the manifest describes" in result.output
+    )
 
 
 @pytest.mark.gpu
@@ -235,6 +256,7 @@ def test_build_engines_on_a_tensorrt_host(export, tmp_path):  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- bad input
+
 
 def _foreign_checkpoint(tmp_path, good):
     path = tmp_path / "foreign.pt"
@@ -263,13 +285,17 @@ def _wrong_architecture(tmp_path, good):
     return path
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp, good: tmp / "missing.pt", "no such checkpoint file"),
-    (_truncated_checkpoint, "not a readable checkpoint"),
-    (_foreign_checkpoint, "not an mmtrt MultiMix checkpoint"),
-    (_text_checkpoint, "not a readable checkpoint"),
-    (_wrong_architecture, "weights do not fit the MultiMix architecture"),
-], ids=["missing", "truncated", "foreign-dict", "text-file", "wrong-architecture"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp, good: tmp / "missing.pt", "no such checkpoint file"),
+        (_truncated_checkpoint, "not a readable checkpoint"),
+        (_foreign_checkpoint, "not an mmtrt MultiMix checkpoint"),
+        (_text_checkpoint, "not a readable checkpoint"),
+        (_wrong_architecture, "weights do not fit the MultiMix architecture"),
+    ],
+    ids=["missing", "truncated", "foreign-dict", "text-file", "wrong-architecture"],
+)
 def test_a_bad_checkpoint_fails_clearly_and_writes_nothing(tmp_path, checkpoint, make, message):
     bad = make(tmp_path, checkpoint)
     out = tmp_path / "out" / "export"
@@ -316,20 +342,33 @@ def test_a_failed_parity_check_leaves_no_complete_looking_folder(tmp_path, check
 
     def tiny_export(spec, model, path, **kwargs):
         nodes = [helper.make_node("Identity", [spec.inputs[0]], [o]) for o in spec.outputs]
-        proto = helper.make_model(helper.make_graph(
-            nodes, spec.name, [helper.make_tensor_value_info(i, TensorProto.FLOAT, ["batch", 1]) for i in spec.inputs],
-            [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", 1]) for o in spec.outputs]),
-            opset_imports=[helper.make_opsetid("", 18)])
+        proto = helper.make_model(
+            helper.make_graph(
+                nodes,
+                spec.name,
+                [helper.make_tensor_value_info(i, TensorProto.FLOAT, ["batch", 1]) for i in spec.inputs],
+                [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", 1]) for o in spec.outputs],
+            ),
+            opset_imports=[helper.make_opsetid("", 18)],
+        )
         onnx.save(proto, str(path))
         return proto
 
-    failing = {"passed": False, "failures": ["saliency [fp32] saliency on all images: made to fail"],
-               "rows": [], "inputs": [], "batch_sizes": [1], "tolerances": {}}
+    failing = {
+        "passed": False,
+        "failures": ["saliency [fp32] saliency on all images: made to fail"],
+        "rows": [],
+        "inputs": [],
+        "batch_sizes": [1],
+        "tolerances": {},
+    }
     monkeypatch.setattr(onnx_graphs, "export_onnx", tiny_export)
     monkeypatch.setattr(validate, "validate", lambda *a, **k: dict(failing))
     out = tmp_path / "export"
     result = invoke("export", checkpoint, "--out", out)
-    assert result.exit_code != 0 and "parity check failed" in result.output and "made to fail" in result.output
+    assert (
+        result.exit_code != 0 and "parity check failed" in result.output and "made to fail" in result.output
+    )
     assert not out.exists()
     failed = tmp_path / "export.failed"
     assert (failed / "parity.json").is_file() and not (failed / "manifest.json").exists()
@@ -338,19 +377,26 @@ def test_a_failed_parity_check_leaves_no_complete_looking_folder(tmp_path, check
 
 # --------------------------------------------------------------------------- reduced precision
 
+
 def _tiny_graph(opset=18):
     """image -> conv_a -> saliency (Abs), image -> conv_b -> centred by its spatial mean -> mask."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), n) for n in ("wa", "wb")]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), n) for n in ("wa", "wb")
+    ]
     inits.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"))
-    nodes = [helper.make_node("Conv", ["image", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
-             helper.make_node("Abs", ["a"], ["saliency"], name="abs"),
-             helper.make_node("Conv", ["image", "wb"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
-             helper.make_node("ReduceMean", ["b", "axes"], ["b_mean"], name="mean", keepdims=1),
-             helper.make_node("Sub", ["b", "b_mean"], ["b_centered"], name="sub"),
-             helper.make_node("Sigmoid", ["b_centered"], ["mask"], name="sigmoid")]
+    nodes = [
+        helper.make_node("Conv", ["image", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Abs", ["a"], ["saliency"], name="abs"),
+        helper.make_node("Conv", ["image", "wb"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["b", "axes"], ["b_mean"], name="mean", keepdims=1),
+        helper.make_node("Sub", ["b", "b_mean"], ["b_centered"], name="sub"),
+        helper.make_node("Sigmoid", ["b_centered"], ["mask"], name="sigmoid"),
+    ]
     value = lambda n, c: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", c, 64, 64])
-    graph = helper.make_graph(nodes, "tiny", [value("image", 1)], [value("saliency", 2), value("mask", 2)], inits)
+    graph = helper.make_graph(
+        nodes, "tiny", [value("image", 1)], [value("saliency", 2), value("mask", 2)], inits
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -381,6 +427,7 @@ def test_reduced_precision_leaves_everything_the_saliency_depends_on_in_float32(
 
 # --------------------------------------------------------------------------- TensorRT logic
 
+
 class FakeTensorRT(types.SimpleNamespace):
     """A stand-in for the absent `tensorrt` module: only the names the engine code uses, recording
     what it is asked to do. Its ONNX 'parser' makes one layer per ONNX node, named after the node
@@ -389,8 +436,16 @@ class FakeTensorRT(types.SimpleNamespace):
     output's position (1, 2, ...), so a test can tell which tensor went where."""
 
     def __init__(self, version: str):
-        record = {"flags": set(), "cleared": set(), "profiles": [], "network_flags": None,
-                  "cache_in": None, "constrained": {}, "loaded": [], "executed_on": []}
+        record = {
+            "flags": set(),
+            "cleared": set(),
+            "profiles": [],
+            "network_flags": None,
+            "cache_in": None,
+            "constrained": {},
+            "loaded": [],
+            "executed_on": [],
+        }
         enum = lambda *names: types.SimpleNamespace(**{n: n for n in names})
 
         class Layer:
@@ -427,9 +482,12 @@ class FakeTensorRT(types.SimpleNamespace):
             def parse_from_file(self, path):
                 graph = onnx.load(path).graph
                 self.network.layers = [Layer(n) for n in graph.node]
-                self.network.inputs = [types.SimpleNamespace(
-                    name=i.name, shape=(-1, *[d.dim_value for d in i.type.tensor_type.shape.dim[1:]]))
-                    for i in graph.input]
+                self.network.inputs = [
+                    types.SimpleNamespace(
+                        name=i.name, shape=(-1, *[d.dim_value for d in i.type.tensor_type.shape.dim[1:]])
+                    )
+                    for i in graph.input
+                ]
                 return True
 
         class Profile:
@@ -520,7 +578,8 @@ class FakeTensorRT(types.SimpleNamespace):
             def execute_async_v3(self, stream_handle):
                 shape = self.shapes[self.engine.inputs[0]]
                 memory = lambda name: np.ctypeslib.as_array(
-                    (ctypes.c_float * int(np.prod(shape))).from_address(self.addresses[name])).reshape(shape)
+                    (ctypes.c_float * int(np.prod(shape))).from_address(self.addresses[name])
+                ).reshape(shape)
                 total = sum(memory(name) for name in self.engine.inputs)
                 for position, name in enumerate(self.engine.outputs, 1):
                     memory(name)[...] = total + position
@@ -535,31 +594,56 @@ class FakeTensorRT(types.SimpleNamespace):
                 return Engine(plan)
 
         weak_typing = ["FP16", "BF16"] if version.startswith("10.") else []  # removed in TensorRT 11
-        super().__init__(__version__=version, float32="float32", record=record, Logger=Logger, Builder=Builder,
-                         OnnxParser=Parser, BuilderFlag=enum("TF32", "OBEY_PRECISION_CONSTRAINTS", *weak_typing),
-                         LayerType=enum("CONVOLUTION", "OTHER"),
-                         NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5),
-                         Runtime=Runtime, TensorIOMode=enum("INPUT", "OUTPUT"), nptype=lambda dtype: np.dtype(dtype))
+        super().__init__(
+            __version__=version,
+            float32="float32",
+            record=record,
+            Logger=Logger,
+            Builder=Builder,
+            OnnxParser=Parser,
+            BuilderFlag=enum("TF32", "OBEY_PRECISION_CONSTRAINTS", *weak_typing),
+            LayerType=enum("CONVOLUTION", "OTHER"),
+            NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=5),
+            Runtime=Runtime,
+            TensorIOMode=enum("INPUT", "OUTPUT"),
+            nptype=lambda dtype: np.dtype(dtype),
+        )
 
     @staticmethod
     def fake_plan(graph: str, max_batch: int = 8) -> bytes:
         """What FakeTensorRT's runtime loads: the graph's tensor names (mmtrt.graphs) and its batch limit."""
         spec = GRAPHS[graph]
-        return json.dumps({"graph": graph, "inputs": spec.inputs, "outputs": spec.outputs, "max_batch": max_batch}).encode()
+        return json.dumps(
+            {"graph": graph, "inputs": spec.inputs, "outputs": spec.outputs, "max_batch": max_batch}
+        ).encode()
 
 
-MANIFEST = {"precision": "fp16", "graphs": {
-    "encoder": {"file": "encoder.onnx", "reduced_precision_file": "encoder.fp16.onnx"},
-    "saliency": {"file": "saliency.onnx"}}}
+MANIFEST = {
+    "precision": "fp16",
+    "graphs": {
+        "encoder": {"file": "encoder.onnx", "reduced_precision_file": "encoder.fp16.onnx"},
+        "saliency": {"file": "saliency.onnx"},
+    },
+}
 
 
 def test_engine_specs_use_builder_flags_on_tensorrt_10_and_typed_graphs_on_11():
     v10 = {s.graph: s for s in trt_code.engine_specs(MANIFEST, 10, (8, 9))}
     v11 = {s.graph: s for s in trt_code.engine_specs(MANIFEST, 11, (9, 0))}
-    assert (v10["encoder"].onnx, v10["encoder"].builder_flag, v10["encoder"].strongly_typed) == ("encoder.onnx", "FP16", False)
-    assert (v11["encoder"].onnx, v11["encoder"].builder_flag, v11["encoder"].strongly_typed) == ("encoder.fp16.onnx", None, True)
+    assert (v10["encoder"].onnx, v10["encoder"].builder_flag, v10["encoder"].strongly_typed) == (
+        "encoder.onnx",
+        "FP16",
+        False,
+    )
+    assert (v11["encoder"].onnx, v11["encoder"].builder_flag, v11["encoder"].strongly_typed) == (
+        "encoder.fp16.onnx",
+        None,
+        True,
+    )
     assert (v10["saliency"].onnx, v10["saliency"].builder_flag) == ("saliency.onnx", None)  # kept float32
-    assert v10["encoder"].plan == "encoder.fp16.sm89.plan" and v11["saliency"].plan == "saliency.fp16.sm90.plan"
+    assert (
+        v10["encoder"].plan == "encoder.fp16.sm89.plan" and v11["saliency"].plan == "saliency.fp16.sm90.plan"
+    )
     fp32 = trt_code.engine_specs({**MANIFEST, "precision": "fp32"}, 10, (8, 0))
     assert all(s.builder_flag is None and s.onnx == f"{s.graph}.onnx" for s in fp32)
 
@@ -568,12 +652,21 @@ def test_engine_specs_use_builder_flags_on_tensorrt_10_and_typed_graphs_on_11():
 def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, version):
     trt = FakeTensorRT(version)
     onnx.save(_tiny_graph(), str(tmp_path / "tiny.onnx"))
-    manifest = {"precision": "fp16", "graphs": {"tiny": {"file": "tiny.onnx", "reduced_precision_file": "tiny.onnx"}}}
+    manifest = {
+        "precision": "fp16",
+        "graphs": {"tiny": {"file": "tiny.onnx", "reduced_precision_file": "tiny.onnx"}},
+    }
     (spec,) = trt_code.engine_specs(manifest, trt_code.major_version(trt), (9, 0))
     cache = tmp_path / "timing.cache"
     for _build in range(2):
-        plan = trt_code.build_engine(trt, spec, tmp_path / "tiny.onnx", max_batch=8, timing_cache=cache,
-                                     reduced_layers=frozenset({"conv_b"}) if spec.builder_flag else frozenset())
+        plan = trt_code.build_engine(
+            trt,
+            spec,
+            tmp_path / "tiny.onnx",
+            max_batch=8,
+            timing_cache=cache,
+            reduced_layers=frozenset({"conv_b"}) if spec.builder_flag else frozenset(),
+        )
         assert plan == b"engine"
     r = trt.record
     assert r["profiles"][-1] == {"image": ((1, 1, 64, 64), (8, 1, 64, 64), (8, 1, 64, 64))}
@@ -592,8 +685,14 @@ def test_precision_constraints_refuse_to_build_when_no_layer_name_matches(tmp_pa
     onnx.save(_tiny_graph(), str(tmp_path / "tiny.onnx"))
     spec = trt_code.EngineSpec("tiny", "tiny.onnx", "fp16", False, "FP16", "tiny.plan")
     with pytest.raises(trt_code.EngineBuildError, match="matched a TensorRT layer name"):
-        trt_code.build_engine(trt, spec, tmp_path / "tiny.onnx", max_batch=4, timing_cache=tmp_path / "c",
-                              reduced_layers=frozenset({"renamed_by_the_parser"}))
+        trt_code.build_engine(
+            trt,
+            spec,
+            tmp_path / "tiny.onnx",
+            max_batch=4,
+            timing_cache=tmp_path / "c",
+            reduced_layers=frozenset({"renamed_by_the_parser"}),
+        )
 
 
 def test_tensorrt_unavailable_names_what_is_missing(monkeypatch):

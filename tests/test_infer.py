@@ -36,8 +36,7 @@ def images(tmp_path_factory) -> Path:
     b = synth_xray(12, label=0)[0]
     c = synth_xray(13, label=1)[0]
     Image.fromarray(a).resize((300, 420), Image.BILINEAR).save(d / "chest_a.png")
-    Image.fromarray(b).convert("RGB").resize((640, 640), Image.BILINEAR).save(d / "chest_b.jpg",
-                                                                              quality=92)
+    Image.fromarray(b).convert("RGB").resize((640, 640), Image.BILINEAR).save(d / "chest_b.jpg", quality=92)
     c16 = (c.astype(np.uint16) * 257).repeat(2, axis=0).repeat(2, axis=1)  # 512 x 512
     Image.fromarray(c16).save(d / "chest_c16.png")
     assert Image.open(d / "chest_c16.png").mode.startswith("I;16")
@@ -65,8 +64,13 @@ def _read(out: Path, stem: str) -> dict:
     return json.loads((out / f"{stem}.json").read_text())
 
 
-STEMS = {"chest_a.png": "chest_a", "chest_b.jpg": "chest_b", "chest_c16.png": "chest_c16",
-         "small.png": "small", "sub/chest_a.png": "chest_a-2"}
+STEMS = {
+    "chest_a.png": "chest_a",
+    "chest_b.jpg": "chest_b",
+    "chest_c16.png": "chest_c16",
+    "small.png": "small",
+    "sub/chest_a.png": "chest_a-2",
+}
 
 
 def test_infer_http_writes_json_and_overlay_per_image(server, images, expected, tmp_path):
@@ -96,7 +100,8 @@ def test_infer_http_writes_json_and_overlay_per_image(server, images, expected, 
         pixels = np.asarray(overlay.convert("RGB"))
         assert pixels.std() > 10  # a picture, not a blank
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{s}.json" for s in STEMS.values()] + [f"{s}.png" for s in STEMS.values()])
+        [f"{s}.json" for s in STEMS.values()] + [f"{s}.png" for s in STEMS.values()]
+    )
     # the summary table: one row per image, and the totals
     table = r.stdout
     for name in ("broken.png", "notes.png", "missing.png", "chest_b.jpg", "small.png"):
@@ -111,15 +116,15 @@ def test_infer_grpc_folder_input_same_numbers(server, images, expected, tmp_path
     for f in GOOD[:4]:
         shutil.copy(images / f, folder / Path(f).name)
     out = tmp_path / "out"
-    r = _run("--url", server.grpc_url, "--protocol", "grpc", "--batch-size", "64", "--out", out,
-             folder)
+    r = _run("--url", server.grpc_url, "--protocol", "grpc", "--batch-size", "64", "--out", out, folder)
     assert r.exit_code == 0, r.output
     assert "above model 'multimix''s max_batch_size 8" in r.stderr
     assert "4 image(s): 4 ok" in r.stdout
     for f in GOOD[:4]:
         record = _read(out, Path(f).stem)
-        np.testing.assert_allclose(list(record["probabilities"].values()), expected[f][0],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            list(record["probabilities"].values()), expected[f][0], rtol=1e-5, atol=1e-6
+        )
         assert record["server"]["protocol"] == "grpc"
 
 
@@ -128,8 +133,9 @@ def test_infer_classifier_model(server, images, expected, tmp_path):
     r = _run("--url", server.http_url, "--model", "classifier", "--out", out, images / GOOD[1])
     assert r.exit_code == 0, r.output
     record = _read(out, "chest_b")
-    np.testing.assert_allclose(list(record["probabilities"].values()), expected[GOOD[1]][0],
-                               rtol=1e-4, atol=1e-6)  # the encoder graph's probs = the fused one's
+    np.testing.assert_allclose(
+        list(record["probabilities"].values()), expected[GOOD[1]][0], rtol=1e-4, atol=1e-6
+    )  # the encoder graph's probs = the fused one's
     assert record["mask_foreground_fraction"] is None and record["model"] == "classifier"
     assert (out / "chest_b.png").is_file()
 
@@ -140,13 +146,26 @@ def test_unreachable_server_retries_then_fails_clearly(images, tmp_path, protoco
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.monotonic()
-    r = _run("--url", f"127.0.0.1:{port}", "--protocol", protocol, "--retries", "2",
-             "--retry-delay", "0.2", "--out", tmp_path / "out", images / GOOD[0])
+    r = _run(
+        "--url",
+        f"127.0.0.1:{port}",
+        "--protocol",
+        protocol,
+        "--retries",
+        "2",
+        "--retry-delay",
+        "0.2",
+        "--out",
+        tmp_path / "out",
+        images / GOOD[0],
+    )
     elapsed = time.monotonic() - t0
     assert r.exit_code == 1
     assert "retrying in 0.2 s (1/2)" in r.stderr and "retrying in 0.4 s (2/2)" in r.stderr
-    assert f"cannot reach a ready Triton server at 127.0.0.1:{port} over {protocol} after 3 " \
-           "attempt(s)" in r.stderr
+    assert (
+        f"cannot reach a ready Triton server at 127.0.0.1:{port} over {protocol} after 3 "
+        "attempt(s)" in r.stderr
+    )
     assert 0.6 <= elapsed < 20, elapsed  # the back-off was waited, and it is bounded
     assert not (tmp_path / "out").exists()
 

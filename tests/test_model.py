@@ -13,6 +13,7 @@ from mmtrt.model import count_parameters, instance_norm, max_pool_input_gradient
 
 # --- architecture -----------------------------------------------------------------------------
 
+
 def test_parameter_count_matches_the_published_model(model):
     convs = [m for m in model.encoder.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
     assert count_parameters(model) == 1_965_155
@@ -33,8 +34,13 @@ def test_shapes_and_named_outputs(model):
     assert out["logits"].shape == (2, 2)
     assert out["mask"].shape == out["saliency"].shape == (2, 1, 256, 256)
     assert enc.logits.shape == (2, 2)
-    assert [tuple(s.shape[1:]) for s in enc.skips] == [(16, 256, 256), (32, 128, 128), (64, 64, 64),
-                                                       (128, 32, 32), (256, 16, 16)]
+    assert [tuple(s.shape[1:]) for s in enc.skips] == [
+        (16, 256, 256),
+        (32, 128, 128),
+        (64, 64, 64),
+        (128, 32, 32),
+        (256, 16, 16),
+    ]
     assert torch.equal(enc.logits, out["logits"])
 
 
@@ -65,8 +71,8 @@ def test_saliency_of_an_image_does_not_depend_on_its_batch(model):
     with torch.no_grad():
         together = model.saliency(images)
         for i in range(len(images)):
-            alone = model.saliency(images[i:i + 1])
-            assert relative_error(together[i:i + 1], alone) < 1e-5
+            alone = model.saliency(images[i : i + 1])
+            assert relative_error(together[i : i + 1], alone) < 1e-5
 
 
 def test_computing_a_saliency_leaves_gradients_and_modes_alone(model):
@@ -80,6 +86,7 @@ def test_computing_a_saliency_leaves_gradients_and_modes_alone(model):
 
 
 # --- the saliency graph against autograd --------------------------------------------------------
+
 
 @pytest.mark.parametrize("batch", BATCH_SIZES)
 @pytest.mark.parametrize("kind", sorted(IMAGE_KINDS))
@@ -115,7 +122,9 @@ def test_max_pool_gradient_goes_to_the_element_pytorch_picks():
     actual = max_pool_input_gradient(grad, x)
     assert torch.equal(actual, expected)
     # Sending the gradient to every tied maximum would be a different (wrong) answer here.
-    every_max = (x == F.interpolate(pooled.detach(), scale_factor=2)).float() * grad.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    every_max = (x == F.interpolate(pooled.detach(), scale_factor=2)).float() * grad.repeat_interleave(
+        2, 2
+    ).repeat_interleave(2, 3)
     assert not torch.equal(every_max, expected)
 
 
@@ -134,8 +143,13 @@ def test_saliency_graph_parameter_gradients_match_double_backward(model):
 
     actual = weight_gradients(model.saliency)
     expected = weight_gradients(lambda x: reference_saliency(model.encoder, x, create_graph=True))
-    assert relative_error(torch.cat([g.flatten() for g in actual.values()]),
-                          torch.cat([g.flatten() for g in expected.values()])) <= 1e-4
+    assert (
+        relative_error(
+            torch.cat([g.flatten() for g in actual.values()]),
+            torch.cat([g.flatten() for g in expected.values()]),
+        )
+        <= 1e-4
+    )
     for name in expected:
         assert relative_error(actual[name], expected[name]) <= 1e-4, name
     # (Conv biases get no true gradient through the saliency: instance norm removes them.)

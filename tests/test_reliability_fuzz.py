@@ -47,22 +47,26 @@ FIGURES: dict[str, int] = {}
 
 # --------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def ort_ref(export_dir):
-    return {"multimix": ort_session(export_dir / "multimix.onnx"),
-            "classifier": ort_session(export_dir / "encoder.onnx")}
+    return {
+        "multimix": ort_session(export_dir / "multimix.onnx"),
+        "classifier": ort_session(export_dir / "encoder.onnx"),
+    }
 
 
 # --------------------------------------------------------------------------- tensor cases
 
+
 @dataclass
 class Case:
     id: str
-    protocol: str                      # http | grpc | raw-http | raw-grpc
-    send: Callable                     # (server) -> ("ok", outputs dict) | ("error", message)
-    expect: str                        # "ok" (a correct answer), "error", "ok-or-error"
-    words: tuple[str, ...] = ()        # an error must contain one of these (case-insensitive)
-    x: np.ndarray | None = None        # the input, to compute the correct answer
+    protocol: str  # http | grpc | raw-http | raw-grpc
+    send: Callable  # (server) -> ("ok", outputs dict) | ("error", message)
+    expect: str  # "ok" (a correct answer), "error", "ok-or-error"
+    words: tuple[str, ...] = ()  # an error must contain one of these (case-insensitive)
+    x: np.ndarray | None = None  # the input, to compute the correct answer
     model: str = "multimix"
     notes: list = field(default_factory=list)
 
@@ -71,14 +75,31 @@ def _clients(server):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    return {"http": (httpclient, httpclient.InferenceServerClient(
-                server.http_url, connection_timeout=CASE_LIMIT_S, network_timeout=CASE_LIMIT_S)),
-            "grpc": (grpcclient, grpcclient.InferenceServerClient(server.grpc_url))}
+    return {
+        "http": (
+            httpclient,
+            httpclient.InferenceServerClient(
+                server.http_url, connection_timeout=CASE_LIMIT_S, network_timeout=CASE_LIMIT_S
+            ),
+        ),
+        "grpc": (grpcclient, grpcclient.InferenceServerClient(server.grpc_url)),
+    }
 
 
-def _tensor_send(protocol, arr, *, datatype=None, name="image", model="multimix", outputs=None,
-                 extra=None, binary=True, version=""):
+def _tensor_send(
+    protocol,
+    arr,
+    *,
+    datatype=None,
+    name="image",
+    model="multimix",
+    outputs=None,
+    extra=None,
+    binary=True,
+    version="",
+):
     """A request made with tritonclient, which serialises ``arr`` with the declared shape."""
+
     def send(clients):
         from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -90,7 +111,7 @@ def _tensor_send(protocol, arr, *, datatype=None, name="image", model="multimix"
         else:
             inp.set_data_from_numpy(arr)
         inputs = [inp]
-        for extra_name, extra_arr in (extra or []):
+        for extra_name, extra_arr in extra or []:
             e = module.InferInput(extra_name, list(extra_arr.shape), np_to_triton_dtype(extra_arr.dtype))
             e.set_data_from_numpy(extra_arr)
             inputs.append(e)
@@ -100,9 +121,11 @@ def _tensor_send(protocol, arr, *, datatype=None, name="image", model="multimix"
             r = client.infer(model, inputs, outputs=outs, model_version=version, **kwargs)
         except InferenceServerException as e:
             return "error", str(e)
-        names = outputs or (["probs", "label", "mask", "saliency"] if model == "multimix"
-                            else ["probs", "label"])
+        names = outputs or (
+            ["probs", "label", "mask", "saliency"] if model == "multimix" else ["probs", "label"]
+        )
         return "ok", {n: r.as_numpy(n) for n in names}
+
     return send
 
 
@@ -116,9 +139,17 @@ def tensor_cases(rng: np.random.Generator) -> list[Case]:
 
     def add(kind, protocol, arr, expect, words=(), **kw):
         model = kw.get("model", "multimix")
-        cases.append(Case(f"{kind}#{len(cases)}-{protocol}", protocol,
-                          _tensor_send(protocol, arr, **kw), expect, words,
-                          x=arr if expect != "error" else None, model=model))
+        cases.append(
+            Case(
+                f"{kind}#{len(cases)}-{protocol}",
+                protocol,
+                _tensor_send(protocol, arr, **kw),
+                expect,
+                words,
+                x=arr if expect != "error" else None,
+                model=model,
+            )
+        )
 
     # finite but hostile values: a correct answer, or (overflow inside the graph) an error
     for k, value in enumerate((1e30, -1e30, 3.4e38, -3.4e38, 1e-45, -0.0, 255.0, 65535.0)):
@@ -139,53 +170,120 @@ def tensor_cases(rng: np.random.Generator) -> list[Case]:
                 k = int(rng.integers(1, 50))
                 flat = x.reshape(-1)
                 flat[rng.choice(flat.size, size=k, replace=False)] = special
-                add("non-finite", p, x, "error", ("non-finite",),
-                    model=str(rng.choice(["multimix", "classifier"])))
+                add(
+                    "non-finite",
+                    p,
+                    x,
+                    "error",
+                    ("non-finite",),
+                    model=str(rng.choice(["multimix", "classifier"])),
+                )
         # wrong data types, right shape
-        for dt in ("float16", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                   "uint32", "uint64", "bool"):
+        for dt in (
+            "float16",
+            "float64",
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "uint8",
+            "uint16",
+            "uint32",
+            "uint64",
+            "bool",
+        ):
             x = (_images(rng, 1) * 255).astype(dt)
             add("dtype", p, x, "error", ("data-type", "datatype", "data type"))
-        add("dtype-bytes", p, np.array([b"\x00" * 16, b"abc"], dtype=np.object_).reshape(2, 1),
-            "error", ("data-type", "datatype", "data type", "shape"))
-        add("dtype-bf16-declared", p, _images(rng, 1), "error",
-            ("data-type", "datatype", "data type", "byte size"), datatype="BF16")
+        add(
+            "dtype-bytes",
+            p,
+            np.array([b"\x00" * 16, b"abc"], dtype=np.object_).reshape(2, 1),
+            "error",
+            ("data-type", "datatype", "data type", "shape"),
+        )
+        add(
+            "dtype-bf16-declared",
+            p,
+            _images(rng, 1),
+            "error",
+            ("data-type", "datatype", "data type", "byte size"),
+            datatype="BF16",
+        )
         # wrong shapes
-        shapes = [(), (256,), (256, 256), (1, 256, 256), (1, 1, 1, 256, 256), (1, 3, 256, 256),
-                  (2, 2, 256, 256), (1, 1, 255, 256), (1, 1, 256, 257), (1, 1, 1, 1),
-                  (1, 1, 512, 512), (0, 1, 256, 256), (1, 1, 0, 256), (1, 0, 256, 256)]
+        shapes = [
+            (),
+            (256,),
+            (256, 256),
+            (1, 256, 256),
+            (1, 1, 1, 256, 256),
+            (1, 3, 256, 256),
+            (2, 2, 256, 256),
+            (1, 1, 255, 256),
+            (1, 1, 256, 257),
+            (1, 1, 1, 1),
+            (1, 1, 512, 512),
+            (0, 1, 256, 256),
+            (1, 1, 0, 256),
+            (1, 0, 256, 256),
+        ]
         for _ in range(12):
-            shapes.append((int(rng.integers(1, 4)), 1, int(rng.integers(1, 300)),
-                           int(rng.integers(1, 300))))
+            shapes.append((int(rng.integers(1, 4)), 1, int(rng.integers(1, 300)), int(rng.integers(1, 300))))
         for shape in shapes:
             x = rng.random(shape).astype(np.float32) if shape else np.float32(0.5).reshape(())
-            add("shape", p, np.asarray(x), "error",
-                ("shape", "byte size", "batch", "dims", "dimension", "size"))
+            add(
+                "shape",
+                p,
+                np.asarray(x),
+                "error",
+                ("shape", "byte size", "batch", "dims", "dimension", "size"),
+            )
         # oversized batches and payloads
         for n in sorted({MAX_BATCH + 1, int(rng.integers(MAX_BATCH + 2, 17)), 32}):
             add("batch-too-big", p, _images(rng, n), "error", ("batch",))
-        add("payload-16MB", p, rng.random((1, 1, 2048, 2048)).astype(np.float32), "error",
-            ("shape",))
+        add("payload-16MB", p, rng.random((1, 1, 2048, 2048)).astype(np.float32), "error", ("shape",))
         add("payload-64MB", p, np.zeros((1, 1, 4096, 4096), np.float32), "error", ("shape",))
         # names, extra inputs, models, versions, outputs
         for name in ("img", "", "IMAGE", "image ", "изображение"):
             add("input-name", p, _images(rng, 1), "error", ("input", "image", "name"), name=name)
         # Triton quotes the name in its error; over gRPC a 10-kB message exceeds the client's
         # 8-kB metadata limit and the client may report that instead
-        add("input-name-10kB", p, _images(rng, 1), "error",
-            ("input", "metadata size exceeds"), name="x" * 10_000)
+        add(
+            "input-name-10kB",
+            p,
+            _images(rng, 1),
+            "error",
+            ("input", "metadata size exceeds"),
+            name="x" * 10_000,
+        )
         # Triton reads names as C strings: "image\0..." is "image", answered as such
         add("input-name-nul", p, _images(rng, 1), "ok-or-error", ("input",), name="image\x00junk")
-        add("extra-input", p, _images(rng, 1), "error", ("input", "expected 1"),
-            extra=[("mask", np.zeros((1, 1, 256, 256), np.float32))])
-        add("duplicate-input", p, _images(rng, 1), "error", ("input", "image", "duplicate", "twice"),
-            extra=[("image", _images(rng, 1))])
+        add(
+            "extra-input",
+            p,
+            _images(rng, 1),
+            "error",
+            ("input", "expected 1"),
+            extra=[("mask", np.zeros((1, 1, 256, 256), np.float32))],
+        )
+        add(
+            "duplicate-input",
+            p,
+            _images(rng, 1),
+            "error",
+            ("input", "image", "duplicate", "twice"),
+            extra=[("image", _images(rng, 1))],
+        )
         for model in ("nope", "multimix/../classifier", "MULTIMIX", "../../etc/passwd", "a" * 5000):
-            add("model", p, _images(rng, 1), "error", ("model", "not found", "unknown", "not allowed"),
-                model=model)
+            add(
+                "model",
+                p,
+                _images(rng, 1),
+                "error",
+                ("model", "not found", "unknown", "not allowed"),
+                model=model,
+            )
         for version in ("2", "-1", "999999999999", "abc"):
-            add("version", p, _images(rng, 1), "error", ("version", "model", "not found"),
-                version=version)
+            add("version", p, _images(rng, 1), "error", ("version", "model", "not found"), version=version)
         for outputs in (["nope"], ["probs", "nope"], ["skip1"]):
             add("output", p, _images(rng, 1), "error", ("output",), outputs=outputs)
     add("output-subset", "grpc", _images(rng, 1), "ok", outputs=["mask"])
@@ -195,8 +293,8 @@ def tensor_cases(rng: np.random.Generator) -> list[Case]:
 
 # --------------------------------------------------------------------------- raw HTTP cases
 
-def _raw_http_send(body: bytes, headers: dict | None = None, path="/v2/models/multimix/infer",
-                   method="POST"):
+
+def _raw_http_send(body: bytes, headers: dict | None = None, path="/v2/models/multimix/infer", method="POST"):
     def send(server):
         host, port = server.http_url.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=CASE_LIMIT_S)
@@ -215,16 +313,27 @@ def _raw_http_send(body: bytes, headers: dict | None = None, path="/v2/models/mu
         except (ValueError, KeyError, TypeError):
             message = data.decode("utf-8", "replace")
         return "error", f"HTTP {r.status}: {message}"
+
     return send
 
 
 def _binary_body(shape, data: bytes, *, size=None, datatype="FP32", header_len=None, extra=None):
-    header = {"inputs": [{"name": "image", "shape": shape, "datatype": datatype,
-                          "parameters": {"binary_data_size": len(data) if size is None else size}}]}
+    header = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": shape,
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(data) if size is None else size},
+            }
+        ]
+    }
     header.update(extra or {})
     h = json.dumps(header).encode()
-    return h + data, {"Inference-Header-Content-Length": str(len(h) if header_len is None else header_len),
-                      "Content-Type": "application/octet-stream"}
+    return h + data, {
+        "Inference-Header-Content-Length": str(len(h) if header_len is None else header_len),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def raw_http_cases(rng: np.random.Generator) -> list[Case]:
@@ -232,74 +341,118 @@ def raw_http_cases(rng: np.random.Generator) -> list[Case]:
     one = np.zeros((1, 1, 256, 256), np.float32).tobytes()
 
     def add(kind, body, headers=None, expect="error", words=(), **kw):
-        cases.append(Case(f"{kind}#{len(cases)}-raw-http", "raw-http",
-                          _raw_http_send(body, headers, **kw), expect, words))
+        cases.append(
+            Case(
+                f"{kind}#{len(cases)}-raw-http",
+                "raw-http",
+                _raw_http_send(body, headers, **kw),
+                expect,
+                words,
+            )
+        )
 
     # malformed / wrong JSON
-    for body in (b"", b"{", b"null", b"[]", b"{}", b'{"inputs":"x"}', b'{"inputs":[{}]}',
-                 b'{"inputs":[{"name":"image"}]}', b'{"inputs":[1,2,3]}', b"\xff\xfe\x00",
-                 b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32"}]}',
-                 b'{"inputs":[{"name":"image","shape":"1,1,256,256","datatype":"FP32","data":[0]}]}',
-                 b'{"inputs":[{"name":"image","shape":[-1,1,256,256],"datatype":"FP32","data":[0]}]}',
-                 b'{"inputs":[{"name":"image","shape":[1.5,1,256,256],"datatype":"FP32","data":[0]}]}',
-                 b'{"inputs":[{"name":"image","shape":[1,1,1,1],"datatype":"FP32","data":[NaN]}]}',
-                 b'{"inputs":[{"name":"image","shape":[1,1,1,1],"datatype":"FP32","data":[1e999]}]}',
-                 b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":[0,1]}]}',
-                 b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":"abc"}]}',
-                 b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"NOPE","data":[0]}]}',
-                 b'{"inputs":[{"name":"image","shape":[4611686018427387904,4611686018427387904,256,256],'
-                 b'"datatype":"FP32","data":[0]}]}',
-                 b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":[0]}],'
-                 b'"parameters":{"binary_data_output":"yes","priority":-5,"timeout":-1}}'):
+    for body in (
+        b"",
+        b"{",
+        b"null",
+        b"[]",
+        b"{}",
+        b'{"inputs":"x"}',
+        b'{"inputs":[{}]}',
+        b'{"inputs":[{"name":"image"}]}',
+        b'{"inputs":[1,2,3]}',
+        b"\xff\xfe\x00",
+        b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32"}]}',
+        b'{"inputs":[{"name":"image","shape":"1,1,256,256","datatype":"FP32","data":[0]}]}',
+        b'{"inputs":[{"name":"image","shape":[-1,1,256,256],"datatype":"FP32","data":[0]}]}',
+        b'{"inputs":[{"name":"image","shape":[1.5,1,256,256],"datatype":"FP32","data":[0]}]}',
+        b'{"inputs":[{"name":"image","shape":[1,1,1,1],"datatype":"FP32","data":[NaN]}]}',
+        b'{"inputs":[{"name":"image","shape":[1,1,1,1],"datatype":"FP32","data":[1e999]}]}',
+        b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":[0,1]}]}',
+        b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":"abc"}]}',
+        b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"NOPE","data":[0]}]}',
+        b'{"inputs":[{"name":"image","shape":[4611686018427387904,4611686018427387904,256,256],'
+        b'"datatype":"FP32","data":[0]}]}',
+        b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":[0]}],'
+        b'"parameters":{"binary_data_output":"yes","priority":-5,"timeout":-1}}',
+    ):
         add("json", body)
     # nesting: moderate depths only (100000 levels abort Triton 2.51, see the module docstring)
     for depth in (10, 100, 1000):
-        add("json-nesting", b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32",'
-            b'"data":' + b"[" * depth + b"0" + b"]" * depth + b"}]}")
+        add(
+            "json-nesting",
+            b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32",'
+            b'"data":' + b"[" * depth + b"0" + b"]" * depth + b"}]}",
+        )
     # a valid JSON tensor (no binary extension): the right answer
     x = np.random.default_rng(int(rng.integers(1 << 30))).random((1, 1, 256, 256)).astype(np.float32)
-    body = json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 256, 256], "datatype": "FP32",
-                                   "data": x.ravel().tolist()}],
-                       "outputs": [{"name": "probs"}]}).encode()
-    cases.append(Case(f"json-valid#{len(cases)}-raw-http", "raw-http", _raw_http_send(body), "ok",
-                      x=x))
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "shape": [1, 1, 256, 256], "datatype": "FP32", "data": x.ravel().tolist()}
+            ],
+            "outputs": [{"name": "probs"}],
+        }
+    ).encode()
+    cases.append(Case(f"json-valid#{len(cases)}-raw-http", "raw-http", _raw_http_send(body), "ok", x=x))
     # binary tensor extension: lies about sizes
     add("binary-ok", *_binary_body([1, 1, 256, 256], one), expect="ok")
     add("binary-short", *_binary_body([1, 1, 256, 256], one[:1000]), words=("size",))
-    add("binary-size-lie", *_binary_body([1, 1, 256, 256], one, size=10 ** 12), words=("size", "expecting"))
+    add("binary-size-lie", *_binary_body([1, 1, 256, 256], one, size=10**12), words=("size", "expecting"))
     add("binary-size-neg", *_binary_body([1, 1, 256, 256], one, size=-1), words=("size", "parse"))
-    add("header-len-lie", *_binary_body([1, 1, 256, 256], one, header_len=10 ** 9), words=("header",))
+    add("header-len-lie", *_binary_body([1, 1, 256, 256], one, header_len=10**9), words=("header",))
     add("header-len-neg", *_binary_body([1, 1, 256, 256], one, header_len=-5), words=("header",))
     add("header-len-zero", *_binary_body([1, 1, 256, 256], one, header_len=0))
-    add("header-len-text", _binary_body([1, 1, 256, 256], one)[0],
-        {"Inference-Header-Content-Length": "abc"})
-    add("binary-huge-shape", *_binary_body([2 ** 31, 1, 256, 256], one), words=("size", "shape"))
+    add("header-len-text", _binary_body([1, 1, 256, 256], one)[0], {"Inference-Header-Content-Length": "abc"})
+    add("binary-huge-shape", *_binary_body([2**31, 1, 256, 256], one), words=("size", "shape"))
     add("binary-64MB-big-shape", *_binary_body([1, 1, 4096, 4096], bytes(64 << 20)), words=("shape",))
     add("binary-64MB-small-shape", *_binary_body([1, 1, 256, 256], bytes(64 << 20)), words=("size",))
-    add("binary-nan", *_binary_body([1, 1, 256, 256], np.full((1, 1, 256, 256), np.nan, np.float32).tobytes()),
-        words=("non-finite",))
-    add("binary-fp16-declared", *_binary_body([1, 1, 256, 256], one[:len(one) // 2], datatype="FP16"),
-        words=("data-type",))
+    add(
+        "binary-nan",
+        *_binary_body([1, 1, 256, 256], np.full((1, 1, 256, 256), np.nan, np.float32).tobytes()),
+        words=("non-finite",),
+    )
+    add(
+        "binary-fp16-declared",
+        *_binary_body([1, 1, 256, 256], one[: len(one) // 2], datatype="FP16"),
+        words=("data-type",),
+    )
     # compressed bodies: a valid one is answered; a small "zip bomb" (16 MB of zeros after the
     # tensor) is refused (Triton inflates it in memory: see README for the limits a proxy sets)
     valid, headers = _binary_body([1, 1, 256, 256], one)
     add("gzip-valid", gzip.compress(valid), {**headers, "Content-Encoding": "gzip"}, expect="ok")
     add("deflate-valid", zlib.compress(valid), {**headers, "Content-Encoding": "deflate"}, expect="ok")
-    add("gzip-bomb-16MB", gzip.compress(valid + bytes(16 << 20), 9),
-        {**headers, "Content-Encoding": "gzip"}, words=("additional", "size"))
-    add("gzip-garbage", b"\x1f\x8b" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)),
-        {**headers, "Content-Encoding": "gzip"})
+    add(
+        "gzip-bomb-16MB",
+        gzip.compress(valid + bytes(16 << 20), 9),
+        {**headers, "Content-Encoding": "gzip"},
+        words=("additional", "size"),
+    )
+    add(
+        "gzip-garbage",
+        b"\x1f\x8b" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)),
+        {**headers, "Content-Encoding": "gzip"},
+    )
     add("encoding-unknown", valid, {**headers, "Content-Encoding": "br"}, expect="ok-or-error")
     # random bodies, with and without the binary header
     for _ in range(30):
         body = bytes(rng.integers(0, 256, int(rng.integers(1, 300_000)), dtype=np.uint8))
-        hdrs = {"Inference-Header-Content-Length": str(int(rng.integers(0, len(body) + 10)))} \
-            if rng.random() < 0.5 else {}
+        hdrs = (
+            {"Inference-Header-Content-Length": str(int(rng.integers(0, len(body) + 10)))}
+            if rng.random() < 0.5
+            else {}
+        )
         add("random-body", body, hdrs)
     # paths and methods
-    for path in ("/v2/models/../../../etc/passwd/infer", "/v2/models/multimix/versions/9/infer",
-                 "/v2/models/%00/infer", "/v2/models/" + "a" * 8000 + "/infer",
-                 "/v2/repository/models/multimix/load", "/v2/repository/models/multimix/unload"):
+    for path in (
+        "/v2/models/../../../etc/passwd/infer",
+        "/v2/models/multimix/versions/9/infer",
+        "/v2/models/%00/infer",
+        "/v2/models/" + "a" * 8000 + "/infer",
+        "/v2/repository/models/multimix/load",
+        "/v2/repository/models/multimix/unload",
+    ):
         add("path", b"{}", path=path)
     add("method-get", b"", method="GET")
     add("method-put", b"{}", method="PUT")
@@ -308,14 +461,19 @@ def raw_http_cases(rng: np.random.Generator) -> list[Case]:
 
 # --------------------------------------------------------------------------- raw gRPC cases
 
+
 def _grpc_send(build):
     def send(server):
         import grpc
         from tritonclient.grpc import service_pb2_grpc
 
-        channel = grpc.insecure_channel(server.grpc_url, options=[
-            ("grpc.max_send_message_length", 2 ** 31 - 1),
-            ("grpc.max_receive_message_length", 2 ** 31 - 1)])
+        channel = grpc.insecure_channel(
+            server.grpc_url,
+            options=[
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+            ],
+        )
         try:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             r = stub.ModelInfer(build(), timeout=CASE_LIMIT_S)
@@ -324,6 +482,7 @@ def _grpc_send(build):
         finally:
             channel.close()
         return "ok", {o.name: o for o in r.outputs}
+
     return send
 
 
@@ -333,8 +492,16 @@ def raw_grpc_cases(rng: np.random.Generator) -> list[Case]:
     cases = []
     one = np.zeros((1, 1, 256, 256), np.float32).tobytes()
 
-    def request(shape, raw=None, datatype="FP32", fp32=None, name="image", model="multimix",
-                n_raw=1, int_contents=None):
+    def request(
+        shape,
+        raw=None,
+        datatype="FP32",
+        fp32=None,
+        name="image",
+        model="multimix",
+        n_raw=1,
+        int_contents=None,
+    ):
         def build():
             r = service_pb2.ModelInferRequest(model_name=model)
             i = r.inputs.add()
@@ -348,47 +515,71 @@ def raw_grpc_cases(rng: np.random.Generator) -> list[Case]:
                 for _ in range(n_raw):
                     r.raw_input_contents.append(raw)
             return r
+
         return build
 
     def add(kind, build, expect="error", words=()):
-        cases.append(Case(f"{kind}#{len(cases)}-raw-grpc", "raw-grpc", _grpc_send(build), expect,
-                          words))
+        cases.append(Case(f"{kind}#{len(cases)}-raw-grpc", "raw-grpc", _grpc_send(build), expect, words))
 
     add("raw-ok", request([1, 1, 256, 256], one), expect="ok")
     add("raw-two-copies", request([1, 1, 256, 256], one, n_raw=2), expect="ok-or-error")
-    for shape in ([2 ** 40, 1, 256, 256], [-1, 1, 256, 256], [2 ** 62, 2 ** 62, 256, 256],
-                  [0, 1, 256, 256], [1, 1, 256], [1, 1, 256, 256, 1], [], [1, 1, -256, -256]):
+    for shape in (
+        [2**40, 1, 256, 256],
+        [-1, 1, 256, 256],
+        [2**62, 2**62, 256, 256],
+        [0, 1, 256, 256],
+        [1, 1, 256],
+        [1, 1, 256, 256, 1],
+        [],
+        [1, 1, -256, -256],
+    ):
         add("raw-shape", request(shape, one), words=("shape", "size", "expected"))
     for n in (10, 1000, 65535, 65537):
         add("contents-length", request([1, 1, 256, 256], fp32=[0.5] * n), words=("size",))
     add("contents-valid", request([1, 1, 256, 256], fp32=[0.25] * 65536), expect="ok")
     add("contents-nan", request([1, 1, 256, 256], fp32=[float("nan")] * 65536), words=("non-finite",))
-    add("contents-huge-shape", request([2 ** 40, 1, 256, 256], fp32=[0.0] * 10), words=("size",))
+    add("contents-huge-shape", request([2**40, 1, 256, 256], fp32=[0.0] * 10), words=("size",))
     add("contents-and-raw", request([1, 1, 256, 256], one, fp32=[0.0]), words=("contents",))
-    add("contents-wrong-type", request([1, 1, 256, 256], int_contents=[1] * 65536),
-        words=("size", "contents", "datatype", "data-type"))
+    add(
+        "contents-wrong-type",
+        request([1, 1, 256, 256], int_contents=[1] * 65536),
+        words=("size", "contents", "datatype", "data-type"),
+    )
     add("no-inputs", lambda: service_pb2.ModelInferRequest(model_name="multimix"), words=("input",))
     for dt in ("FP33", "", "BYTES", "INT8", "fp32"):
         add("datatype", request([1, 1, 256, 256], one, datatype=dt), words=("data-type", "size"))
     for model in ("", "nope", "multimi", "multimix/1"):
         add("model", request([1, 1, 256, 256], one, model=model), words=("model", "not found"))
     # a C string again: "multimix\0junk" is "multimix"
-    add("model-nul", request([1, 1, 256, 256], one, model="multimix\x00junk"), expect="ok-or-error",
-        words=("model",))
+    add(
+        "model-nul",
+        request([1, 1, 256, 256], one, model="multimix\x00junk"),
+        expect="ok-or-error",
+        words=("model",),
+    )
     for _ in range(10):
         size = int(rng.integers(0, 600_000))
-        add("raw-random", request([1, 1, 256, 256], bytes(rng.integers(0, 256, size, dtype=np.uint8))),
-            expect="ok-or-error", words=("size", "non-finite", "not finite"))
+        add(
+            "raw-random",
+            request([1, 1, 256, 256], bytes(rng.integers(0, 256, size, dtype=np.uint8))),
+            expect="ok-or-error",
+            words=("size", "non-finite", "not finite"),
+        )
     return cases
 
 
 # --------------------------------------------------------------------------- judging
 
+
 def _correct(outputs: dict, x: np.ndarray, model: str, ort_ref) -> str | None:
     """None if ``outputs`` are what onnxruntime computes for ``x``, else what differs."""
     if model == "multimix":
-        want = dict(zip(("probs", "mask", "saliency"),
-                        ort_ref["multimix"].run(["probs", "mask", "saliency"], {"image": x})))
+        want = dict(
+            zip(
+                ("probs", "mask", "saliency"),
+                ort_ref["multimix"].run(["probs", "mask", "saliency"], {"image": x}),
+            )
+        )
     else:
         want = {"probs": ort_ref["classifier"].run(["probs"], {"image": x})[0]}
     for name, got in outputs.items():
@@ -445,6 +636,7 @@ def _good_request_is_right(server, ort_ref) -> None:
 
 # --------------------------------------------------------------------------- the tests
 
+
 @needs_server
 def test_fuzz_requests(server, ort_ref):
     rng = np.random.default_rng(SEED)
@@ -466,8 +658,7 @@ def test_fuzz_requests(server, ort_ref):
             elapsed = time.monotonic() - t0
             slowest = max(slowest, (elapsed, case.id))
             problem = _judge(case, outcome, payload, elapsed, ort_ref)
-            if problem is None and outcome == "ok" and case.expect == "ok-or-error" and \
-                    case.x is not None:
+            if problem is None and outcome == "ok" and case.expect == "ok-or-error" and case.x is not None:
                 problem = _correct(payload, case.x, case.model, ort_ref)
             if problem:
                 problems.append(f"{case.id}: {problem}")
@@ -481,11 +672,13 @@ def test_fuzz_requests(server, ort_ref):
         for _, c in clients.values():
             c.close()
     FIGURES["request cases"] = len(cases)
-    print(f"\nfuzz over requests, seed {SEED}: {len(cases)} cases "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(by_protocol.items()))}) in "
-          f"{time.monotonic() - t_all:.1f} s: {tally['answered correctly']} answered correctly, "
-          f"{tally['clear error']} clear errors, {len(problems)} problems; slowest "
-          f"{slowest[0]:.2f} s ({slowest[1]})")
+    print(
+        f"\nfuzz over requests, seed {SEED}: {len(cases)} cases "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(by_protocol.items()))}) in "
+        f"{time.monotonic() - t_all:.1f} s: {tally['answered correctly']} answered correctly, "
+        f"{tally['clear error']} clear errors, {len(problems)} problems; slowest "
+        f"{slowest[0]:.2f} s ({slowest[1]})"
+    )
     assert not problems, "\n".join(problems[:30])
     assert len(cases) >= 300
     assert server.is_running() and server.dead_stubs() == []
@@ -494,15 +687,22 @@ def test_fuzz_requests(server, ort_ref):
 
 # --------------------------------------------------------------------------- image files
 
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_header_only(width: int, height: int, idat: bytes = b"") -> bytes:
     """A PNG whose IHDR claims width x height (8-bit grey), with the given IDAT bytes."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_zlib_bomb(width: int, height: int) -> bytes:
@@ -515,7 +715,7 @@ def png_zlib_bomb(width: int, height: int) -> bytes:
     left = height
     while left > 0:
         n = min(rows_per_block, left)
-        chunks.append(comp.compress(block[:n * len(row)]))
+        chunks.append(comp.compress(block[: n * len(row)]))
         left -= n
     chunks.append(comp.flush())
     return png_header_only(width, height, b"".join(chunks))
@@ -579,9 +779,9 @@ def image_cases(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
         bad(f"random-{k}.png", bytes(rng.integers(0, 256, int(rng.integers(1, 5000)), dtype=np.uint8)))
     # truncated and corrupted
     for frac in (0.1, 0.5, 0.9, 0.99):
-        bad(f"truncated-{int(frac * 100)}.png", png[:int(len(png) * frac)])
+        bad(f"truncated-{int(frac * 100)}.png", png[: int(len(png) * frac)])
     for frac in (0.05, 0.3):
-        bad(f"truncated-{int(frac * 100)}.jpg", jpg[:int(len(jpg) * frac)])
+        bad(f"truncated-{int(frac * 100)}.jpg", jpg[: int(len(jpg) * frac)])
     bad("signature-only.png", png[:8])
     corrupt = bytearray(png)
     idat = corrupt.find(b"IDAT")
@@ -597,7 +797,7 @@ def image_cases(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     bad("bomb-10000x10000.png", png_zlib_bomb(10_000, 10_000))  # real: 100 Mpx in ~100 kB
     jpeg_big = bytearray(jpg)
     sof = jpeg_big.find(b"\xff\xc0")
-    jpeg_big[sof + 5:sof + 9] = struct.pack(">HH", 65500, 65500)
+    jpeg_big[sof + 5 : sof + 9] = struct.pack(">HH", 65500, 65500)
     bad("bomb-header-65500x65500.jpg", bytes(jpeg_big))
     return cases
 
@@ -628,8 +828,13 @@ def test_fuzz_image_files(tmp_path, image_files):
             problems.append(f"{name}: took {elapsed:.1f} s")
         if outcome == "ok":
             n_ok += 1
-            if arr.shape != (256, 256) or arr.dtype != np.float32 or not np.isfinite(arr).all() \
-                    or arr.min() < 0 or arr.max() > 1:
+            if (
+                arr.shape != (256, 256)
+                or arr.dtype != np.float32
+                or not np.isfinite(arr).all()
+                or arr.min() < 0
+                or arr.max() > 1
+            ):
                 problems.append(f"{name}: bad array {arr.shape} {arr.dtype} [{arr.min()}, {arr.max()}]")
             if expect == "error":
                 problems.append(f"{name}: loaded, expected a DataError")
@@ -642,9 +847,11 @@ def test_fuzz_image_files(tmp_path, image_files):
             if name.startswith("bomb") and "decompression bomb" not in detail:
                 problems.append(f"{name}: not reported as a bomb: {detail}")
     FIGURES["image files"] = len(cases)
-    print(f"\nfuzz over image files, seed {SEED + 1}: {len(cases)} files in "
-          f"{time.monotonic() - t_all:.1f} s: {n_ok} loaded, {n_err} clear DataErrors, "
-          f"{len(problems)} problems")
+    print(
+        f"\nfuzz over image files, seed {SEED + 1}: {len(cases)} files in "
+        f"{time.monotonic() - t_all:.1f} s: {n_ok} loaded, {n_err} clear DataErrors, "
+        f"{len(problems)} problems"
+    )
     assert not problems, "\n".join(problems)
 
 
@@ -662,8 +869,9 @@ def test_fuzz_image_files_through_infer(server, tmp_path, image_files):
     files = [folder / name for name, _, _ in good + bad]
     out = tmp_path / "out"
     t0 = time.monotonic()
-    r = CliRunner().invoke(main, ["infer", "--url", server.grpc_url, "--protocol", "grpc",
-                                  "--out", str(out), *map(str, files)])
+    r = CliRunner().invoke(
+        main, ["infer", "--url", server.grpc_url, "--protocol", "grpc", "--out", str(out), *map(str, files)]
+    )
     elapsed = time.monotonic() - t0
     print(f"\nmmtrt infer over {len(files)} hostile/good files: {elapsed:.1f} s, exit {r.exit_code}")
     assert isinstance(r.exception, SystemExit) and r.exit_code == 1, r.output
@@ -679,5 +887,8 @@ def test_fuzz_image_files_through_infer(server, tmp_path, image_files):
 def test_fuzz_figures():
     """The counts of the tests above (run with -s)."""
     if FIGURES:
-        print("\nhostile cases tried: " + ", ".join(f"{k} {v}" for k, v in FIGURES.items())
-              + f"; total {sum(v for k, v in FIGURES.items() if k != 'files through mmtrt infer')}")
+        print(
+            "\nhostile cases tried: "
+            + ", ".join(f"{k} {v}" for k, v in FIGURES.items())
+            + f"; total {sum(v for k, v in FIGURES.items() if k != 'files through mmtrt infer')}"
+        )

@@ -84,6 +84,7 @@ def image_files(tmp_path_factory, pool) -> Path:
 
 # --------------------------------------------------------------------------- helpers
 
+
 def listening_sockets(port: int) -> list[str]:
     """Local addresses ("127.0.0.1", "0.0.0.0", "::"...) with a socket listening on ``port``,
     from /proc/net/tcp and /proc/net/tcp6 (IPv4-mapped IPv6 addresses as IPv4)."""
@@ -103,7 +104,7 @@ def listening_sockets(port: int) -> list[str]:
                 continue
             raw = bytes.fromhex(addr_hex)
             # the kernel prints each 32-bit word in host (little-endian) order
-            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
             address = ipaddress.ip_address(raw)
             # gRPC listens on an AF_INET6 socket bound to ::ffff:127.0.0.1: still IPv4 loopback
             mapped = getattr(address, "ipv4_mapped", None)
@@ -123,8 +124,10 @@ def _shm_regions(server_pid: int) -> list[Path]:
 def _client(protocol: str, url: str):
     if protocol == "http":
         import tritonclient.http as m
+
         return m, m.InferenceServerClient(url, network_timeout=120.0)
     import tritonclient.grpc as m
+
     return m, m.InferenceServerClient(url)
 
 
@@ -139,11 +142,12 @@ def _infer(protocol: str, client, model: str, x: np.ndarray):
 # Every message a client may get while a stub is dead or the server restarts: each says what
 # happened (anything else, e.g. a wrong answer or a hang, fails the test).
 CLEAR_FAILURES = re.compile(
-    r"Stub process '\w+' is not healthy"            # the stub died: requests to its model
-    r"|has no available versions"                   # the server stopping: models unloading
-    r"|Connection refused|UNAVAILABLE"              # the server is restarting
+    r"Stub process '\w+' is not healthy"  # the stub died: requests to its model
+    r"|has no available versions"  # the server stopping: models unloading
+    r"|Connection refused|UNAVAILABLE"  # the server is restarting
     r"|Connection reset|HTTPConnectionClosed|Broken pipe|connection closed|Socket closed"
-    r"|failed to connect|RST_STREAM|EOF")
+    r"|failed to connect|RST_STREAM|EOF"
+)
 
 
 class Load:
@@ -155,10 +159,14 @@ class Load:
         self._stop = threading.Event()
         self._deadline = time.monotonic() + max_s
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True,
-                                          args=(i, "http" if i % 2 else "grpc",
-                                                http_url if i % 2 else grpc_url, pool, references))
-                         for i in range(n)]
+        self._threads = [
+            threading.Thread(
+                target=self._run,
+                daemon=True,
+                args=(i, "http" if i % 2 else "grpc", http_url if i % 2 else grpc_url, pool, references),
+            )
+            for i in range(n)
+        ]
         for t in self._threads:
             t.start()
 
@@ -170,7 +178,7 @@ class Load:
                 j = k % len(pool)
                 k += 1
                 try:
-                    r = _infer(protocol, client, "multimix", pool[j:j + 1])
+                    r = _infer(protocol, client, "multimix", pool[j : j + 1])
                     got = {o: r.as_numpy(o) for o in ("probs", "label", "mask", "saliency")}
                     problem = soak_module._mismatch(got, references[j])
                     status, message = ("ok", "") if problem is None else ("wrong", problem)
@@ -205,18 +213,23 @@ class Load:
 # random cases). If the server survives them, a fixed Triton is in use: drop the README's warning.
 CRASHERS = {
     # the front end reserves shape-product elements before it reads "data": std::bad_alloc
-    "JSON tensor whose shape claims 2^56 elements":
-        b'{"inputs":[{"name":"image","shape":[1099511627776,1,256,256],"datatype":"FP32",'
-        b'"data":[0]}]}',
+    "JSON tensor whose shape claims 2^56 elements": b'{"inputs":[{"name":"image","shape":[1099511627776,1,256,256],"datatype":"FP32",'
+    b'"data":[0]}]}',
     # it parses the JSON recursively, one stack frame per level: stack overflow
-    "JSON data nested 100000 levels deep":
-        b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":'
-        + b"[" * 100_000 + b"]" * 100_000 + b"}]}",
+    "JSON data nested 100000 levels deep": b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":'
+    + b"[" * 100_000
+    + b"]" * 100_000
+    + b"}]}",
 }
 
 
-def post_raw(address: str, body: bytes, headers: dict | None = None,
-             path: str = "/v2/models/multimix/infer", timeout: float = 60.0):
+def post_raw(
+    address: str,
+    body: bytes,
+    headers: dict | None = None,
+    path: str = "/v2/models/multimix/infer",
+    timeout: float = 60.0,
+):
     """(HTTP status, body) of a raw POST, or ("no response", the exception's name)."""
     import http.client
 
@@ -245,7 +258,8 @@ class InferRun:
         self.result = None
         self._thread = threading.Thread(
             target=lambda: setattr(self, "result", CliRunner().invoke(main, ["infer", *map(str, args)])),
-            daemon=True)
+            daemon=True,
+        )
         self._thread.start()
 
     def running(self) -> bool:
@@ -267,16 +281,26 @@ def _wait_for_json(folder: Path, run: InferRun, timeout: float = 180.0) -> None:
 
 # --------------------------------------------------------------------------- soak
 
+
 def test_soak_concurrency_16(server, pool, references):
     """60 s of the fused model under 16 concurrent clients: zero failed or wrong answers, p99
     stable over 10-s windows, memory growth < 10 % after a 10-s warm-up."""
-    figures = soak_module.soak(server.http_url, server.grpc_url, pool=pool, references=references,
-                               seconds=SOAK_SECONDS, concurrency=CONCURRENCY,
-                               server_pid=server.pid, window_s=10.0, warmup_s=10.0)
+    figures = soak_module.soak(
+        server.http_url,
+        server.grpc_url,
+        pool=pool,
+        references=references,
+        seconds=SOAK_SECONDS,
+        concurrency=CONCURRENCY,
+        server_pid=server.pid,
+        window_s=10.0,
+        warmup_s=10.0,
+    )
     env = soak_module.environment()
     env["server"] = f"tritonserver pid {server.pid}, cpu flavour, ort_intra_op_threads 1"
-    text = soak_module.markdown(figures, command="pytest tests/test_reliability_serving.py"
-                                "::test_soak_concurrency_16", environment=env)
+    text = soak_module.markdown(
+        figures, command="pytest tests/test_reliability_serving.py::test_soak_concurrency_16", environment=env
+    )
     print("\n" + text)
     stab, mem = figures["p99_stability"], figures["memory"]
     assert figures["hung_clients"] == 0
@@ -294,6 +318,7 @@ def test_soak_concurrency_16(server, pool, references):
 
 
 # --------------------------------------------------------------------------- a stub killed
+
 
 def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, references):
     """What Triton 2.51 does by itself when a model's stub process dies: the server stays live and
@@ -315,8 +340,9 @@ def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, re
         _, client = _client(protocol, url)
         try:
             for _ in range(2):  # it stays broken: Triton does not restart the stub
-                with pytest.raises(InferenceServerException,
-                                   match=r"Stub process 'multimix_0_0' is not healthy"):
+                with pytest.raises(
+                    InferenceServerException, match=r"Stub process 'multimix_0_0' is not healthy"
+                ):
                     _infer(protocol, client, "multimix", x)
             assert client.is_server_live() and client.is_server_ready()
             assert client.is_model_ready("multimix")  # Triton does not notice
@@ -333,14 +359,17 @@ def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, re
     _, client = _client("http", server.http_url)
     try:
         got = _infer("http", client, "multimix", x)
-        assert soak_module._mismatch({o: got.as_numpy(o) for o in ("probs", "label", "mask", "saliency")},
-                                     references[0]) is None
+        assert (
+            soak_module._mismatch(
+                {o: got.as_numpy(o) for o in ("probs", "label", "mask", "saliency")}, references[0]
+            )
+            is None
+        )
     finally:
         client.close()
 
 
-def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, pool, references,
-                                                          image_files):
+def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, pool, references, image_files):
     """`mmtrt serve` (loopback, auto ports) under load from 4 clients and an `mmtrt infer` run:
     SIGKILL the multimix stub; the affected requests fail with a clear error, the watchdog
     restarts tritonserver on the same ports, the clients get correct answers again, and the
@@ -361,17 +390,16 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
         load = Load(http, grpc, pool, references, n=4)
         load.wait_for("ok", 4)
         out = tmp_path / "out"
-        infer = InferRun("--url", grpc, "--protocol", "grpc", "--batch-size", "1", "--out", out,
-                         image_files)  # the default retries: 0.5 ... 8 s
+        infer = InferRun(
+            "--url", grpc, "--protocol", "grpc", "--batch-size", "1", "--out", out, image_files
+        )  # the default retries: 0.5 ... 8 s
         _wait_for_json(out, infer)
         victim = [p for p, m, _ in python_stub_processes(pid) if m == "multimix"]
         assert len(victim) == 1
         t_kill = time.monotonic()
         os.kill(victim[0], signal.SIGKILL)
-        serve.wait_for(r"^warning: the python-backend stub process of model\(s\) multimix died",
-                       timeout=60)
-        again = serve.wait_for(r"^serving again after ([\d.]+) s \(pid (\d+), restart 1\)",
-                               timeout=180)
+        serve.wait_for(r"^warning: the python-backend stub process of model\(s\) multimix died", timeout=60)
+        again = serve.wait_for(r"^serving again after ([\d.]+) s \(pid (\d+), restart 1\)", timeout=180)
         t_back = time.monotonic()
         new_pid = int(again.group(2))
         assert new_pid != pid
@@ -380,10 +408,12 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
         load.stop()
         recovery = t_back - t_kill
         failed = [r for r in load.records if r[2] == "failed"]
-        print(f"\nstub killed under load: the watchdog restarted the server in "
-              f"{float(again.group(1)):.1f} s, {recovery:.1f} s from the kill to serving again; "
-              f"{load.count('ok')} ok, {len(failed)} failed (all after the kill, clear), "
-              f"{load.count('wrong')} wrong; mmtrt infer: exit {result.exit_code}")
+        print(
+            f"\nstub killed under load: the watchdog restarted the server in "
+            f"{float(again.group(1)):.1f} s, {recovery:.1f} s from the kill to serving again; "
+            f"{load.count('ok')} ok, {len(failed)} failed (all after the kill, clear), "
+            f"{load.count('wrong')} wrong; mmtrt infer: exit {result.exit_code}"
+        )
         assert load.count("wrong") == 0
         assert failed, "the clients in flight must see the failure"
         for t, _proto, _status, message in failed:
@@ -400,20 +430,26 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
         log = Path(re.search(r"^starting .* \(log: (.*)\)$", text, re.M).group(1))
         for n, (what, body) in enumerate(CRASHERS.items(), start=2):
             status = post_raw(http, body)
-            again = serve.wait_for(rf"^serving again after ([\d.]+) s \(pid (\d+), restart {n}\)",
-                                   timeout=180)
+            again = serve.wait_for(
+                rf"^serving again after ([\d.]+) s \(pid (\d+), restart {n}\)", timeout=180
+            )
             how = re.findall(r"exited on its own \((.*?)\)", "\n".join(serve.lines))[-1]
-            print(f"{what}: {status}; tritonserver {how}, restarted in "
-                  f"{float(again.group(1)):.1f} s")
+            print(f"{what}: {status}; tritonserver {how}, restarted in {float(again.group(1)):.1f} s")
             _, client = _client("grpc", grpc)
             try:
                 got = _infer("grpc", client, "multimix", pool[:1])
-                assert soak_module._mismatch({o: got.as_numpy(o) for o in ("probs", "label", "mask", "saliency")},
-                                             references[0]) is None
+                assert (
+                    soak_module._mismatch(
+                        {o: got.as_numpy(o) for o in ("probs", "label", "mask", "saliency")}, references[0]
+                    )
+                    is None
+                )
             finally:
                 client.close()
-        assert sum(bool(re.search(r"^warning: tritonserver exited on its own \(killed by SIG", line))
-                   for line in serve.lines) == len(CRASHERS), serve.lines[-30:]
+        assert sum(
+            bool(re.search(r"^warning: tritonserver exited on its own \(killed by SIG", line))
+            for line in serve.lines
+        ) == len(CRASHERS), serve.lines[-30:]
         assert "std::bad_alloc" in log.read_text(errors="replace")
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.finish() == 0, "\n".join(serve.lines)
@@ -426,14 +462,26 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
 
 # --------------------------------------------------------------------------- the server killed
 
+
 def test_infer_survives_server_kill_and_restart(server, image_files, references, tmp_path):
     """SIGKILL the whole server (tritonserver and its stubs) while `mmtrt infer` runs over HTTP,
     restart it on the same ports a moment later: the client retries each failed batch with its
     doubling back-off and every image comes out right. (Over gRPC the same retries happen in
     test_serve_watchdog_restarts_a_killed_stub_under_load, through the watchdog's restart.)"""
     out = tmp_path / "out"
-    infer = InferRun("--url", server.http_url, "--batch-size", "1", "--retries", "6",
-                     "--retry-delay", "0.5", "--out", out, image_files)
+    infer = InferRun(
+        "--url",
+        server.http_url,
+        "--batch-size",
+        "1",
+        "--retries",
+        "6",
+        "--retry-delay",
+        "0.5",
+        "--out",
+        out,
+        image_files,
+    )
     regions = _shm_regions(server.pid)  # the python backend's shared memory in /dev/shm
     assert regions and all(r.exists() for r in regions)
     _wait_for_json(out, infer)
@@ -451,11 +499,13 @@ def test_infer_survives_server_kill_and_restart(server, image_files, references,
     assert "6 image(s): 6 ok" in r.stdout
     for i in range(6):
         record = json.loads((out / f"xray_{i}.json").read_text())
-        np.testing.assert_allclose(list(record["probabilities"].values()), references[i]["probs"][0],
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            list(record["probabilities"].values()), references[i]["probs"][0], rtol=1e-4, atol=1e-5
+        )
 
 
 # --------------------------------------------------------------------------- trust boundary
+
 
 def test_server_binds_loopback_by_default(server):
     """TritonServer (and `mmtrt serve`, tested above) listen on 127.0.0.1 only: nothing on
@@ -469,8 +519,19 @@ def test_infer_gives_up_clearly_when_the_server_stays_away(server, image_files, 
     names the server and what it tried, keeps the results it has, and exits 1. (Last in the
     module: the server stays dead; the module fixture cleans up.)"""
     out = tmp_path / "out"
-    infer = InferRun("--url", server.http_url, "--batch-size", "1", "--retries", "2",
-                     "--retry-delay", "0.2", "--out", out, image_files)
+    infer = InferRun(
+        "--url",
+        server.http_url,
+        "--batch-size",
+        "1",
+        "--retries",
+        "2",
+        "--retry-delay",
+        "0.2",
+        "--out",
+        out,
+        image_files,
+    )
     _wait_for_json(out, infer)
     os.killpg(server.pid, signal.SIGKILL)
     t0 = time.monotonic()
@@ -479,8 +540,10 @@ def test_infer_gives_up_clearly_when_the_server_stays_away(server, image_files, 
     print(f"\ngave up {elapsed:.1f} s after the kill:\n{r.stderr[-1200:]}")
     assert r.exit_code == 1
     assert "retrying in 0.2 s (1/2)" in r.stderr and "retrying in 0.4 s (2/2)" in r.stderr
-    assert f"error: giving up: the server at {server.http_url} (http) still failing after 3 " \
-           "attempt(s)" in r.stderr
+    assert (
+        f"error: giving up: the server at {server.http_url} (http) still failing after 3 "
+        "attempt(s)" in r.stderr
+    )
     ok = len(list(out.glob("*.json")))
     assert 1 <= ok < 6
     assert f"6 image(s): {ok} ok" in r.stdout and f"{6 - ok} failed" in r.stdout

@@ -100,8 +100,14 @@ def _env():
 
 
 def test_sigkill_during_checkpoint_writes_never_corrupts_last(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", HARNESS, str(tmp_path), str(KILLS), "7"],
-                          capture_output=True, text=True, timeout=400, env=_env(), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", HARNESS, str(tmp_path), str(KILLS), "7"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=_env(),
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     results = report["results"]
@@ -111,11 +117,13 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_last(tmp_path):
     left = sum(r["tmp_left"] for r in results)
     advanced = sum(r["version"] is not None and r["version"] > r["before"] for r in results)
     FIGURES["checkpoint-write kills"] = len(results)
-    print(f"\nSIGKILL during checkpoint writes: {len(results)} kills, {during} while the temporary "
-          f"file was being written (write takes {1000 * report['write_s']:.0f} ms); last.pt "
-          f"readable after {len(results) - len(bad)}/{len(results)} (a newer version in "
-          f"{advanced}, the one before in the others); temporary files left behind by the killed "
-          f"writer: {left} (removed by the harness)")
+    print(
+        f"\nSIGKILL during checkpoint writes: {len(results)} kills, {during} while the temporary "
+        f"file was being written (write takes {1000 * report['write_s']:.0f} ms); last.pt "
+        f"readable after {len(results) - len(bad)}/{len(results)} (a newer version in "
+        f"{advanced}, the one before in the others); temporary files left behind by the killed "
+        f"writer: {left} (removed by the harness)"
+    )
     assert not bad, bad
     assert not went_back, went_back  # never an older checkpoint than the one before the try
     assert during >= len(results) // 2, "the kills did not land inside writes"
@@ -125,11 +133,37 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_last(tmp_path):
 
 
 def _tiny_args(out: Path, cache: Path, *extra: str) -> list[str]:
-    return ["--out", str(out), "--synth-cache", str(cache), "--image-size", "64",
-            "--synth-cls", "24,8,4", "--synth-seg", "8,4,2", "--seg-labels", "3",
-            "--cls-labels", "8", "--batch", "1", "--epochs", "1", "--steps-per-epoch", "4",
-            "--compile", "off", "--progress", "off", "--log-every", "1", "--ckpt-every", "1",
-            *extra]
+    return [
+        "--out",
+        str(out),
+        "--synth-cache",
+        str(cache),
+        "--image-size",
+        "64",
+        "--synth-cls",
+        "24,8,4",
+        "--synth-seg",
+        "8,4,2",
+        "--seg-labels",
+        "3",
+        "--cls-labels",
+        "8",
+        "--batch",
+        "1",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "4",
+        "--compile",
+        "off",
+        "--progress",
+        "off",
+        "--log-every",
+        "1",
+        "--ckpt-every",
+        "1",
+        *extra,
+    ]
 
 
 def test_trainer_killed_during_a_checkpoint_write_resumes(tmp_path):
@@ -138,15 +172,24 @@ def test_trainer_killed_during_a_checkpoint_write_resumes(tmp_path):
     if not (REPO / "train" / "trainer.py").is_file():
         pytest.skip("train/ is not there")
     out, cache = tmp_path / "run", tmp_path / "synth"
-    proc = subprocess.Popen([sys.executable, "-m", "train", *_tiny_args(out, cache)], cwd=REPO,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *_tiny_args(out, cache)],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     writes, in_write = 0, False
     deadline = time.monotonic() + 300
     try:
         seen: set[str] = set()
         while time.monotonic() < deadline and proc.poll() is None:
-            tmp = [n for n in (os.listdir(out) if out.is_dir() else [])
-                   if n.startswith(".last.pt.") and n.endswith(".tmp") and n not in seen]
+            tmp = [
+                n
+                for n in (os.listdir(out) if out.is_dir() else [])
+                if n.startswith(".last.pt.") and n.endswith(".tmp") and n not in seen
+            ]
             if tmp:
                 seen.update(tmp)
                 writes += 1
@@ -166,26 +209,38 @@ def test_trainer_killed_during_a_checkpoint_write_resumes(tmp_path):
     state = read_checkpoint(out / "last.pt")
     killed_at = state["trainer"]["next_step"]
     assert 1 <= killed_at <= 2
-    resumed = subprocess.run([sys.executable, "-m", "train", *_tiny_args(out, cache, "--resume")],
-                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "train", *_tiny_args(out, cache, "--resume")],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = read_checkpoint(out / "last.pt")
     assert final["trainer"]["next_step"] == 4
-    steps = [json.loads(x).get("step") for x in (out / "log.jsonl").read_text().splitlines()
-             if json.loads(x)["type"] == "train"]
-    assert steps[-(4 - killed_at):] == list(range(killed_at, 4)), steps  # resumed where it was
+    steps = [
+        json.loads(x).get("step")
+        for x in (out / "log.jsonl").read_text().splitlines()
+        if json.loads(x)["type"] == "train"
+    ]
+    assert steps[-(4 - killed_at) :] == list(range(killed_at, 4)), steps  # resumed where it was
     load_checkpoint(out / "best.pt")
     # the resumed run removed the temporary file the SIGKILL left half-written
     FIGURES["temporary files left in the run folder"] = len(list(out.glob(".*.tmp")))
     assert FIGURES["temporary files left in the run folder"] == 0, list(out.glob(".*.tmp"))
-    print(f"\ntrainer SIGKILLed {'during' if in_write else 'right after'} its 2nd last.pt write: "
-          f"last.pt loaded (next step {killed_at}), --resume ran steps {killed_at}..3 and finished; "
-          f"{FIGURES['temporary files left in the run folder']} temporary file(s) left in the run "
-          "folder")
+    print(
+        f"\ntrainer SIGKILLed {'during' if in_write else 'right after'} its 2nd last.pt write: "
+        f"last.pt loaded (next step {killed_at}), --resume ran steps {killed_at}..3 and finished; "
+        f"{FIGURES['temporary files left in the run folder']} temporary file(s) left in the run "
+        "folder"
+    )
     FIGURES["trainer kills"] = 1
 
 
 # --------------------------------------------------------------------------- failed writes
+
 
 def _checkpoint(path: Path, version: int) -> str:
     torch.manual_seed(version)
@@ -219,8 +274,9 @@ def _mount_tmpfs(folder: Path, size: str) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
     folder.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                       capture_output=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
     return r.returncode == 0
 
 
@@ -240,8 +296,14 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, how):
         path = folder / "last.pt"
         before = _checkpoint(path, 1)
         if how == "file-size-limit":
-            r = subprocess.run([sys.executable, "-c", DISK_FULL, str(path)], capture_output=True,
-                               text=True, timeout=300, env=_env(), cwd=REPO)
+            r = subprocess.run(
+                [sys.executable, "-c", DISK_FULL, str(path)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=_env(),
+                cwd=REPO,
+            )
             assert r.returncode == 3, r.stderr[-2000:]
             message = r.stdout.strip()
         else:
@@ -275,9 +337,14 @@ def test_disk_full_error_names_the_file_and_the_cause(tmp_path):
             except Exception as e:  # noqa: BLE001 - its message is what is tested
                 message = f"{type(e).__name__}: {e}"
         else:
-            message = subprocess.run([sys.executable, "-c", DISK_FULL, str(path)],
-                                     capture_output=True, text=True, timeout=300, env=_env(),
-                                     cwd=REPO).stdout
+            message = subprocess.run(
+                [sys.executable, "-c", DISK_FULL, str(path)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=_env(),
+                cwd=REPO,
+            ).stdout
     finally:
         if mounted:
             subprocess.run(["umount", str(folder)], check=False)
@@ -299,8 +366,11 @@ def test_unwritable_checkpoint_folder(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     before = _checkpoint(folder / "last.pt", 1)
-    r = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True) \
-        if shutil.which("chattr") else None
+    r = (
+        subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+        if shutil.which("chattr")
+        else None
+    )
     if r is None or r.returncode != 0:
         pytest.skip(f"chattr +i not supported here: {r.stderr.strip() if r else 'no chattr'}")
     try:

@@ -26,12 +26,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVED = [ROOT / "mmtrt" / "serving", ROOT / "model_repository", ROOT / "mmtrt" / "data",
-          ROOT / "mmtrt" / "checkpoint.py", ROOT / "mmtrt" / "files.py"]
+SERVED = [
+    ROOT / "mmtrt" / "serving",
+    ROOT / "model_repository",
+    ROOT / "mmtrt" / "data",
+    ROOT / "mmtrt" / "checkpoint.py",
+    ROOT / "mmtrt" / "files.py",
+]
 CHECKPOINT_READERS = [ROOT / "mmtrt", ROOT / "train"]
 
-UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve",
-                  "joblib"}
+UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
 UNSAFE_BUILTINS = {"eval", "exec", "compile", "__import__"}
 
 
@@ -111,18 +115,21 @@ def test_the_checker_catches_what_it_looks_for(tmp_path):
         "import pickle\nfrom marshal import loads\nimport torch, numpy as np, subprocess, os\n"
         "eval('1')\nexec('x=1')\nos.system('ls')\nsubprocess.run('ls', shell=True)\n"
         "torch.load('a.pt')\ntorch.load('a.pt', weights_only=False)\n"
-        "np.load('a.npy', allow_pickle=True)\n")
+        "np.load('a.npy', allow_pickle=True)\n"
+    )
     good = tmp_path / "good.py"
-    good.write_text("import torch, json, numpy as np\nmodel.eval()\njson.loads('{}')\n"
-                    "torch.load('a.pt', map_location='cpu', weights_only=True)\n"
-                    "np.load('a.npy')\nsubprocess.run(['ls'])\n")
+    good.write_text(
+        "import torch, json, numpy as np\nmodel.eval()\njson.loads('{}')\n"
+        "torch.load('a.pt', map_location='cpu', weights_only=True)\n"
+        "np.load('a.npy')\nsubprocess.run(['ls'])\n"
+    )
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:
         served = served_path_findings([bad])
         ckpt = checkpoint_findings([bad])
         assert len(served) == 6, served  # pickle, marshal, eval, exec, os.system, shell=True
-        assert len(ckpt) == 3, ckpt      # two torch.load, one np.load
+        assert len(ckpt) == 3, ckpt  # two torch.load, one np.load
         assert served_path_findings([good]) == [] and checkpoint_findings([good]) == []
     finally:
         ROOT = saved
@@ -140,10 +147,16 @@ def test_served_path_has_no_pickle_eval_or_shell():
 def test_every_torch_load_is_weights_only():
     files = _python_files(CHECKPOINT_READERS)
     findings = checkpoint_findings(files)
-    loads = sum(1 for f in files for n in ast.walk(ast.parse(f.read_text()))
-                if isinstance(n, ast.Call) and _dotted(n.func).endswith("torch.load"))
-    print(f"\nscanned {len(files)} files of mmtrt/ and train/: {loads} torch.load call(s), "
-          f"{len(findings)} without weights_only=True")
+    loads = sum(
+        1
+        for f in files
+        for n in ast.walk(ast.parse(f.read_text()))
+        if isinstance(n, ast.Call) and _dotted(n.func).endswith("torch.load")
+    )
+    print(
+        f"\nscanned {len(files)} files of mmtrt/ and train/: {loads} torch.load call(s), "
+        f"{len(findings)} without weights_only=True"
+    )
     assert findings == [], "\n".join(findings)
 
 

@@ -36,9 +36,12 @@ QUEUE_DELAY_US = 50_000  # long enough for concurrent batch-1 requests to meet i
 
 @pytest.fixture(scope="module")
 def repo(export_dir, tmp_path_factory) -> Path:
-    return build_repository(export_dir, tmp_path_factory.mktemp("built") / "repo",
-                            max_queue_delay_us=QUEUE_DELAY_US, ort_threads=1)
-
+    return build_repository(
+        export_dir,
+        tmp_path_factory.mktemp("built") / "repo",
+        max_queue_delay_us=QUEUE_DELAY_US,
+        ort_threads=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +56,10 @@ def _images(n, seed=0):
 def _client(protocol, srv):
     if protocol == "http":
         import tritonclient.http as m
+
         return m, m.InferenceServerClient(srv.http_url, network_timeout=120.0)
     import tritonclient.grpc as m
+
     return m, m.InferenceServerClient(srv.grpc_url)
 
 
@@ -69,32 +74,43 @@ def _infer(module, client, model, x, *, name="image", datatype="FP32", outputs=N
 
 
 def _group_processes(pgid: int) -> list[str]:
-    ps = subprocess.run(["ps", "-ww", "-e", "-o", "pid=,pgid=,args="], capture_output=True, text=True,
-                        check=True).stdout
+    ps = subprocess.run(
+        ["ps", "-ww", "-e", "-o", "pid=,pgid=,args="], capture_output=True, text=True, check=True
+    ).stdout
     return [line for line in ps.splitlines() if line.split()[1] == str(pgid)]
 
 
 def _stats(srv, model):
     import tritonclient.http as httpclient
+
     c = httpclient.InferenceServerClient(srv.http_url)
     try:
         s = c.get_inference_statistics(model_name=model)["model_stats"][0]
     finally:
         c.close()
     multi = sum(b["compute_infer"]["count"] for b in s["batch_stats"] if b["batch_size"] > 1)
-    return {"inferences": s["inference_count"], "executions": s["execution_count"],
-            "multi_executions": multi, "batch_sizes": sorted(b["batch_size"] for b in s["batch_stats"])}
+    return {
+        "inferences": s["inference_count"],
+        "executions": s["execution_count"],
+        "multi_executions": multi,
+        "batch_sizes": sorted(b["batch_size"] for b in s["batch_stats"]),
+    }
 
 
 # --------------------------------------------------------------------------- offline
+
 
 def test_templates_render_and_parse(tmp_path):
     names = sorted(p.name for p in template_dir("cpu").iterdir() if p.is_dir())
     assert names == ["classifier", "multimix"]
     for max_batch in (1, 3, 8, 32):
         for name in names:
-            text = render_config((template_dir("cpu") / name / "config.pbtxt").read_text(),
-                                 max_batch=max_batch, max_queue_delay_us=100, ort_threads=2)
+            text = render_config(
+                (template_dir("cpu") / name / "config.pbtxt").read_text(),
+                max_batch=max_batch,
+                max_queue_delay_us=100,
+                ort_threads=2,
+            )
             (tmp_path / name).mkdir(exist_ok=True)
             (tmp_path / name / "config.pbtxt").write_text(text)
             cfg = validate_config(tmp_path / name / "config.pbtxt")
@@ -106,16 +122,21 @@ def test_templates_render_and_parse(tmp_path):
 def test_built_configs_parse(repo, export_dir):
     from tritonclient.grpc import model_config_pb2 as mc
 
-    expected = {"multimix": ({"probs": [2], "label": [1], "mask": [1, 256, 256],
-                              "saliency": [1, 256, 256]}, "multimix.onnx"),
-                "classifier": ({"probs": [2], "label": [1]}, "encoder.onnx")}
+    expected = {
+        "multimix": (
+            {"probs": [2], "label": [1], "mask": [1, 256, 256], "saliency": [1, 256, 256]},
+            "multimix.onnx",
+        ),
+        "classifier": ({"probs": [2], "label": [1]}, "encoder.onnx"),
+    }
     assert sorted(p.parent.name for p in repo.glob("*/config.pbtxt")) == sorted(expected)
     for name, (outputs, onnx_name) in expected.items():
         cfg = validate_config(repo / name / "config.pbtxt")
         assert cfg.name == name and cfg.backend == "python"
         assert cfg.max_batch_size == MAX_BATCH
-        assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == \
-            [("image", mc.TYPE_FP32, [1, 256, 256])]
+        assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
+            ("image", mc.TYPE_FP32, [1, 256, 256])
+        ]
         assert {o.name: list(o.dims) for o in cfg.output} == outputs
         assert {o.name: o.data_type for o in cfg.output}["label"] == mc.TYPE_INT64
         assert cfg.dynamic_batching.max_queue_delay_microseconds == QUEUE_DELAY_US
@@ -123,25 +144,35 @@ def test_built_configs_parse(repo, export_dir):
         assert len(cfg.model_warmup) == 1
         assert cfg.parameters["onnx_file"].string_value == onnx_name
         version = repo / name / "1"
-        assert sorted(p.name for p in version.iterdir()) == \
-            sorted(["model.py", "manifest.json", onnx_name])
+        assert sorted(p.name for p in version.iterdir()) == sorted(["model.py", "manifest.json", onnx_name])
         assert file_sha256(version / onnx_name) == file_sha256(export_dir / onnx_name)
         # one python-backend model file for every model: the flavour's shared template
         assert (version / "model.py").read_bytes() == (template_dir("cpu") / "model.py").read_bytes()
     assert not list(template_dir("cpu").glob("*/1/model.py")), "a per-model copy of model.py"
 
 
-@pytest.mark.parametrize("text, problem", [
-    ('name: "m" backend: "python" max_batch_size: 4 input [ { name: "image" ', "invalid"),
-    ('name: "m" backend: "python" bogus_field: 3', "bogus_field"),
-    ('name: "m" backend: "python" input [{ name: "x" data_type: TYPE_FLOAT99 dims: [1] }]',
-     "TYPE_FLOAT99"),
-    ('name: "other" backend: "python" max_batch_size: 2 input [{ name: "x" data_type: TYPE_FP32 '
-     'dims: [1] }] output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]', "differs from its folder"),
-    ('name: "m" backend: "python" max_batch_size: 2 input [{ name: "x" data_type: TYPE_FP32 '
-     'dims: [1] }] output [{ name: "y" data_type: TYPE_FP32 dims: [1] }] '
-     'dynamic_batching { preferred_batch_size: [ 4 ] }', "preferred_batch_size"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('name: "m" backend: "python" max_batch_size: 4 input [ { name: "image" ', "invalid"),
+        ('name: "m" backend: "python" bogus_field: 3', "bogus_field"),
+        (
+            'name: "m" backend: "python" input [{ name: "x" data_type: TYPE_FLOAT99 dims: [1] }]',
+            "TYPE_FLOAT99",
+        ),
+        (
+            'name: "other" backend: "python" max_batch_size: 2 input [{ name: "x" data_type: TYPE_FP32 '
+            'dims: [1] }] output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]',
+            "differs from its folder",
+        ),
+        (
+            'name: "m" backend: "python" max_batch_size: 2 input [{ name: "x" data_type: TYPE_FP32 '
+            'dims: [1] }] output [{ name: "y" data_type: TYPE_FP32 dims: [1] }] '
+            "dynamic_batching { preferred_batch_size: [ 4 ] }",
+            "preferred_batch_size",
+        ),
+    ],
+)
 def test_validate_config_rejects(tmp_path, text, problem):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.pbtxt").write_text(text)
@@ -200,6 +231,7 @@ def test_build_repository_is_atomic(export_dir, tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the real server
+
 
 @needs_server
 def test_find_tritonserver():
@@ -265,15 +297,17 @@ def references(model, ort_ref):
 
     def get(kind):
         if kind not in cache:
-            x = np.ascontiguousarray(IMAGE_KINDS[kind](MAX_BATCH, seed=10).numpy(),
-                                     dtype=np.float32)
+            x = np.ascontiguousarray(IMAGE_KINDS[kind](MAX_BATCH, seed=10).numpy(), dtype=np.float32)
             names = ["probs", "mask", "saliency"]
             ort_out = dict(zip(names, ort_ref["multimix.onnx"].run(names, {"image": x})))
             ort_out["classifier_probs"] = ort_ref["encoder.onnx"].run(["probs"], {"image": x})[0]
             with torch.no_grad():
                 out = model(torch.from_numpy(x))
-            torch_out = {"probs": out["logits"].softmax(dim=1).numpy(),
-                         "mask": out["mask"].sigmoid().numpy(), "saliency": out["saliency"].numpy()}
+            torch_out = {
+                "probs": out["logits"].softmax(dim=1).numpy(),
+                "mask": out["mask"].sigmoid().numpy(),
+                "saliency": out["saliency"].numpy(),
+            }
             cache[kind] = (x, ort_out, torch_out)
         return cache[kind]
 
@@ -286,8 +320,11 @@ def references(model, ort_ref):
 @pytest.mark.parametrize("kind", PARITY_KINDS)
 def test_multimix_parity(server, references, kind, protocol, batch):
     x, ref, torch_ref = references(kind)
-    x, ref, torch_ref = (x[:batch], {k: v[:batch] for k, v in ref.items()},
-                         {k: v[:batch] for k, v in torch_ref.items()})
+    x, ref, torch_ref = (
+        x[:batch],
+        {k: v[:batch] for k, v in ref.items()},
+        {k: v[:batch] for k, v in torch_ref.items()},
+    )
     module, client = _client(protocol, server)
     try:
         r = _infer(module, client, "multimix", x)
@@ -307,13 +344,17 @@ def test_multimix_parity(server, references, kind, protocol, batch):
     rel_probs, rel_mask = _rel(out["probs"], torch_ref["probs"]), _rel(out["mask"], torch_ref["mask"])
     dice = min(_dice(out["mask"][i], torch_ref["mask"][i]) for i in range(batch))
     cosine = float(_cosines(out["saliency"], torch_ref["saliency"]).min())
-    for name, value, worst in (("vs-torch rel probs", rel_probs, max),
-                               ("vs-torch rel mask", rel_mask, max),
-                               ("vs-torch mask dice", dice, min),
-                               ("vs-torch saliency cosine", cosine, min)):
+    for name, value, worst in (
+        ("vs-torch rel probs", rel_probs, max),
+        ("vs-torch rel mask", rel_mask, max),
+        ("vs-torch mask dice", dice, min),
+        ("vs-torch saliency cosine", cosine, min),
+    ):
         _record(name, value, worst)
-    print(f"\n{kind} b{batch} {protocol}: rel probs {rel_probs:.2e}, rel mask {rel_mask:.2e}, "
-          f"dice {dice:.6f}, saliency cosine {cosine:.6f}")
+    print(
+        f"\n{kind} b{batch} {protocol}: rel probs {rel_probs:.2e}, rel mask {rel_mask:.2e}, "
+        f"dice {dice:.6f}, saliency cosine {cosine:.6f}"
+    )
     assert rel_probs <= 1e-4
     assert rel_mask <= 1e-4
     assert dice >= 0.999
@@ -359,8 +400,7 @@ def _run_concurrently(server, jobs):
             barrier.wait()
             try:
                 r = _infer(module, client, "multimix", x)
-                results[i] = ({k: r.as_numpy(k) for k in ("probs", "label", "mask", "saliency")},
-                              None)
+                results[i] = ({k: r.as_numpy(k) for k in ("probs", "label", "mask", "saliency")}, None)
             except Exception as e:  # noqa: BLE001 - collected for the asserts
                 results[i] = (None, e)
         finally:
@@ -411,10 +451,18 @@ BAD_INPUTS = {
     "int32": ("image", "INT32", lambda: (_images(1) * 255).astype(np.int32), ["INT32", "image"]),
     "wrong_rank": ("image", "FP32", lambda: _images(1)[0], ["shape", "image"]),
     "wrong_size": ("image", "FP32", lambda: _images(2)[:, :, :128, :128], ["shape", "image"]),
-    "nan": ("image", "FP32", lambda: np.where(_images(2) > 0.999, np.nan, _images(2)).astype(np.float32),
-            ["image", "NaN", "finite"]),
-    "inf": ("image", "FP32", lambda: np.where(_images(1) > 0.999, -np.inf, _images(1)).astype(np.float32),
-            ["image", "Inf", "finite"]),
+    "nan": (
+        "image",
+        "FP32",
+        lambda: np.where(_images(2) > 0.999, np.nan, _images(2)).astype(np.float32),
+        ["image", "NaN", "finite"],
+    ),
+    "inf": (
+        "image",
+        "FP32",
+        lambda: np.where(_images(1) > 0.999, -np.inf, _images(1)).astype(np.float32),
+        ["image", "Inf", "finite"],
+    ),
     "batch_too_big": ("image", "FP32", lambda: _images(MAX_BATCH + 1), ["batch", str(MAX_BATCH)]),
 }
 
@@ -429,8 +477,7 @@ def test_bad_input_gives_clear_error(server, protocol, case):
     module, client = _client(protocol, server)
     try:
         with pytest.raises(InferenceServerException) as info:
-            _infer(module, client, "multimix", np.ascontiguousarray(make()), name=name,
-                   datatype=datatype)
+            _infer(module, client, "multimix", np.ascontiguousarray(make()), name=name, datatype=datatype)
         message = str(info.value)
         for word in words:
             assert word in message, f"{word!r} not in {message!r}"
@@ -474,14 +521,14 @@ def test_nan_request_among_good_ones(server, ort_ref):
     try:
         x = _images(4, seed=3)
         r = _infer(module, client, "multimix", x)
-        _assert_correct({k: r.as_numpy(k) for k in ("probs", "label", "mask", "saliency")},
-                        ort_ref, x)
+        _assert_correct({k: r.as_numpy(k) for k in ("probs", "label", "mask", "saliency")}, ort_ref, x)
     finally:
         client.close()
     assert server.is_running()
 
 
 # --------------------------------------------------------------------------- start / stop
+
 
 @needs_server
 def test_tampered_onnx_refuses_to_load(export_dir, tmp_path):
@@ -572,6 +619,7 @@ def test_taken_port_is_repicked(export_dir, tmp_path, monkeypatch):
         with TritonServer(repo, log_file=tmp_path / "triton.log") as srv:
             assert srv.ports["http"] != taken
             import tritonclient.http as httpclient
+
             client = httpclient.InferenceServerClient(srv.http_url)
             try:
                 assert client.is_model_ready("classifier")

@@ -27,8 +27,7 @@ SECRET = "s3cret"
 def test_repo_command(export_dir, tmp_path):
     out = tmp_path / "repo"
     runner = CliRunner()
-    r = runner.invoke(main, ["repo", str(export_dir), str(out), "--max-batch", "4",
-                             "--ort-threads", "1"])
+    r = runner.invoke(main, ["repo", str(export_dir), str(out), "--max-batch", "4", "--ort-threads", "1"])
     assert r.exit_code == 0, r.output
     assert f"wrote {out} (cpu flavour): models classifier, multimix" in r.stdout
     assert f"mmtrt serve {out}" in r.stdout
@@ -87,7 +86,11 @@ class _Serve:
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from mmtrt.cli import main; main()", "serve", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -139,9 +142,18 @@ def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
 
     repo = build_repository(export_dir, tmp_path / "repo", ort_threads=1)
     restricted = f"model-repository,shared-memory:admin-key={SECRET}"
-    serve = _Serve(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-                   "--", f"--http-restricted-api={restricted}",
-                   f"--grpc-restricted-protocol={restricted}")
+    serve = _Serve(
+        str(repo),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--",
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
+    )
     try:
         t0 = time.monotonic()
         ready = serve.wait_for(r"^ready in .* \(pid (\d+)\)")
@@ -173,8 +185,9 @@ def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
         try:
             inp = httpclient.InferInput("image", list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
-            np.testing.assert_allclose(client.infer("classifier", [inp]).as_numpy("probs"),
-                                       r.as_numpy("probs"), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                client.infer("classifier", [inp]).as_numpy("probs"), r.as_numpy("probs"), rtol=1e-4, atol=1e-5
+            )
             with pytest.raises(InferenceServerException, match="403|restricted|header"):
                 client.get_model_repository_index()
             assert client.get_model_repository_index(headers={"admin-key": SECRET})

@@ -58,8 +58,9 @@ def _onnx_io(path: Path) -> dict:
     def sig(values):
         out = {}
         for v in values:
-            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
-                    for d in v.type.tensor_type.shape.dim]
+            dims = [
+                d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim
+            ]
             assert isinstance(dims[0], str), f"{v.name}: batch axis is not dynamic ({dims})"
             out[v.name] = (v.type.tensor_type.elem_type, dims[1:])
         return out
@@ -79,16 +80,21 @@ def test_templates_render_and_parse(tmp_path):
     assert names == sorted(ENGINES + ENSEMBLES)
     for max_batch in (1, 8, 32):
         for name in names:
-            text = render_config((template_dir("gpu") / name / "config.pbtxt").read_text(),
-                                 max_batch=max_batch, max_queue_delay_us=100,
-                                 cc_model_filenames={"9.0": "model.sm90.plan"}, gpu_instances=2)
+            text = render_config(
+                (template_dir("gpu") / name / "config.pbtxt").read_text(),
+                max_batch=max_batch,
+                max_queue_delay_us=100,
+                cc_model_filenames={"9.0": "model.sm90.plan"},
+                gpu_instances=2,
+            )
             cfg = mc.ModelConfig()
             text_format.Parse(text, cfg)
             assert cfg.name == name and cfg.max_batch_size == max_batch
             if name in ENGINES:
                 assert cfg.platform == "tensorrt_plan"
-                assert [(g.kind, g.count) for g in cfg.instance_group] == \
-                    [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+                assert [(g.kind, g.count) for g in cfg.instance_group] == [
+                    (mc.ModelInstanceGroup.KIND_GPU, 2)
+                ]
                 assert list(cfg.dynamic_batching.preferred_batch_size) == [max_batch]
                 assert cfg.default_model_filename == "model.plan"
                 assert dict(cfg.cc_model_filenames) == {"9.0": "model.sm90.plan"}
@@ -97,8 +103,7 @@ def test_templates_render_and_parse(tmp_path):
                 assert not cfg.HasField("dynamic_batching") and not cfg.instance_group
 
 
-def test_build_without_engines_writes_configs_and_names_the_missing(export_dir, gpu_repo,
-                                                                    tmp_path, caplog):
+def test_build_without_engines_writes_configs_and_names_the_missing(export_dir, gpu_repo, tmp_path, caplog):
     manifest = json.loads((export_dir / "manifest.json").read_text())
     assert sorted(p.name for p in gpu_repo.iterdir()) == sorted(ENGINES + ENSEMBLES)
     for name in ENGINES + ENSEMBLES:
@@ -110,8 +115,9 @@ def test_build_without_engines_writes_configs_and_names_the_missing(export_dir, 
         if name in ENGINES:
             assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
             assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
-    assert sorted(str(p.relative_to(gpu_repo)) for p in missing_plan_files(gpu_repo)) == \
-        [f"{e}/1/model.plan" for e in sorted(ENGINES)]
+    assert sorted(str(p.relative_to(gpu_repo)) for p in missing_plan_files(gpu_repo)) == [
+        f"{e}/1/model.plan" for e in sorted(ENGINES)
+    ]
     # the build says which engine files are missing and how to make them
     with caplog.at_level(logging.WARNING, logger="mmtrt.serving.repository"):
         build_repository(export_dir, tmp_path / "repo", flavour="gpu", models=("classifier",))
@@ -140,8 +146,7 @@ def test_ensemble_steps_point_at_models_of_the_repository(gpu_repo):
 
 
 def test_tensor_names_and_dims_agree_with_the_onnx_graphs(export_dir, gpu_repo):
-    onnx_io = {g: _onnx_io(export_dir / f"{g}.onnx")
-               for g in ("encoder", "saliency", "decoder", "multimix")}
+    onnx_io = {g: _onnx_io(export_dir / f"{g}.onnx") for g in ("encoder", "saliency", "decoder", "multimix")}
     models = {p.parent.name: _config(p) for p in gpu_repo.glob("*/config.pbtxt")}
     # each engine: exactly its ONNX graph's inputs and outputs, FP32, same dims after the batch
     for name in ENGINES:
@@ -169,10 +174,12 @@ def test_tensor_names_and_dims_agree_with_the_onnx_graphs(export_dir, gpu_repo):
     # the multimix ensemble has the fused graph's interface (what the CPU flavour serves), the
     # classifier ensemble the encoder's probs
     fused = onnx_io["multimix"]
-    assert {k: v[1] for k, v in _io(models["multimix"].input).items()} == \
-        {k: v[1] for k, v in fused["inputs"].items()}
-    assert {k: v[1] for k, v in _io(models["multimix"].output).items()} == \
-        {k: v[1] for k, v in fused["outputs"].items()}
+    assert {k: v[1] for k, v in _io(models["multimix"].input).items()} == {
+        k: v[1] for k, v in fused["inputs"].items()
+    }
+    assert {k: v[1] for k, v in _io(models["multimix"].output).items()} == {
+        k: v[1] for k, v in fused["outputs"].items()
+    }
     assert _io(models["classifier"].output)["probs"][1] == onnx_io["encoder"]["outputs"]["probs"][1]
     validate_repository(gpu_repo, onnx_dir=export_dir)  # the library's own check agrees
 
@@ -183,8 +190,12 @@ def _engine_export(export_dir: Path, folder: Path, capability: str = "sm90") -> 
     shutil.copytree(export_dir, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["precision"] = "fp32"
-    manifest["engines"] = {"state": "built", "capability": capability,
-                           "profile": {"min": 1, "opt": MAX_BATCH, "max": MAX_BATCH}, "plans": {}}
+    manifest["engines"] = {
+        "state": "built",
+        "capability": capability,
+        "profile": {"min": 1, "opt": MAX_BATCH, "max": MAX_BATCH},
+        "plans": {},
+    }
     for graph in ENGINES:
         name = f"{graph}.fp32.{capability}.plan"
         (folder / name).write_bytes(f"fake {graph} engine".encode())
@@ -225,16 +236,16 @@ def test_engines_for_several_architectures(export_dir, tmp_path):
     (engines / "saliency.sm86.plan").write_bytes(b"fake sm86")
     (engines / "decoder.sm120.plan").write_bytes(b"fake sm120")
     (engines / "encoder.fp16.sm90.plan").write_bytes(b"another precision")  # not this export's
-    repo = build_repository(export_dir, tmp_path / "repo", flavour="gpu", engines_dir=engines,
-                            max_batch=4, gpu_instances=2)
+    repo = build_repository(
+        export_dir, tmp_path / "repo", flavour="gpu", engines_dir=engines, max_batch=4, gpu_instances=2
+    )
     assert missing_plan_files(repo) == []
     for graph in ENGINES:
         assert (repo / graph / "1" / "model.plan").read_bytes() == f"fake {graph} engine".encode()
     sal = _config(repo / "saliency" / "config.pbtxt")
     assert dict(sal.cc_model_filenames) == {"9.0": "model.sm90.plan", "8.6": "model.sm86.plan"}
     assert (repo / "saliency" / "1" / "model.sm90.plan").read_bytes() == b"fake sm90"
-    assert dict(_config(repo / "decoder" / "config.pbtxt").cc_model_filenames) == \
-        {"12.0": "model.sm120.plan"}
+    assert dict(_config(repo / "decoder" / "config.pbtxt").cc_model_filenames) == {"12.0": "model.sm120.plan"}
     assert not _config(repo / "encoder" / "config.pbtxt").cc_model_filenames
     assert sorted(p.name for p in (repo / "encoder" / "1").iterdir()) == ["model.plan"]
     for name in ENGINES + ENSEMBLES:
@@ -246,16 +257,31 @@ def test_engines_for_several_architectures(export_dir, tmp_path):
     validate_repository(repo, onnx_dir=export_dir)
 
 
-@pytest.mark.parametrize("edit, problem", [
-    (("multimix", 'model_name: "decoder"', 'model_name: "decodr"'), "no model 'decodr'"),
-    (("multimix", 'output_map { key: "mask" value: "mask" }',
-      'output_map { key: "mask_probs" value: "mask" }'), "has no output 'mask_probs'"),
-    (("multimix", 'input_map { key: "skip3" value: "skip3" }',
-      'input_map { key: "skip3" value: "skip4" }'), "ensemble tensor 'skip4'"),
-    (("classifier", "dims: [ 2 ]", "dims: [ 3 ]"), "output 'probs'"),
-    (("decoder", 'name: "skip3"', 'name: "skip_3"'), "skip"),
-    (("saliency", "dims: [ 256, 16, 16 ]", "dims: [ 256, 8, 8 ]"), "skip5"),
-])
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (("multimix", 'model_name: "decoder"', 'model_name: "decodr"'), "no model 'decodr'"),
+        (
+            (
+                "multimix",
+                'output_map { key: "mask" value: "mask" }',
+                'output_map { key: "mask_probs" value: "mask" }',
+            ),
+            "has no output 'mask_probs'",
+        ),
+        (
+            (
+                "multimix",
+                'input_map { key: "skip3" value: "skip3" }',
+                'input_map { key: "skip3" value: "skip4" }',
+            ),
+            "ensemble tensor 'skip4'",
+        ),
+        (("classifier", "dims: [ 2 ]", "dims: [ 3 ]"), "output 'probs'"),
+        (("decoder", 'name: "skip3"', 'name: "skip_3"'), "skip"),
+        (("saliency", "dims: [ 256, 16, 16 ]", "dims: [ 256, 8, 8 ]"), "skip5"),
+    ],
+)
 def test_validate_repository_catches_wiring_mistakes(gpu_repo, export_dir, tmp_path, edit, problem):
     repo = tmp_path / "repo"
     shutil.copytree(gpu_repo, repo)

@@ -27,10 +27,37 @@ SIZE = 64
 
 
 def tiny_args(out: Path, cache: Path, *extra: str) -> list[str]:
-    return ["--out", str(out), "--synth-cache", str(cache), "--image-size", str(SIZE),
-            "--synth-cls", "24,8,4", "--synth-seg", "8,4,2", "--seg-labels", "3", "--cls-labels", "8",
-            "--batch", "1", "--epochs", "2", "--steps-per-epoch", "3", "--compile", "off",
-            "--progress", "off", "--log-every", "1", "--ckpt-every", "1", *extra]
+    return [
+        "--out",
+        str(out),
+        "--synth-cache",
+        str(cache),
+        "--image-size",
+        str(SIZE),
+        "--synth-cls",
+        "24,8,4",
+        "--synth-seg",
+        "8,4,2",
+        "--seg-labels",
+        "3",
+        "--cls-labels",
+        "8",
+        "--batch",
+        "1",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "3",
+        "--compile",
+        "off",
+        "--progress",
+        "off",
+        "--log-every",
+        "1",
+        "--ckpt-every",
+        "1",
+        *extra,
+    ]
 
 
 def tiny_cfg(**kw) -> TrainConfig:
@@ -54,15 +81,27 @@ def masks(n: int, seed: int) -> torch.Tensor:
 
 
 def full_batch(b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    return {"seg_l_img": images(b, seed), "seg_l_mask": masks(b, seed), "seg_u_img": images(b, seed + 1),
-            "cls_l_img": images(b, seed + 2), "cls_l_y": torch.tensor([0, 1] * (b // 2) + [0] * (b % 2)),
-            "cls_w": images(b, seed + 3), "cls_s": images(b, seed + 3).flip(-1)}
+    return {
+        "seg_l_img": images(b, seed),
+        "seg_l_mask": masks(b, seed),
+        "seg_u_img": images(b, seed + 1),
+        "cls_l_img": images(b, seed + 2),
+        "cls_l_y": torch.tensor([0, 1] * (b // 2) + [0] * (b % 2)),
+        "cls_w": images(b, seed + 3),
+        "cls_s": images(b, seed + 3).flip(-1),
+    }
 
 
 def run_train(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +254,12 @@ def test_one_encoder_pass_per_image_and_decoder_only_for_segmentation():
     torch.manual_seed(0)
     model = MultiMix().train()
     seen = {"encoder": 0, "decoder": 0}
-    model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.__setitem__("encoder", seen["encoder"] + i[0].shape[0]))
-    model.decoder.stages[0].register_forward_hook(lambda m, i, o: seen.__setitem__("decoder", seen["decoder"] + i[0].shape[0]))
+    model.encoder.blocks[0].register_forward_hook(
+        lambda m, i, o: seen.__setitem__("encoder", seen["encoder"] + i[0].shape[0])
+    )
+    model.decoder.stages[0].register_forward_hook(
+        lambda m, i, o: seen.__setitem__("decoder", seen["decoder"] + i[0].shape[0])
+    )
     batch = full_batch()
     loss, parts = TrainModule(model, tiny_cfg())(batch)
     assert seen == {"encoder": 10, "decoder": 4}  # 5 streams x 2 images; decoder: 2 seg streams x 2
@@ -250,11 +293,24 @@ def test_run_writes_best_last_log_and_metrics(reference_run):
     assert {"optimizer", "scheduler", "rng", "trainer"} <= set(last)
     assert last["trainer"]["next_step"] == 6
     metrics = json.loads((reference_run / "metrics.json").read_text())
-    want = {"accuracy", "f1_normal", "f1_pneumonia", "auroc", "dice", "jaccard", "ssim", "avg_hausdorff",
-            "precision", "recall"}
+    want = {
+        "accuracy",
+        "f1_normal",
+        "f1_pneumonia",
+        "auroc",
+        "dice",
+        "jaccard",
+        "ssim",
+        "avg_hausdorff",
+        "precision",
+        "recall",
+    }
     assert want <= set(metrics["best"]["val"]) and want <= set(metrics["test"])
-    assert metrics["best"]["score"] == max(r["score"] for r in map(json.loads, (reference_run / "log.jsonl")
-                                                                    .read_text().splitlines()) if r["type"] == "val")
+    assert metrics["best"]["score"] == max(
+        r["score"]
+        for r in map(json.loads, (reference_run / "log.jsonl").read_text().splitlines())
+        if r["type"] == "val"
+    )
     assert metrics["work"]["decoder_images_per_step"] == 2 and metrics["work"]["images_per_step"] == 5
     assert metrics["timing"]["images_per_s"] > 0
     kinds = [json.loads(x)["type"] for x in (reference_run / "log.jsonl").read_text().splitlines()]
@@ -264,14 +320,23 @@ def test_run_writes_best_last_log_and_metrics(reference_run):
 def test_resume_after_sigkill_reaches_the_same_weights(reference_run, tmp_path, cache):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "train", *tiny_args(out, cache)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *tiny_args(out, cache)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = out / "log.jsonl"
     deadline = time.time() + 300
     try:
         while time.time() < deadline:  # wait until step 4 (mid second epoch: steps 3, 4, 5) is done
-            if log.is_file() and any(json.loads(x).get("step") == 4 and json.loads(x)["type"] == "train"
-                                     for x in log.read_text().splitlines() if x.strip()):
+            if log.is_file() and any(
+                json.loads(x).get("step") == 4 and json.loads(x)["type"] == "train"
+                for x in log.read_text().splitlines()
+                if x.strip()
+            ):
                 break
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             time.sleep(0.05)
@@ -296,9 +361,20 @@ def test_resume_after_sigkill_reaches_the_same_weights(reference_run, tmp_path, 
 def test_two_process_gloo_ddp_stays_in_sync(tmp_path, cache):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(29500 + os.getpid() % 1000), "-m", "train",
-           *tiny_args(out, cache, "--max-steps", "2", "--device", "cpu")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "train",
+        *tiny_args(out, cache, "--max-steps", "2", "--device", "cpu"),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -308,7 +384,9 @@ def test_two_process_gloo_ddp_stays_in_sync(tmp_path, cache):
     assert d["first_batch_digests"][0] != d["first_batch_digests"][1]  # each rank trained on its own data
     start = torch.load(out / "last.pt", weights_only=True)
     torch.manual_seed(0)
-    assert any(not torch.equal(v, MultiMix().state_dict()[k]) for k, v in start["model"].items())  # it trained
+    assert any(
+        not torch.equal(v, MultiMix().state_dict()[k]) for k, v in start["model"].items()
+    )  # it trained
 
 
 # ---- torch.compile ---------------------------------------------------------------------------------
@@ -388,7 +466,9 @@ def test_fp16_on_cuda_uses_a_grad_scaler_and_stays_finite(tmp_path, cache):
     from train.trainer import train
 
     out = tmp_path / "fp16"
-    result = train(parse_args(tiny_args(out, cache, "--precision", "fp16", "--device", "cuda", "--max-steps", "3")))
+    result = train(
+        parse_args(tiny_args(out, cache, "--precision", "fp16", "--device", "cuda", "--max-steps", "3"))
+    )
     assert result["timing"]["device"].startswith("cuda")
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["scaler"] and last["scaler"]["scale"] > 0  # the GradScaler was on and is saved for --resume

@@ -102,10 +102,19 @@ def _translate_y(img, v, rng):
 
 
 STRONG_POOL: tuple[tuple[str, Callable], ...] = (
-    ("AutoContrast", _autocontrast), ("Brightness", _brightness), ("Contrast", _contrast),
-    ("Equalize", _equalize), ("Identity", _identity), ("Posterize", _posterize), ("Rotate", _rotate),
-    ("Sharpness", _sharpness), ("ShearX", _shear_x), ("ShearY", _shear_y), ("Solarize", _solarize),
-    ("TranslateX", _translate_x), ("TranslateY", _translate_y),
+    ("AutoContrast", _autocontrast),
+    ("Brightness", _brightness),
+    ("Contrast", _contrast),
+    ("Equalize", _equalize),
+    ("Identity", _identity),
+    ("Posterize", _posterize),
+    ("Rotate", _rotate),
+    ("Sharpness", _sharpness),
+    ("ShearX", _shear_x),
+    ("ShearY", _shear_y),
+    ("Solarize", _solarize),
+    ("TranslateX", _translate_x),
+    ("TranslateY", _translate_y),
 )
 
 
@@ -118,7 +127,7 @@ def weak(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pad = max(1, h // 8)
     padded = np.pad(image, pad, mode="reflect")
     top, left = rng.integers(0, 2 * pad + 1, size=2)
-    return np.ascontiguousarray(padded[top:top + h, left:left + w], dtype=np.float32)
+    return np.ascontiguousarray(padded[top : top + h, left : left + w], dtype=np.float32)
 
 
 def randaugment(image: np.ndarray, rng: np.random.Generator, n_ops: int = 2) -> np.ndarray:
@@ -146,7 +155,9 @@ def cutout(image: np.ndarray, rng: np.random.Generator, fraction: float, fill: f
     return out
 
 
-def strong(image: np.ndarray, rng: np.random.Generator, n_ops: int = 2, cutout_fraction: float = 0.0) -> np.ndarray:
+def strong(
+    image: np.ndarray, rng: np.random.Generator, n_ops: int = 2, cutout_fraction: float = 0.0
+) -> np.ndarray:
     """Weak, then RandAugment, then (if ``cutout_fraction`` > 0) Cutout."""
     out = randaugment(weak(image, rng), rng, n_ops)
     if cutout_fraction > 0:

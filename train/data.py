@@ -63,16 +63,24 @@ def synthetic_root(cfg: TrainConfig) -> Path:
     renamed into place, so a crash or a concurrent run never leaves a half-written data set."""
     cache = Path(cfg.synth_cache) if cfg.synth_cache else default_synth_cache()
     n_cls, n_seg = cfg.split_counts("synth_cls"), cfg.split_counts("synth_seg")
-    key = (f"s{cfg.synth_seed}-d{cfg.synth_difficulty:g}-px{cfg.image_size}-"
-           f"cls{'_'.join(map(str, n_cls.values()))}-seg{'_'.join(map(str, n_seg.values()))}")
+    key = (
+        f"s{cfg.synth_seed}-d{cfg.synth_difficulty:g}-px{cfg.image_size}-"
+        f"cls{'_'.join(map(str, n_cls.values()))}-seg{'_'.join(map(str, n_seg.values()))}"
+    )
     root = cache / key
     if (root / "summary.json").is_file():
         return root
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
     try:
-        summary = write_synthetic_datasets(tmp, n_cls=n_cls, n_seg=n_seg, seed=cfg.synth_seed,
-                                           difficulty=cfg.synth_difficulty, size=cfg.image_size)
+        summary = write_synthetic_datasets(
+            tmp,
+            n_cls=n_cls,
+            n_seg=n_seg,
+            seed=cfg.synth_seed,
+            difficulty=cfg.synth_difficulty,
+            size=cfg.image_size,
+        )
         summary["root"] = str(root)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         try:
@@ -146,8 +154,12 @@ class Pools:
     cls_u: np.ndarray
 
     def sizes(self) -> dict[str, int]:
-        return {"seg_labelled": len(self.seg_l), "seg_unlabelled": len(self.seg_u),
-                "cls_labelled": len(self.cls_l), "cls_unlabelled": len(self.cls_u)}
+        return {
+            "seg_labelled": len(self.seg_l),
+            "seg_unlabelled": len(self.seg_u),
+            "cls_labelled": len(self.cls_l),
+            "cls_unlabelled": len(self.cls_u),
+        }
 
 
 def make_pools(cfg: TrainConfig, cls_root: Path, seg_root: Path) -> Pools:
@@ -195,7 +207,9 @@ class StepBatches(Dataset):
             cycle, k = divmod(p, n)
             perm = self._perms.get((stream, cycle))
             if perm is None:
-                perm = np.random.default_rng([self.cfg.seed, STREAM_IDS[stream], cycle, _PERM_SALT]).permutation(n)
+                perm = np.random.default_rng(
+                    [self.cfg.seed, STREAM_IDS[stream], cycle, _PERM_SALT]
+                ).permutation(n)
                 if len(self._perms) > 16:
                     self._perms.clear()
                 self._perms[(stream, cycle)] = perm
@@ -220,8 +234,9 @@ class StepBatches(Dataset):
             out["seg_u_img"] = stack([pools.seg[i][0] for i in self._indices("seg_u", pools.seg_u, step)])
         if len(pools.cls_l):
             idx = self._indices("cls_l", pools.cls_l, step)
-            out["cls_l_img"] = stack([augment.weak(pools.cls[i][0], self._rng("cls_l", step, j))
-                                      for j, i in enumerate(idx)])
+            out["cls_l_img"] = stack(
+                [augment.weak(pools.cls[i][0], self._rng("cls_l", step, j)) for j, i in enumerate(idx)]
+            )
             out["cls_l_y"] = torch.tensor([pools.cls[i][1] for i in idx], dtype=torch.long)
         if len(pools.cls_u):
             weak, strong = [], []

@@ -54,8 +54,9 @@ def soft_dice_loss(mask_logits: torch.Tensor, target: torch.Tensor, smooth: floa
     return (1.0 - dice).mean()
 
 
-def pseudo_label_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
-                      threshold: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_label_loss(
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.7
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FixMatch's L_u and the fraction of the batch whose pseudo-label passed the threshold."""
     probs = torch.softmax(weak_logits.detach().float(), dim=1)
     confidence, pseudo = probs.max(dim=1)

@@ -45,8 +45,19 @@ def _torchmetrics():
         )
         from torchmetrics.image import StructuralSimilarityIndexMeasure
         from torchmetrics.segmentation import DiceScore, MeanIoU
-    return {m.__name__: m for m in (BinaryAccuracy, BinaryAUROC, BinaryPrecision, BinaryRecall,
-                                    MulticlassF1Score, StructuralSimilarityIndexMeasure, DiceScore, MeanIoU)}
+    return {
+        m.__name__: m
+        for m in (
+            BinaryAccuracy,
+            BinaryAUROC,
+            BinaryPrecision,
+            BinaryRecall,
+            MulticlassF1Score,
+            StructuralSimilarityIndexMeasure,
+            DiceScore,
+            MeanIoU,
+        )
+    }
 
 
 def average_hausdorff(pred: np.ndarray, target: np.ndarray) -> float:
@@ -62,7 +73,9 @@ def average_hausdorff(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate_classification(model: MultiMix, dataset, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+def evaluate_classification(
+    model: MultiMix, dataset, device: torch.device, batch_size: int = 32
+) -> dict[str, float]:
     tm = _torchmetrics()
     acc, auroc = tm["BinaryAccuracy"](**LOCAL).to(device), tm["BinaryAUROC"](**LOCAL).to(device)
     f1 = tm["MulticlassF1Score"](num_classes=2, average=None, **LOCAL).to(device)
@@ -75,18 +88,24 @@ def evaluate_classification(model: MultiMix, dataset, device: torch.device, batc
         f1.update(pred, labels)
         auroc.update(torch.softmax(logits, 1)[:, 1], labels)
     f1s = f1.compute()
-    return {"accuracy": float(acc.compute()), "f1_normal": float(f1s[0]), "f1_pneumonia": float(f1s[1]),
-            "auroc": float(auroc.compute())}
+    return {
+        "accuracy": float(acc.compute()),
+        "f1_normal": float(f1s[0]),
+        "f1_pneumonia": float(f1s[1]),
+        "auroc": float(auroc.compute()),
+    }
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: MultiMix, dataset, device: torch.device, bridge: bool = True,
-                          batch_size: int = 16) -> dict[str, float]:
+def evaluate_segmentation(
+    model: MultiMix, dataset, device: torch.device, bridge: bool = True, batch_size: int = 16
+) -> dict[str, float]:
     tm = _torchmetrics()
     with warnings.catch_warnings():  # (a deprecation notice about the default of `average`, which we set)
         warnings.simplefilter("ignore")
-        dice = tm["DiceScore"](num_classes=1, average="micro", aggregation_level="samplewise",
-                               input_format="one-hot", **LOCAL).to(device)
+        dice = tm["DiceScore"](
+            num_classes=1, average="micro", aggregation_level="samplewise", input_format="one-hot", **LOCAL
+        ).to(device)
     iou = tm["MeanIoU"](num_classes=1, input_format="one-hot", **LOCAL).to(device)
     ssim = tm["StructuralSimilarityIndexMeasure"](data_range=1.0, **LOCAL).to(device)
     prec, rec = tm["BinaryPrecision"](**LOCAL).to(device), tm["BinaryRecall"](**LOCAL).to(device)
@@ -104,9 +123,14 @@ def evaluate_segmentation(model: MultiMix, dataset, device: torch.device, bridge
         rec.update(pred, target)
         for p, t in zip(pred[:, 0].cpu().numpy(), target[:, 0].cpu().numpy()):
             ahd.append(average_hausdorff(p, t))
-    return {"dice": float(dice.compute()), "jaccard": float(iou.compute()), "ssim": float(ssim.compute()),
-            "avg_hausdorff": float(np.mean(ahd)), "precision": float(prec.compute()),
-            "recall": float(rec.compute())}
+    return {
+        "dice": float(dice.compute()),
+        "jaccard": float(iou.compute()),
+        "ssim": float(ssim.compute()),
+        "avg_hausdorff": float(np.mean(ahd)),
+        "precision": float(prec.compute()),
+        "recall": float(rec.compute()),
+    }
 
 
 def selection_score(metrics: dict[str, float], select: str) -> float:

@@ -56,8 +56,15 @@ def autocast(device_type: str, precision: str, enabled: bool = True):
     return torch.autocast(device_type=device_type, dtype=AMP_DTYPES[precision])
 
 
-def segment(model: MultiMix, images: torch.Tensor, *, bridge: bool = True, detach_saliency: bool = False,
-            precision: str = "fp32", amp_scope: str = "full") -> torch.Tensor:
+def segment(
+    model: MultiMix,
+    images: torch.Tensor,
+    *,
+    bridge: bool = True,
+    detach_saliency: bool = False,
+    precision: str = "fp32",
+    amp_scope: str = "full",
+) -> torch.Tensor:
     """Mask logits (fp32) from one encoder pass; the saliency (or zeros without the bridge) feeds the
     decoder. Same function for training and validation."""
     dev = images.device.type
@@ -74,7 +81,9 @@ def segment(model: MultiMix, images: torch.Tensor, *, bridge: bool = True, detac
     return mask.float()
 
 
-def classify(model: MultiMix, images: torch.Tensor, *, precision: str = "fp32", amp_scope: str = "full") -> torch.Tensor:
+def classify(
+    model: MultiMix, images: torch.Tensor, *, precision: str = "fp32", amp_scope: str = "full"
+) -> torch.Tensor:
     with autocast(images.device.type, precision, enabled=amp_scope == "full"):
         return model.encoder(images).logits.float()
 
@@ -97,12 +106,14 @@ class TrainModule(nn.Module):
             seg_l = batch["seg_l_img"]
             seg_u = batch.get("seg_u_img")
             images = seg_l if seg_u is None else torch.cat([seg_l, seg_u])
-            masks = segment(model, images, bridge=cfg.saliency_bridge, detach_saliency=cfg.detach_saliency, **kw)
+            masks = segment(
+                model, images, bridge=cfg.saliency_bridge, detach_saliency=cfg.detach_saliency, **kw
+            )
             mask_l = masks[: seg_l.shape[0]]
             parts["dice"] = losses.soft_dice_loss(mask_l, batch["seg_l_mask"])
             loss = loss + cfg.w_dice * parts["dice"]
             if seg_u is not None:
-                parts["kl_seg"] = losses.kl_seg(mask_l, masks[seg_l.shape[0]:])
+                parts["kl_seg"] = losses.kl_seg(mask_l, masks[seg_l.shape[0] :])
                 loss = loss + cfg.w_kl * parts["kl_seg"]
 
         # ---- classification: labelled + strong views in one encoder pass, weak views no_grad -------
@@ -116,7 +127,9 @@ class TrainModule(nn.Module):
             if "cls_s" in batch:
                 with torch.no_grad():
                     weak_logits = classify(model, batch["cls_w"], **kw)
-                parts["l_u"], parts["mask_rate"] = losses.pseudo_label_loss(weak_logits, logits[n_l:], cfg.threshold)
+                parts["l_u"], parts["mask_rate"] = losses.pseudo_label_loss(
+                    weak_logits, logits[n_l:], cfg.threshold
+                )
                 loss = loss + cfg.w_u * parts["l_u"]
         parts["loss"] = loss
         return loss, {k: v.detach() for k, v in parts.items()}
@@ -146,15 +159,21 @@ def forward_flops(model: MultiMix, size: int, bridge: bool = True) -> dict[str, 
             decoder = fc.get_total_flops()
     finally:
         model.train(was_training)
-    return {"encoder": float(encoder), "saliency_graph": float(saliency_graph if bridge else 0), "decoder": float(decoder)}
+    return {
+        "encoder": float(encoder),
+        "saliency_graph": float(saliency_graph if bridge else 0),
+        "decoder": float(decoder),
+    }
 
 
 def work_per_step(model: MultiMix, cfg: TrainConfig, n_seg: int, n_cls_grad: int, n_cls_nograd: int) -> dict:
     """Forward GFLOP per step of this step vs the reference's (50 images, each: encoder twice + an
     input-gradient backward (~ one encoder) + decoder), at the training size and scaled to 256x256."""
     f = forward_flops(model, cfg.image_size, cfg.saliency_bridge)
-    ours = (n_seg * (f["encoder"] + f["saliency_graph"] + f["decoder"])
-            + (n_cls_grad + n_cls_nograd) * f["encoder"])
+    ours = (
+        n_seg * (f["encoder"] + f["saliency_graph"] + f["decoder"])
+        + (n_cls_grad + n_cls_nograd) * f["encoder"]
+    )
     per_image_ref = 3 * f["encoder"] + f["decoder"]
     ref_images = 5 * cfg.batch
     scale = (256 / cfg.image_size) ** 2
@@ -170,5 +189,5 @@ def work_per_step(model: MultiMix, cfg: TrainConfig, n_seg: int, n_cls_grad: int
         "reference_gflop_per_image_at_256": per_image_ref * scale / 1e9,
         "per_image_gflop_at_256": {k: v * scale / 1e9 for k, v in f.items()},
         "note": "forward FLOPs of convolutions and matrix products (FlopCounterMode); the backward "
-                "of training costs about twice the forward for both pipelines",
+        "of training costs about twice the forward for both pipelines",
     }

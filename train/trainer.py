@@ -52,8 +52,18 @@ from .step import TrainModule, compile_step, work_per_step
 log = logging.getLogger("train")
 
 # Fields of the saved config that a --resume may change (they do not change the result).
-RESUME_OVERRIDES = ("out", "resume", "epochs", "max_steps", "progress", "workers", "compile", "ckpt_every",
-                    "log_every", "device")
+RESUME_OVERRIDES = (
+    "out",
+    "resume",
+    "epochs",
+    "max_steps",
+    "progress",
+    "workers",
+    "compile",
+    "ckpt_every",
+    "log_every",
+    "device",
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,8 +141,10 @@ def _jsonable(x):
 
 
 def _finite(d: dict[str, float]) -> dict[str, float | None]:
-    return {k: (v if isinstance(v, float) and math.isfinite(v) else None) if isinstance(v, float) else v
-            for k, v in d.items()}
+    return {
+        k: (v if isinstance(v, float) and math.isfinite(v) else None) if isinstance(v, float) else v
+        for k, v in d.items()
+    }
 
 
 def load_resume_config(cfg: TrainConfig) -> TrainConfig:
@@ -142,10 +154,13 @@ def load_resume_config(cfg: TrainConfig) -> TrainConfig:
         raise SystemExit(f"--resume: no resumable run in {cfg.out} (config.json and last.pt are needed)")
     saved = json.loads(path.read_text())
     merged = {**saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES}}
-    differing = sorted(k for k, v in cfg.to_dict().items()
-                       if k not in RESUME_OVERRIDES and k in saved and saved[k] != v)
+    differing = sorted(
+        k for k, v in cfg.to_dict().items() if k not in RESUME_OVERRIDES and k in saved and saved[k] != v
+    )
     if differing:
-        warnings.warn(f"--resume: using the run's saved values for {differing} (the command line differs)", stacklevel=2)
+        warnings.warn(
+            f"--resume: using the run's saved values for {differing} (the command line differs)", stacklevel=2
+        )
     return TrainConfig.from_dict(merged)
 
 
@@ -159,8 +174,11 @@ def validate(model: MultiMix, cfg: TrainConfig, cls_set, seg_set, device) -> dic
         if cls_set is not None:
             metrics.update(evaluate_classification(model, cls_set, device, batch_size=max(cfg.batch, 16)))
         if seg_set is not None:
-            metrics.update(evaluate_segmentation(model, seg_set, device, bridge=cfg.saliency_bridge,
-                                                 batch_size=max(cfg.batch, 8)))
+            metrics.update(
+                evaluate_segmentation(
+                    model, seg_set, device, bridge=cfg.saliency_bridge, batch_size=max(cfg.batch, 8)
+                )
+            )
     finally:
         model.train(was_training)
     return metrics
@@ -226,8 +244,10 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
     if dd.enabled:
         full = cfg.uses_cls and cfg.uses_ssl and cfg.uses_seg and cfg.saliency_bridge
         module = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not full)
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not full,
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -261,22 +281,40 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         compiled = True
 
     batches = tdata.StepBatches(cfg, pools, dd.rank, dd.world, total_steps=total)
-    loader = DataLoader(batches, batch_size=None, sampler=range(start_step, total), num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        batches,
+        batch_size=None,
+        sampler=range(start_step, total),
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+    )
     n_seg = cfg.batch * ((len(pools.seg_l) > 0) + (len(pools.seg_u) > 0))
     n_cls_grad = cfg.batch * ((len(pools.cls_l) > 0) + (len(pools.cls_u) > 0))
     n_cls_nograd = cfg.batch * (len(pools.cls_u) > 0)
     work = work_per_step(model, cfg, n_seg, n_cls_grad, n_cls_nograd)
     images_per_step = work["images_per_step"]
     if not cfg.resume:
-        jlog.write({"type": "run", "event": "start", "config": cfg.to_dict(), "world_size": dd.world,
-                    "device": str(device), "torch": torch.__version__, "steps_per_epoch": spe,
-                    "total_steps": total, "data": {"cls_root": str(cls_root), "seg_root": str(seg_root),
-                                                   **pools.sizes()}, "work": work})
+        jlog.write(
+            {
+                "type": "run",
+                "event": "start",
+                "config": cfg.to_dict(),
+                "world_size": dd.world,
+                "device": str(device),
+                "torch": torch.__version__,
+                "steps_per_epoch": spe,
+                "total_steps": total,
+                "data": {"cls_root": str(cls_root), "seg_root": str(seg_root), **pools.sizes()},
+                "work": work,
+            }
+        )
 
     disable = {"auto": None, "on": False, "off": True}[cfg.progress] if dd.main else True
     from tqdm import tqdm
-    bar = tqdm(total=total, initial=start_step, desc="train", unit="step", disable=disable, dynamic_ncols=True)
+
+    bar = tqdm(
+        total=total, initial=start_step, desc="train", unit="step", disable=disable, dynamic_ncols=True
+    )
 
     step_times: list[float] = []
     first_step_s = None
@@ -289,14 +327,25 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
     def save_last(next_step: int, epoch: float, val: dict | None) -> None:
         if not dd.main:
             return
-        save_checkpoint(out / "last.pt", model,
-                        meta={"epoch": epoch, "step": next_step, "seed": cfg.seed, "metrics": val or {},
-                              "train_config": cfg.to_dict()},
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict() if scaler.is_enabled() else {},
-                        rng={"torch": torch.get_rng_state(),
-                             **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {})},
-                        trainer={"next_step": next_step, "best_score": best_score, "best_info": best_info or {}})
+        save_checkpoint(
+            out / "last.pt",
+            model,
+            meta={
+                "epoch": epoch,
+                "step": next_step,
+                "seed": cfg.seed,
+                "metrics": val or {},
+                "train_config": cfg.to_dict(),
+            },
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict() if scaler.is_enabled() else {},
+            rng={
+                "torch": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {}),
+            },
+            trainer={"next_step": next_step, "best_score": best_score, "best_info": best_info or {}},
+        )
 
     def run_step(fn, batch):
         loss, parts = fn(batch)
@@ -308,7 +357,8 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if first_batch_digest is None:
             first_batch_digest = hashlib.sha256(
-                b"".join(batch[k].cpu().numpy().tobytes() for k in sorted(batch))).hexdigest()
+                b"".join(batch[k].cpu().numpy().tobytes() for k in sorted(batch))
+            ).hexdigest()
         torch.manual_seed(step_seed(cfg.seed, step, dd.rank))
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -317,7 +367,9 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
                 loss, parts = run_step(step_fn, batch)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
                 compile_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                warnings.warn(f"torch.compile failed, training eagerly instead ({compile_fallback})", stacklevel=2)
+                warnings.warn(
+                    f"torch.compile failed, training eagerly instead ({compile_fallback})", stacklevel=2
+                )
                 step_fn, compiled = module, False
                 optimizer.zero_grad(set_to_none=True)
                 torch.manual_seed(step_seed(cfg.seed, step, dd.rank))
@@ -335,15 +387,25 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         else:
             step_times.append(dt)
         if not math.isfinite(loss_value) and not scaler.is_enabled():
-            raise FloatingPointError(f"non-finite loss {loss_value} at step {step} "
-                                     f"({ {k: float(v) for k, v in parts.items()} })")
+            raise FloatingPointError(
+                f"non-finite loss {loss_value} at step {step} ({ {k: float(v) for k, v in parts.items()} })"
+            )
         img_s = images_per_step * dd.world / dt
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{img_s:.1f}", refresh=False)
         epoch = step // spe
         if (step + 1) % cfg.log_every == 0 or step == start_step:
-            jlog.write({"type": "train", "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                        "step_s": dt, "images_per_s": img_s, **{k: float(v) for k, v in parts.items()}})
+            jlog.write(
+                {
+                    "type": "train",
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "step_s": dt,
+                    "images_per_s": img_s,
+                    **{k: float(v) for k, v in parts.items()},
+                }
+            )
 
         epoch_end = (step + 1) % spe == 0
         stop = step + 1 == total
@@ -360,11 +422,21 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
                 if improved:
                     best_score = score
                     best_info = {"epoch": epoch, "step": step + 1, "score": score, "val": val}
-                    save_checkpoint(out / "best.pt", model,
-                                    meta={"epoch": epoch, "step": step + 1, "seed": cfg.seed, "metrics": val,
-                                          "score": score, "train_config": cfg.to_dict()})
-                jlog.write({"type": "val", "epoch": epoch, "step": step + 1, "score": score, "best": improved,
-                            **val})
+                    save_checkpoint(
+                        out / "best.pt",
+                        model,
+                        meta={
+                            "epoch": epoch,
+                            "step": step + 1,
+                            "seed": cfg.seed,
+                            "metrics": val,
+                            "score": score,
+                            "train_config": cfg.to_dict(),
+                        },
+                    )
+                jlog.write(
+                    {"type": "val", "epoch": epoch, "step": step + 1, "score": score, "best": improved, **val}
+                )
                 bar.write(f"epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
             save_last(step + 1, epoch if epoch_end else epoch + ((step + 1) % spe) / spe, val)
             dd.barrier()
@@ -397,20 +469,30 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
             "last": {"step": step + 1 if total > start_step else start_step, "val": last_val},
             "test": test_metrics,
             "timing": {
-                "device": str(device), "world_size": dd.world, "precision": cfg.precision,
-                "compiled": compiled, "compile_fallback": compile_fallback,
+                "device": str(device),
+                "world_size": dd.world,
+                "precision": cfg.precision,
+                "compiled": compiled,
+                "compile_fallback": compile_fallback,
                 "first_step_s": first_step_s,
-                "compile_s": (first_step_s - median) if (compiled and first_step_s is not None and step_times)
+                "compile_s": (first_step_s - median)
+                if (compiled and first_step_s is not None and step_times)
                 else None,
                 "median_step_s": median,
                 "steps_per_s": (1.0 / median) if median else None,
                 "images_per_s": (images_per_step * dd.world / median) if median else None,
-                "steps_timed": len(step_times), "eval_s": eval_s, "wall_s": wall,
+                "steps_timed": len(step_times),
+                "eval_s": eval_s,
+                "wall_s": wall,
             },
             "work": work,
             "data": pools.sizes(),
-            "distributed": {"world_size": dd.world, "param_digests": digests, "first_batch_digests": batch_digests,
-                            "in_sync": len(set(digests)) == 1},
+            "distributed": {
+                "world_size": dd.world,
+                "param_digests": digests,
+                "first_batch_digests": batch_digests,
+                "in_sync": len(set(digests)) == 1,
+            },
         }
         (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
         jlog.write({"type": "end", "timing": result["timing"], "best": best_info})
@@ -428,8 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if result:
-        summary = {"best": (result["best"] or {}).get("val"), "test": result["test"],
-                   "timing": result["timing"]}
+        summary = {
+            "best": (result["best"] or {}).get("val"),
+            "test": result["test"],
+            "timing": result["timing"],
+        }
         print(json.dumps(summary, indent=2, default=_jsonable))
     return 0
 

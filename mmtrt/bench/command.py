@@ -27,28 +27,48 @@ CUDA_ONLY = ("cuda-graphs", "eager-fp16", "compiled-fp16", "eager-bf16", "tensor
 DEFAULT_TARGETS = {
     "cpu": "reference,eager,ort-fused,ort-split,ort-encoder,ort-saliency,triton",
     "cuda": "reference,eager,compiled,cuda-graphs,eager-fp16,compiled-fp16,eager-bf16,"
-            "ort-fused,ort-split,ort-encoder,ort-saliency,tensorrt",
+    "ort-fused,ort-split,ort-encoder,ort-saliency,tensorrt",
 }
 
 
 @click.command("bench")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench"), show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where the in-process targets run; on cuda each call is timed with CUDA events.")
-@click.option("--targets", default=None,
-              help=f"Comma-separated, from {', '.join(ANY_DEVICE)}, triton; on cuda also {', '.join(CUDA_ONLY)} "
-                   "(the engines of `mmtrt build-engines`). Default on cpu: reference, eager, the ort targets, "
-                   "triton; on cuda: every in-process target, leaving out with a note tensorrt and onnxruntime "
-                   "where they cannot run. 'compiled' costs minutes of compile on a CPU.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench"), show_default=True
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where the in-process targets run; on cuda each call is timed with CUDA events.",
+)
+@click.option(
+    "--targets",
+    default=None,
+    help=f"Comma-separated, from {', '.join(ANY_DEVICE)}, triton; on cuda also {', '.join(CUDA_ONLY)} "
+    "(the engines of `mmtrt build-engines`). Default on cpu: reference, eager, the ort targets, "
+    "triton; on cuda: every in-process target, leaving out with a note tensorrt and onnxruntime "
+    "where they cannot run. 'compiled' costs minutes of compile on a CPU.",
+)
 @click.option("--batches", default="1,4,8", show_default=True, help="Batch sizes of the in-process sweep.")
-@click.option("--concurrency", default="1,2,4,8", show_default=True, help="Client counts of the Triton sweep.")
+@click.option(
+    "--concurrency", default="1,2,4,8", show_default=True, help="Client counts of the Triton sweep."
+)
 @click.option("--triton-batch", default=8, show_default=True, help="Images per request in the Triton sweep.")
-@click.option("--seconds", default=3.0, show_default=True, help="Timed seconds per measurement (after warm-up).")
-@click.option("--perf-analyzer/--no-perf-analyzer", default=True, show_default=True,
-              help="Also measure with Triton's perf_analyzer where it can run.")
-def bench(checkpoint, export_dir, out, device, targets, batches, concurrency, triton_batch, seconds, perf_analyzer):
+@click.option(
+    "--seconds", default=3.0, show_default=True, help="Timed seconds per measurement (after warm-up)."
+)
+@click.option(
+    "--perf-analyzer/--no-perf-analyzer",
+    default=True,
+    show_default=True,
+    help="Also measure with Triton's perf_analyzer where it can run.",
+)
+def bench(
+    checkpoint, export_dir, out, device, targets, batches, concurrency, triton_batch, seconds, perf_analyzer
+):
     """Throughput and latency of MultiMix from CHECKPOINT and its EXPORT_DIR (from `mmtrt export`):
     PyTorch (reference path, shared-pass eager, compiled; on a GPU also CUDA graphs and fp16/bf16),
     onnxruntime (fused and split graphs), TensorRT engines (GPU) and a Triton server (HTTP and
@@ -59,31 +79,51 @@ def bench(checkpoint, export_dir, out, device, targets, batches, concurrency, tr
         raise click.BadParameter(f"unknown target(s) {sorted(unknown)}", param_hint="--targets")
     gpu_only = [t for t in wanted if t in CUDA_ONLY]
     if device == "cpu" and gpu_only:
-        raise click.BadParameter(f"{', '.join(gpu_only)}: GPU-only target(s), give --device cuda"
-                                 + (" (TensorRT needs a CUDA GPU)" if "tensorrt" in gpu_only else ""),
-                                 param_hint="--targets")
+        raise click.BadParameter(
+            f"{', '.join(gpu_only)}: GPU-only target(s), give --device cuda"
+            + (" (TensorRT needs a CUDA GPU)" if "tensorrt" in gpu_only else ""),
+            param_hint="--targets",
+        )
     batch_sizes, clients = _ints(batches), _ints(concurrency)
 
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter(f"no CUDA GPU is visible to PyTorch {torch.__version__} (torch.cuda.is_available() "
-                                 "is False)", param_hint="--device")
+        raise click.BadParameter(
+            f"no CUDA GPU is visible to PyTorch {torch.__version__} (torch.cuda.is_available() is False)",
+            param_hint="--device",
+        )
     from tqdm import tqdm
 
     from mmtrt.bench import runner
     from mmtrt.export.manifest import ExportError
     from mmtrt.export.tensorrt import EngineBuildError, TensorRTUnavailable
 
-    steps = len([t for t in wanted if t != "triton"]) * len(batch_sizes) + ("triton" in wanted) * 2 * len(clients)
+    steps = len([t for t in wanted if t != "triton"]) * len(batch_sizes) + ("triton" in wanted) * 2 * len(
+        clients
+    )
     try:
         with tqdm(total=steps, desc="bench", unit="measurement") as progress:
-            report = runner.run_bench(checkpoint, export_dir, out, device=device, targets=wanted,
-                                      batch_sizes=batch_sizes, concurrency=clients, triton_batch=triton_batch,
-                                      seconds=seconds, use_perf_analyzer=perf_analyzer,
-                                      tensorrt_required=targets is not None, progress=progress,
-                                      command="mmtrt bench " + " ".join(sys.argv[2:]))
-    except (TensorRTUnavailable, EngineBuildError, ExportError) as exc:  # only for a tensorrt target asked for
+            report = runner.run_bench(
+                checkpoint,
+                export_dir,
+                out,
+                device=device,
+                targets=wanted,
+                batch_sizes=batch_sizes,
+                concurrency=clients,
+                triton_batch=triton_batch,
+                seconds=seconds,
+                use_perf_analyzer=perf_analyzer,
+                tensorrt_required=targets is not None,
+                progress=progress,
+                command="mmtrt bench " + " ".join(sys.argv[2:]),
+            )
+    except (
+        TensorRTUnavailable,
+        EngineBuildError,
+        ExportError,
+    ) as exc:  # only for a tensorrt target asked for
         raise click.ClickException(f"cannot run the tensorrt target: {exc}") from None
     click.echo((out / "bench.md").read_text())
     missed = [g for g in report["goals"] if g["met"] is False]

@@ -51,24 +51,42 @@ def server_statistics(url: str, model: str) -> dict:
     finally:
         c.close()
     inference = stats["inference_stats"]
-    return {"inference_count": stats.get("inference_count", 0), "execution_count": stats.get("execution_count", 0),
-            **{f"{k}_ns": inference[k]["ns"] for k in ("queue", "compute_input", "compute_infer", "compute_output")},
-            "success_count": inference["success"]["count"]}
+    return {
+        "inference_count": stats.get("inference_count", 0),
+        "execution_count": stats.get("execution_count", 0),
+        **{
+            f"{k}_ns": inference[k]["ns"]
+            for k in ("queue", "compute_input", "compute_infer", "compute_output")
+        },
+        "success_count": inference["success"]["count"],
+    }
 
 
 def server_breakdown(before: dict, after: dict) -> dict:
     """Per-request averages (ms) over a measurement, and the average executed batch size."""
     requests = max(after["success_count"] - before["success_count"], 1)
     executions = max(after["execution_count"] - before["execution_count"], 1)
-    out = {f"server_{k[:-3]}_ms": (after[k] - before[k]) / requests / 1e6
-           for k in ("queue_ns", "compute_input_ns", "compute_infer_ns", "compute_output_ns")}
+    out = {
+        f"server_{k[:-3]}_ms": (after[k] - before[k]) / requests / 1e6
+        for k in ("queue_ns", "compute_input_ns", "compute_infer_ns", "compute_output_ns")
+    }
     out["server_avg_batch"] = (after["inference_count"] - before["inference_count"]) / executions
     return out
 
 
-def run_load(protocol: str, url: str, model: str, pool: np.ndarray, batch: int, concurrency: int,
-             seconds: float, *, stats_url: str | None = None,
-             outputs: tuple[str, ...] = ("probs", "mask", "saliency"), warmup: int = 2) -> Measurement:
+def run_load(
+    protocol: str,
+    url: str,
+    model: str,
+    pool: np.ndarray,
+    batch: int,
+    concurrency: int,
+    seconds: float,
+    *,
+    stats_url: str | None = None,
+    outputs: tuple[str, ...] = ("probs", "mask", "saliency"),
+    warmup: int = 2,
+) -> Measurement:
     """`concurrency` clients sending `batch`-image requests for `seconds`; `stats_url` (the
     server's HTTP endpoint) adds the server-side queue / compute breakdown."""
     latencies: list[float] = []
@@ -127,16 +145,23 @@ def run_load(protocol: str, url: str, model: str, pool: np.ndarray, batch: int, 
     extra = {"concurrency": concurrency, "protocol": protocol, "failures": len(failures)}
     if stats_before is not None:
         extra.update(server_breakdown(stats_before, server_statistics(stats_url, model)))
-    return Measurement(f"triton-{protocol}", batch, len(latencies), images_per_s=len(latencies) * batch / elapsed,
-                       latency_ms=percentiles(latencies), extra=extra)
+    return Measurement(
+        f"triton-{protocol}",
+        batch,
+        len(latencies),
+        images_per_s=len(latencies) * batch / elapsed,
+        latency_ms=percentiles(latencies),
+        extra=extra,
+    )
 
 
 def _take(pool: np.ndarray, i: int, batch: int) -> np.ndarray:
     start = (i * batch) % (len(pool) - batch + 1)
-    return np.ascontiguousarray(pool[start:start + batch])
+    return np.ascontiguousarray(pool[start : start + batch])
 
 
 # --- perf_analyzer ------------------------------------------------------------------------------
+
 
 def perf_analyzer_command() -> tuple[list[str], dict] | None:
     """The perf_analyzer shipped in tritonclient 2.51 (same version as the bundled server) and
@@ -144,14 +169,19 @@ def perf_analyzer_command() -> tuple[list[str], dict] | None:
     nvidia-pytriton ships under hashed names: expose them under their sonames."""
     # tritonclient installs it beside the interpreter, which is not on PATH when a venv's
     # `mmtrt` runs without the venv activated
-    binary = shutil.which("perf_analyzer") or shutil.which("perf_analyzer", path=str(Path(sys.executable).parent))
+    binary = shutil.which("perf_analyzer") or shutil.which(
+        "perf_analyzer", path=str(Path(sys.executable).parent)
+    )
     if binary is None:
         return None
     env = dict(os.environ)
     libs = _pytriton_libs()
     if libs is not None:
         links = Path(tempfile.mkdtemp(prefix="mmtrt-perf-analyzer-libs-"))
-        for pattern, soname in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
+        for pattern, soname in (
+            ("libb64-*.so.0d", "libb64.so.0d"),
+            ("libcudart-*.so.12*", "libcudart.so.12"),
+        ):
             found = sorted(libs.glob(pattern))
             if found:
                 (links / soname).symlink_to(found[0])
@@ -172,32 +202,79 @@ def _pytriton_libs() -> Path | None:
     return libs if libs.is_dir() else None
 
 
-def run_perf_analyzer(grpc_url: str, model: str, pool: np.ndarray, batch: int, concurrency: list[int],
-                      seconds: float, workdir: Path) -> list[Measurement]:
+def run_perf_analyzer(
+    grpc_url: str,
+    model: str,
+    pool: np.ndarray,
+    batch: int,
+    concurrency: list[int],
+    seconds: float,
+    workdir: Path,
+) -> list[Measurement]:
     found = perf_analyzer_command()
     if found is None:
         raise RuntimeError("perf_analyzer cannot run here")
     command, env = found
     data = workdir / "perf_analyzer_input.json"
     # Real images (not perf_analyzer's random or zero data), one entry per stream step.
-    data.write_text(json.dumps({"data": [{"image": {"content": pool[i].ravel().tolist(), "shape": list(pool[i].shape)}}
-                                         for i in range(min(len(pool), 4))]}))
+    data.write_text(
+        json.dumps(
+            {
+                "data": [
+                    {"image": {"content": pool[i].ravel().tolist(), "shape": list(pool[i].shape)}}
+                    for i in range(min(len(pool), 4))
+                ]
+            }
+        )
+    )
     rows = []
     for clients in concurrency:  # one run per value: its concurrency range is linear, the sweep need not be
         csv_path = workdir / f"perf_analyzer_b{batch}_c{clients}.csv"
         # (stable = three windows within 50% of each other: 2 shared cores rarely give the default 10%)
-        args = command + ["-m", model, "-u", grpc_url, "-i", "grpc", "-b", str(batch),
-                          "--concurrency-range", f"{clients}:{clients}",
-                          "--input-data", str(data), "--measurement-interval", str(int(seconds * 1000)),
-                          "--stability-percentage", "50", "--max-trials", "4", "--percentile", "99", "-f", str(csv_path)]
+        args = command + [
+            "-m",
+            model,
+            "-u",
+            grpc_url,
+            "-i",
+            "grpc",
+            "-b",
+            str(batch),
+            "--concurrency-range",
+            f"{clients}:{clients}",
+            "--input-data",
+            str(data),
+            "--measurement-interval",
+            str(int(seconds * 1000)),
+            "--stability-percentage",
+            "50",
+            "--max-trials",
+            "4",
+            "--percentile",
+            "99",
+            "-f",
+            str(csv_path),
+        ]
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=max(120, 20 * seconds))
         if done.returncode != 0:
-            raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stderr.strip()[-500:] or done.stdout[-500:]}")
+            raise RuntimeError(
+                f"perf_analyzer failed ({done.returncode}): {done.stderr.strip()[-500:] or done.stdout[-500:]}"
+            )
         with open(csv_path) as fh:
             for row in csv.DictReader(fh):
                 lat = {f"p{q}": float(row[f"p{q} latency"]) / 1e3 for q in (50, 90, 95, 99)}
-                rows.append(Measurement("perf_analyzer-grpc", batch, 0, images_per_s=float(row["Inferences/Second"]),
-                                        latency_ms=lat, extra={"concurrency": int(row["Concurrency"]),
-                                                               "server_queue_ms": float(row["Server Queue"]) / 1e3,
-                                                               "server_compute_infer_ms": float(row["Server Compute Infer"]) / 1e3}))
+                rows.append(
+                    Measurement(
+                        "perf_analyzer-grpc",
+                        batch,
+                        0,
+                        images_per_s=float(row["Inferences/Second"]),
+                        latency_ms=lat,
+                        extra={
+                            "concurrency": int(row["Concurrency"]),
+                            "server_queue_ms": float(row["Server Queue"]) / 1e3,
+                            "server_compute_infer_ms": float(row["Server Compute Infer"]) / 1e3,
+                        },
+                    )
+                )
     return rows

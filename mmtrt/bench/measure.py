@@ -70,9 +70,17 @@ def peak_rss_mb() -> float | None:
     return _proc_status_mb("VmHWM")
 
 
-def measure(target: str, run: Callable[[torch.Tensor], object], batches: Sequence[torch.Tensor], *,
-            warmup: int = 3, min_calls: int = 10, min_seconds: float = 2.0, max_seconds: float = 60.0,
-            progress=None) -> Measurement:
+def measure(
+    target: str,
+    run: Callable[[torch.Tensor], object],
+    batches: Sequence[torch.Tensor],
+    *,
+    warmup: int = 3,
+    min_calls: int = 10,
+    min_seconds: float = 2.0,
+    max_seconds: float = 60.0,
+    progress=None,
+) -> Measurement:
     device = batches[0].device
     cuda = device.type == "cuda"
     for i in range(warmup):
@@ -104,6 +112,11 @@ def measure(target: str, run: Callable[[torch.Tensor], object], batches: Sequenc
             break
     batch_size = batches[0].shape[0]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() if cpu_peak else None
-    return Measurement(target, batch_size, len(latencies),
-                       images_per_s=batch_size * 1e3 / float(np.median(latencies)),
-                       latency_ms=percentiles(latencies), peak_memory_mb=peak)
+    return Measurement(
+        target,
+        batch_size,
+        len(latencies),
+        images_per_s=batch_size * 1e3 / float(np.median(latencies)),
+        latency_ms=percentiles(latencies),
+        peak_memory_mb=peak,
+    )

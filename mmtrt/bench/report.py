@@ -45,11 +45,17 @@ def ratio_table(measurements: list[Measurement], baseline: str) -> list[dict]:
     base = {m.batch: m.images_per_s for m in measurements if m.target == baseline}
     rows = []
     for m in measurements:
-        rows.append({"target": m.target, "batch": m.batch, "images_per_s": m.images_per_s,
-                     **{f"{k}_ms": v for k, v in m.latency_ms.items()},
-                     "peak_memory_mb": m.peak_memory_mb,
-                     f"x_{baseline}": m.images_per_s / base[m.batch] if m.batch in base else None,
-                     **m.extra})
+        rows.append(
+            {
+                "target": m.target,
+                "batch": m.batch,
+                "images_per_s": m.images_per_s,
+                **{f"{k}_ms": v for k, v in m.latency_ms.items()},
+                "peak_memory_mb": m.peak_memory_mb,
+                f"x_{baseline}": m.images_per_s / base[m.batch] if m.batch in base else None,
+                **m.extra,
+            }
+        )
     return rows
 
 
@@ -92,15 +98,33 @@ def plot_throughput(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(stem: Path, *, title: str, command: str, env: dict, sections: dict[str, list[dict]],
-                 notes: list[str] = (), plot_rows: list[dict] | None = None) -> None:
+def write_report(
+    stem: Path,
+    *,
+    title: str,
+    command: str,
+    env: dict,
+    sections: dict[str, list[dict]],
+    notes: list[str] = (),
+    plot_rows: list[dict] | None = None,
+) -> None:
     """stem.json, stem.md and (with plot_rows) stem.png."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"title": title, "command": command, "environment": env, "notes": list(notes), **sections}, indent=2))
-    md = [f"# {title}", "", f"Command: `{command}`", "",
-          "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None), ""]
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {"title": title, "command": command, "environment": env, "notes": list(notes), **sections},
+            indent=2,
+        )
+    )
+    md = [
+        f"# {title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None),
+        "",
+    ]
     md += [f"- {note}" for note in notes]
     for name, rows in sections.items():
         if rows:

@@ -14,20 +14,26 @@ from mmtrt.bench.measure import Measurement, measure
 from mmtrt.bench.report import environment, ratio_table, write_report
 
 POOL_SIZE = 32  # distinct synthetic X-rays rotated across calls (more when a batch is larger)
-ORT_GRAPHS = {"ort-fused": ("multimix",), "ort-split": ("saliency", "decoder"),
-              "ort-encoder": ("encoder",), "ort-saliency": ("saliency",)}
+ORT_GRAPHS = {
+    "ort-fused": ("multimix",),
+    "ort-split": ("saliency", "decoder"),
+    "ort-encoder": ("encoder",),
+    "ort-saliency": ("saliency",),
+}
 
 
 def xray_pool(n: int = POOL_SIZE, seed: int = 0) -> np.ndarray:
     from mmtrt.data import synth_xray
 
-    return np.stack([synth_xray(seed + i, label=i % 2)[0] for i in range(n)]).astype(np.float32)[:, None] / 255.0
+    return (
+        np.stack([synth_xray(seed + i, label=i % 2)[0] for i in range(n)]).astype(np.float32)[:, None] / 255.0
+    )
 
 
 def rotating_batches(pool, batch: int, count: int = 4) -> list:
     """`count` different batches of `batch` images from `pool` (a tensor or array), so that no
     measured call sees the buffer of the call before it."""
-    return [pool[(i * batch) % (len(pool) - batch + 1):][:batch] for i in range(count)]
+    return [pool[(i * batch) % (len(pool) - batch + 1) :][:batch] for i in range(count)]
 
 
 def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tuple[dict, list[str]]:
@@ -42,22 +48,39 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return {}, [f"{', '.join(wanted)} not measured: onnxruntime {ort.__version__} here has no "
-                        "CUDAExecutionProvider (the onnxruntime-gpu package has it)"]
+            return {}, [
+                f"{', '.join(wanted)} not measured: onnxruntime {ort.__version__} here has no "
+                "CUDAExecutionProvider (the onnxruntime-gpu package has it)"
+            ]
         # TF32 off, as for the PyTorch targets and the TensorRT engines: float32 means float32
-        providers = [("CUDAExecutionProvider", {"device_id": device.index, "use_tf32": "0"}), "CPUExecutionProvider"]
-    sessions = {graph: ort.InferenceSession(str(export_dir / f"{graph}.onnx"), providers=providers)
-                for graph in sorted({g for name in wanted for g in ORT_GRAPHS[name]})}
-    if device.type == "cuda" and any(s.get_providers()[0] != "CUDAExecutionProvider" for s in sessions.values()):
-        return {}, [f"{', '.join(wanted)} not measured: onnxruntime could not start its CUDAExecutionProvider "
-                    "(its log above says why; usually a CUDA or cuDNN library it needs is missing)"]
+        providers = [
+            ("CUDAExecutionProvider", {"device_id": device.index, "use_tf32": "0"}),
+            "CPUExecutionProvider",
+        ]
+    sessions = {
+        graph: ort.InferenceSession(str(export_dir / f"{graph}.onnx"), providers=providers)
+        for graph in sorted({g for name in wanted for g in ORT_GRAPHS[name]})
+    }
+    if device.type == "cuda" and any(
+        s.get_providers()[0] != "CUDAExecutionProvider" for s in sessions.values()
+    ):
+        return {}, [
+            f"{', '.join(wanted)} not measured: onnxruntime could not start its CUDAExecutionProvider "
+            "(its log above says why; usually a CUDA or cuDNN library it needs is missing)"
+        ]
 
     def run(graph: str, inputs: dict, outputs: list[str] | None = None) -> dict:
         session, binding = sessions[graph], sessions[graph].io_binding()
         for name, value in inputs.items():
             if isinstance(value, torch.Tensor):  # contiguous float32 (slices of the image pool)
-                binding.bind_input(name, value.device.type, value.device.index or 0, np.float32,
-                                   tuple(value.shape), value.data_ptr())
+                binding.bind_input(
+                    name,
+                    value.device.type,
+                    value.device.index or 0,
+                    np.float32,
+                    tuple(value.shape),
+                    value.data_ptr(),
+                )
             else:  # an OrtValue the previous graph left where it ran
                 binding.bind_ortvalue_input(name, value)
         outputs = outputs or [o.name for o in session.get_outputs()]
@@ -72,7 +95,9 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
 
     def split(images):
         first = run("saliency", {"image": images})
-        decoder_inputs = {i.name: images if i.name == "image" else first[i.name] for i in sessions["decoder"].get_inputs()}
+        decoder_inputs = {
+            i.name: images if i.name == "image" else first[i.name] for i in sessions["decoder"].get_inputs()
+        }
         return first["probs"], run("decoder", decoder_inputs, ["mask"])["mask"], first["saliency"]
 
     makers = {
@@ -84,9 +109,22 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
     return {name: makers[name] for name in wanted}, []
 
 
-def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, device: str, targets: list[str],
-              batch_sizes: list[int], concurrency: list[int], triton_batch: int, seconds: float,
-              use_perf_analyzer: bool, tensorrt_required: bool, progress, command: str) -> dict:
+def run_bench(
+    checkpoint: Path,
+    export_dir: Path,
+    out: Path,
+    *,
+    device: str,
+    targets: list[str],
+    batch_sizes: list[int],
+    concurrency: list[int],
+    triton_batch: int,
+    seconds: float,
+    use_perf_analyzer: bool,
+    tensorrt_required: bool,
+    progress,
+    command: str,
+) -> dict:
     """Measure `targets` on `device`. A tensorrt target that cannot run (no TensorRT, no engines)
     raises when `tensorrt_required`, else it is left out with a note in the report, as are
     onnxruntime targets on a GPU that onnxruntime cannot use."""
@@ -103,8 +141,10 @@ def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, device: str, tar
         device = torch.device("cuda", torch.cuda.current_device())
         # float32 means float32, as in the TensorRT engines (built without TF32)
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        notes.append(f"Device {torch.cuda.get_device_name(device)}: the images are copied to the GPU once, "
-                     "each call is timed with CUDA events; TF32 off.")
+        notes.append(
+            f"Device {torch.cuda.get_device_name(device)}: the images are copied to the GPU once, "
+            "each call is timed with CUDA events; TF32 off."
+        )
     model, _ = load_checkpoint(checkpoint)
     in_process, largest_batch = {}, {}
     torch_names = [t for t in targets if t not in ORT_GRAPHS and t not in ("tensorrt", "triton")]
@@ -115,15 +155,19 @@ def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, device: str, tar
     notes += ort_notes
     if "tensorrt" in targets:
         try:
-            in_process["tensorrt"], largest_batch["tensorrt"] = engine_pipeline(require_tensorrt(), export_dir)
+            in_process["tensorrt"], largest_batch["tensorrt"] = engine_pipeline(
+                require_tensorrt(), export_dir
+            )
         except (TensorRTUnavailable, EngineBuildError, ExportError) as exc:
             if tensorrt_required:
                 raise
             notes.append(f"tensorrt not measured: {exc}")
     for name, largest in largest_batch.items():
         if max(batch_sizes) > largest:
-            notes.append(f"{name}: batches above {largest} not measured (the engines' optimization profile "
-                         f"ends there; export with --max-batch {max(batch_sizes)} to measure them)")
+            notes.append(
+                f"{name}: batches above {largest} not measured (the engines' optimization profile "
+                f"ends there; export with --max-batch {max(batch_sizes)} to measure them)"
+            )
 
     pool = torch.from_numpy(xray_pool(max(POOL_SIZE, *batch_sizes))).to(device)
     if cuda:  # onnxruntime reads the images on a stream of its own
@@ -138,33 +182,65 @@ def run_bench(checkpoint: Path, export_dir: Path, out: Path, *, device: str, tar
         for name in [t for t in targets if t in in_process]:
             progress.set_postfix_str(f"{name} b{batch}")
             if batch <= largest_batch.get(name, batch):
-                measurements.append(measure(name, in_process[name], batches, warmup=warmup, min_calls=min_calls,
-                                            min_seconds=seconds))
+                measurements.append(
+                    measure(
+                        name,
+                        in_process[name],
+                        batches,
+                        warmup=warmup,
+                        min_calls=min_calls,
+                        min_seconds=seconds,
+                    )
+                )
             progress.update(1)
         # written after every batch size, so a run cut short still leaves its figures
         report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
 
     if "triton" in targets:
-        triton_rows, triton_notes = _triton_sweep(export_dir, pool.cpu().numpy(), triton_batch, concurrency, seconds,
-                                                  use_perf_analyzer, progress)
+        triton_rows, triton_notes = _triton_sweep(
+            export_dir, pool.cpu().numpy(), triton_batch, concurrency, seconds, use_perf_analyzer, progress
+        )
         notes += triton_notes
         report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
     return report
 
 
-def _write_report(out: Path, command: str, notes: list[str], measurements: list[Measurement],
-                  triton_rows: list[Measurement], triton_batch: int) -> dict:
+def _write_report(
+    out: Path,
+    command: str,
+    notes: list[str],
+    measurements: list[Measurement],
+    triton_rows: list[Measurement],
+    triton_batch: int,
+) -> dict:
     rows = ratio_table(measurements, baseline="reference")
     reference_at = {m.batch: m.images_per_s for m in measurements if m.target == "reference"}
-    triton_table = [{"target": m.target, "batch": m.batch, "concurrency": m.extra.get("concurrency"),
-                     "images_per_s": m.images_per_s, **{f"{k}_ms": v for k, v in m.latency_ms.items()},
-                     "x_reference": m.images_per_s / reference_at[m.batch] if m.batch in reference_at else None,
-                     **{k: v for k, v in m.extra.items() if k != "concurrency"}} for m in triton_rows]
+    triton_table = [
+        {
+            "target": m.target,
+            "batch": m.batch,
+            "concurrency": m.extra.get("concurrency"),
+            "images_per_s": m.images_per_s,
+            **{f"{k}_ms": v for k, v in m.latency_ms.items()},
+            "x_reference": m.images_per_s / reference_at[m.batch] if m.batch in reference_at else None,
+            **{k: v for k, v in m.extra.items() if k != "concurrency"},
+        }
+        for m in triton_rows
+    ]
     goals = _goals(measurements, triton_rows, triton_batch)
-    notes = notes + ["Every ratio is measured in this run against the reference path (autograd saliency + a second encoder pass, PyTorch eager fp32) at the same batch size.",
-                     "In-process targets run one call at a time; Triton targets run `concurrency` clients at once."]
-    write_report(out / "bench", title="mmtrt bench", command=command, env=environment(),
-                 sections={"goals": goals, "in_process": rows, "triton": triton_table}, notes=notes, plot_rows=rows)
+    notes = notes + [
+        "Every ratio is measured in this run against the reference path (autograd saliency + a second encoder pass, PyTorch eager fp32) at the same batch size.",
+        "In-process targets run one call at a time; Triton targets run `concurrency` clients at once.",
+    ]
+    write_report(
+        out / "bench",
+        title="mmtrt bench",
+        command=command,
+        env=environment(),
+        sections={"goals": goals, "in_process": rows, "triton": triton_table},
+        notes=notes,
+        plot_rows=rows,
+    )
     if triton_table:
         _plot_concurrency(triton_table, out / "bench_concurrency.png")
     if rows or triton_table:
@@ -182,17 +258,31 @@ def _triton_sweep(export_dir, pool, batch, concurrency, seconds, use_perf_analyz
         repo = build_repository(export_dir, Path(tmp) / "repo", flavour="cpu")
         with TritonServer(repo) as server:
             with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as answer:
-                notes.append(f"Triton server {json.load(answer).get('version')} ({server.command[0]}): the cpu "
-                             "repository flavour (python backend + onnxruntime on the CPU), whatever --device says")
+                notes.append(
+                    f"Triton server {json.load(answer).get('version')} ({server.command[0]}): the cpu "
+                    "repository flavour (python backend + onnxruntime on the CPU), whatever --device says"
+                )
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
                 for clients in concurrency:
                     progress.set_postfix_str(f"triton-{protocol} c{clients}")
-                    rows.append(load.run_load(protocol, url, "multimix", pool, batch, clients, seconds,
-                                              stats_url=server.http_url))
+                    rows.append(
+                        load.run_load(
+                            protocol,
+                            url,
+                            "multimix",
+                            pool,
+                            batch,
+                            clients,
+                            seconds,
+                            stats_url=server.http_url,
+                        )
+                    )
                     progress.update(1)
             if use_perf_analyzer:
                 try:
-                    rows += load.run_perf_analyzer(server.grpc_url, "multimix", pool, batch, concurrency, seconds, Path(tmp))
+                    rows += load.run_perf_analyzer(
+                        server.grpc_url, "multimix", pool, batch, concurrency, seconds, Path(tmp)
+                    )
                 except Exception as exc:  # reported, not fatal: the built-in generator measured the same
                     notes.append(f"perf_analyzer not used: {exc}")
     return rows, notes
@@ -214,12 +304,24 @@ def _goals(measurements: list[Measurement], triton_rows: list[Measurement], batc
         met = None if value is None else (value >= target if op == ">=" else value <= target)
         goals.append({"goal": name, "measured": value, "target": f"{op} {target}", "met": met})
 
-    goal(f"Triton joint pipeline vs reference, batch {batch} (best concurrency)",
-         best_served.images_per_s / ips("reference") if best_served and ips("reference") else None, 3.0, ">=")
-    goal(f"onnxruntime saliency graph time / encoder time, batch {batch}",
-         p50("ort-saliency") / p50("ort-encoder") if p50("ort-saliency") and p50("ort-encoder") else None, 2.2, "<=")
-    goal(f"Triton gRPC (concurrency 8) vs in-process onnxruntime fused, batch {batch}",
-         at_8.images_per_s / ips("ort-fused") if at_8 and ips("ort-fused") else None, 0.9, ">=")
+    goal(
+        f"Triton joint pipeline vs reference, batch {batch} (best concurrency)",
+        best_served.images_per_s / ips("reference") if best_served and ips("reference") else None,
+        3.0,
+        ">=",
+    )
+    goal(
+        f"onnxruntime saliency graph time / encoder time, batch {batch}",
+        p50("ort-saliency") / p50("ort-encoder") if p50("ort-saliency") and p50("ort-encoder") else None,
+        2.2,
+        "<=",
+    )
+    goal(
+        f"Triton gRPC (concurrency 8) vs in-process onnxruntime fused, batch {batch}",
+        at_8.images_per_s / ips("ort-fused") if at_8 and ips("ort-fused") else None,
+        0.9,
+        ">=",
+    )
     return goals
 
 
@@ -249,7 +351,10 @@ def _plot_latency(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['target']} b{r['batch']}" + (f" c{r['concurrency']}" if r.get("concurrency") else "") for r in rows]
+    labels = [
+        f"{r['target']} b{r['batch']}" + (f" c{r['concurrency']}" if r.get("concurrency") else "")
+        for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.5))
     y = np.arange(len(rows))
     for offset, q in zip((-0.3, -0.1, 0.1, 0.3), ("p50", "p90", "p95", "p99")):

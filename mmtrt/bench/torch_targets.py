@@ -30,7 +30,9 @@ def joint(model: MultiMix, images: torch.Tensor) -> JointOutputs:
     return out["logits"].softmax(dim=1), out["mask"].sigmoid(), out["saliency"]
 
 
-def torch_targets(model: MultiMix, device: torch.device, names: list[str] | None = None) -> dict[str, Callable]:
+def torch_targets(
+    model: MultiMix, device: torch.device, names: list[str] | None = None
+) -> dict[str, Callable]:
     """name -> callable(images) -> JointOutputs. Reduced precision autocasts the convolutions;
     instance-norm statistics stay float32 inside the model whatever the autocast says."""
     model = model.to(device).eval()
@@ -44,6 +46,7 @@ def torch_targets(model: MultiMix, device: torch.device, names: list[str] | None
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
                 probs, mask, saliency = joint(model, images)
             return probs.float(), mask.float(), saliency.float()
+
         return run
 
     compiled_forward = torch.compile(lambda images: joint(model, images))
@@ -62,11 +65,14 @@ def torch_targets(model: MultiMix, device: torch.device, names: list[str] | None
         def compiled_fp16(images):
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
                 return tuple(t.float() for t in fp16_compiled(images))
+
         targets["compiled-fp16"] = compiled_fp16
     if names:
         unknown = set(names) - set(targets)
         if unknown:
-            raise ValueError(f"unknown PyTorch target(s) {sorted(unknown)} on {device.type}; known: {sorted(targets)}")
+            raise ValueError(
+                f"unknown PyTorch target(s) {sorted(unknown)} on {device.type}; known: {sorted(targets)}"
+            )
         targets = {name: targets[name] for name in names}
     return targets
 

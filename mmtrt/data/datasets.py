@@ -234,7 +234,10 @@ class _BadFilePolicy:
             path, problem = self.skipped[0]
             log.warning(
                 "%s: skipped %d bad file(s) (see .skipped); first: %s: %s",
-                where, len(self.skipped), path, problem,
+                where,
+                len(self.skipped),
+                path,
+                problem,
             )
 
 
@@ -253,7 +256,11 @@ class ClassificationFolder(Dataset):
     """
 
     def __init__(
-        self, root: PathLike, split: str | None = None, *, on_bad: str = "error",
+        self,
+        root: PathLike,
+        split: str | None = None,
+        *,
+        on_bad: str = "error",
         size: int = IMAGE_SIZE,
     ):
         policy = _BadFilePolicy(on_bad)
@@ -307,7 +314,11 @@ class SegmentationPairs(Dataset):
     """
 
     def __init__(
-        self, root: PathLike, split: str | None = None, *, on_bad: str = "error",
+        self,
+        root: PathLike,
+        split: str | None = None,
+        *,
+        on_bad: str = "error",
         size: int = IMAGE_SIZE,
     ):
         policy = _BadFilePolicy(on_bad)

@@ -233,8 +233,10 @@ def synth_xray_with_meta(
     if rows.size == 0:  # cannot happen with the ranges above; keep the code total anyway
         rows = cols = np.array([0, S - 1])
     room = {  # free pixels between each image edge and the lungs, minus a safety margin
-        "top": rows[0] - 2, "bottom": S - 1 - rows[-1] - 2,
-        "left": cols[0] - 2, "right": S - 1 - cols[-1] - 2,
+        "top": rows[0] - 2,
+        "bottom": S - 1 - rows[-1] - 2,
+        "left": cols[0] - 2,
+        "right": S - 1 - cols[-1] - 2,
     }
     borders = []
     for side in ("top", "bottom", "left", "right"):  # each side: a 40 % chance of a margin
@@ -383,12 +385,16 @@ def write_synthetic_datasets(
     seg_n = _per_split(n_seg, "n_seg")
     total = sum(cls_n.values()) + 2 * sum(seg_n.values())
     summary: dict = {
-        "root": str(root), "seed": int(seed), "difficulty": float(difficulty), "size": int(size),
-        "cls": {}, "seg": {}, "files": 0,
+        "root": str(root),
+        "seed": int(seed),
+        "difficulty": float(difficulty),
+        "size": int(size),
+        "cls": {},
+        "seg": {},
+        "files": 0,
     }
     # tqdm(disable=None) turns itself off when stderr is not a TTY (logs, CI).
-    with tqdm(total=total, desc="synthetic data", unit="png",
-              disable=None if total > 300 else True) as bar:
+    with tqdm(total=total, desc="synthetic data", unit="png", disable=None if total > 300 else True) as bar:
         for split in SPLITS:
             folders = {c: root / "cls" / split / c for c in CLASSES}
             keep: dict[str, set[str]] = {c: set() for c in CLASSES}

@@ -43,9 +43,18 @@ from mmtrt.files import move_folder_into_place
 DEFAULT_MAX_BATCH = 8
 
 
-def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_batch: int = DEFAULT_MAX_BATCH,
-                 opset: int | None = None, overwrite: bool = False, engines: bool = True,
-                 echo=click.echo, progress=None) -> dict:
+def export_model(
+    checkpoint: Path,
+    out: Path,
+    *,
+    precision: str = "fp32",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    opset: int | None = None,
+    overwrite: bool = False,
+    engines: bool = True,
+    echo=click.echo,
+    progress=None,
+) -> dict:
     """Export, validate and (where possible) build engines; returns the manifest.
     Raises ExportError / CheckpointError with a message for the user."""
     import onnx
@@ -62,9 +71,11 @@ def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_ba
         raise ExportError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     opset = MIN_OPSET[precision] if opset is None else int(opset)
     if not MIN_OPSET[precision] <= opset <= onnx.defs.onnx_opset_version():
-        raise ExportError(f"opset {opset} is not supported for {precision}: use {MIN_OPSET[precision]}.."
-                          f"{onnx.defs.onnx_opset_version()}" + (" (ONNX Conv has no bfloat16 before opset 22)"
-                                                                 if precision == "bf16" else ""))
+        raise ExportError(
+            f"opset {opset} is not supported for {precision}: use {MIN_OPSET[precision]}.."
+            f"{onnx.defs.onnx_opset_version()}"
+            + (" (ONNX Conv has no bfloat16 before opset 22)" if precision == "bf16" else "")
+        )
     if not 1 <= max_batch:
         raise ExportError(f"--max-batch must be at least 1, got {max_batch}")
     if out.exists() and not out.is_dir():
@@ -84,8 +95,11 @@ def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_ba
         protos, files, runners, graphs = {}, {}, {}, {}
         for i, (name, spec) in enumerate(GRAPHS.items(), 1):
             t0 = time.perf_counter()
-            echo(f"[{i}/{len(GRAPHS)}] exporting the {name} graph ({', '.join(spec.inputs)} -> "
-                 f"{', '.join(spec.outputs)})", nl=False)
+            echo(
+                f"[{i}/{len(GRAPHS)}] exporting the {name} graph ({', '.join(spec.inputs)} -> "
+                f"{', '.join(spec.outputs)})",
+                nl=False,
+            )
             path = staging / f"{name}.onnx"
             try:
                 protos[name] = export_onnx(spec, model, path, opset=opset, max_batch=max_batch)
@@ -102,19 +116,28 @@ def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_ba
                 mixed = mixed_precision(protos[name], precision)
                 onnx.checker.check_model(mixed, full_check=True)
                 onnx.save(mixed, str(mixed_path))
-                files[mixed_path.name] = {"graph": name, "precision": precision, "kind": "onnx",
-                                          "reduced_convolutions": len(reduced)}
+                files[mixed_path.name] = {
+                    "graph": name,
+                    "precision": precision,
+                    "kind": "onnx",
+                    "reduced_convolutions": len(reduced),
+                }
                 graphs[name]["reduced_precision_file"] = mixed_path.name
                 # onnxruntime's CPU provider has fp16 convolutions but no bf16 ones: a bf16 graph is
                 # measured through its emulation (same rounding, float32 arithmetic).
-                source = (mixed_path if precision == "fp16"
-                          else mixed_precision(protos[name], precision, emulate=True).SerializeToString())
+                source = (
+                    mixed_path
+                    if precision == "fp16"
+                    else mixed_precision(protos[name], precision, emulate=True).SerializeToString()
+                )
                 runners[(f"{name}.{precision}", name, precision)] = onnxruntime_runner(source)
             echo(f"  {time.perf_counter() - t0:.1f} s")
 
         t0 = time.perf_counter()
-        echo(f"validating {len(runners)} graphs in onnxruntime against PyTorch (batch sizes "
-             f"{', '.join(map(str, _batch_sizes(max_batch)))}; random, flat-border and synthetic X-ray images)")
+        echo(
+            f"validating {len(runners)} graphs in onnxruntime against PyTorch (batch sizes "
+            f"{', '.join(map(str, _batch_sizes(max_batch)))}; random, flat-border and synthetic X-ray images)"
+        )
         parity = validate(runners, model, max_batch, progress=progress or _progress)
         parity = {"checkpoint_sha256": checkpoint_sha, "created": now(), **parity}
         write_json(staging / PARITY, parity)
@@ -122,15 +145,20 @@ def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_ba
         echo(f"validation: {time.perf_counter() - t0:.1f} s")
         if not parity["passed"]:
             failed = _keep_failed(staging, out)
-            raise ExportError("parity check failed:\n  " + "\n  ".join(parity["failures"]) +
-                              f"\nThe graphs and {PARITY} are kept in {failed} for inspection "
-                              f"(no {MANIFEST}: not a usable export).")
+            raise ExportError(
+                "parity check failed:\n  "
+                + "\n  ".join(parity["failures"])
+                + f"\nThe graphs and {PARITY} are kept in {failed} for inspection "
+                f"(no {MANIFEST}: not a usable export)."
+            )
         echo(f"parity: all {len(parity['rows'])} checks within tolerance")
 
         files[PARITY] = {"kind": "parity", "passed": True}
         engine_status = _engine_status(engines, out)
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "created": now(),
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": now(),
             "checkpoint": {"file": checkpoint.name, "sha256": checkpoint_sha, "meta": _jsonable(meta)},
             "model": dict(model.config),
             "precision": precision,
@@ -139,8 +167,13 @@ def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_ba
             "max_batch": max_batch,
             "graphs": graphs,
             "files": {name: file_entry(staging / name, **info) for name, info in sorted(files.items())},
-            "parity": {"file": PARITY, "passed": True, "batch_sizes": parity["batch_sizes"],
-                       "tolerances": parity["tolerances"], "rows": parity["rows"]},
+            "parity": {
+                "file": PARITY,
+                "passed": True,
+                "batch_sizes": parity["batch_sizes"],
+                "tolerances": parity["tolerances"],
+                "rows": parity["rows"],
+            },
             "engines": engine_status,
             "versions": versions(),
         }
@@ -149,7 +182,9 @@ def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_ba
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    echo(f"wrote {out} ({len(manifest['files'])} files + {MANIFEST}) in {time.perf_counter() - started:.0f} s")
+    echo(
+        f"wrote {out} ({len(manifest['files'])} files + {MANIFEST}) in {time.perf_counter() - started:.0f} s"
+    )
 
     if engine_status.get("state") == "not built":
         echo(_not_built_notice(engine_status))
@@ -158,10 +193,14 @@ def export_model(checkpoint: Path, out: Path, *, precision: str = "fp32", max_ba
         try:
             return build_engines(out, echo=echo, progress=progress)
         except ExportError as exc:
-            raise ExportError(f"{exc}\nThe validated ONNX export in {out} is complete; rerun the engine step "
-                              f"with: {engine_status['command']}") from exc
-    echo("TensorRT engines not built (--no-engines); build them on the serving host with:\n"
-         f"    {engine_status['command']}")
+            raise ExportError(
+                f"{exc}\nThe validated ONNX export in {out} is complete; rerun the engine step "
+                f"with: {engine_status['command']}"
+            ) from exc
+    echo(
+        "TensorRT engines not built (--no-engines); build them on the serving host with:\n"
+        f"    {engine_status['command']}"
+    )
     return manifest
 
 
@@ -187,44 +226,77 @@ def build_engines(folder: Path, *, echo=click.echo, progress=None) -> dict:
 
     capability = torch.cuda.get_device_capability()
     specs = engine_specs(manifest, major_version(trt), capability)
-    echo(f"building {len(specs)} TensorRT {trt.__version__} engines for {torch.cuda.get_device_name()} "
-         f"(sm{capability[0]}{capability[1]}), batch profile 1 / {manifest['max_batch']} / {manifest['max_batch']}")
+    echo(
+        f"building {len(specs)} TensorRT {trt.__version__} engines for {torch.cuda.get_device_name()} "
+        f"(sm{capability[0]}{capability[1]}), batch profile 1 / {manifest['max_batch']} / {manifest['max_batch']}"
+    )
     plans, runners = {}, {}
     cache = folder / TIMING_CACHE
     for spec in specs:
         t0 = time.perf_counter()
-        reduced = frozenset(reduced_convolutions(onnx.load(str(folder / spec.onnx)))) if spec.builder_flag else frozenset()
-        mode = "strongly typed" if spec.strongly_typed else (f"builder flag {spec.builder_flag}" if spec.builder_flag else "fp32")
+        reduced = (
+            frozenset(reduced_convolutions(onnx.load(str(folder / spec.onnx))))
+            if spec.builder_flag
+            else frozenset()
+        )
+        mode = (
+            "strongly typed"
+            if spec.strongly_typed
+            else (f"builder flag {spec.builder_flag}" if spec.builder_flag else "fp32")
+        )
         echo(f"  {spec.plan} from {spec.onnx} ({mode})", nl=False)
         try:
-            plans[spec.plan] = build_engine(trt, spec, folder / spec.onnx, max_batch=manifest["max_batch"],
-                                            timing_cache=cache, reduced_layers=reduced)
+            plans[spec.plan] = build_engine(
+                trt,
+                spec,
+                folder / spec.onnx,
+                max_batch=manifest["max_batch"],
+                timing_cache=cache,
+                reduced_layers=reduced,
+            )
         except EngineBuildError as exc:
             raise ExportError(f"building the {spec.graph} engine failed: {exc}") from exc
         precision = spec.precision if manifest["graphs"][spec.graph].get("reduced_precision_file") else "fp32"
         runners[(f"{spec.graph}.plan", spec.graph, precision)] = EngineRunner(trt, plans[spec.plan])
         echo(f"  {time.perf_counter() - t0:.1f} s")
 
-    references = {graph: onnxruntime_runner(folder / info["file"]) for graph, info in manifest["graphs"].items()}
+    references = {
+        graph: onnxruntime_runner(folder / info["file"]) for graph, info in manifest["graphs"].items()
+    }
     parity = json.loads((folder / PARITY).read_text())
-    report = validate_against(runners, references, parity, manifest["model"]["in_channels"], progress=progress or _progress)
+    report = validate_against(
+        runners, references, parity, manifest["model"]["in_channels"], progress=progress or _progress
+    )
     echo(format_table(report["rows"]))
     write_json(folder / ENGINE_PARITY, {"created": now(), **report})
     if not report["passed"]:
-        raise ExportError("TensorRT engines differ from onnxruntime beyond tolerance (engines not written):\n  "
-                          + "\n  ".join(report["failures"]) + f"\nDetails: {folder / ENGINE_PARITY}")
+        raise ExportError(
+            "TensorRT engines differ from onnxruntime beyond tolerance (engines not written):\n  "
+            + "\n  ".join(report["failures"])
+            + f"\nDetails: {folder / ENGINE_PARITY}"
+        )
     for name, data in plans.items():
         write_file(folder / name, data)
         manifest["files"][name] = file_entry(folder / name, kind="tensorrt", graph=name.split(".")[0])
     for name, kind in ((TIMING_CACHE, "timing cache"), (ENGINE_PARITY, "parity")):
         manifest["files"][name] = file_entry(folder / name, kind=kind)
     manifest["engines"] = {
-        "state": "built", "tensorrt": str(trt.__version__), "gpu": torch.cuda.get_device_name(),
+        "state": "built",
+        "tensorrt": str(trt.__version__),
+        "gpu": torch.cuda.get_device_name(),
         "capability": f"sm{capability[0]}{capability[1]}",
         "profile": {"min": 1, "opt": manifest["max_batch"], "max": manifest["max_batch"]},
-        "timing_cache": TIMING_CACHE, "parity": {"file": ENGINE_PARITY, "passed": True},
-        "plans": {s.graph: {"file": s.plan, "onnx": s.onnx, "strongly_typed": s.strongly_typed,
-                            "builder_flag": s.builder_flag} for s in specs},
+        "timing_cache": TIMING_CACHE,
+        "parity": {"file": ENGINE_PARITY, "passed": True},
+        "plans": {
+            s.graph: {
+                "file": s.plan,
+                "onnx": s.onnx,
+                "strongly_typed": s.strongly_typed,
+                "builder_flag": s.builder_flag,
+            }
+            for s in specs
+        },
     }
     manifest["versions"]["tensorrt"] = str(trt.__version__)
     write_json(folder / MANIFEST, manifest)
@@ -234,25 +306,47 @@ def build_engines(folder: Path, *, echo=click.echo, progress=None) -> dict:
 
 # --------------------------------------------------------------------------- click
 
+
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Export folder to create.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="fp32 graphs are always written; fp16/bf16 add mixed-precision copies and engines.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULT_MAX_BATCH, show_default=True,
-              help="Largest batch: validated, and the TensorRT profile's max.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="fp32 graphs are always written; fp16/bf16 add mixed-precision copies and engines.",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BATCH,
+    show_default=True,
+    help="Largest batch: validated, and the TensorRT profile's max.",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 18; 22 for bf16].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-@click.option("--engines/--no-engines", default=True, show_default=True,
-              help="Build TensorRT engines when TensorRT and a CUDA GPU are present.")
+@click.option(
+    "--engines/--no-engines",
+    default=True,
+    show_default=True,
+    help="Build TensorRT engines when TensorRT and a CUDA GPU are present.",
+)
 def export(checkpoint, out, precision, max_batch, opset, overwrite, engines):
     """Export a MultiMix CHECKPOINT to ONNX graphs with a dynamic batch axis, check them against
     PyTorch in onnxruntime, write a manifest, and build TensorRT engines where possible."""
     from mmtrt.checkpoint import CheckpointError
 
     try:
-        export_model(checkpoint, out, precision=precision, max_batch=max_batch, opset=opset,
-                     overwrite=overwrite, engines=engines)
+        export_model(
+            checkpoint,
+            out,
+            precision=precision,
+            max_batch=max_batch,
+            opset=opset,
+            overwrite=overwrite,
+            engines=engines,
+        )
     except (ExportError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -274,12 +368,15 @@ def build_engines_command(folder):
 
 # --------------------------------------------------------------------------- helpers
 
+
 def _staging_folder(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{out.name}.exporting-", dir=out.parent))
     except OSError as exc:
-        raise ExportError(f"cannot write the export folder {out}: {exc.strerror or exc} ({exc.filename or out.parent})") from None
+        raise ExportError(
+            f"cannot write the export folder {out}: {exc.strerror or exc} ({exc.filename or out.parent})"
+        ) from None
 
 
 def _keep_failed(staging: Path, out: Path) -> Path:
@@ -304,10 +401,12 @@ def _engine_status(requested: bool, out: Path) -> dict:
 
 
 def _not_built_notice(status: dict) -> str:
-    return (f"TensorRT engines NOT built ({', '.join(status['not_built'])}): {status['reason']}.\n"
-            "The validated ONNX graphs are written. Build the engines on the serving host "
-            "(TensorRT 10 or 11 and a CUDA GPU) with:\n"
-            f"    {status['command']}")
+    return (
+        f"TensorRT engines NOT built ({', '.join(status['not_built'])}): {status['reason']}.\n"
+        "The validated ONNX graphs are written. Build the engines on the serving host "
+        "(TensorRT 10 or 11 and a CUDA GPU) with:\n"
+        f"    {status['command']}"
+    )
 
 
 def _policy_lines(p: dict) -> list[str]:
@@ -334,7 +433,9 @@ def _progress(items):
     for i, item in enumerate(items, 1):
         t0 = time.perf_counter()
         yield item
-        click.echo(f"  batch {i}/{len(items)} ({getattr(item, 'size', '?')} images): {time.perf_counter() - t0:.1f} s")
+        click.echo(
+            f"  batch {i}/{len(items)} ({getattr(item, 'size', '?')} images): {time.perf_counter() - t0:.1f} s"
+        )
 
 
 def _jsonable(value):

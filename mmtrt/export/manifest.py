@@ -17,7 +17,7 @@ import onnx
 from mmtrt.checkpoint import atomic_write, file_sha256
 
 MANIFEST = "manifest.json"
-PARITY = "parity.json"                # ONNX graphs vs PyTorch
+PARITY = "parity.json"  # ONNX graphs vs PyTorch
 ENGINE_PARITY = "parity.engines.json"  # TensorRT engines vs onnxruntime
 TIMING_CACHE = "timing.cache"
 FORMAT = "mmtrt.export"
@@ -44,18 +44,27 @@ def versions() -> dict:
         tensorrt_version = str(tensorrt.__version__)
     except Exception:  # absent, or a stub without libraries
         tensorrt_version = None
-    return {"python": platform.python_version(), "mmtrt": mmtrt_version, "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "tensorrt": tensorrt_version}
+    return {
+        "python": platform.python_version(),
+        "mmtrt": mmtrt_version,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tensorrt": tensorrt_version,
+    }
 
 
 def tensor_shapes(proto: onnx.ModelProto) -> dict:
     """{"inputs": {name: {"shape": [...], "dtype": ...}}, "outputs": {...}}; the batch axis is "batch"."""
+
     def describe(values):
         out = {}
         for v in values:
             t = v.type.tensor_type
-            out[v.name] = {"shape": [d.dim_param or d.dim_value for d in t.shape.dim],
-                           "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+            out[v.name] = {
+                "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+            }
         return out
 
     return {"inputs": describe(proto.graph.input), "outputs": describe(proto.graph.output)}
@@ -86,7 +95,9 @@ def read_manifest(folder: Path) -> dict:
     if not folder.is_dir():
         raise ExportError(f"{folder}: no such export folder")
     if not path.is_file():
-        raise ExportError(f"{folder} has no {MANIFEST}: not a complete mmtrt export (run `mmtrt export` again)")
+        raise ExportError(
+            f"{folder} has no {MANIFEST}: not a complete mmtrt export (run `mmtrt export` again)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -99,5 +110,7 @@ def read_manifest(folder: Path) -> dict:
         if not (folder / name).is_file():
             raise ExportError(f"{folder / name} is listed in the manifest but missing")
         if file_sha256(folder / name) != entry.get("sha256"):
-            raise ExportError(f"{folder / name} differs from the file the manifest describes (sha256 mismatch)")
+            raise ExportError(
+                f"{folder / name} differs from the file the manifest describes (sha256 mismatch)"
+            )
     return manifest

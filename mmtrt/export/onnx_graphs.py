@@ -18,10 +18,14 @@ DEFAULT_OPSET = 18
 # Ops the graphs are written to avoid: TensorRT cannot run Scatter* with reductions, MaxUnpool or
 # MaxPool's Indices output, and Gather* would mean the class pick or the max-pool backward is
 # index-based. The max-pool backward uses masks, the class pick a one-hot multiply.
-FORBIDDEN_OPS = frozenset({"Scatter", "ScatterND", "ScatterElements", "MaxUnpool", "Gather", "GatherElements", "GatherND"})
+FORBIDDEN_OPS = frozenset(
+    {"Scatter", "ScatterND", "ScatterElements", "MaxUnpool", "Gather", "GatherElements", "GatherND"}
+)
 
 
-def example_inputs(spec: GraphSpec, model: MultiMix, batch: int = 2, size: int = 256) -> tuple[torch.Tensor, ...]:
+def example_inputs(
+    spec: GraphSpec, model: MultiMix, batch: int = 2, size: int = 256
+) -> tuple[torch.Tensor, ...]:
     """Inputs of the right shapes for tracing `spec` (values do not matter for the trace)."""
     image = torch.rand(batch, model.config["in_channels"], size, size)
     if spec.inputs == ("image",):
@@ -32,7 +36,9 @@ def example_inputs(spec: GraphSpec, model: MultiMix, batch: int = 2, size: int =
     return (image, saliency, *tape.skips)
 
 
-def export_onnx(spec: GraphSpec, model: MultiMix, path: Path, *, opset: int = DEFAULT_OPSET, max_batch: int = 64) -> onnx.ModelProto:
+def export_onnx(
+    spec: GraphSpec, model: MultiMix, path: Path, *, opset: int = DEFAULT_OPSET, max_batch: int = 64
+) -> onnx.ModelProto:
     """Export `spec` over `model` (in eval mode) to `path`, check it, and return the loaded model."""
     graph = spec.build(model)
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
@@ -42,9 +48,15 @@ def export_onnx(spec: GraphSpec, model: MultiMix, path: Path, *, opset: int = DE
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            graph, example_inputs(spec, model), dynamo=True, opset_version=opset,
-            input_names=list(spec.inputs), output_names=list(spec.outputs),
-            dynamic_shapes=dynamic_shapes, external_data=False, optimize=True,
+            graph,
+            example_inputs(spec, model),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(spec.inputs),
+            output_names=list(spec.outputs),
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            optimize=True,
         )
     program.save(str(path), external_data=False)
     proto = onnx.load(str(path))
@@ -53,7 +65,9 @@ def export_onnx(spec: GraphSpec, model: MultiMix, path: Path, *, opset: int = DE
     if any(node.op_type == "MaxPool" and len(node.output) > 1 for node in proto.graph.node):
         used.add("MaxPool(Indices)")
     if used:
-        raise RuntimeError(f"the {spec.name} graph uses ops it must not (TensorRT, index-free saliency): {sorted(used)}")
+        raise RuntimeError(
+            f"the {spec.name} graph uses ops it must not (TensorRT, index-free saliency): {sorted(used)}"
+        )
     return proto
 
 

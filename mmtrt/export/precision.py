@@ -54,11 +54,13 @@ def policy(precision: str) -> dict:
     """The precision policy as printed and written to the manifest."""
     if precision == "fp32":
         return {"precision": "fp32", "rule": "everything in float32"}
-    return {"precision": precision,
-            "rule": f"a convolution runs in {precision} when the saliency output does not depend on it; "
-                    "everything else stays float32",
-            "reduced": f"Conv inputs, weights and outputs ({precision}, accumulation as the runtime does it)",
-            "kept_fp32": list(KEPT_FP32)}
+    return {
+        "precision": precision,
+        "rule": f"a convolution runs in {precision} when the saliency output does not depend on it; "
+        "everything else stays float32",
+        "reduced": f"Conv inputs, weights and outputs ({precision}, accumulation as the runtime does it)",
+        "kept_fp32": list(KEPT_FP32),
+    }
 
 
 def mixed_precision(proto: onnx.ModelProto, precision: str, *, emulate: bool = False) -> onnx.ModelProto:
@@ -86,11 +88,21 @@ def mixed_precision(proto: onnx.ModelProto, precision: str, *, emulate: bool = F
             values = _round(numpy_helper.to_array(initializers[name]), precision, emulate)
             graph.initializer.append(numpy_helper.from_array(values, target))
         else:
-            nodes.append(helper.make_node("Cast", [name], [target + ("_rounded" if emulate else "")],
-                                          name=f"{target}__cast", to=low))
+            nodes.append(
+                helper.make_node(
+                    "Cast", [name], [target + ("_rounded" if emulate else "")], name=f"{target}__cast", to=low
+                )
+            )
             if emulate:
-                nodes.append(helper.make_node("Cast", [target + "_rounded"], [target],
-                                              name=f"{target}__cast_back", to=TensorProto.FLOAT))
+                nodes.append(
+                    helper.make_node(
+                        "Cast",
+                        [target + "_rounded"],
+                        [target],
+                        name=f"{target}__cast_back",
+                        to=TensorProto.FLOAT,
+                    )
+                )
         added[name] = target
         return target
 
@@ -103,12 +115,21 @@ def mixed_precision(proto: onnx.ModelProto, precision: str, *, emulate: bool = F
         node.output[0] = f"{out}__{precision}"
         nodes.append(node)
         if emulate:
-            nodes.append(helper.make_node("Cast", [node.output[0]], [f"{out}__{precision}_rounded"],
-                                          name=f"{node.name}__round", to=low))
+            nodes.append(
+                helper.make_node(
+                    "Cast",
+                    [node.output[0]],
+                    [f"{out}__{precision}_rounded"],
+                    name=f"{node.name}__round",
+                    to=low,
+                )
+            )
             source = f"{out}__{precision}_rounded"
         else:
             source = node.output[0]
-        nodes.append(helper.make_node("Cast", [source], [out], name=f"{node.name}__to_float32", to=TensorProto.FLOAT))
+        nodes.append(
+            helper.make_node("Cast", [source], [out], name=f"{node.name}__to_float32", to=TensorProto.FLOAT)
+        )
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input}

@@ -42,15 +42,20 @@ def require_tensorrt():
     except ImportError as exc:
         raise TensorRTUnavailable(
             f"the tensorrt Python module is not installed ({exc}); install TensorRT 10 or 11 for this "
-            "host's CUDA version (NVIDIA's wheels, or use the TensorRT / Triton container)") from None
+            "host's CUDA version (NVIDIA's wheels, or use the TensorRT / Triton container)"
+        ) from None
     if not hasattr(trt, "Builder"):  # e.g. tensorrt-cu12-bindings without its libraries
-        raise TensorRTUnavailable("the tensorrt module has no Builder: the TensorRT libraries are missing "
-                                  f"(found {getattr(trt, '__file__', 'a stub')})")
+        raise TensorRTUnavailable(
+            "the tensorrt module has no Builder: the TensorRT libraries are missing "
+            f"(found {getattr(trt, '__file__', 'a stub')})"
+        )
     import torch
 
     if not torch.cuda.is_available():
-        raise TensorRTUnavailable("no CUDA GPU is visible (torch.cuda.is_available() is False; "
-                                  "engines are run on the GPU through PyTorch's CUDA tensors)")
+        raise TensorRTUnavailable(
+            "no CUDA GPU is visible (torch.cuda.is_available() is False; "
+            "engines are run on the GPU through PyTorch's CUDA tensors)"
+        )
     return trt
 
 
@@ -61,11 +66,11 @@ def major_version(trt) -> int:
 @dataclass(frozen=True)
 class EngineSpec:
     graph: str
-    onnx: str                  # the ONNX file (in the export folder) the engine is built from
-    precision: str             # fp32 / fp16 / bf16: the export's precision
-    strongly_typed: bool       # TensorRT 11 (or a graph built from a typed mixed-precision copy)
-    builder_flag: str | None   # TensorRT 10 reduced precision: "FP16" / "BF16"
-    plan: str                  # file name of the engine
+    onnx: str  # the ONNX file (in the export folder) the engine is built from
+    precision: str  # fp32 / fp16 / bf16: the export's precision
+    strongly_typed: bool  # TensorRT 11 (or a graph built from a typed mixed-precision copy)
+    builder_flag: str | None  # TensorRT 10 reduced precision: "FP16" / "BF16"
+    plan: str  # file name of the engine
 
 
 def engine_specs(manifest: dict, trt_major: int, capability: tuple[int, int]) -> list[EngineSpec]:
@@ -82,13 +87,28 @@ def engine_specs(manifest: dict, trt_major: int, capability: tuple[int, int]) ->
             onnx = reduced_file
         else:
             onnx, flag = info["file"], precision.upper()
-        specs.append(EngineSpec(graph, onnx, precision, strongly_typed, flag,
-                                f"{graph}.{precision}.sm{capability[0]}{capability[1]}.plan"))
+        specs.append(
+            EngineSpec(
+                graph,
+                onnx,
+                precision,
+                strongly_typed,
+                flag,
+                f"{graph}.{precision}.sm{capability[0]}{capability[1]}.plan",
+            )
+        )
     return specs
 
 
-def build_engine(trt, spec: EngineSpec, onnx_path: Path, *, max_batch: int, timing_cache: Path,
-                 reduced_layers: frozenset[str] = frozenset()) -> bytes:
+def build_engine(
+    trt,
+    spec: EngineSpec,
+    onnx_path: Path,
+    *,
+    max_batch: int,
+    timing_cache: Path,
+    reduced_layers: frozenset[str] = frozenset(),
+) -> bytes:
     """Build one serialized engine; the timing cache file is read first and written back after."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -122,7 +142,9 @@ def build_engine(trt, spec: EngineSpec, onnx_path: Path, *, max_batch: int, timi
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path.name} (see its log above)")
+        raise EngineBuildError(
+            f"TensorRT could not build an engine from {onnx_path.name} (see its log above)"
+        )
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
@@ -144,9 +166,11 @@ def keep_float32_except(trt, network, reduced_layers: frozenset[str]) -> int:
             for j in floats:
                 layer.set_output_type(j, trt.float32)
     if reduced_layers and not free:
-        raise EngineBuildError(f"none of the {len(reduced_layers)} convolutions chosen for reduced precision "
-                               "matched a TensorRT layer name; refusing to build a float32 engine under a "
-                               "reduced-precision name")
+        raise EngineBuildError(
+            f"none of the {len(reduced_layers)} convolutions chosen for reduced precision "
+            "matched a TensorRT layer name; refusing to build a float32 engine under a "
+            "reduced-precision name"
+        )
     return free
 
 
@@ -161,14 +185,17 @@ class EngineRunner:
         self.torch = torch
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise EngineBuildError("TensorRT could not load the engine (a plan runs only with the TensorRT "
-                                   "version and on the GPU model that built it)")
+            raise EngineBuildError(
+                "TensorRT could not load the engine (a plan runs only with the TensorRT "
+                "version and on the GPU model that built it)"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
-        self.dtypes = {n: torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(n)))).dtype
-                       for n in names}
+        self.dtypes = {
+            n: torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(n)))).dtype for n in names
+        }
         # TensorRT synchronises more than it needs to on the default stream: the engine gets its own.
         self.stream = torch.cuda.Stream()
         self.buffers: dict[tuple, dict] = {}  # input shapes -> the output tensors for them
@@ -181,15 +208,20 @@ class EngineRunner:
         inputs = {name: tensors[name].to(self.dtypes[name]).contiguous() for name in self.inputs}
         for name, tensor in inputs.items():
             if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                raise EngineBuildError(f"input {name} of shape {tuple(tensor.shape)} is outside the engine's "
-                                       "optimization profile (export with a larger --max-batch)")
+                raise EngineBuildError(
+                    f"input {name} of shape {tuple(tensor.shape)} is outside the engine's "
+                    "optimization profile (export with a larger --max-batch)"
+                )
             self.context.set_tensor_address(name, tensor.data_ptr())
         shapes = tuple(tuple(t.shape) for t in inputs.values())
         if shapes not in self.buffers:
             device = next(iter(inputs.values())).device
-            self.buffers[shapes] = {name: torch.empty(tuple(self.context.get_tensor_shape(name)),
-                                                      dtype=self.dtypes[name], device=device)
-                                    for name in self.outputs}
+            self.buffers[shapes] = {
+                name: torch.empty(
+                    tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=device
+                )
+                for name in self.outputs
+            }
         outputs = self.buffers[shapes]
         for name, tensor in outputs.items():
             self.context.set_tensor_address(name, tensor.data_ptr())
@@ -201,7 +233,10 @@ class EngineRunner:
         return outputs
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tensors = {name: self.torch.from_numpy(np.ascontiguousarray(array)).to("cuda") for name, array in inputs.items()}
+        tensors = {
+            name: self.torch.from_numpy(np.ascontiguousarray(array)).to("cuda")
+            for name, array in inputs.items()
+        }
         # (the copy to the host runs on the caller's stream, which waits for the engine)
         return {name: t.float().cpu().numpy() for name, t in self.run_device(tensors).items()}
 
@@ -218,7 +253,9 @@ def engine_pipeline(trt, folder: Path):
     build = f"build them on this host with: mmtrt build-engines {folder}"
     if engines.get("state") != "built":
         reason = f" ({engines['reason']})" if engines.get("reason") else ""
-        raise TensorRTUnavailable(f"{folder} has no TensorRT engines (state: {engines.get('state', 'none')}{reason}); {build}")
+        raise TensorRTUnavailable(
+            f"{folder} has no TensorRT engines (state: {engines.get('state', 'none')}{reason}); {build}"
+        )
 
     def load(graph: str) -> EngineRunner:
         if graph not in engines["plans"]:
@@ -227,7 +264,9 @@ def engine_pipeline(trt, folder: Path):
         try:
             return EngineRunner(trt, path.read_bytes())
         except EngineBuildError as exc:
-            raise EngineBuildError(f"{path.name}: {exc}; rebuild the engines with: mmtrt build-engines {folder}") from None
+            raise EngineBuildError(
+                f"{path.name}: {exc}; rebuild the engines with: mmtrt build-engines {folder}"
+            ) from None
 
     if "multimix" in engines["plans"]:
         fused = load("multimix")
@@ -243,4 +282,5 @@ def engine_pipeline(trt, folder: Path):
             source = {"image": images, **first}
             mask = decoder.run_device({name: source[name] for name in decoder.inputs})["mask"]
             return first["probs"], mask, first["saliency"]
+
     return run, engines["profile"]["max"]

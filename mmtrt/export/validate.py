@@ -58,14 +58,15 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 # --------------------------------------------------------------------------- tolerances
 
+
 @dataclass(frozen=True)
 class Tolerances:
-    class_rel: float        # logits and probs: relative L2 error
-    skip_rel: float         # skip1..skip5
+    class_rel: float  # logits and probs: relative L2 error
+    skip_rel: float  # skip1..skip5
     mask_logits_rel: float
-    mask_abs: float         # mask probabilities: max abs difference
-    mask_dice: float        # binarised masks
-    saliency_ratio: float   # saliency error vs float64 <= ratio x PyTorch float32's own error
+    mask_abs: float  # mask probabilities: max abs difference
+    mask_dice: float  # binarised masks
+    saliency_ratio: float  # saliency error vs float64 <= ratio x PyTorch float32's own error
     saliency_cosine: float
     class_agreement: float = 1.0
 
@@ -78,12 +79,33 @@ class Tolerances:
 # 9.7e-4, Dice 0.9989; bf16 emulated logits 6.3e-3, skips 5.2e-2, mask 1.1e-2, mask logits
 # 7.5e-3, Dice 0.9917. The limits sit about 2x or more above the worst of those.
 TOLERANCES = {
-    "fp32": Tolerances(class_rel=1e-4, skip_rel=1e-4, mask_logits_rel=1e-4, mask_abs=1e-3, mask_dice=0.999,
-                       saliency_ratio=2.0, saliency_cosine=0.999),
-    "fp16": Tolerances(class_rel=2e-3, skip_rel=2e-2, mask_logits_rel=5e-3, mask_abs=5e-3, mask_dice=0.995,
-                       saliency_ratio=2.0, saliency_cosine=0.999),
-    "bf16": Tolerances(class_rel=2e-2, skip_rel=1e-1, mask_logits_rel=3e-2, mask_abs=3e-2, mask_dice=0.98,
-                       saliency_ratio=2.0, saliency_cosine=0.999),
+    "fp32": Tolerances(
+        class_rel=1e-4,
+        skip_rel=1e-4,
+        mask_logits_rel=1e-4,
+        mask_abs=1e-3,
+        mask_dice=0.999,
+        saliency_ratio=2.0,
+        saliency_cosine=0.999,
+    ),
+    "fp16": Tolerances(
+        class_rel=2e-3,
+        skip_rel=2e-2,
+        mask_logits_rel=5e-3,
+        mask_abs=5e-3,
+        mask_dice=0.995,
+        saliency_ratio=2.0,
+        saliency_cosine=0.999,
+    ),
+    "bf16": Tolerances(
+        class_rel=2e-2,
+        skip_rel=1e-1,
+        mask_logits_rel=3e-2,
+        mask_abs=3e-2,
+        mask_dice=0.98,
+        saliency_ratio=2.0,
+        saliency_cosine=0.999,
+    ),
 }
 # A TensorRT engine is checked against onnxruntime, not float64: two runtimes that each stay
 # within 2x PyTorch's own saliency error of float64 are within 4x of each other.
@@ -92,6 +114,7 @@ ENGINE_SALIENCY_RATIO = 4.0
 
 # --------------------------------------------------------------------------- inputs
 
+
 def make_image(kind: str, seed: int, channels: int = 1, size: int = IMAGE_SIZE) -> torch.Tensor:
     """One float32 [channels, size, size] image in [0, 1] of `kind`, the same for the same seed."""
     gen = torch.Generator().manual_seed(seed)
@@ -99,12 +122,14 @@ def make_image(kind: str, seed: int, channels: int = 1, size: int = IMAGE_SIZE) 
         image = torch.rand(1, size, size, generator=gen)
     elif kind == "flat":  # exactly flat regions: black borders (0), a saturated block (1), plateaus
         image = torch.rand(1, 1, size // 8, size // 8, generator=gen)
-        image = torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)[0]
+        image = torch.nn.functional.interpolate(
+            image, size=(size, size), mode="bilinear", align_corners=False
+        )[0]
         image = torch.round(image * 32) / 32
         border = int(torch.randint(size // 32, size // 6, (1,), generator=gen))
         image[:, :, :border] = 0.0
-        image[:, -border // 2:, :] = 0.0
-        image[:, size // 12:size // 4, -size * 7 // 25:-size // 12] = 1.0
+        image[:, -border // 2 :, :] = 0.0
+        image[:, size // 12 : size // 4, -size * 7 // 25 : -size // 12] = 1.0
     elif kind == "xray":  # synthetic chest X-ray: black collimation borders, burnt-in markers
         from mmtrt.data import synth_xray
 
@@ -143,12 +168,15 @@ def validation_batches(max_batch: int, min_images: int = MIN_IMAGES) -> list[Val
     batches, first = [], 0
     for size in sizes:  # image i is of kind i mod 3, from seed VALIDATION_SEED + i
         kinds = tuple(KINDS[i % len(KINDS)] for i in range(first, first + size))
-        batches.append(ValidationBatch(kinds, tuple(range(VALIDATION_SEED + first, VALIDATION_SEED + first + size))))
+        batches.append(
+            ValidationBatch(kinds, tuple(range(VALIDATION_SEED + first, VALIDATION_SEED + first + size)))
+        )
         first += size
     return batches
 
 
 # --------------------------------------------------------------------------- references
+
 
 @dataclass
 class Reference:
@@ -189,6 +217,7 @@ class ReferenceModel:
 
 # --------------------------------------------------------------------------- metrics
 
+
 @dataclass
 class _Stat:
     """Running pooled figures for one (graph, output, kind)."""
@@ -201,7 +230,7 @@ class _Stat:
     decisive: int = 0
     dice: float = math.inf
     cosine: float = math.inf
-    rel_sum: float = 0.0          # saliency: sum over images of each image's relative error
+    rel_sum: float = 0.0  # saliency: sum over images of each image's relative error
     rel_sum_pytorch: float = 0.0  # the same for PyTorch float32 autograd vs float64
 
     def add_error(self, actual: np.ndarray, expected: np.ndarray) -> None:
@@ -248,9 +277,17 @@ class ParityCheck:
     def _stat(self, label, precision, output, kind) -> _Stat:
         return self.stats.setdefault((label, precision, output, kind), _Stat())
 
-    def add(self, label: str, precision: str, outputs: dict[str, np.ndarray], expected: dict[str, torch.Tensor | np.ndarray],
-            kinds: Iterable[str], *, saliency64: torch.Tensor | None = None,
-            saliency_pytorch: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        label: str,
+        precision: str,
+        outputs: dict[str, np.ndarray],
+        expected: dict[str, torch.Tensor | np.ndarray],
+        kinds: Iterable[str],
+        *,
+        saliency64: torch.Tensor | None = None,
+        saliency_pytorch: torch.Tensor | None = None,
+    ) -> None:
         """Compare one batch. `expected` are the reference tensors by name. With `saliency64`, the
         saliency is judged against float64 relative to `saliency_pytorch`'s error; without it (a
         TensorRT engine against onnxruntime), against `expected["saliency"]`."""
@@ -299,8 +336,15 @@ class ParityCheck:
         for (label, precision, name, kind), s in sorted(self.stats.items(), key=_row_order):
             tol = TOLERANCES[precision]
             rel = math.sqrt(s.sq_err / s.sq_ref) if s.sq_ref else (0.0 if s.sq_err == 0 else math.inf)
-            row = {"graph": label, "precision": precision, "output": name, "kind": kind, "samples": s.samples,
-                   "max_abs": s.max_abs, "rel": rel}
+            row = {
+                "graph": label,
+                "precision": precision,
+                "output": name,
+                "kind": kind,
+                "samples": s.samples,
+                "max_abs": s.max_abs,
+                "rel": rel,
+            }
             family, problems = _kind(name), []
             if family == "class":
                 row["agree"] = s.agree / s.decisive if s.decisive else 1.0
@@ -332,7 +376,9 @@ class ParityCheck:
                 row["pytorch_rel"] = pytorch
                 row["ratio"] = rel / pytorch if pytorch else (0.0 if rel == 0 else math.inf)
                 if kind == ALL and row["ratio"] > limit:
-                    problems.append(f"mean error {rel:.2e} is {row['ratio']:.2f}x {versus} {pytorch:.2e} (limit {limit:g}x)")
+                    problems.append(
+                        f"mean error {rel:.2e} is {row['ratio']:.2f}x {versus} {pytorch:.2e} (limit {limit:g}x)"
+                    )
                 if s.cosine < tol.saliency_cosine:
                     problems.append(f"cosine {s.cosine:.5f} < {tol.saliency_cosine:g}")
             row["ok"] = not problems
@@ -351,8 +397,13 @@ def _row_order(item):
 
 # --------------------------------------------------------------------------- running
 
-def validate(runners: dict[tuple[str, str, str], Runner], model: MultiMix, max_batch: int,
-             progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict:
+
+def validate(
+    runners: dict[tuple[str, str, str], Runner],
+    model: MultiMix,
+    max_batch: int,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+) -> dict:
     """Run every runner on every validation batch against PyTorch and return the parity report.
 
     `runners` maps (label, graph, precision) -> a function from input arrays to output arrays;
@@ -366,20 +417,33 @@ def validate(runners: dict[tuple[str, str, str], Runner], model: MultiMix, max_b
         ref = references(batch.images(channels))
         for (label, graph, precision), run in runners.items():
             outputs = run(ref.inputs(graph))
-            check.add(label, precision, outputs, ref.outputs(graph), batch.kinds,
-                      saliency64=ref.saliency64, saliency_pytorch=ref.tensors["saliency"])
+            check.add(
+                label,
+                precision,
+                outputs,
+                ref.outputs(graph),
+                batch.kinds,
+                saliency64=ref.saliency64,
+                saliency_pytorch=ref.tensors["saliency"],
+            )
     return report(check.rows(), batches)
 
 
-def validate_against(runners: dict[tuple[str, str, str], Runner], reference_runners: dict[str, Runner],
-                     parity: dict, channels: int = 1,
-                     progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict:
+def validate_against(
+    runners: dict[tuple[str, str, str], Runner],
+    reference_runners: dict[str, Runner],
+    parity: dict,
+    channels: int = 1,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+) -> dict:
     """Check runners (TensorRT engines) against reference runners (onnxruntime, by graph) on the
     export's validation inputs, reading PyTorch's saliency errors from the export's parity report."""
     batches = [ValidationBatch(tuple(b["kinds"]), tuple(b["seeds"])) for b in parity["inputs"]]
-    pytorch_error = {(r["output"], r["kind"]): r["pytorch_rel"]
-                     for r in parity["rows"] if r["output"] == "saliency" and r["precision"] == "fp32"
-                     and r["graph"] == "saliency"}
+    pytorch_error = {
+        (r["output"], r["kind"]): r["pytorch_rel"]
+        for r in parity["rows"]
+        if r["output"] == "saliency" and r["precision"] == "fp32" and r["graph"] == "saliency"
+    }
     check = ParityCheck()
     for batch in progress(batches):
         images = batch.images(channels).numpy()
@@ -404,8 +468,11 @@ def _graph_inputs(graph: str, images: np.ndarray, reference_runners, cache) -> d
 
 
 def report(rows: list[dict], batches: list[ValidationBatch]) -> dict:
-    failures = [f"{r['graph']} [{r['precision']}] {r['output']} on {r['kind']} images: {p}"
-                for r in rows for p in r["problems"]]
+    failures = [
+        f"{r['graph']} [{r['precision']}] {r['output']} on {r['kind']} images: {p}"
+        for r in rows
+        for p in r["problems"]
+    ]
     return {
         "passed": not failures,
         "failures": failures,
@@ -428,12 +495,18 @@ def onnxruntime_runner(path, threads: int = 0) -> Runner:
     names = [o.name for o in session.get_outputs()]
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()})))
+        return dict(
+            zip(
+                names,
+                session.run(names, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}),
+            )
+        )
 
     return run
 
 
 # --------------------------------------------------------------------------- the table
+
 
 def format_table(rows: list[dict]) -> str:
     """The parity table, skips folded into one row per kind (the JSON keeps each)."""
@@ -447,15 +520,37 @@ def format_table(rows: list[dict]) -> str:
             f = folded[key]
             f["max_abs"], f["rel"] = max(f["max_abs"], r["max_abs"]), max(f["rel"], r["rel"])
             f["ok"] = f["ok"] and r["ok"]
-    header = ("graph", "prec", "output", "kind", "n", "max abs", "rel err", "agree", "dice", "cosine", "x PyTorch", "")
+    header = (
+        "graph",
+        "prec",
+        "output",
+        "kind",
+        "n",
+        "max abs",
+        "rel err",
+        "agree",
+        "dice",
+        "cosine",
+        "x PyTorch",
+        "",
+    )
     lines = [header]
     for r in folded.values():
-        lines.append((r["graph"], r["precision"], r["output"], r["kind"], str(r["samples"]),
-                      f"{r['max_abs']:.2e}", f"{r['rel']:.2e}",
-                      f"{r['agree']:.3f}" if "agree" in r else "",
-                      f"{r['dice']:.4f}" if "dice" in r else "",
-                      f"{r['cosine']:.5f}" if "cosine" in r else "",
-                      f"{r['ratio']:.2f}" if "ratio" in r else "",
-                      "ok" if r["ok"] else "FAIL"))
+        lines.append(
+            (
+                r["graph"],
+                r["precision"],
+                r["output"],
+                r["kind"],
+                str(r["samples"]),
+                f"{r['max_abs']:.2e}",
+                f"{r['rel']:.2e}",
+                f"{r['agree']:.3f}" if "agree" in r else "",
+                f"{r['dice']:.4f}" if "dice" in r else "",
+                f"{r['cosine']:.5f}" if "cosine" in r else "",
+                f"{r['ratio']:.2f}" if "ratio" in r else "",
+                "ok" if r["ok"] else "FAIL",
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

@@ -18,25 +18,58 @@ def _fail(message: str, code: int = 1):
 
 # --------------------------------------------------------------------------- repo
 
+
 @click.command("repo")
 @click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--flavour", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="cpu: python backend + onnxruntime (runs anywhere, also on the bundled "
-                   "server); gpu: TensorRT engines + ensembles (NVIDIA's Triton container).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None,
-              help="max_batch_size of the models [default: the manifest's max_batch, i.e. the "
-                   "engines' profile maximum].")
-@click.option("--engines", "engines_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="gpu: folder with the engines of `mmtrt build-engines` "
-                                 "(<graph>[.<precision>][.smXY].plan) [default: EXPORT_DIR].")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000,
-              show_default=True, help="How long the dynamic batcher waits to fill a batch.")
-@click.option("--ort-threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="cpu: onnxruntime intra-op threads per model (0: one per core).")
+@click.option(
+    "--flavour",
+    type=click.Choice(["cpu", "gpu"]),
+    default="cpu",
+    show_default=True,
+    help="cpu: python backend + onnxruntime (runs anywhere, also on the bundled "
+    "server); gpu: TensorRT engines + ensembles (NVIDIA's Triton container).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="max_batch_size of the models [default: the manifest's max_batch, i.e. the "
+    "engines' profile maximum].",
+)
+@click.option(
+    "--engines",
+    "engines_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="gpu: folder with the engines of `mmtrt build-engines` "
+    "(<graph>[.<precision>][.smXY].plan) [default: EXPORT_DIR].",
+)
+@click.option(
+    "--max-queue-delay-us",
+    type=click.IntRange(min=0),
+    default=2000,
+    show_default=True,
+    help="How long the dynamic batcher waits to fill a batch.",
+)
+@click.option(
+    "--ort-threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="cpu: onnxruntime intra-op threads per model (0: one per core).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def repo(export_dir: Path, out: Path, flavour: str, max_batch: int | None,
-         engines_dir: Path | None, max_queue_delay_us: int, ort_threads: int, overwrite: bool):
+def repo(
+    export_dir: Path,
+    out: Path,
+    flavour: str,
+    max_batch: int | None,
+    engines_dir: Path | None,
+    max_queue_delay_us: int,
+    ort_threads: int,
+    overwrite: bool,
+):
     """Build a Triton model repository OUT from the export folder EXPORT_DIR (ONNX files and
     manifest.json written by `mmtrt export`)."""
     from .repository import BUILD_ENGINES_HINT, build_repository, missing_plan_files
@@ -44,23 +77,34 @@ def repo(export_dir: Path, out: Path, flavour: str, max_batch: int | None,
 
     logging.getLogger("mmtrt.serving.repository").setLevel(logging.ERROR)  # said below instead
     try:
-        built = build_repository(export_dir, out, flavour=flavour, max_batch=max_batch,
-                                 engines_dir=engines_dir, max_queue_delay_us=max_queue_delay_us,
-                                 ort_threads=ort_threads, overwrite=overwrite)
+        built = build_repository(
+            export_dir,
+            out,
+            flavour=flavour,
+            max_batch=max_batch,
+            engines_dir=engines_dir,
+            max_queue_delay_us=max_queue_delay_us,
+            ort_threads=ort_threads,
+            overwrite=overwrite,
+        )
     except (ServingError, ValueError) as e:
         _fail(str(e))
     configs = sorted(p.parent.name for p in built.glob("*/config.pbtxt"))
     click.echo(f"wrote {built} ({flavour} flavour): models {', '.join(configs)}")
     missing = missing_plan_files(built)
     if missing:
-        click.echo(f"warning: {len(missing)} TensorRT engine file(s) missing: "
-                   + ", ".join(str(p.relative_to(built)) for p in missing), err=True)
+        click.echo(
+            f"warning: {len(missing)} TensorRT engine file(s) missing: "
+            + ", ".join(str(p.relative_to(built)) for p in missing),
+            err=True,
+        )
         click.echo("  " + BUILD_ENGINES_HINT.format(export=export_dir), err=True)
     else:
         click.echo(f"serve it with: mmtrt serve {built}")
 
 
 # --------------------------------------------------------------------------- serve
+
 
 class _Stop(Exception):
     """Raised in the main thread by the SIGINT / SIGTERM / SIGHUP handler."""
@@ -115,8 +159,7 @@ def _describe_models(server) -> list[str]:
                 detail = f"in: {ins}; out: {outs}"
             except Exception as e:  # noqa: BLE001 - only for the listing
                 detail = f"(metadata unavailable: {e})"
-            lines.append(f"  model {name} v{entry.get('version', '?')} "
-                         f"{entry.get('state', '?')}  {detail}")
+            lines.append(f"  model {name} v{entry.get('version', '?')} {entry.get('state', '?')}  {detail}")
     finally:
         client.close()
     return lines
@@ -124,27 +167,53 @@ def _describe_models(server) -> list[str]:
 
 @click.command("serve", context_settings={"ignore_unknown_options": True})
 @click.argument("repository", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address the HTTP, gRPC and metrics endpoints bind to. The default is "
-                   "loopback only; see model_repository/README.md before exposing it.")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="0: any free port.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the HTTP, gRPC and metrics endpoints bind to. The default is "
+    "loopback only; see model_repository/README.md before exposing it.",
+)
+@click.option(
+    "--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port."
+)
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True)
-@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where the server's own log goes [default: a file in the temp folder].")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
-              help="Seconds to wait for the models to load.")
-@click.option("--watchdog/--no-watchdog", default=True, show_default=True,
-              help="Restart tritonserver on the same ports when it exits on its own (a crash) "
-                   "or a model's python-backend stub process dies (Triton does not restart a "
-                   "stub: the model would fail every request while still reported ready). At "
-                   f"most {MAX_RESTARTS} restarts in {RESTART_WINDOW_S // 60} minutes, then "
-                   "mmtrt serve exits 1.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where the server's own log goes [default: a file in the temp folder].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300,
+    show_default=True,
+    help="Seconds to wait for the models to load.",
+)
+@click.option(
+    "--watchdog/--no-watchdog",
+    default=True,
+    show_default=True,
+    help="Restart tritonserver on the same ports when it exits on its own (a crash) "
+    "or a model's python-backend stub process dies (Triton does not restart a "
+    "stub: the model would fail every request while still reported ready). At "
+    f"most {MAX_RESTARTS} restarts in {RESTART_WINDOW_S // 60} minutes, then "
+    "mmtrt serve exits 1.",
+)
 @click.argument("tritonserver_args", nargs=-1, type=click.UNPROCESSED)
-def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_port: int,
-          log_file: Path | None, timeout: float, watchdog: bool,
-          tritonserver_args: tuple[str, ...]):
+def serve(
+    repository: Path,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    log_file: Path | None,
+    timeout: float,
+    watchdog: bool,
+    tritonserver_args: tuple[str, ...],
+):
     """Serve the model REPOSITORY (built by `mmtrt repo`) with the real Triton server until
     Ctrl-C or SIGTERM.
 
@@ -155,20 +224,26 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_p
 
     bad = [a for a in tritonserver_args if not a.startswith("--")]
     if bad:
-        raise click.UsageError(f"unexpected argument(s) {list(bad)}: tritonserver flags go "
-                               "after `--` and start with `--`")
+        raise click.UsageError(
+            f"unexpected argument(s) {list(bad)}: tritonserver flags go after `--` and start with `--`"
+        )
     try:
-        server = TritonServer(repository, host=host, http_port=http_port, grpc_port=grpc_port,
-                              metrics_port=metrics_port, log_file=log_file,
-                              extra_args=tritonserver_args)
+        server = TritonServer(
+            repository,
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            log_file=log_file,
+            extra_args=tritonserver_args,
+        )
         binary = find_tritonserver()
     except (ServingError, ValueError) as e:
         _fail(str(e))
 
     global _stopping
     _stopping = False
-    handlers = {s: signal.signal(s, _raise_stop)
-                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    handlers = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     code = 0
     try:
         click.echo(f"starting {binary} on {repository} (log: {server.log_path})")
@@ -180,11 +255,12 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_p
         for line in _describe_models(server):
             click.echo(line)
         if host not in ("127.0.0.1", "localhost", "::1"):
-            click.echo(f"warning: bound to {host}: anyone who can reach this machine can use the "
-                       "server; see 'Exposing the server' in model_repository/README.md",
-                       err=True)
-        click.echo(f"ready in {time.monotonic() - t0:.1f} s (pid {server.pid}); Ctrl-C or "
-                   "SIGTERM stops it")
+            click.echo(
+                f"warning: bound to {host}: anyone who can reach this machine can use the "
+                "server; see 'Exposing the server' in model_repository/README.md",
+                err=True,
+            )
+        click.echo(f"ready in {time.monotonic() - t0:.1f} s (pid {server.pid}); Ctrl-C or SIGTERM stops it")
         sys.stdout.flush()
         restarts: list[float] = []
         next_check = time.monotonic() + WATCHDOG_PERIOD_S
@@ -207,21 +283,30 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_p
             if len(restarts) >= MAX_RESTARTS:
                 raise ServingError(
                     f"{reason} after {len(restarts)} restarts in {RESTART_WINDOW_S // 60} "
-                    f"minutes; giving up\n--- tail of {server.log_path} ---\n{server.log_tail()}")
+                    f"minutes; giving up\n--- tail of {server.log_path} ---\n{server.log_tail()}"
+                )
             restarts.append(time.monotonic())
-            click.echo(f"warning: {reason}; restarting tritonserver on the same ports "
-                       "(requests in flight fail; clients retry)", err=True)
+            click.echo(
+                f"warning: {reason}; restarting tritonserver on the same ports "
+                "(requests in flight fail; clients retry)",
+                err=True,
+            )
             if exited:
                 click.echo(f"--- tail of {server.log_path} ---\n{server.log_tail(8)}", err=True)
             t1 = time.monotonic()
             server.restart(timeout=timeout)
-            click.echo(f"serving again after {time.monotonic() - t1:.1f} s (pid "
-                       f"{server.pid}, restart {len(restarts)})")
+            click.echo(
+                f"serving again after {time.monotonic() - t1:.1f} s (pid "
+                f"{server.pid}, restart {len(restarts)})"
+            )
             sys.stdout.flush()
             next_check = time.monotonic() + WATCHDOG_PERIOD_S
         code = 1
-        click.echo(f"Error: tritonserver exited on its own ({_exit_status(server.exit_code)})"
-                   f"\n--- tail of {server.log_path} ---\n{server.log_tail()}", err=True)
+        click.echo(
+            f"Error: tritonserver exited on its own ({_exit_status(server.exit_code)})"
+            f"\n--- tail of {server.log_path} ---\n{server.log_tail()}",
+            err=True,
+        )
     except _Stop as stop:
         click.echo(f"{stop}: stopping the server")
     except ServingError as e:
@@ -239,30 +324,71 @@ def serve(repository: Path, host: str, http_port: int, grpc_port: int, metrics_p
 
 # --------------------------------------------------------------------------- infer
 
+
 @click.command("infer")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--url", default=None,
-              help="Server address host:port [default: 127.0.0.1:8000 for http, "
-                   "127.0.0.1:8001 for grpc]; an http(s):// prefix is accepted.")
+@click.option(
+    "--url",
+    default=None,
+    help="Server address host:port [default: 127.0.0.1:8000 for http, "
+    "127.0.0.1:8001 for grpc]; an http(s):// prefix is accepted.",
+)
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
-@click.option("--model", type=click.Choice(["multimix", "classifier"]), default="multimix",
-              show_default=True, help="multimix: class + lung mask + saliency; classifier: "
-                                      "class only.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per request (capped at the model's max_batch_size).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"),
-              show_default=True, help="Folder for the JSON and PNG overlay of each image.")
-@click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Retries when the server is unreachable, at connection and for each batch "
-                   "(a server restarting, a model's stub process restarted).")
-@click.option("--retry-delay", type=click.FloatRange(min=0), default=0.5, show_default=True,
-              help="First retry delay in seconds; doubled at each retry.")
-@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE",
-              help="HTTP/gRPC header sent with every request (e.g. for a restricted API or a "
-                   "proxy's auth); repeatable.")
-def infer(images: tuple[Path, ...], url: str | None, protocol: str, model: str,
-          batch_size: int, out: Path, retries: int, retry_delay: float,
-          headers: tuple[str, ...]):
+@click.option(
+    "--model",
+    type=click.Choice(["multimix", "classifier"]),
+    default="multimix",
+    show_default=True,
+    help="multimix: class + lung mask + saliency; classifier: class only.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Images per request (capped at the model's max_batch_size).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("predictions"),
+    show_default=True,
+    help="Folder for the JSON and PNG overlay of each image.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Retries when the server is unreachable, at connection and for each batch "
+    "(a server restarting, a model's stub process restarted).",
+)
+@click.option(
+    "--retry-delay",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="First retry delay in seconds; doubled at each retry.",
+)
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="HTTP/gRPC header sent with every request (e.g. for a restricted API or a "
+    "proxy's auth); repeatable.",
+)
+def infer(
+    images: tuple[Path, ...],
+    url: str | None,
+    protocol: str,
+    model: str,
+    batch_size: int,
+    out: Path,
+    retries: int,
+    retry_delay: float,
+    headers: tuple[str, ...],
+):
     """Classify IMAGES (PNG/JPEG/... of any size, or folders of them) with a running server:
     per image OUT/<name>.json (probabilities, label, lung-mask fraction) and OUT/<name>.png (the
     X-ray with the lung-mask contour, the saliency heat map and the prediction), then a summary
@@ -285,14 +411,25 @@ def infer(images: tuple[Path, ...], url: str | None, protocol: str, model: str,
         click.echo(line, err=True)
 
     try:
-        client = connect(url, protocol, retries=retries, backoff_s=retry_delay,
-                         headers=header_dict or None, say=say)
+        client = connect(
+            url, protocol, retries=retries, backoff_s=retry_delay, headers=header_dict or None, say=say
+        )
     except InferError as e:
         _fail(str(e))
     try:
-        results = infer_files(paths, client=client, protocol=protocol, model=model,
-                              batch_size=batch_size, out=out, headers=header_dict or None,
-                              url=url, retries=retries, backoff_s=retry_delay, say=say)
+        results = infer_files(
+            paths,
+            client=client,
+            protocol=protocol,
+            model=model,
+            batch_size=batch_size,
+            out=out,
+            headers=header_dict or None,
+            url=url,
+            retries=retries,
+            backoff_s=retry_delay,
+            say=say,
+        )
     except InferError as e:
         _fail(str(e))
     finally:
@@ -301,6 +438,9 @@ def infer(images: tuple[Path, ...], url: str | None, protocol: str, model: str,
     click.echo(f"results in {out}")
     failed = [r for r in results if not r.ok]
     if failed:
-        click.echo(f"Error: {len(failed)} of {len(results)} image(s) failed: "
-                   + ", ".join(str(r.source) for r in failed), err=True)
+        click.echo(
+            f"Error: {len(failed)} of {len(results)} image(s) failed: "
+            + ", ".join(str(r.source) for r in failed),
+            err=True,
+        )
         sys.exit(1)

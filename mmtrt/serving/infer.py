@@ -22,8 +22,16 @@ from mmtrt.data.datasets import CLASSES, IMAGE_EXTENSIONS, DataError, load_image
 
 from .server import ServingError
 
-__all__ = ["ImageResult", "InferError", "connect", "infer_files", "render_overlay",
-           "summary_table", "expand_inputs", "parse_url"]
+__all__ = [
+    "ImageResult",
+    "InferError",
+    "connect",
+    "infer_files",
+    "render_overlay",
+    "summary_table",
+    "expand_inputs",
+    "parse_url",
+]
 
 MASK_THRESHOLD = 0.5
 
@@ -56,6 +64,7 @@ class ImageResult:
 
 # --------------------------------------------------------------------------- connecting
 
+
 def parse_url(url: str, protocol: str) -> tuple[str, bool]:
     """(``host:port`` as tritonclient wants it, ssl?) from ``host:port``, ``http://host:port``,
     ``https://host:port`` or ``grpc://host:port``. A missing port gets the protocol's default."""
@@ -64,15 +73,18 @@ def parse_url(url: str, protocol: str) -> tuple[str, bool]:
     for scheme in ("https://", "http://", "grpcs://", "grpc://"):
         if text.lower().startswith(scheme):
             ssl = scheme in ("https://", "grpcs://")
-            text = text[len(scheme):]
+            text = text[len(scheme) :]
             break
     text = text.rstrip("/")
     if "/" in text:
         raise InferError(f"--url {url!r}: give host:port (a path is not supported)")
     if not text:
         raise InferError("--url is empty")
-    host_has_port = text.rsplit(":", 1)[-1].isdigit() and (":" in text) and \
-        not (text.startswith("[") and text.endswith("]"))
+    host_has_port = (
+        text.rsplit(":", 1)[-1].isdigit()
+        and (":" in text)
+        and not (text.startswith("[") and text.endswith("]"))
+    )
     if not host_has_port:
         text = f"{text}:{8000 if protocol == 'http' else 8001}"
     return text, ssl
@@ -94,20 +106,29 @@ def _grpc_channel_args(module) -> list[tuple]:
     that wait fails at once with UNAVAILABLE even after the server is back, which would use up
     the retries of :func:`infer_files` while a restarted server is already serving."""
     keepalive = module.KeepAliveOptions()
-    return [("grpc.max_send_message_length", module.MAX_GRPC_MESSAGE_SIZE),
-            ("grpc.max_receive_message_length", module.MAX_GRPC_MESSAGE_SIZE),
-            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
-            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.min_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 1000)]
+    return [
+        ("grpc.max_send_message_length", module.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", module.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
 
 
-def connect(url: str, protocol: str = "http", *, retries: int = 5, backoff_s: float = 0.5,
-            timeout_s: float = 60.0, headers: dict | None = None,
-            say: Callable[[str], None] = lambda _m: None):
+def connect(
+    url: str,
+    protocol: str = "http",
+    *,
+    retries: int = 5,
+    backoff_s: float = 0.5,
+    timeout_s: float = 60.0,
+    headers: dict | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+):
     """A tritonclient client for a live and ready server at ``url``.
 
     Tries ``1 + retries`` times, sleeping ``backoff_s``, then twice as long each time (0.5, 1,
@@ -125,12 +146,14 @@ def connect(url: str, protocol: str = "http", *, retries: int = 5, backoff_s: fl
         client = None
         try:
             if protocol == "http":
-                client = module.InferenceServerClient(address, ssl=ssl, connection_timeout=5.0,
-                                                      network_timeout=timeout_s)
+                client = module.InferenceServerClient(
+                    address, ssl=ssl, connection_timeout=5.0, network_timeout=timeout_s
+                )
                 ready = client.is_server_ready(headers=headers)
             else:
-                client = module.InferenceServerClient(address, ssl=ssl,
-                                                      channel_args=_grpc_channel_args(module))
+                client = module.InferenceServerClient(
+                    address, ssl=ssl, channel_args=_grpc_channel_args(module)
+                )
                 ready = client.is_server_ready(headers=headers, client_timeout=5.0)
             if ready:
                 return client
@@ -147,13 +170,17 @@ def connect(url: str, protocol: str = "http", *, retries: int = 5, backoff_s: fl
             except Exception:  # noqa: BLE001
                 pass
         if attempt < retries:
-            say(f"server at {address} ({protocol}) not reachable: {reason}; retrying in "
-                f"{delay:.1f} s ({attempt + 1}/{retries})")
+            say(
+                f"server at {address} ({protocol}) not reachable: {reason}; retrying in "
+                f"{delay:.1f} s ({attempt + 1}/{retries})"
+            )
             time.sleep(delay)
             delay *= 2
-    raise InferError(f"cannot reach a ready Triton server at {address} over {protocol} after "
-                     f"{int(retries) + 1} attempt(s): {reason}. Is `mmtrt serve` running there, "
-                     f"and are --url and --protocol right (HTTP and gRPC use different ports)?")
+    raise InferError(
+        f"cannot reach a ready Triton server at {address} over {protocol} after "
+        f"{int(retries) + 1} attempt(s): {reason}. Is `mmtrt serve` running there, "
+        f"and are --url and --protocol right (HTTP and gRPC use different ports)?"
+    )
 
 
 def _short(e: Exception) -> str:
@@ -188,8 +215,9 @@ def _model_info(client, protocol: str, model: str, headers: dict | None):
 
     try:
         if not client.is_model_ready(model, headers=headers):
-            raise InferError(f"model '{model}' is not ready on the server "
-                             f"({_available_models(client, protocol, headers)})")
+            raise InferError(
+                f"model '{model}' is not ready on the server ({_available_models(client, protocol, headers)})"
+            )
         meta = client.get_model_metadata(model, headers=headers)
         config = client.get_model_config(model, headers=headers)
     except InferenceServerException as e:
@@ -201,8 +229,9 @@ def _model_info(client, protocol: str, model: str, headers: dict | None):
         outputs = [o.name for o in meta.outputs]
         max_batch = int(config.config.max_batch_size)
     if "probs" not in outputs:
-        raise InferError(f"model '{model}' has no 'probs' output (outputs: {outputs}); "
-                         "is it a MultiMix model?")
+        raise InferError(
+            f"model '{model}' has no 'probs' output (outputs: {outputs}); is it a MultiMix model?"
+        )
     return max_batch, outputs
 
 
@@ -220,14 +249,14 @@ def _available_models(client, protocol: str, headers: dict | None) -> str:
 
 # --------------------------------------------------------------------------- inputs
 
+
 def expand_inputs(paths: Iterable[Path]) -> list[Path]:
     """Files as given; a folder stands for its image files (by extension, sorted, not
     recursive). A missing path is kept: it fails as that image's error."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.iterdir()
-                          if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             out.append(p)
     return out
@@ -251,9 +280,17 @@ def _output_stems(paths: Sequence[Path]) -> list[str]:
 
 # --------------------------------------------------------------------------- overlay
 
-def render_overlay(image: np.ndarray, path: Path, *, probs: np.ndarray,
-                   mask: np.ndarray | None = None, saliency: np.ndarray | None = None,
-                   title: str | None = None, size_px: int = 512) -> Path:
+
+def render_overlay(
+    image: np.ndarray,
+    path: Path,
+    *,
+    probs: np.ndarray,
+    mask: np.ndarray | None = None,
+    saliency: np.ndarray | None = None,
+    title: str | None = None,
+    size_px: int = 512,
+) -> Path:
     """Write a PNG: ``image`` (H x W in [0, 1]) in grey, the saliency as a heat map whose opacity
     grows with its value, the mask's 0.5 contour, and the predicted class with its probability.
     Uses matplotlib's object API (no pyplot, no global backend change)."""
@@ -285,16 +322,39 @@ def render_overlay(image: np.ndarray, path: Path, *, probs: np.ndarray,
         handles.append(Line2D([], [], color="#39ff14", lw=1.6, label="lung mask"))
     k = int(np.argmax(probs))
     colour = "#ff5050" if CLASSES[k] == "PNEUMONIA" else "#50c8ff"
-    ax.text(0.02, 0.98, f"{CLASSES[k]}  p = {float(probs[k]):.3f}", transform=ax.transAxes,
-            ha="left", va="top", fontsize=15, fontweight="bold", color=colour,
-            bbox=dict(facecolor="black", alpha=0.7, edgecolor="none", pad=4))
+    ax.text(
+        0.02,
+        0.98,
+        f"{CLASSES[k]}  p = {float(probs[k]):.3f}",
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=15,
+        fontweight="bold",
+        color=colour,
+        bbox=dict(facecolor="black", alpha=0.7, edgecolor="none", pad=4),
+    )
     if title:
-        ax.text(0.02, 0.02, title, transform=ax.transAxes, ha="left", va="bottom",
-                fontsize=8, color="white",
-                bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=2))
+        ax.text(
+            0.02,
+            0.02,
+            title,
+            transform=ax.transAxes,
+            ha="left",
+            va="bottom",
+            fontsize=8,
+            color="white",
+            bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=2),
+        )
     if handles:
-        legend = ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.6,
-                           facecolor="black", edgecolor="none")
+        legend = ax.legend(
+            handles=handles,
+            loc="upper right",
+            fontsize=8,
+            framealpha=0.6,
+            facecolor="black",
+            edgecolor="none",
+        )
         for text in legend.get_texts():
             text.set_color("white")
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
@@ -308,11 +368,22 @@ def render_overlay(image: np.ndarray, path: Path, *, probs: np.ndarray,
 
 # --------------------------------------------------------------------------- the run
 
-def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "multimix",
-                batch_size: int = 8, out: Path | None = None, overlays: bool = True,
-                headers: dict | None = None, url: str = "", retries: int = 5,
-                backoff_s: float = 0.5,
-                say: Callable[[str], None] = lambda _m: None) -> list[ImageResult]:
+
+def infer_files(
+    paths: Sequence[Path],
+    *,
+    client,
+    protocol: str,
+    model: str = "multimix",
+    batch_size: int = 8,
+    out: Path | None = None,
+    overlays: bool = True,
+    headers: dict | None = None,
+    url: str = "",
+    retries: int = 5,
+    backoff_s: float = 0.5,
+    say: Callable[[str], None] = lambda _m: None,
+) -> list[ImageResult]:
     """Run ``paths`` through ``model`` in batches of ``batch_size`` (at most the model's
     max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when ``out``.
 
@@ -331,8 +402,10 @@ def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "m
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_batch and batch_size > max_batch:
-        say(f"batch size {batch_size} is above model '{model}''s max_batch_size {max_batch}: "
-            f"sending batches of {max_batch}")
+        say(
+            f"batch size {batch_size} is above model '{model}''s max_batch_size {max_batch}: "
+            f"sending batches of {max_batch}"
+        )
         batch_size = max_batch
     wanted = [o for o in ("probs", "mask", "saliency") if o in outputs]
     paths = [Path(p) for p in paths]
@@ -363,8 +436,9 @@ def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "m
         delay = float(backoff_s)
         for attempt in range(int(retries) + 1):
             try:
-                response = client.infer(model, [inp], headers=headers,
-                                        outputs=[module.InferRequestedOutput(o) for o in wanted])
+                response = client.infer(
+                    model, [inp], headers=headers, outputs=[module.InferRequestedOutput(o) for o in wanted]
+                )
                 got = {o: response.as_numpy(o) for o in wanted}
                 error = None
                 break
@@ -374,21 +448,24 @@ def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "m
                 error = e
                 if not _transient(e) or attempt == retries:
                     break
-                say(f"a batch of {len(loaded)} image(s) failed: {_short(e)}; retrying in "
-                    f"{delay:.1f} s ({attempt + 1}/{retries})")
+                say(
+                    f"a batch of {len(loaded)} image(s) failed: {_short(e)}; retrying in "
+                    f"{delay:.1f} s ({attempt + 1}/{retries})"
+                )
                 time.sleep(delay)
                 delay *= 2
         if error is not None and _transient(error):
             attempts = int(retries) + 1
-            reason = (f"{address} ({protocol}) still failing after {attempts} attempt(s): "
-                      f"{_short(error)}")
+            reason = f"{address} ({protocol}) still failing after {attempts} attempt(s): {_short(error)}"
             for i, _ in loaded:
                 results[i].error = f"{paths[i]}: inference failed: {reason}"
             unsent = [i for i in range(chunk[-1] + 1, len(paths))]
             for i in unsent:
                 results[i].error = f"{paths[i]}: not sent: giving up on the server at {reason}"
-            say(f"error: giving up: the server at {reason}; a batch of {len(loaded)} image(s) "
-                f"failed and {len(unsent)} image(s) were not sent")
+            say(
+                f"error: giving up: the server at {reason}; a batch of {len(loaded)} image(s) "
+                f"failed and {len(unsent)} image(s) were not sent"
+            )
             break
         if error is not None:
             for i, _ in loaded:
@@ -407,8 +484,13 @@ def infer_files(paths: Sequence[Path], *, client, protocol: str, model: str = "m
             try:
                 if overlays:
                     r.overlay_path = render_overlay(
-                        image, out / f"{stems[i]}.png", probs=r.probs, mask=mask,
-                        saliency=saliency, title=f"{paths[i].name} | {model}")
+                        image,
+                        out / f"{stems[i]}.png",
+                        probs=r.probs,
+                        mask=mask,
+                        saliency=saliency,
+                        title=f"{paths[i].name} | {model}",
+                    )
                 r.json_path = out / f"{stems[i]}.json"
                 record = _record(r, model=model, url=url, protocol=protocol)
                 r.json_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -438,23 +520,29 @@ def summary_table(results: Sequence[ImageResult]) -> str:
     rows = [("file", "label", "p(PNEUMONIA)", "lung mask", "result")]
     for r in results:
         if r.ok:
-            rows.append((r.source.name, r.label, f"{r.probs[1]:.4f}",
-                         "-" if r.mask_fraction is None else f"{100 * r.mask_fraction:.1f}%",
-                         r.json_path.name if r.json_path else "ok"))
+            rows.append(
+                (
+                    r.source.name,
+                    r.label,
+                    f"{r.probs[1]:.4f}",
+                    "-" if r.mask_fraction is None else f"{100 * r.mask_fraction:.1f}%",
+                    r.json_path.name if r.json_path else "ok",
+                )
+            )
         else:
             rows.append((r.source.name, "-", "-", "-", "ERROR (see above)"))
     widths = [max(len(str(row[c])) for row in rows) for c in range(len(rows[0]))]
     widths[0] = min(widths[0], 48)
 
     def fmt(row):
-        cells = [str(c) if len(str(c)) <= w else "..." + str(c)[-(w - 3):]
-                 for c, w in zip(row, widths)]
+        cells = [str(c) if len(str(c)) <= w else "..." + str(c)[-(w - 3) :] for c, w in zip(row, widths)]
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
     lines = [fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows[1:]]
     ok = sum(r.ok for r in results)
     failed = len(results) - ok
     pneumonia = sum(1 for r in results if r.ok and r.label == "PNEUMONIA")
-    lines.append(f"{len(results)} image(s): {ok} ok ({pneumonia} PNEUMONIA, {ok - pneumonia} "
-                 f"NORMAL), {failed} failed")
+    lines.append(
+        f"{len(results)} image(s): {ok} ok ({pneumonia} PNEUMONIA, {ok - pneumonia} NORMAL), {failed} failed"
+    )
     return "\n".join(lines)

@@ -30,10 +30,21 @@ from mmtrt.files import file_sha256, move_folder_into_place
 
 from .server import ServingError
 
-__all__ = ["build_repository", "validate_config", "validate_repository", "missing_plan_files",
-           "onnx_signature", "DEFAULT_MODELS",
-           "parse_config", "render_config", "template_dir", "FLAVOURS", "MODELS",
-           "FLAVOUR_MODELS", "ModelSpec"]
+__all__ = [
+    "build_repository",
+    "validate_config",
+    "validate_repository",
+    "missing_plan_files",
+    "onnx_signature",
+    "DEFAULT_MODELS",
+    "parse_config",
+    "render_config",
+    "template_dir",
+    "FLAVOURS",
+    "MODELS",
+    "FLAVOUR_MODELS",
+    "ModelSpec",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +64,14 @@ class ModelSpec:
 
 
 FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
-    "cpu": {"multimix": ModelSpec("onnx", "multimix"),
-            "classifier": ModelSpec("onnx", "encoder")},
-    "gpu": {"encoder": ModelSpec("plan", "encoder"),
-            "saliency": ModelSpec("plan", "saliency"),
-            "decoder": ModelSpec("plan", "decoder"),
-            "multimix": ModelSpec("ensemble", needs=("saliency", "decoder")),
-            "classifier": ModelSpec("ensemble", needs=("encoder",))},
+    "cpu": {"multimix": ModelSpec("onnx", "multimix"), "classifier": ModelSpec("onnx", "encoder")},
+    "gpu": {
+        "encoder": ModelSpec("plan", "encoder"),
+        "saliency": ModelSpec("plan", "saliency"),
+        "decoder": ModelSpec("plan", "decoder"),
+        "multimix": ModelSpec("ensemble", needs=("saliency", "decoder")),
+        "classifier": ModelSpec("ensemble", needs=("encoder",)),
+    },
 }
 FLAVOURS: tuple[str, ...] = tuple(FLAVOUR_MODELS)
 #: CPU flavour: model name -> the ONNX file of the export it serves
@@ -76,31 +88,36 @@ PLAN_FILE = "model.plan"
 # Engine files in the engines folder, as `mmtrt build-engines` names them:
 # "<graph>.<precision>.sm<major><minor>.plan" (saliency.fp32.sm90.plan: compute capability 9.0);
 # the precision and the architecture parts are optional (decoder.plan, encoder.sm86.plan).
-_PLAN = re.compile(r"^(?P<graph>[A-Za-z0-9_-]+?)(?:\.(?P<precision>fp32|fp16|bf16))?"
-                   r"(?:\.sm(?P<major>\d+)(?P<minor>\d))?\.plan$")
-BUILD_ENGINES_HINT = ("build them on the serving GPU with `mmtrt build-engines {export}` and run "
-                      "`mmtrt repo {export} OUT --flavour gpu` again (or copy each engine to the "
-                      "model's 1/model.plan)")
+_PLAN = re.compile(
+    r"^(?P<graph>[A-Za-z0-9_-]+?)(?:\.(?P<precision>fp32|fp16|bf16))?"
+    r"(?:\.sm(?P<major>\d+)(?P<minor>\d))?\.plan$"
+)
+BUILD_ENGINES_HINT = (
+    "build them on the serving GPU with `mmtrt build-engines {export}` and run "
+    "`mmtrt repo {export} OUT --flavour gpu` again (or copy each engine to the "
+    "model's 1/model.plan)"
+)
 
 
 def template_dir(flavour: str = "cpu") -> Path:
     """Folder holding the templates of ``flavour`` (``<repo>/model_repository/<flavour>``)."""
     _check_flavour(flavour)
-    for base in (Path(__file__).resolve().parents[2] / "model_repository",
-                 Path.cwd() / "model_repository"):
+    for base in (Path(__file__).resolve().parents[2] / "model_repository", Path.cwd() / "model_repository"):
         if (base / flavour).is_dir():
             return base / flavour
-    raise ServingError(f"templates of flavour {flavour!r} not found (expected the folder "
-                       f"model_repository/{flavour} at the mmtrt source root)")
+    raise ServingError(
+        f"templates of flavour {flavour!r} not found (expected the folder "
+        f"model_repository/{flavour} at the mmtrt source root)"
+    )
 
 
 def _check_flavour(flavour: str) -> None:
     if flavour not in FLAVOUR_MODELS:
-        raise ValueError(f"unknown repository flavour {flavour!r}: choose from "
-                         f"{', '.join(FLAVOURS)}")
+        raise ValueError(f"unknown repository flavour {flavour!r}: choose from {', '.join(FLAVOURS)}")
 
 
 # --------------------------------------------------------------------------- configs
+
 
 def parse_config(text: str, *, source: str = "<config>"):
     """Parse config.pbtxt text into a ``ModelConfig`` message; ServingError when invalid."""
@@ -154,16 +171,18 @@ def validate_config(path: Path):
     if config.HasField("dynamic_batching"):
         if config.max_batch_size == 0:
             problems.append("dynamic_batching needs max_batch_size > 0")
-        too_big = [b for b in config.dynamic_batching.preferred_batch_size
-                   if b > config.max_batch_size or b < 1]
+        too_big = [
+            b for b in config.dynamic_batching.preferred_batch_size if b > config.max_batch_size or b < 1
+        ]
         if too_big:
             problems.append(f"preferred_batch_size {too_big} outside 1..{config.max_batch_size}")
     if config.platform == "ensemble":
         if not config.ensemble_scheduling.step:
             problems.append("an ensemble needs ensemble_scheduling steps")
         if config.HasField("dynamic_batching") or config.instance_group:
-            problems.append("an ensemble takes no dynamic_batching or instance_group (its "
-                            "composing models batch)")
+            problems.append(
+                "an ensemble takes no dynamic_batching or instance_group (its composing models batch)"
+            )
         for i, step in enumerate(config.ensemble_scheduling.step):
             if not step.model_name:
                 problems.append(f"ensemble step {i} names no model")
@@ -174,17 +193,24 @@ def validate_config(path: Path):
     return config
 
 
-def render_config(template: str, *, max_batch: int, max_queue_delay_us: int,
-                  ort_threads: int = DEFAULT_ORT_THREADS,
-                  cc_model_filenames: dict[str, str] | None = None,
-                  gpu_instances: int = DEFAULT_GPU_INSTANCES) -> str:
+def render_config(
+    template: str,
+    *,
+    max_batch: int,
+    max_queue_delay_us: int,
+    ort_threads: int = DEFAULT_ORT_THREADS,
+    cc_model_filenames: dict[str, str] | None = None,
+    gpu_instances: int = DEFAULT_GPU_INSTANCES,
+) -> str:
     """Fill the ``${...}`` fields of a config.pbtxt template (fields a template does not use are
     ignored; an unknown field in the template is an error)."""
     # Only the full batch is preferred: with smaller preferred sizes the batcher dispatches as
     # soon as one of them forms (e.g. 2 of 8 concurrent requests); waiting up to
     # max_queue_delay for a full batch is what pays on CPU and with a TensorRT profile alike.
-    cc_lines = "".join(f'cc_model_filenames {{ key: "{cc}" value: "{name}" }}\n'
-                       for cc, name in sorted((cc_model_filenames or {}).items()))
+    cc_lines = "".join(
+        f'cc_model_filenames {{ key: "{cc}" value: "{name}" }}\n'
+        for cc, name in sorted((cc_model_filenames or {}).items())
+    )
     values = {
         "max_batch_size": str(max_batch),
         "preferred_batch_sizes": str(max_batch),
@@ -201,12 +227,14 @@ def render_config(template: str, *, max_batch: int, max_queue_delay_us: int,
 
 # --------------------------------------------------------------------------- repository checks
 
+
 def _tensors(tensors) -> dict[str, tuple[int, tuple[int, ...]]]:
     return {t.name: (t.data_type, tuple(t.dims)) for t in tensors}
 
 
 def _dtype_name(data_type: int) -> str:
     from tritonclient.grpc import model_config_pb2
+
     return model_config_pb2.DataType.Name(data_type)
 
 
@@ -222,22 +250,30 @@ def onnx_signature(path: Path) -> dict[str, dict[str, tuple[str, tuple]]]:
     from onnx import TensorProto
 
     model = onnx.load(str(path), load_external_data=False)
-    triton = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.FLOAT16: "TYPE_FP16",
-              TensorProto.INT64: "TYPE_INT64", TensorProto.INT32: "TYPE_INT32",
-              TensorProto.BOOL: "TYPE_BOOL", TensorProto.BFLOAT16: "TYPE_BF16"}
+    triton = {
+        TensorProto.FLOAT: "TYPE_FP32",
+        TensorProto.FLOAT16: "TYPE_FP16",
+        TensorProto.INT64: "TYPE_INT64",
+        TensorProto.INT32: "TYPE_INT32",
+        TensorProto.BOOL: "TYPE_BOOL",
+        TensorProto.BFLOAT16: "TYPE_BF16",
+    }
 
     def sig(values):
         out = {}
         for v in values:
             t = v.type.tensor_type
-            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                         for d in t.shape.dim)
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim
+            )
             out[v.name] = (triton.get(t.elem_type, f"onnx:{t.elem_type}"), dims)
         return out
 
     initializers = {i.name for i in model.graph.initializer}
-    return {"inputs": sig(i for i in model.graph.input if i.name not in initializers),
-            "outputs": sig(model.graph.output)}
+    return {
+        "inputs": sig(i for i in model.graph.input if i.name not in initializers),
+        "outputs": sig(model.graph.output),
+    }
 
 
 def _compare_with_onnx(name: str, config, onnx_path: Path, *, all_outputs: bool) -> list[str]:
@@ -246,8 +282,10 @@ def _compare_with_onnx(name: str, config, onnx_path: Path, *, all_outputs: bool)
     sig = onnx_signature(onnx_path)
     batched = config.max_batch_size > 0
     problems = []
-    for kind, tensors, want in (("input", config.input, sig["inputs"]),
-                                ("output", config.output, sig["outputs"])):
+    for kind, tensors, want in (
+        ("input", config.input, sig["inputs"]),
+        ("output", config.output, sig["outputs"]),
+    ):
         have = _tensors(tensors)
         missing = [n for n in want if n not in have]
         extra = [n for n in have if n not in want]
@@ -257,21 +295,27 @@ def _compare_with_onnx(name: str, config, onnx_path: Path, *, all_outputs: bool)
         if missing:
             problems.append(f"{name}: {onnx_path.name} has {kind}s {missing} the config lacks")
         if extra:
-            problems.append(f"{name}: config {kind}s {extra} are not in {onnx_path.name} "
-                            f"({kind}s {list(want)})")
+            problems.append(
+                f"{name}: config {kind}s {extra} are not in {onnx_path.name} ({kind}s {list(want)})"
+            )
         for tensor, (dtype, dims) in have.items():
             if tensor not in want:
                 continue
             onnx_dtype, onnx_dims = want[tensor]
             onnx_dims = onnx_dims[1:] if batched else onnx_dims
             if _dtype_name(dtype) != onnx_dtype:
-                problems.append(f"{name}: {kind} {tensor!r} is {_dtype_name(dtype)} in the "
-                                f"config, {onnx_dtype} in {onnx_path.name}")
+                problems.append(
+                    f"{name}: {kind} {tensor!r} is {_dtype_name(dtype)} in the "
+                    f"config, {onnx_dtype} in {onnx_path.name}"
+                )
             fits = len(onnx_dims) == len(dims) and all(
-                not isinstance(o, int) or d == -1 or o == d for o, d in zip(onnx_dims, dims))
+                not isinstance(o, int) or d == -1 or o == d for o, d in zip(onnx_dims, dims)
+            )
             if not fits:
-                problems.append(f"{name}: {kind} {tensor!r} has dims {list(dims)} in the config, "
-                                f"{list(onnx_dims)} in {onnx_path.name} (after the batch axis)")
+                problems.append(
+                    f"{name}: {kind} {tensor!r} has dims {list(dims)} in the config, "
+                    f"{list(onnx_dims)} in {onnx_path.name} (after the batch axis)"
+                )
     return problems
 
 
@@ -281,7 +325,8 @@ def _ensemble_problems(name: str, config, configs: dict) -> list[str]:
     problems = []
     # ensemble tensor -> (data type, dims, who declares it)
     known: dict[str, tuple[int, tuple[int, ...], str]] = {
-        t: (dt, dims, "the ensemble input") for t, (dt, dims) in _tensors(config.input).items()}
+        t: (dt, dims, "the ensemble input") for t, (dt, dims) in _tensors(config.input).items()
+    }
     produced: dict[str, str] = {}
     consumers: list[tuple[str, str, int, tuple, str]] = []
     for i, step in enumerate(config.ensemble_scheduling.step):
@@ -291,8 +336,9 @@ def _ensemble_problems(name: str, config, configs: dict) -> list[str]:
             problems.append(f"{where}: no model {step.model_name!r} in the repository")
             continue
         if sub.max_batch_size < config.max_batch_size:
-            problems.append(f"{where}: max_batch_size {sub.max_batch_size} below the ensemble's "
-                            f"{config.max_batch_size}")
+            problems.append(
+                f"{where}: max_batch_size {sub.max_batch_size} below the ensemble's {config.max_batch_size}"
+            )
         sub_in, sub_out = _tensors(sub.input), _tensors(sub.output)
         unmapped = [t for t in sub_in if t not in step.input_map]
         if unmapped:
@@ -314,14 +360,18 @@ def _ensemble_problems(name: str, config, configs: dict) -> list[str]:
         if value not in known:
             problems.append(f"{where}: reads ensemble tensor {value!r} that nothing produces")
         elif known[value][:2] != (dtype, dims):
-            problems.append(f"{where}: ensemble tensor {value!r} is {_spec(*known[value][:2])} "
-                            f"({known[value][2]}) but {who} is {_spec(dtype, dims)}")
+            problems.append(
+                f"{where}: ensemble tensor {value!r} is {_spec(*known[value][:2])} "
+                f"({known[value][2]}) but {who} is {_spec(dtype, dims)}"
+            )
     for tensor, (dtype, dims) in _tensors(config.output).items():
         if tensor not in produced:
             problems.append(f"{name}: output {tensor!r} is produced by no step")
         elif known[tensor][:2] != (dtype, dims):
-            problems.append(f"{name}: output {tensor!r} is {_spec(dtype, dims)} but "
-                            f"{known[tensor][2]} gives {_spec(*known[tensor][:2])}")
+            problems.append(
+                f"{name}: output {tensor!r} is {_spec(dtype, dims)} but "
+                f"{known[tensor][2]} gives {_spec(*known[tensor][:2])}"
+            )
     return problems
 
 
@@ -384,11 +434,13 @@ def validate_repository(repository: Path, *, onnx_dir: Path | None = None) -> di
             continue
         graph = _graph_of(name, config, repository)
         if graph and (Path(onnx_dir) / f"{graph}.onnx").is_file():
-            problems += _compare_with_onnx(name, config, Path(onnx_dir) / f"{graph}.onnx",
-                                           all_outputs=config.platform == "tensorrt_plan")
+            problems += _compare_with_onnx(
+                name, config, Path(onnx_dir) / f"{graph}.onnx", all_outputs=config.platform == "tensorrt_plan"
+            )
     if problems:
-        raise ServingError(f"model repository {repository} is invalid:\n"
-                           + "\n".join(f"  {p}" for p in problems))
+        raise ServingError(
+            f"model repository {repository} is invalid:\n" + "\n".join(f"  {p}" for p in problems)
+        )
     return configs
 
 
@@ -396,8 +448,7 @@ def _graph_of(name: str, config, repository: Path) -> str | None:
     """The export graph a model serves: the python model's onnx_file parameter, or the engine
     model's own name (encoder, saliency, decoder)."""
     if config.backend == "python":
-        onnx_file = config.parameters["onnx_file"].string_value if \
-            "onnx_file" in config.parameters else ""
+        onnx_file = config.parameters["onnx_file"].string_value if "onnx_file" in config.parameters else ""
         return onnx_file[:-5] if onnx_file.endswith(".onnx") else None
     if config.platform == "tensorrt_plan" or config.backend == "tensorrt":
         return name
@@ -406,11 +457,14 @@ def _graph_of(name: str, config, repository: Path) -> str | None:
 
 # --------------------------------------------------------------------------- building
 
+
 def _read_manifest(export_dir: Path) -> dict:
     path = export_dir / "manifest.json"
     if not path.is_file():
-        raise ServingError(f"export folder {export_dir} has no manifest.json (export the model "
-                           "with `mmtrt export`, which writes it beside the ONNX files)")
+        raise ServingError(
+            f"export folder {export_dir} has no manifest.json (export the model "
+            "with `mmtrt export`, which writes it beside the ONNX files)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -428,16 +482,19 @@ def _check_sha256(path: Path, manifest: dict, export_dir: Path, *, required: boo
             raise ServingError(f"manifest.json of {export_dir} lists no sha256 for {path.name}")
         return
     if file_sha256(path).lower() != str(expected).lower():
-        raise ServingError(f"sha256 mismatch for {path}: the file differs from the one the "
-                           "manifest describes (modified or corrupted after export)")
+        raise ServingError(
+            f"sha256 mismatch for {path}: the file differs from the one the "
+            "manifest describes (modified or corrupted after export)"
+        )
 
 
 def _with_dependencies(flavour: str, models: Sequence[str]) -> list[str]:
     table = FLAVOUR_MODELS[flavour]
     unknown = [m for m in models if m not in table]
     if unknown or not models:
-        raise ValueError(f"unknown model(s) {unknown or list(models)} for flavour {flavour!r}: "
-                         f"choose from {list(table)}")
+        raise ValueError(
+            f"unknown model(s) {unknown or list(models)} for flavour {flavour!r}: choose from {list(table)}"
+        )
     order: list[str] = []
 
     def add(name):
@@ -496,14 +553,19 @@ def _engine_profile_max(manifest: dict) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def build_repository(export_dir: Path, out: Path, *, flavour: str = "cpu",
-                     max_batch: int | None = None,
-                     models: Sequence[str] = DEFAULT_MODELS,
-                     engines_dir: Path | None = None,
-                     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
-                     ort_threads: int = DEFAULT_ORT_THREADS,
-                     gpu_instances: int = DEFAULT_GPU_INSTANCES,
-                     overwrite: bool = False) -> Path:
+def build_repository(
+    export_dir: Path,
+    out: Path,
+    *,
+    flavour: str = "cpu",
+    max_batch: int | None = None,
+    models: Sequence[str] = DEFAULT_MODELS,
+    engines_dir: Path | None = None,
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    ort_threads: int = DEFAULT_ORT_THREADS,
+    gpu_instances: int = DEFAULT_GPU_INSTANCES,
+    overwrite: bool = False,
+) -> Path:
     """Build a Triton model repository at ``out`` from the export folder ``export_dir``.
 
     ``cpu``: each model gets its rendered config.pbtxt and, in ``1/``, the shared ``model.py``,
@@ -544,8 +606,10 @@ def build_repository(export_dir: Path, out: Path, *, flavour: str = "cpu",
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ServingError(f"max_batch must be a positive integer, got {max_batch!r}")
     if profile_max is not None and max_batch > profile_max:
-        raise ServingError(f"max_batch {max_batch} is above the TensorRT engines' optimisation "
-                           f"profile maximum {profile_max} (manifest.json engines.profile.max)")
+        raise ServingError(
+            f"max_batch {max_batch} is above the TensorRT engines' optimisation "
+            f"profile maximum {profile_max} (manifest.json engines.profile.max)"
+        )
     if int(max_queue_delay_us) < 0:
         raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
     if int(gpu_instances) < 1:
@@ -557,8 +621,9 @@ def build_repository(export_dir: Path, out: Path, *, flavour: str = "cpu",
         if spec.kind == "onnx":
             onnx = export_dir / spec.onnx_file
             if not onnx.is_file():
-                raise ServingError(f"export folder {export_dir} has no {spec.onnx_file} "
-                                   f"(needed by model '{name}')")
+                raise ServingError(
+                    f"export folder {export_dir} has no {spec.onnx_file} (needed by model '{name}')"
+                )
             _check_sha256(onnx, manifest, export_dir, required=True)
         elif spec.kind == "plan":
             plans[name] = _find_plans(engines_dir, spec.graph, manifest)
@@ -585,10 +650,14 @@ def build_repository(export_dir: Path, out: Path, *, flavour: str = "cpu",
                         continue
                     cc_names[cc] = f"model.sm{cc.replace('.', '')}.plan"
                     shutil.copy2(src, dst / VERSION / cc_names[cc])
-            text = render_config((templates / name / "config.pbtxt").read_text(),
-                                 max_batch=max_batch, max_queue_delay_us=int(max_queue_delay_us),
-                                 ort_threads=int(ort_threads), cc_model_filenames=cc_names,
-                                 gpu_instances=int(gpu_instances))
+            text = render_config(
+                (templates / name / "config.pbtxt").read_text(),
+                max_batch=max_batch,
+                max_queue_delay_us=int(max_queue_delay_us),
+                ort_threads=int(ort_threads),
+                cc_model_filenames=cc_names,
+                gpu_instances=int(gpu_instances),
+            )
             (dst / "config.pbtxt").write_text(text)
             if spec.kind == "onnx":
                 shutil.copy2(templates / SHARED_MODEL_FILE, dst / VERSION / SHARED_MODEL_FILE)
@@ -601,7 +670,11 @@ def build_repository(export_dir: Path, out: Path, *, flavour: str = "cpu",
         raise
     missing = missing_plan_files(out)
     if missing:
-        log.warning("%s: %d TensorRT engine file(s) missing: %s; %s", out, len(missing),
-                    ", ".join(str(p.relative_to(out)) for p in missing),
-                    BUILD_ENGINES_HINT.format(export=export_dir))
+        log.warning(
+            "%s: %d TensorRT engine file(s) missing: %s; %s",
+            out,
+            len(missing),
+            ", ".join(str(p.relative_to(out)) for p in missing),
+            BUILD_ENGINES_HINT.format(export=export_dir),
+        )
     return out

@@ -32,8 +32,14 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["ServingError", "TritonServer", "find_tritonserver", "bundled_tritonserver_root",
-           "restricted_headers", "python_stub_processes"]
+__all__ = [
+    "ServingError",
+    "TritonServer",
+    "find_tritonserver",
+    "bundled_tritonserver_root",
+    "restricted_headers",
+    "python_stub_processes",
+]
 
 _INSTALL_HINT = (
     "install the Triton server binary with `pip install --no-deps nvidia-pytriton==0.7.0` "
@@ -49,16 +55,30 @@ _QUOTED_PORT = re.compile(r"'[^']*:(\d+)\s*'")
 # "E1125 23:26:45.733378 3932 backend_model.cc:692] message"
 _ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (.*)$")
 # Error lines the bundled server always logs on a machine without a GPU.
-_HARMLESS = ("CudaDriverHelper has not been initialized", "pinned memory",
-             "CUDA driver version is insufficient")
+_HARMLESS = (
+    "CudaDriverHelper has not been initialized",
+    "pinned memory",
+    "CUDA driver version is insufficient",
+)
 
 
 # Flags TritonServer sets from its own arguments; extra_args may not override them.
-_MANAGED_FLAGS = frozenset({
-    "--model-repository", "--model-store", "--model-control-mode", "--backend-directory",
-    "--http-address", "--http-port", "--grpc-address", "--grpc-port", "--metrics-address",
-    "--metrics-port", "--allow-http", "--allow-grpc",
-})
+_MANAGED_FLAGS = frozenset(
+    {
+        "--model-repository",
+        "--model-store",
+        "--model-control-mode",
+        "--backend-directory",
+        "--http-address",
+        "--http-port",
+        "--grpc-address",
+        "--grpc-port",
+        "--metrics-address",
+        "--metrics-port",
+        "--allow-http",
+        "--allow-grpc",
+    }
+)
 
 
 def restricted_headers(args: Sequence[str]) -> dict[str, str]:
@@ -81,6 +101,7 @@ class ServingError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- locating the binary
+
 
 def bundled_tritonserver_root() -> Path | None:
     """``site-packages/pytriton/tritonserver`` of an installed nvidia-pytriton, else None.
@@ -115,17 +136,21 @@ def find_tritonserver() -> Path:
         binary = root / "bin" / "tritonserver"
         if os.access(binary, os.X_OK):
             return binary
-        raise ServingError(f"the bundled tritonserver at {binary} is not executable; "
-                           f"reinstall it: {_INSTALL_HINT}")
-    raise ServingError(f"no tritonserver binary found (none on PATH, no nvidia-pytriton "
-                       f"installed for {sys.executable}): {_INSTALL_HINT}")
+        raise ServingError(
+            f"the bundled tritonserver at {binary} is not executable; reinstall it: {_INSTALL_HINT}"
+        )
+    raise ServingError(
+        f"no tritonserver binary found (none on PATH, no nvidia-pytriton "
+        f"installed for {sys.executable}): {_INSTALL_HINT}"
+    )
 
 
 def _bundled_root_of(binary: Path) -> Path | None:
     """The pytriton ``tritonserver`` folder if ``binary`` is the bundled one, else None."""
     root = binary.resolve().parent.parent
-    if (root / "backends" / "python" / "libtriton_python.so").is_file() and \
-            (root / "python_backend_stubs").is_dir():
+    if (root / "backends" / "python" / "libtriton_python.so").is_file() and (
+        root / "python_backend_stubs"
+    ).is_dir():
         return root
     return None
 
@@ -137,22 +162,28 @@ def _prepare_backend_dir(root: Path, dest: Path) -> Path:
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         have = sorted(p.name for p in (root / "python_backend_stubs").iterdir() if p.is_dir())
-        raise ServingError(f"the bundled Triton has no python-backend stub for Python {version} "
-                           f"(it has {', '.join(have) or 'none'}); run mmtrt with one of those "
-                           "Python versions")
+        raise ServingError(
+            f"the bundled Triton has no python-backend stub for Python {version} "
+            f"(it has {', '.join(have) or 'none'}); run mmtrt with one of those "
+            "Python versions"
+        )
     py = dest / "python"
     py.mkdir(parents=True, exist_ok=True)
-    for src in (root / "backends" / "python" / "libtriton_python.so",
-                root / "backends" / "python" / "triton_python_backend_utils.py",
-                stub):
+    for src in (
+        root / "backends" / "python" / "libtriton_python.so",
+        root / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
         if not src.is_file():
-            raise ServingError(f"the bundled Triton is incomplete: {src} is missing; "
-                               f"reinstall it: {_INSTALL_HINT}")
+            raise ServingError(
+                f"the bundled Triton is incomplete: {src} is missing; reinstall it: {_INSTALL_HINT}"
+            )
         (py / src.name).symlink_to(src)
     return dest
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -173,8 +204,7 @@ def _client_host(host: str) -> str:
 
 
 def _model_names(repository: Path) -> list[str]:
-    return sorted(p.name for p in repository.iterdir()
-                  if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _offline_config_problems(repository: Path) -> list[str]:
@@ -294,6 +324,7 @@ def _stop_all() -> None:
 
 # --------------------------------------------------------------------------- the server
 
+
 class TritonServer:
     """A real ``tritonserver`` serving ``repository``; use as a context manager.
 
@@ -305,25 +336,37 @@ class TritonServer:
     server behind: start it from a thread that outlives it (e.g. the main thread), or pass False.
     """
 
-    def __init__(self, repository: Path, *, host: str = "127.0.0.1", http_port: int = 0,
-                 grpc_port: int = 0, metrics_port: int = 0, log_file: Path | None = None,
-                 extra_args: Sequence[str] = (), model_control_mode: str = "none",
-                 tritonserver: Path | None = None, exit_timeout_s: int = 5,
-                 die_with_parent: bool = True):
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        grpc_port: int = 0,
+        metrics_port: int = 0,
+        log_file: Path | None = None,
+        extra_args: Sequence[str] = (),
+        model_control_mode: str = "none",
+        tritonserver: Path | None = None,
+        exit_timeout_s: int = 5,
+        die_with_parent: bool = True,
+    ):
         self.repository = Path(repository).resolve()
         self.host = host
-        self._requested_ports = {"http": int(http_port), "grpc": int(grpc_port),
-                                 "metrics": int(metrics_port)}
+        self._requested_ports = {"http": int(http_port), "grpc": int(grpc_port), "metrics": int(metrics_port)}
         self.ports = dict(self._requested_ports)
         self.extra_args = tuple(str(a) for a in extra_args)
         managed = [a for a in self.extra_args if a.split("=", 1)[0] in _MANAGED_FLAGS]
         if managed:
-            raise ValueError(f"extra_args {managed} would override flags TritonServer sets itself "
-                             "(repository, addresses, ports, backend directory): use its "
-                             "arguments instead")
+            raise ValueError(
+                f"extra_args {managed} would override flags TritonServer sets itself "
+                "(repository, addresses, ports, backend directory): use its "
+                "arguments instead"
+            )
         if model_control_mode not in ("none", "poll", "explicit"):
-            raise ValueError(f"model_control_mode must be 'none', 'poll' or 'explicit', "
-                             f"got {model_control_mode!r}")
+            raise ValueError(
+                f"model_control_mode must be 'none', 'poll' or 'explicit', got {model_control_mode!r}"
+            )
         self.model_control_mode = model_control_mode
         self.exit_timeout_s = int(exit_timeout_s)
         self.die_with_parent = bool(die_with_parent)
@@ -437,22 +480,28 @@ class TritonServer:
     # ------------------------------------------------------------------ start / stop
     def _build_command(self, binary: Path, backend_dir: Path | None) -> list[str]:
         h = self.host
-        cmd = [str(binary),
-               f"--model-repository={self.repository}",
-               f"--model-control-mode={self.model_control_mode}",
-               "--disable-auto-complete-config",
-               "--strict-readiness=true",
-               "--exit-on-error=true",
-               f"--exit-timeout-secs={self.exit_timeout_s}",
-               f"--http-address={h}", f"--http-port={self.ports['http']}",
-               f"--grpc-address={h}", f"--grpc-port={self.ports['grpc']}",
-               f"--metrics-address={h}", f"--metrics-port={self.ports['metrics']}",
-               "--allow-gpu-metrics=false",
-               "--log-verbose=0"]
+        cmd = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--model-control-mode={self.model_control_mode}",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--http-address={h}",
+            f"--http-port={self.ports['http']}",
+            f"--grpc-address={h}",
+            f"--grpc-port={self.ports['grpc']}",
+            f"--metrics-address={h}",
+            f"--metrics-port={self.ports['metrics']}",
+            "--allow-gpu-metrics=false",
+            "--log-verbose=0",
+        ]
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")
-        if self.model_control_mode == "explicit" and \
-                not any(a.startswith("--load-model") for a in self.extra_args):
+        if self.model_control_mode == "explicit" and not any(
+            a.startswith("--load-model") for a in self.extra_args
+        ):
             cmd.append("--load-model=*")
         cmd += self.extra_args
         return cmd
@@ -461,12 +510,14 @@ class TritonServer:
         env = os.environ.copy()
         # The python-backend stub runs the `python3` it finds on PATH: make it this interpreter.
         env["PATH"] = os.pathsep.join(
-            [str(Path(sys.executable).parent)] + [p for p in env.get("PATH", "").split(os.pathsep) if p])
+            [str(Path(sys.executable).parent)] + [p for p in env.get("PATH", "").split(os.pathsep) if p]
+        )
         if bundled_root is not None:
             libs = bundled_root.parent.parent / "nvidia_pytriton.libs"
             if libs.is_dir():  # needed by a copied binary; the in-place one has an RPATH to it
                 env["LD_LIBRARY_PATH"] = os.pathsep.join(
-                    [str(libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+                    [str(libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+                )
         return env
 
     def start(self, timeout: float = 120.0) -> TritonServer:
@@ -494,8 +545,11 @@ class TritonServer:
                 self._stubs_at_ready = {}
                 for _pid, model, _instance in python_stub_processes(self.pid):
                     self._stubs_at_ready[model] = self._stubs_at_ready.get(model, 0) + 1
-                self._shm_regions = {argv[2] for _pid, argv in _stub_argvs(self.pid)
-                                     if len(argv) > 2 and argv[2].startswith(_SHM_PREFIX)}
+                self._shm_regions = {
+                    argv[2]
+                    for _pid, argv in _stub_argvs(self.pid)
+                    if len(argv) > 2 and argv[2].startswith(_SHM_PREFIX)
+                }
                 return self
             except ServingError:
                 taken = self._ports_in_use()
@@ -557,8 +611,10 @@ class TritonServer:
         if missing:
             raise ServingError(
                 f"model repository {self.repository} lacks TensorRT engine file(s): "
-                + ", ".join(str(p.relative_to(self.repository)) for p in missing) + "; "
-                + BUILD_ENGINES_HINT.format(export="EXPORT_DIR"))
+                + ", ".join(str(p.relative_to(self.repository)) for p in missing)
+                + "; "
+                + BUILD_ENGINES_HINT.format(export="EXPORT_DIR")
+            )
         if not bundled:
             return
         foreign = []
@@ -576,7 +632,8 @@ class TritonServer:
                 f"cannot run: {', '.join(foreign)}. The Triton binary of nvidia-pytriton has the "
                 "python backend only; serve this (gpu flavour) repository with NVIDIA's Triton "
                 "Inference Server container, where `tritonserver` is on PATH, or build a cpu "
-                "flavour repository (`mmtrt repo EXPORT_DIR OUT --flavour cpu`)")
+                "flavour repository (`mmtrt repo EXPORT_DIR OUT --flavour cpu`)"
+            )
 
     def _launch(self, binary: Path, bundled_root: Path | None) -> None:
         for name, port in self._requested_ports.items():
@@ -592,10 +649,15 @@ class TritonServer:
             log.flush()
             self._log_offset = log.tell()
             self._proc = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self._environment(bundled_root), cwd=self._workdir,
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(bundled_root),
+                cwd=self._workdir,
                 start_new_session=True,  # own session and process group
-                preexec_fn=_parent_death_signal() if self.die_with_parent else None)
+                preexec_fn=_parent_death_signal() if self.die_with_parent else None,
+            )
         _RUNNING.add(self)
 
     def _wait_ready(self, models: Iterable[str], timeout: float) -> None:
@@ -610,25 +672,28 @@ class TritonServer:
             while True:
                 code = self._proc.poll()
                 if code is not None:
-                    raise self._fail(f"tritonserver exited with code {code} while starting "
-                                     f"(repository {self.repository})")
+                    raise self._fail(
+                        f"tritonserver exited with code {code} while starting (repository {self.repository})"
+                    )
                 if time.monotonic() > deadline:
-                    raise self._fail(f"tritonserver was not ready with models {models} "
-                                     f"after {timeout:.0f} s")
+                    raise self._fail(f"tritonserver was not ready with models {models} after {timeout:.0f} s")
                 try:
                     if client is None:
                         client = httpclient.InferenceServerClient(
-                            self.http_url, connection_timeout=2.0, network_timeout=5.0)
+                            self.http_url, connection_timeout=2.0, network_timeout=5.0
+                        )
                     if client.is_server_live(headers=headers):
-                        pending = [m for m in models
-                                   if not client.is_model_ready(m, headers=headers)]
+                        pending = [m for m in models if not client.is_model_ready(m, headers=headers)]
                         # Triton starts its endpoints gRPC, HTTP, then metrics, and exits if one
                         # cannot bind: ready means the metrics page answers too (unless disabled)
                         # and the process is still there.
                         if not pending and self._metrics_answer() and self._proc.poll() is None:
                             return
-                        failed = [e for e in client.get_model_repository_index(headers=headers)
-                                  if e.get("name") in pending and e.get("state") == "UNAVAILABLE"]
+                        failed = [
+                            e
+                            for e in client.get_model_repository_index(headers=headers)
+                            if e.get("name") in pending and e.get("state") == "UNAVAILABLE"
+                        ]
                         if failed:
                             why = "; ".join(f"{e['name']}: {e.get('reason', '?')}" for e in failed)
                             raise self._fail(f"model(s) failed to load: {why}")
@@ -640,8 +705,7 @@ class TritonServer:
                 client.close()
 
     def _metrics_answer(self) -> bool:
-        if any(a.replace(" ", "") in ("--allow-metrics=false", "--allow-metrics=0")
-               for a in self.extra_args):
+        if any(a.replace(" ", "") in ("--allow-metrics=false", "--allow-metrics=0") for a in self.extra_args):
             return True
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=2.0) as r:

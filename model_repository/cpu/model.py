@@ -49,18 +49,21 @@ def _verified_onnx_path(version_dir, onnx_name):
         raise pb_utils.TritonModelException(f"ONNX file {onnx_path} is missing")
     if not os.path.isfile(manifest_path):
         raise pb_utils.TritonModelException(
-            f"{manifest_path} is missing: cannot verify {onnx_name}; refusing to load")
+            f"{manifest_path} is missing: cannot verify {onnx_name}; refusing to load"
+        )
     with open(manifest_path) as fh:
         manifest = json.load(fh)
     expected = manifest.get("files", {}).get(onnx_name, {}).get("sha256")
     if not expected:
         raise pb_utils.TritonModelException(
-            f"{manifest_path} lists no sha256 for {onnx_name}; refusing to load")
+            f"{manifest_path} lists no sha256 for {onnx_name}; refusing to load"
+        )
     actual = _sha256(onnx_path)
     if actual.lower() != expected.lower():
         raise pb_utils.TritonModelException(
             f"sha256 mismatch for {onnx_path}: manifest says {expected}, file has {actual}. "
-            "The file was modified or corrupted after export (tampered file); refusing to load")
+            "The file was modified or corrupted after export (tampered file); refusing to load"
+        )
     return onnx_path
 
 
@@ -68,21 +71,28 @@ def _shape_fits(onnx_shape, batched_dims):
     """Does an ONNX shape ([batch, ...], symbolic dims as str/None) fit the config dims?"""
     if len(onnx_shape) != len(batched_dims):
         return False
-    return all(not isinstance(have, int) or want == -1 or have == want
-               for have, want in zip(onnx_shape, batched_dims))
+    return all(
+        not isinstance(have, int) or want == -1 or have == want
+        for have, want in zip(onnx_shape, batched_dims)
+    )
 
 
 def _non_finite(parts, arr):
     """A message if an output of one request holds NaN or Inf, else None. Finite inputs can still
     overflow float32 inside the graph (values near 3.4e38); that request gets an error instead of
     NaN probabilities (and a label that would be argmax of NaN)."""
-    bad = [f"{name} ({int((~np.isfinite(value)).sum())})" for name, value in parts
-           if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()]
+    bad = [
+        f"{name} ({int((~np.isfinite(value)).sum())})"
+        for name, value in parts
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()
+    ]
     if not bad:
         return None
-    return (f"the outputs for this input are not finite: non-finite values in {', '.join(bad)}; "
-            f"the input's values range from {float(arr.min()):.4g} to {float(arr.max()):.4g}, "
-            "images are expected in [0, 1]")
+    return (
+        f"the outputs for this input are not finite: non-finite values in {', '.join(bad)}; "
+        f"the input's values range from {float(arr.min()):.4g} to {float(arr.max()):.4g}, "
+        "images are expected in [0, 1]"
+    )
 
 
 class TritonPythonModel:
@@ -96,28 +106,32 @@ class TritonPythonModel:
         onnx_name = params.get("onnx_file", {}).get("string_value")
         if not onnx_name:
             raise pb_utils.TritonModelException(
-                f"model '{self.model_name}': config.pbtxt sets no 'onnx_file' parameter")
+                f"model '{self.model_name}': config.pbtxt sets no 'onnx_file' parameter"
+            )
         threads = int(params.get("ort_intra_op_threads", {}).get("string_value") or 0)
 
         inputs = model_config["input"]
         if len(inputs) != 1:
             raise pb_utils.TritonModelException(
                 f"model '{self.model_name}': expected one input in config.pbtxt, "
-                f"got {[i['name'] for i in inputs]}")
+                f"got {[i['name'] for i in inputs]}"
+            )
         self.input_name = inputs[0]["name"]
         self.input_dims = tuple(int(d) for d in inputs[0]["dims"])
         self.input_dtype = pb_utils.triton_string_to_numpy(inputs[0]["data_type"])
         # (name, numpy dtype) of every output, in the config's order
-        self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"]))
-                        for o in model_config["output"]]
+        self.outputs = [
+            (o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in model_config["output"]
+        ]
 
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         onnx_path = _verified_onnx_path(version_dir, onnx_name)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_path, sess_options=options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            onnx_path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
 
         # The graph must have the config's input and every config output (or probs for label).
         have_in = [i.name for i in self.session.get_inputs()]
@@ -130,18 +144,19 @@ class TritonPythonModel:
             name, dims = o["name"], batch + [int(d) for d in o["dims"]]
             if name in have_out:
                 if not _shape_fits(have_out[name], dims):
-                    problems.append(f"output '{name}' has shape {have_out[name]}, config.pbtxt "
-                                    f"says {dims}")
+                    problems.append(f"output '{name}' has shape {have_out[name]}, config.pbtxt says {dims}")
             elif not (name == LABEL and PROBS in have_out):
                 problems.append(f"no output '{name}'")
         if problems:
             raise pb_utils.TritonModelException(
-                f"model '{self.model_name}': {onnx_path} does not fit config.pbtxt: "
-                + "; ".join(problems))
+                f"model '{self.model_name}': {onnx_path} does not fit config.pbtxt: " + "; ".join(problems)
+            )
         # The ONNX outputs to compute: the config's, plus probs when label derives from it.
         self.fetch = [name for name, _ in self.outputs if name in have_out]
-        if any(name == LABEL and LABEL not in have_out for name, _ in self.outputs) and \
-                PROBS not in self.fetch:
+        if (
+            any(name == LABEL and LABEL not in have_out for name, _ in self.outputs)
+            and PROBS not in self.fetch
+        ):
             self.fetch.append(PROBS)
 
     def _check(self, request):
@@ -152,22 +167,31 @@ class TritonPythonModel:
             return None, f"missing input tensor '{name}'"
         arr = tensor.as_numpy()
         if arr.dtype != self.input_dtype:
-            return None, (f"input tensor '{name}' has data type {arr.dtype}, "
-                          f"expected {np.dtype(self.input_dtype).name}")
+            return None, (
+                f"input tensor '{name}' has data type {arr.dtype}, expected {np.dtype(self.input_dtype).name}"
+            )
         lead = 1 if self.max_batch > 0 else 0
-        if arr.ndim != len(self.input_dims) + lead or \
-                tuple(arr.shape[lead:]) != self.input_dims or (lead and arr.shape[0] < 1):
+        if (
+            arr.ndim != len(self.input_dims) + lead
+            or tuple(arr.shape[lead:]) != self.input_dims
+            or (lead and arr.shape[0] < 1)
+        ):
             want = ", ".join(map(str, self.input_dims))
-            return None, (f"input tensor '{name}' has shape {list(arr.shape)}, expected "
-                          + (f"[n, {want}] with n >= 1" if lead else f"[{want}]"))
+            return None, (
+                f"input tensor '{name}' has shape {list(arr.shape)}, expected "
+                + (f"[n, {want}] with n >= 1" if lead else f"[{want}]")
+            )
         if self.max_batch and arr.shape[0] > self.max_batch:
-            return None, (f"input tensor '{name}' has batch size {arr.shape[0]}, "
-                          f"above max_batch_size {self.max_batch}")
+            return None, (
+                f"input tensor '{name}' has batch size {arr.shape[0]}, above max_batch_size {self.max_batch}"
+            )
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             n_nan = int(np.isnan(arr).sum())
             n_inf = int(np.isinf(arr).sum())
-            return None, (f"input tensor '{name}' contains non-finite values "
-                          f"({n_nan} NaN, {n_inf} Inf); all values must be finite")
+            return None, (
+                f"input tensor '{name}' contains non-finite values "
+                f"({n_nan} NaN, {n_inf} Inf); all values must be finite"
+            )
         return arr, None
 
     def execute(self, requests):
@@ -179,18 +203,19 @@ class TritonPythonModel:
                 valid.append((i, arr))
             else:
                 responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"model '{self.model_name}': {problem}"))
+                    error=pb_utils.TritonError(f"model '{self.model_name}': {problem}")
+                )
         if not valid:
             return responses
 
         batch = valid[0][1] if len(valid) == 1 else np.concatenate([a for _, a in valid])
         try:
-            results = dict(zip(self.fetch, self.session.run(self.fetch,
-                                                            {self.input_name: batch})))
+            results = dict(zip(self.fetch, self.session.run(self.fetch, {self.input_name: batch})))
         except Exception as e:  # onnxruntime failure: every request of the batch gets it
             for i, _ in valid:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"model '{self.model_name}': onnxruntime failed: {e}"))
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"model '{self.model_name}': onnxruntime failed: {e}")
+                )
             return responses
         if LABEL not in results and any(name == LABEL for name, _ in self.outputs):
             results[LABEL] = np.argmax(results[PROBS], axis=1).reshape(-1, 1)
@@ -202,11 +227,15 @@ class TritonPythonModel:
             parts = [(name, value[start:stop]) for name, value in outputs]
             problem = _non_finite(parts, arr)
             if problem:  # never answer NaN: e.g. finite inputs near the float32 maximum
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"model '{self.model_name}': {problem}"))
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"model '{self.model_name}': {problem}")
+                )
             else:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in parts])
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in parts
+                    ]
+                )
             start = stop
         return responses
 
