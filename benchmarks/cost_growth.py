@@ -61,16 +61,10 @@ def load_target(name: str, checkpoint: Path, export: Path):
 
     torch.set_num_threads(THREADS)
     if name == "ort-fused":
-        import onnxruntime as ort
+        from mmtrt.runtimes import ort
 
-        # (runner.onnx_targets builds sessions with onnxruntime's default thread count; this study
-        # sets it, so the same session is made here with explicit options)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = THREADS
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(
-            str(export / "multimix.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        # (runner.onnx_targets uses onnxruntime's default thread count; this study sets it)
+        session = ort.session(export / "multimix.onnx", threads=THREADS)
         return lambda images: session.run(None, {"image": images.numpy()})
     from mmtrt.bench.torch_targets import torch_targets
     from mmtrt.checkpoint import load_checkpoint

@@ -34,9 +34,10 @@ import torch
 from mmtrt.bench.report import cpu_model
 from mmtrt.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from mmtrt.export.manifest import read_manifest, versions
-from mmtrt.export.validate import make_image, onnxruntime_runner
+from mmtrt.export.validate import make_image
 from mmtrt.graphs import GRAPHS
 from mmtrt.model import MultiMix
+from mmtrt.runtimes import ort as ort_runtime
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_SALIENCY_OVER_ENCODER = 2.2
@@ -55,7 +56,7 @@ def prepare_export(args) -> tuple[Path, MultiMix]:
         if manifest["checkpoint"]["sha256"] != file_sha256(checkpoint):
             raise SystemExit(f"{checkpoint} is not the checkpoint {folder} was exported from")
         return folder, model
-    from mmtrt.export.command import export_model
+    from mmtrt.export.exporter import export_model
 
     work = Path(tempfile.mkdtemp(prefix="mmtrt-bench-"))
     torch.manual_seed(0)
@@ -68,7 +69,7 @@ def prepare_export(args) -> tuple[Path, MultiMix]:
 
 def build_cases(folder: Path, model: MultiMix, batch: int) -> dict:
     images = torch.stack([make_image("xray", 9_000 + i) for i in range(batch)])
-    ort = {name: onnxruntime_runner(folder / f"{name}.onnx") for name in GRAPHS}
+    ort = {name: ort_runtime.runner(folder / f"{name}.onnx") for name in GRAPHS}
     eager = {name: spec.build(model) for name, spec in GRAPHS.items()}
     with torch.no_grad():
         features = dict(zip(GRAPHS["saliency"].outputs, eager["saliency"](images)))

@@ -189,11 +189,9 @@ def summarise(
 def reference_outputs(onnx_path: Path, pool: np.ndarray) -> list[dict[str, np.ndarray]]:
     """What the server must answer for each image of ``pool`` (batch 1): the same ONNX graph in
     onnxruntime in-process."""
-    import onnxruntime as ort
+    from mmtrt.runtimes import ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.session(onnx_path, threads=1)
     refs = []
     for x in pool:
         probs, mask, saliency = session.run(["probs", "mask", "saliency"], {"image": x[None]})

@@ -11,6 +11,7 @@ import click
 COMMANDS = {
     "synth": "mmtrt.data.commands:synth",
     "init": "mmtrt.commands:init_checkpoint",
+    "train": "train.command:train_command",
     "repo": "mmtrt.serving.commands:repo",
     "serve": "mmtrt.serving.commands:serve",
     "infer": "mmtrt.serving.commands:infer",

@@ -6,7 +6,6 @@ conftest.py."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -28,10 +27,6 @@ needs_server = pytest.mark.skipif(_NO_SERVER is not None, reason=f"no tritonserv
 
 
 # --------------------------------------------------------------------------- the export under test
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _export_key() -> str:
@@ -94,27 +89,29 @@ def real_export(request, graphs=("multimix", "encoder")) -> Path:
             export_onnx(GRAPHS[graph], model, tmp, max_batch=MAX_BATCH)
             os.replace(tmp, folder / f"{graph}.onnx")  # atomic: a parallel run sees all or nothing
             print(f"\nexported {graph}.onnx in {time.monotonic() - t0:.1f} s")
+    import onnx
+
+    from mmtrt.export.manifest import file_entry, graph_record, write_manifest
+
     files = sorted(folder.glob("[!.]*.onnx"))
-    manifest = {
-        "files": {f.name: {"sha256": _sha256(f)} for f in files},
-        "max_batch": MAX_BATCH,
-        "image_size": 256,
-        "note": "tests/test_serving.py real_export (seed 0, untrained)",
-    }
-    tmp = folder / f".manifest.{os.getpid()}.json"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / "manifest.json")
+    write_manifest(  # atomic: a parallel run sees all or nothing
+        folder,
+        {
+            "max_batch": MAX_BATCH,
+            "image_size": 256,
+            "note": "tests real_export (seed 0, untrained)",
+            "graphs": {f.stem: graph_record(f, onnx.load(str(f), load_external_data=False)) for f in files},
+            "files": {f.name: file_entry(f, kind="onnx", graph=f.stem) for f in files},
+        },
+    )
     return folder
 
 
 def ort_session(path: Path):
     """An onnxruntime session set up like the served one (one intra-op thread)."""
-    import onnxruntime as ort
+    from mmtrt.runtimes import ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.session(path, threads=1)
 
 
 def start_server(repo: Path, log: Path) -> TritonServer:

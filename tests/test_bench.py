@@ -30,7 +30,7 @@ from mmtrt.bench.runner import onnx_targets, run_bench
 from mmtrt.bench.torch_targets import joint, reference_joint
 from mmtrt.cli import main
 from mmtrt.export import tensorrt as trt_code
-from mmtrt.export.manifest import FORMAT, MANIFEST, file_entry, write_json
+from mmtrt.export.manifest import file_entry, write_manifest
 from mmtrt.graphs import GRAPHS
 
 CUDA = torch.cuda.is_available()
@@ -296,7 +296,7 @@ def engine_export(folder: Path, graphs: list[str], state: str = "built", max_bat
         "profile": {"min": 1, "opt": max_batch, "max": max_batch},
         "plans": {g: {"file": f"{g}.plan"} for g in graphs},
     }
-    write_json(folder / MANIFEST, {"format": FORMAT, "files": files, "engines": engines})
+    write_manifest(folder, {"files": files, "engines": engines})
     return folder
 
 
@@ -381,10 +381,9 @@ def test_engines_on_a_tensorrt_host(tmp_path, sum_export):  # pragma: no cover -
     folder.mkdir()
     for graph, plan in plans.items():
         (folder / f"{graph}.plan").write_bytes(plan)
-    write_json(
-        folder / MANIFEST,
+    write_manifest(
+        folder,
         {
-            "format": FORMAT,
             "files": {f"{g}.plan": file_entry(folder / f"{g}.plan") for g in plans},
             "engines": {
                 "state": "built",

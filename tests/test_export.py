@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -29,8 +28,9 @@ from mmtrt.cli import main
 from mmtrt.export import tensorrt as trt_code
 from mmtrt.export.onnx_graphs import FORBIDDEN_OPS
 from mmtrt.export.precision import mixed_precision, reduced_convolutions
-from mmtrt.export.validate import KINDS, TOLERANCES, onnxruntime_runner, validate_against
+from mmtrt.export.validate import KINDS, TOLERANCES, validate_against
 from mmtrt.graphs import GRAPHS
+from mmtrt.runtimes import ort
 
 MAX_BATCH = 8
 GRAPH_FILES = {f"{name}.onnx" for name in GRAPHS}
@@ -105,10 +105,10 @@ def _axes(proto, node):
 def test_graphs_run_at_batch_1_5_and_8_and_samples_do_not_leak(export):
     rng = np.random.default_rng(0)
     images = rng.random((MAX_BATCH, 1, 256, 256), dtype=np.float32)
-    encoder = ort.InferenceSession(str(export.out / "saliency.onnx"), providers=["CPUExecutionProvider"])
+    encoder = ort.session(export.out / "saliency.onnx")
     features = dict(zip(GRAPHS["saliency"].outputs, encoder.run(None, {"image": images})))
     for name, spec in GRAPHS.items():
-        session = ort.InferenceSession(str(export.out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        session = ort.session(export.out / f"{name}.onnx")
         source = {"image": images, **features}
         first = None
         for batch in (1, 5, 8):
@@ -201,7 +201,7 @@ def test_the_engine_check_compares_with_onnxruntime_on_the_exports_inputs(export
     (the first 6 validation images keep it quick)."""
     parity = json.loads((export.out / "parity.json").read_text())
     parity["inputs"] = parity["inputs"][:4]
-    ref = {g: onnxruntime_runner(export.out / f"{g}.onnx") for g in ("saliency", "decoder")}
+    ref = {g: ort.runner(export.out / f"{g}.onnx") for g in ("saliency", "decoder")}
     same = validate_against(
         {
             ("saliency.plan", "saliency", "fp32"): ref["saliency"],
@@ -401,7 +401,7 @@ def _tiny_graph(opset=18):
 
 
 def _run(proto, image):
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.session(proto.SerializeToString())
     return dict(zip(["saliency", "mask"], session.run(["saliency", "mask"], {"image": image})))
 
 

@@ -37,7 +37,7 @@ from serving_helpers import needs_server, processes_mentioning
 from test_serving_cli import _Serve
 
 from mmtrt.serving import build_repository
-from mmtrt.serving.server import python_stub_processes
+from mmtrt.serving.processes import python_stub_processes
 
 pytestmark = needs_server
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from mmtrt.serving import (
     template_dir,
     validate_repository,
 )
-from mmtrt.serving.server import _bundled_root_of
+from mmtrt.serving.binary import bundled_root_of
 
 ENGINES = ("encoder", "saliency", "decoder")
 ENSEMBLES = ("multimix", "classifier")
@@ -300,7 +300,7 @@ def test_server_refuses_a_gpu_repository_it_cannot_run(gpu_repo, export_dir, tmp
     with pytest.raises(ServingError, match="lacks TensorRT engine file.*mmtrt build-engines"):
         TritonServer(gpu_repo, log_file=tmp_path / "a.log").start()
     try:
-        bundled = _bundled_root_of(find_tritonserver()) is not None
+        bundled = bundled_root_of(find_tritonserver()) is not None
     except ServingError:
         pytest.skip("no tritonserver")
     if not bundled:

@@ -1,8 +1,7 @@
-"""`python -m train ...` (and `torchrun --nproc-per-node N -m train ...`): see train/trainer.py."""
+"""`python -m train ...` (and `torchrun --nproc-per-node N -m train ...`): the same command as
+`mmtrt train` (train/command.py); the loop is train/trainer.py."""
 
-import sys
-
-from .trainer import main
+from .command import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,12 +1,12 @@
-"""Training configuration: one dataclass, and the argparse parser generated from it.
+"""Training configuration: one dataclass, from which the command line is generated.
 
-Every field carries its help text in ``metadata["help"]``, so ``python -m train --help`` documents
-every option and a new field cannot be added without one (``build_parser`` raises otherwise).
+Every field carries its help text in ``metadata["help"]``, so ``mmtrt train --help`` (and
+``python -m train --help``) documents every option and a new field cannot be added without one
+(train/command.py raises otherwise).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -260,48 +260,3 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m train",
-        description="Train MultiMix (joint chest X-ray classification + lung segmentation with a saliency "
-        "bridge) from few labels. Five streams per step: labelled seg, unlabelled seg, labelled "
-        "cls, weak + strong views of the same unlabelled cls images. Loss = w_ce CE + w_dice Dice "
-        "+ w_u L_u + w_kl KL_seg. Without --cls-data/--seg-data it trains on synthetic data. "
-        "Scale-out: torchrun --nproc-per-node N -m train ... (NCCL on GPUs, gloo on CPU).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for f in dataclasses.fields(TrainConfig):
-        meta = dict(f.metadata)
-        help_text = meta.pop("help", None)
-        if not help_text:
-            raise AssertionError(f"TrainConfig.{f.name} has no help text")
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"help": help_text, "dest": f.name}
-        if meta.pop("required", False):
-            kwargs["required"] = True
-        negatable = meta.pop("negatable", False)
-        if f.type in ("bool", bool):
-            if negatable or f.default:
-                kwargs["action"] = argparse.BooleanOptionalAction
-                kwargs["default"] = f.default
-            else:
-                kwargs["action"] = "store_true"
-        else:
-            kwargs["default"] = f.default
-            typ = {"int": int, "float": float, "str": str, "Optional[str]": str}.get(str(f.type), str)
-            kwargs["type"] = typ
-            if "choices" in meta:
-                kwargs["choices"] = meta.pop("choices")
-        parser.add_argument(flag, **kwargs)
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    ns = build_parser().parse_args(argv)
-    try:
-        return TrainConfig(**vars(ns))
-    except ValueError as exc:
-        build_parser().error(str(exc))
-        raise  # unreachable

@@ -1,4 +1,5 @@
-"""The training loop: data, DDP, compile, mixed precision, validation, checkpoints, resume, logs.
+"""The training loop: data, DDP, compile, mixed precision, and the steps; the run state it saves
+and resumes is train/run_state.py, validation train/validation.py, the final report train/report.py.
 
 Run folder (``--out``):
     config.json     the TrainConfig of the run
@@ -26,11 +27,8 @@ import json
 import logging
 import math
 import os
-import statistics
-import sys
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +37,21 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from mmtrt.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from mmtrt.data import ClassificationFolder, SegmentationPairs
-from mmtrt.files import remove_stale_temporaries
 from mmtrt.model import MultiMix
 
 from . import data as tdata
 from .config import TrainConfig
-from .metrics import evaluate_classification, evaluate_segmentation, selection_score
+from .report import StepTimes, jsonable, now, test_best, write_metrics
+from .run_state import RunState
 from .step import TrainModule, compile_step, work_per_step
+from .validation import eval_sets, validate
 
 log = logging.getLogger("train")
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or go on; the message says why."""
+
 
 # Fields of the saved config that a --resume may change (they do not change the result).
 RESUME_OVERRIDES = (
@@ -78,7 +80,7 @@ class Dist:
         if want == "auto":
             want = "cuda" if torch.cuda.is_available() else "cpu"
         if want == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("--device cuda: no CUDA device is available")
+            raise TrainError("--device cuda: no CUDA device is available")
         if want == "cuda":
             self.device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
             torch.cuda.set_device(self.device)
@@ -117,10 +119,6 @@ def params_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 class JsonLog:
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -129,29 +127,14 @@ class JsonLog:
         if not self.enabled:
             return
         with open(self.path, "a") as fh:
-            fh.write(json.dumps({"time": _now(), **record}, default=_jsonable) + "\n")
-
-
-def _jsonable(x):
-    if isinstance(x, torch.Tensor):
-        return x.item() if x.numel() == 1 else x.tolist()
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return str(x)
-
-
-def _finite(d: dict[str, float]) -> dict[str, float | None]:
-    return {
-        k: (v if isinstance(v, float) and math.isfinite(v) else None) if isinstance(v, float) else v
-        for k, v in d.items()
-    }
+            fh.write(json.dumps({"time": now(), **record}, default=jsonable) + "\n")
 
 
 def load_resume_config(cfg: TrainConfig) -> TrainConfig:
     """The saved config of the run in cfg.out, with the fields a resume may change taken from cfg."""
     path = Path(cfg.out) / "config.json"
     if not path.is_file() or not (Path(cfg.out) / "last.pt").is_file():
-        raise SystemExit(f"--resume: no resumable run in {cfg.out} (config.json and last.pt are needed)")
+        raise TrainError(f"--resume: no resumable run in {cfg.out} (config.json and last.pt are needed)")
     saved = json.loads(path.read_text())
     merged = {**saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES}}
     differing = sorted(
@@ -162,35 +145,6 @@ def load_resume_config(cfg: TrainConfig) -> TrainConfig:
             f"--resume: using the run's saved values for {differing} (the command line differs)", stacklevel=2
         )
     return TrainConfig.from_dict(merged)
-
-
-# ------------------------------------------------------------------------------------------------
-# Validation
-# ------------------------------------------------------------------------------------------------
-def validate(model: MultiMix, cfg: TrainConfig, cls_set, seg_set, device) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    was_training = model.training
-    try:
-        if cls_set is not None:
-            metrics.update(evaluate_classification(model, cls_set, device, batch_size=max(cfg.batch, 16)))
-        if seg_set is not None:
-            metrics.update(
-                evaluate_segmentation(
-                    model, seg_set, device, bridge=cfg.saliency_bridge, batch_size=max(cfg.batch, 8)
-                )
-            )
-    finally:
-        model.train(was_training)
-    return metrics
-
-
-def eval_sets(cfg: TrainConfig, cls_root: Path, seg_root: Path, split: str):
-    cls_set = seg_set = None
-    if cfg.trains_classifier and tdata.has_split(cls_root, split):
-        cls_set = ClassificationFolder(cls_root, split, size=cfg.image_size)
-    if cfg.uses_seg and tdata.has_split(seg_root, split):
-        seg_set = SegmentationPairs(seg_root, split, size=cfg.image_size)
-    return cls_set, seg_set
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,9 +187,9 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         total = min(total, cfg.max_steps)
     val_cls, val_seg = eval_sets(cfg, cls_root, seg_root, "val")
     if cfg.trains_classifier and val_cls is None:
-        raise SystemExit(f"{cls_root}: no val/ split; the best checkpoint is chosen on held-out data")
+        raise TrainError(f"{cls_root}: no val/ split; the best checkpoint is chosen on held-out data")
     if cfg.uses_seg and val_seg is None:
-        raise SystemExit(f"{seg_root}: no val/ split; the best checkpoint is chosen on held-out data")
+        raise TrainError(f"{seg_root}: no val/ split; the best checkpoint is chosen on held-out data")
 
     # model, optimiser, schedule, scaler
     torch.manual_seed(cfg.seed)
@@ -248,37 +202,21 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=not full,
         )
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-
-    start_step, best_score, best_info = 0, -math.inf, None
+    state = RunState(model, cfg, device, out)
+    optimizer, scheduler, scaler = state.optimizer, state.scheduler, state.scaler
     if cfg.resume:
-        if dd.main:  # what a SIGKILL during a checkpoint write left behind
-            for name in ("last.pt", "best.pt"):
-                for tmp in remove_stale_temporaries(out / name):
-                    jlog.write({"type": "run", "event": "removed-temporary", "file": tmp.name})
-        state = read_checkpoint(out / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        trainer_state = state["trainer"]
-        start_step = int(trainer_state["next_step"])
-        best_score = float(trainer_state["best_score"])
-        best_info = trainer_state.get("best_info") or None
-        torch.set_rng_state(state["rng"]["torch"])
-        jlog.write({"type": "run", "event": "resume", "next_step": start_step})
+        state.resume(jlog.write, clean=dd.main)
+        jlog.write({"type": "run", "event": "resume", "next_step": state.next_step})
+    start_step = state.next_step
 
+    times = StepTimes()
     step_fn = module
-    compiled = False
     # auto: compile on CUDA; on CPU the compiled step was no faster than the eager one and its
     # compile takes minutes (benchmarks/results/train_bench_cpu.md), so auto trains eagerly there.
     # --compile on compiles anyway (correctly: train.step.compile_step).
     if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
         step_fn = compile_step(module, device)
-        compiled = True
+        times.compiled = True
 
     batches = tdata.StepBatches(cfg, pools, dd.rank, dd.world, total_steps=total)
     loader = DataLoader(
@@ -316,36 +254,13 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         total=total, initial=start_step, desc="train", unit="step", disable=disable, dynamic_ncols=True
     )
 
-    step_times: list[float] = []
-    first_step_s = None
-    compile_fallback = None
     last_val: dict[str, float] = {}
     first_batch_digest = None
     t_run = time.perf_counter()
-    eval_s = 0.0
 
     def save_last(next_step: int, epoch: float, val: dict | None) -> None:
-        if not dd.main:
-            return
-        save_checkpoint(
-            out / "last.pt",
-            model,
-            meta={
-                "epoch": epoch,
-                "step": next_step,
-                "seed": cfg.seed,
-                "metrics": val or {},
-                "train_config": cfg.to_dict(),
-            },
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler.is_enabled() else {},
-            rng={
-                "torch": torch.get_rng_state(),
-                **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {}),
-            },
-            trainer={"next_step": next_step, "best_score": best_score, "best_info": best_info or {}},
-        )
+        if dd.main:
+            state.save_last(next_step, epoch, val)
 
     def run_step(fn, batch):
         loss, parts = fn(batch)
@@ -362,15 +277,17 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         torch.manual_seed(step_seed(cfg.seed, step, dd.rank))
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        if compiled and first_step_s is None and cfg.compile == "auto":
+        if times.compiled and times.first_s is None and cfg.compile == "auto":
             try:
                 loss, parts = run_step(step_fn, batch)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
-                compile_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                warnings.warn(
-                    f"torch.compile failed, training eagerly instead ({compile_fallback})", stacklevel=2
+                times.compile_fallback = (
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 )
-                step_fn, compiled = module, False
+                warnings.warn(
+                    f"torch.compile failed, training eagerly instead ({times.compile_fallback})", stacklevel=2
+                )
+                step_fn, times.compiled = module, False
                 optimizer.zero_grad(set_to_none=True)
                 torch.manual_seed(step_seed(cfg.seed, step, dd.rank))
                 loss, parts = run_step(step_fn, batch)
@@ -380,12 +297,8 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         scaler.update()
         loss_value = float(loss.detach())  # (also synchronises a GPU: the timing below is real)
         dt = time.perf_counter() - t0
-        if first_step_s is None:
-            first_step_s = dt
-            if compiled:
-                jlog.write({"type": "compile", "first_step_s": dt})
-        else:
-            step_times.append(dt)
+        if times.add(dt) and times.compiled:
+            jlog.write({"type": "compile", "first_step_s": dt})
         if not math.isfinite(loss_value) and not scaler.is_enabled():
             raise FloatingPointError(
                 f"non-finite loss {loss_value} at step {step} ({ {k: float(v) for k, v in parts.items()} })"
@@ -412,28 +325,12 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         if epoch_end or stop:
             t_eval = time.perf_counter()
             val = validate(model, cfg, val_cls, val_seg, device) if dd.main else {}
-            eval_s += time.perf_counter() - t_eval
+            times.eval_s += time.perf_counter() - t_eval
             last_val = val
             if epoch_end:
                 scheduler.step()
             if dd.main:
-                score = selection_score(val, cfg.select_metric)
-                improved = math.isfinite(score) and score > best_score
-                if improved:
-                    best_score = score
-                    best_info = {"epoch": epoch, "step": step + 1, "score": score, "val": val}
-                    save_checkpoint(
-                        out / "best.pt",
-                        model,
-                        meta={
-                            "epoch": epoch,
-                            "step": step + 1,
-                            "seed": cfg.seed,
-                            "metrics": val,
-                            "score": score,
-                            "train_config": cfg.to_dict(),
-                        },
-                    )
+                score, improved = state.select(val, epoch, step + 1)
                 jlog.write(
                     {"type": "val", "epoch": epoch, "step": step + 1, "score": score, "best": improved, **val}
                 )
@@ -455,36 +352,21 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         batch_digests = [g[1] for g in gathered]
     result: dict[str, Any] = {}
     if dd.main:
-        test_metrics = None
-        test_cls, test_seg = eval_sets(cfg, cls_root, seg_root, "test")
-        if (out / "best.pt").is_file() and (test_cls is not None or test_seg is not None):
-            best_model, _ = load_checkpoint(out / "best.pt")
-            test_metrics = validate(best_model.to(device), cfg, test_cls, test_seg, device)
-        median = statistics.median(step_times) if step_times else first_step_s
+        timing = times.summary(
+            device=device,
+            world=dd.world,
+            precision=cfg.precision,
+            images_per_step=images_per_step,
+            wall_s=wall,
+        )
         result = {
-            "finished": _now(),
+            "finished": now(),
             "out": str(out),
             "config": cfg.to_dict(),
-            "best": best_info,
+            "best": state.best_info,
             "last": {"step": step + 1 if total > start_step else start_step, "val": last_val},
-            "test": test_metrics,
-            "timing": {
-                "device": str(device),
-                "world_size": dd.world,
-                "precision": cfg.precision,
-                "compiled": compiled,
-                "compile_fallback": compile_fallback,
-                "first_step_s": first_step_s,
-                "compile_s": (first_step_s - median)
-                if (compiled and first_step_s is not None and step_times)
-                else None,
-                "median_step_s": median,
-                "steps_per_s": (1.0 / median) if median else None,
-                "images_per_s": (images_per_step * dd.world / median) if median else None,
-                "steps_timed": len(step_times),
-                "eval_s": eval_s,
-                "wall_s": wall,
-            },
+            "test": test_best(cfg, out, cls_root, seg_root, device),
+            "timing": timing,
             "work": work,
             "data": pools.sizes(),
             "distributed": {
@@ -494,30 +376,6 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
                 "in_sync": len(set(digests)) == 1,
             },
         }
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
-        jlog.write({"type": "end", "timing": result["timing"], "best": best_info})
+        write_metrics(out, result)
+        jlog.write({"type": "end", "timing": result["timing"], "best": state.best_info})
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .config import parse_args
-
-    cfg = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = train(cfg)
-    except OSError as exc:  # e.g. a full disk or an unwritable --out: the message names the file
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if result:
-        summary = {
-            "best": (result["best"] or {}).get("val"),
-            "test": result["test"],
-            "timing": result["timing"],
-        }
-        print(json.dumps(summary, indent=2, default=_jsonable))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

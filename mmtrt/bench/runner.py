@@ -12,14 +12,16 @@ import torch
 
 from mmtrt.bench.measure import Measurement, measure
 from mmtrt.bench.report import environment, ratio_table, write_report
+from mmtrt.graphs import JOINT_OUTPUTS, PIPELINES, run_pipeline
+from mmtrt.runtimes import ort as ort_runtime
 
 POOL_SIZE = 32  # distinct synthetic X-rays rotated across calls (more when a batch is larger)
-ORT_GRAPHS = {
-    "ort-fused": ("multimix",),
-    "ort-split": ("saliency", "decoder"),
-    "ort-encoder": ("encoder",),
-    "ort-saliency": ("saliency",),
-}
+# target -> the pipeline of mmtrt.graphs it runs (ort-saliency: the saliency graph alone)
+ORT_PIPELINES = {"ort-fused": "fused", "ort-split": "joint", "ort-encoder": "classify", "ort-saliency": None}
+
+
+def _graphs_of(target: str) -> tuple[str, ...]:
+    return PIPELINES[ORT_PIPELINES[target]] if ORT_PIPELINES[target] else ("saliency",)
 
 
 def xray_pool(n: int = POOL_SIZE, seed: int = 0) -> np.ndarray:
@@ -42,7 +44,7 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
     outputs on the same device (I/O binding): on the GPU no call copies to or from the host."""
     import onnxruntime as ort
 
-    wanted = [name for name in names if name in ORT_GRAPHS]
+    wanted = [name for name in names if name in ORT_PIPELINES]
     if not wanted:
         return {}, []
     providers = ["CPUExecutionProvider"]
@@ -58,8 +60,8 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
             "CPUExecutionProvider",
         ]
     sessions = {
-        graph: ort.InferenceSession(str(export_dir / f"{graph}.onnx"), providers=providers)
-        for graph in sorted({g for name in wanted for g in ORT_GRAPHS[name]})
+        graph: ort_runtime.session(export_dir / f"{graph}.onnx", providers=providers, log_severity=2)
+        for graph in sorted({g for name in wanted for g in _graphs_of(name)})
     }
     if device.type == "cuda" and any(
         s.get_providers()[0] != "CUDAExecutionProvider" for s in sessions.values()
@@ -69,44 +71,46 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
             "(its log above says why; usually a CUDA or cuDNN library it needs is missing)"
         ]
 
-    def run(graph: str, inputs: dict, outputs: list[str] | None = None) -> dict:
-        session, binding = sessions[graph], sessions[graph].io_binding()
-        for name, value in inputs.items():
-            if isinstance(value, torch.Tensor):  # contiguous float32 (slices of the image pool)
-                binding.bind_input(
-                    name,
-                    value.device.type,
-                    value.device.index or 0,
-                    np.float32,
-                    tuple(value.shape),
-                    value.data_ptr(),
-                )
-            else:  # an OrtValue the previous graph left where it ran
-                binding.bind_ortvalue_input(name, value)
-        outputs = outputs or [o.name for o in session.get_outputs()]
-        for name in outputs:
-            binding.bind_output(name, device.type, device.index or 0)
-        session.run_with_iobinding(binding)
-        return dict(zip(outputs, binding.get_outputs()))
+    def runner(graph: str):
+        session = sessions[graph]
+        outputs = [o.name for o in session.get_outputs()]
 
-    def fused(images):
-        out = run("multimix", {"image": images})
-        return out["probs"], out["mask"], out["saliency"]
+        def run(inputs) -> dict:
+            binding = session.io_binding()
+            for name, value in inputs.items():
+                if isinstance(value, torch.Tensor):  # contiguous float32 (slices of the image pool)
+                    binding.bind_input(
+                        name,
+                        value.device.type,
+                        value.device.index or 0,
+                        np.float32,
+                        tuple(value.shape),
+                        value.data_ptr(),
+                    )
+                else:  # an OrtValue the previous graph left where it ran
+                    binding.bind_ortvalue_input(name, value)
+            for name in outputs:
+                binding.bind_output(name, device.type, device.index or 0)
+            session.run_with_iobinding(binding)
+            return dict(zip(outputs, binding.get_outputs()))
 
-    def split(images):
-        first = run("saliency", {"image": images})
-        decoder_inputs = {
-            i.name: images if i.name == "image" else first[i.name] for i in sessions["decoder"].get_inputs()
-        }
-        return first["probs"], run("decoder", decoder_inputs, ["mask"])["mask"], first["saliency"]
+        return run
 
-    makers = {
-        "ort-fused": fused,
-        "ort-split": split,
-        "ort-encoder": lambda images: run("encoder", {"image": images}),
-        "ort-saliency": lambda images: run("saliency", {"image": images}),
-    }
-    return {name: makers[name] for name in wanted}, []
+    runners = {graph: runner(graph) for graph in sessions}
+
+    def target(pipeline: str | None):
+        if pipeline is None:  # the saliency graph alone
+            return lambda images: runners["saliency"]({"image": images})
+        if pipeline == "classify":
+            return lambda images: run_pipeline(runners, images, pipeline)
+
+        def joint(images):
+            tensors = run_pipeline(runners, images, pipeline)
+            return tuple(tensors[name] for name in JOINT_OUTPUTS)
+
+        return joint
+
+    return {name: target(ORT_PIPELINES[name]) for name in wanted}, []
 
 
 def run_bench(
@@ -147,7 +151,7 @@ def run_bench(
         )
     model, _ = load_checkpoint(checkpoint)
     in_process, largest_batch = {}, {}
-    torch_names = [t for t in targets if t not in ORT_GRAPHS and t not in ("tensorrt", "triton")]
+    torch_names = [t for t in targets if t not in ORT_PIPELINES and t not in ("tensorrt", "triton")]
     if torch_names:
         in_process.update(torch_targets(model, device, torch_names))
     ort_targets, ort_notes = onnx_targets(export_dir, targets, device)

@@ -1,7 +1,10 @@
 """The export folder's manifest.json: what every file is, its sha256, and how it was made.
 
-Keys other code relies on (mmtrt/serving/repository.py): `files.<name>.sha256` for every file of
-the folder and the top-level `max_batch`.
+The manifest is the one spec of an export, as a MONAI bundle's metadata is: serving reads it
+(through :func:`read_manifest`) to build and check a Triton repository. Keys other code relies
+on: `format`, `files.<name>.sha256` for every file of the folder, the top-level `max_batch`, and
+`graphs.<graph>` = {"file", "inputs", "outputs"} with every tensor's shape and dtype
+(:func:`graph_record`), from which the repository's config.pbtxt tensor blocks are rendered.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from mmtrt.checkpoint import atomic_write, file_sha256
+from mmtrt.files import atomic_write, file_sha256
 
 MANIFEST = "manifest.json"
 PARITY = "parity.json"  # ONNX graphs vs PyTorch
@@ -70,6 +73,11 @@ def tensor_shapes(proto: onnx.ModelProto) -> dict:
     return {"inputs": describe(proto.graph.input), "outputs": describe(proto.graph.output)}
 
 
+def graph_record(path: Path, proto: onnx.ModelProto) -> dict:
+    """The manifest's record of one exported graph: its file and its tensors."""
+    return {"file": Path(path).name, **tensor_shapes(proto)}
+
+
 def file_entry(path: Path, **extra) -> dict:
     return {"sha256": file_sha256(path), "bytes": path.stat().st_size, **extra}
 
@@ -89,7 +97,18 @@ def write_file(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
-def read_manifest(folder: Path) -> dict:
+def write_manifest(folder: Path, manifest: dict) -> dict:
+    """Write ``folder``/manifest.json atomically, stamped with the format tag; return it."""
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
+    write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: Path, *, check_files: bool = True) -> dict:
+    """The manifest of the export ``folder``; ExportError when it is missing, not JSON, not an
+    mmtrt export manifest (format tag), or without a files table. With ``check_files`` every
+    listed file must be there with its sha256; without, the reader checks only the files it uses
+    (a repository of a subset of the graphs)."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
@@ -104,7 +123,9 @@ def read_manifest(folder: Path) -> dict:
         raise ExportError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ExportError(f"{path} is not an mmtrt export manifest (no '{FORMAT}' format tag)")
-    for name, entry in manifest.get("files", {}).items():
+    if not isinstance(manifest.get("files"), dict):
+        raise ExportError(f"{path} has no 'files' table")
+    for name, entry in manifest["files"].items() if check_files else ():
         if name == TIMING_CACHE:  # rewritten by every engine build, even a failed one
             continue
         if not (folder / name).is_file():

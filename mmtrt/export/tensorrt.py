@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmtrt.graphs import JOINT_OUTPUTS, PIPELINES, run_pipeline
+
 
 class TensorRTUnavailable(RuntimeError):
     """TensorRT engines cannot be built here; the message names what is missing."""
@@ -268,19 +270,11 @@ def engine_pipeline(trt, folder: Path):
                 f"{path.name}: {exc}; rebuild the engines with: mmtrt build-engines {folder}"
             ) from None
 
-    if "multimix" in engines["plans"]:
-        fused = load("multimix")
+    pipeline = "fused" if "multimix" in engines["plans"] else "joint"
+    runners = {graph: load(graph).run_device for graph in PIPELINES[pipeline]}
 
-        def run(images):
-            out = fused.run_device({"image": images})
-            return out["probs"], out["mask"], out["saliency"]
-    else:
-        saliency, decoder = load("saliency"), load("decoder")
-
-        def run(images):
-            first = saliency.run_device({"image": images})
-            source = {"image": images, **first}
-            mask = decoder.run_device({name: source[name] for name in decoder.inputs})["mask"]
-            return first["probs"], mask, first["saliency"]
+    def run(images):
+        tensors = run_pipeline(runners, images, pipeline)
+        return tuple(tensors[name] for name in JOINT_OUTPUTS)
 
     return run, engines["profile"]["max"]

@@ -41,8 +41,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from mmtrt.graphs import GRAPHS, SKIPS
+from mmtrt.graphs import GRAPHS, PIPELINES, SKIPS, run_pipeline
 from mmtrt.model import MultiMix, reference_saliency
+from mmtrt.runtimes import pytorch
 
 KINDS = ("random", "flat", "xray")
 ALL = "all"  # the row pooling every kind (the saliency ratio is judged there)
@@ -198,6 +199,7 @@ class ReferenceModel:
         self.model = model.eval()
         self.model64 = MultiMix(**model.config).double().eval()
         self.model64.load_state_dict(model.state_dict())
+        self.graphs = pytorch.runners(self.model)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> Reference:
@@ -206,12 +208,11 @@ class ReferenceModel:
         # fused graph probs, mask and saliency): one pass of each serves all four.
         tensors = {"image": images, "saliency": reference_saliency(self.model.encoder, images)}
         for graph in ("encoder", "decoder"):
-            spec = GRAPHS[graph]
-            tensors.update(zip(spec.outputs, spec.build(self.model)(*(tensors[n] for n in spec.inputs))))
-        for spec in GRAPHS.values():  # (a graph naming anything else runs on its own)
+            tensors.update(self.graphs[graph]({n: tensors[n] for n in GRAPHS[graph].inputs}))
+        for graph, spec in GRAPHS.items():  # (a graph naming anything else runs on its own)
             if not all(name in tensors for name in spec.outputs):
-                outputs = spec.build(self.model)(*(tensors[n] for n in spec.inputs))
-                tensors.update((n, t) for n, t in zip(spec.outputs, outputs) if n not in tensors)
+                outputs = self.graphs[graph]({n: tensors[n] for n in spec.inputs})
+                tensors.update((n, t) for n, t in outputs.items() if n not in tensors)
         return Reference(tensors, reference_saliency(self.model64.encoder, images.double()))
 
 
@@ -447,24 +448,16 @@ def validate_against(
     check = ParityCheck()
     for batch in progress(batches):
         images = batch.images(channels).numpy()
-        cache: dict[str, dict[str, np.ndarray]] = {}
+        # the reference tensors: the joint pipeline's (the decoder takes what the saliency graph
+        # gives), and the other graphs' own outputs when a runner of them is checked
+        reference = run_pipeline(reference_runners, images, "joint")
         for (label, graph, precision), run in runners.items():
-            inputs = _graph_inputs(graph, images, reference_runners, cache)
-            if graph not in cache:
-                cache[graph] = reference_runners[graph](inputs)
-            check.add(label, precision, run(inputs), cache[graph], batch.kinds)
+            inputs = {name: reference[name] for name in GRAPHS[graph].inputs}
+            if graph not in PIPELINES["joint"]:
+                reference.update(reference_runners[graph](inputs))
+            expected = {name: reference[name] for name in GRAPHS[graph].outputs}
+            check.add(label, precision, run(inputs), expected, batch.kinds)
     return report(check.rows(engine_reference=pytorch_error), batches)
-
-
-def _graph_inputs(graph: str, images: np.ndarray, reference_runners, cache) -> dict[str, np.ndarray]:
-    names = GRAPHS[graph].inputs
-    if names == ("image",):
-        return {"image": images}
-    # The decoder takes what the saliency graph gives (as the split pipeline does).
-    if "saliency" not in cache:
-        cache["saliency"] = reference_runners["saliency"]({"image": images})
-    source = {"image": images, **cache["saliency"]}
-    return {name: source[name] for name in names}
 
 
 def report(rows: list[dict], batches: list[ValidationBatch]) -> dict:
@@ -482,27 +475,6 @@ def report(rows: list[dict], batches: list[ValidationBatch]) -> dict:
         "batch_sizes": sorted({b.size for b in batches}),
         "rows": rows,
     }
-
-
-def onnxruntime_runner(path, threads: int = 0) -> Runner:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # errors only
-    source = path if isinstance(path, bytes) else str(path)  # a file, or a serialized model
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(
-            zip(
-                names,
-                session.run(names, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}),
-            )
-        )
-
-    return run
 
 
 # --------------------------------------------------------------------------- the table

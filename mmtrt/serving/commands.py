@@ -10,11 +10,7 @@ from pathlib import Path
 
 import click
 
-
-def _fail(message: str, code: int = 1):
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
-
+from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S
 
 # --------------------------------------------------------------------------- repo
 
@@ -72,8 +68,9 @@ def repo(
 ):
     """Build a Triton model repository OUT from the export folder EXPORT_DIR (ONNX files and
     manifest.json written by `mmtrt export`)."""
-    from .repository import BUILD_ENGINES_HINT, build_repository, missing_plan_files
-    from .server import ServingError
+    from .checks import BUILD_ENGINES_HINT, missing_plan_files
+    from .errors import ServingError
+    from .repository import build_repository
 
     logging.getLogger("mmtrt.serving.repository").setLevel(logging.ERROR)  # said below instead
     try:
@@ -88,7 +85,7 @@ def repo(
             overwrite=overwrite,
         )
     except (ServingError, ValueError) as e:
-        _fail(str(e))
+        raise click.ClickException(str(e)) from None
     configs = sorted(p.parent.name for p in built.glob("*/config.pbtxt"))
     click.echo(f"wrote {built} ({flavour} flavour): models {', '.join(configs)}")
     missing = missing_plan_files(built)
@@ -114,34 +111,28 @@ class _Stop(Exception):
         self.signum = signum
 
 
-_stopping = False
+class _StopOnSignals:
+    """While active, the first SIGINT / SIGTERM / SIGHUP raises :class:`_Stop` in the main
+    thread; later ones, and any after :meth:`stopping`, are ignored so the clean-up runs."""
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-def _raise_stop(signum, _frame):
-    """The first signal interrupts the main thread; later ones are ignored (the clean-up runs)."""
-    global _stopping
-    if _stopping:
-        return
-    _stopping = True
-    raise _Stop(signum)
+    def __enter__(self):
+        self._stopping = False
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
 
+    def _handle(self, signum, _frame):
+        if not self._stopping:
+            self._stopping = True
+            raise _Stop(signum)
 
-# The watchdog of `mmtrt serve`: how often it looks for dead stub processes, and how many
-# restarts it makes in a window before it gives up (a model whose stub dies at once again).
-WATCHDOG_PERIOD_S = 1.0
-MAX_RESTARTS = 5
-RESTART_WINDOW_S = 600
+    def stopping(self) -> None:
+        self._stopping = True
 
-
-def _exit_status(code: int | None) -> str:
-    if code is None:
-        return "exit status unknown"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _describe_models(server) -> list[str]:
@@ -220,7 +211,10 @@ def serve(
     Arguments after `--` go to tritonserver as they are, e.g.
     `mmtrt serve REPO -- --http-restricted-api=model-repository,shared-memory:admin-key=SECRET`.
     """
-    from .server import ServingError, TritonServer, find_tritonserver
+    from .binary import find_tritonserver
+    from .errors import ServingError
+    from .server import TritonServer
+    from .supervisor import Supervisor, exit_status
 
     bad = [a for a in tritonserver_args if not a.startswith("--")]
     if bad:
@@ -239,87 +233,56 @@ def serve(
         )
         binary = find_tritonserver()
     except (ServingError, ValueError) as e:
-        _fail(str(e))
+        raise click.ClickException(str(e)) from None
 
-    global _stopping
-    _stopping = False
-    handlers = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    code = 0
-    try:
-        click.echo(f"starting {binary} on {repository} (log: {server.log_path})")
-        t0 = time.monotonic()
-        server.start(timeout=timeout)
-        click.echo(f"HTTP     http://{server.http_url}")
-        click.echo(f"gRPC     {server.grpc_url}")
-        click.echo(f"metrics  {server.metrics_url}")
-        for line in _describe_models(server):
-            click.echo(line)
-        if host not in ("127.0.0.1", "localhost", "::1"):
+    error = None
+    with _StopOnSignals() as signals:
+        try:
+            click.echo(f"starting {binary} on {repository} (log: {server.log_path})")
+            t0 = time.monotonic()
+            server.start(timeout=timeout)
+            for line in _ready_lines(server, host):
+                click.echo(line, err=line.startswith("warning:"))
             click.echo(
-                f"warning: bound to {host}: anyone who can reach this machine can use the "
-                "server; see 'Exposing the server' in model_repository/README.md",
-                err=True,
-            )
-        click.echo(f"ready in {time.monotonic() - t0:.1f} s (pid {server.pid}); Ctrl-C or SIGTERM stops it")
-        sys.stdout.flush()
-        restarts: list[float] = []
-        next_check = time.monotonic() + WATCHDOG_PERIOD_S
-        while True:
-            time.sleep(0.2)
-            exited = not server.is_running()
-            if exited and not watchdog:
-                break
-            if not exited:
-                if not watchdog or time.monotonic() < next_check:
-                    continue
-                dead = server.dead_stubs()
-                next_check = time.monotonic() + WATCHDOG_PERIOD_S
-                if not dead:
-                    continue
-                reason = f"the python-backend stub process of model(s) {', '.join(dead)} died"
-            else:
-                reason = f"tritonserver exited on its own ({_exit_status(server.exit_code)})"
-            restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_S]
-            if len(restarts) >= MAX_RESTARTS:
-                raise ServingError(
-                    f"{reason} after {len(restarts)} restarts in {RESTART_WINDOW_S // 60} "
-                    f"minutes; giving up\n--- tail of {server.log_path} ---\n{server.log_tail()}"
-                )
-            restarts.append(time.monotonic())
-            click.echo(
-                f"warning: {reason}; restarting tritonserver on the same ports "
-                "(requests in flight fail; clients retry)",
-                err=True,
-            )
-            if exited:
-                click.echo(f"--- tail of {server.log_path} ---\n{server.log_tail(8)}", err=True)
-            t1 = time.monotonic()
-            server.restart(timeout=timeout)
-            click.echo(
-                f"serving again after {time.monotonic() - t1:.1f} s (pid "
-                f"{server.pid}, restart {len(restarts)})"
+                f"ready in {time.monotonic() - t0:.1f} s (pid {server.pid}); Ctrl-C or SIGTERM stops it"
             )
             sys.stdout.flush()
-            next_check = time.monotonic() + WATCHDOG_PERIOD_S
-        code = 1
-        click.echo(
-            f"Error: tritonserver exited on its own ({_exit_status(server.exit_code)})"
-            f"\n--- tail of {server.log_path} ---\n{server.log_tail()}",
-            err=True,
+            Supervisor(server, timeout=timeout, restart=watchdog, say=_say_flushed).run()
+            error = (
+                f"tritonserver exited on its own ({exit_status(server.exit_code)})"
+                f"\n--- tail of {server.log_path} ---\n{server.log_tail()}"
+            )
+        except _Stop as stop:
+            click.echo(f"{stop}: stopping the server")
+        except ServingError as e:
+            error = str(e)
+        finally:
+            signals.stopping()  # a second Ctrl-C must not interrupt the clean-up
+            server.stop()
+    if error:
+        raise click.ClickException(error)
+    click.echo("stopped")
+
+
+def _say_flushed(line: str, err: bool) -> None:
+    click.echo(line, err=err)
+    sys.stdout.flush()  # (a log file reader sees each restart as it happens)
+
+
+def _ready_lines(server, host: str) -> list[str]:
+    """What `mmtrt serve` prints once the server is ready: endpoints, models, exposure warning."""
+    lines = [
+        f"HTTP     http://{server.http_url}",
+        f"gRPC     {server.grpc_url}",
+        f"metrics  {server.metrics_url}",
+        *_describe_models(server),
+    ]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        lines.append(
+            f"warning: bound to {host}: anyone who can reach this machine can use the "
+            "server; see 'Exposing the server' in model_repository/README.md"
         )
-    except _Stop as stop:
-        click.echo(f"{stop}: stopping the server")
-    except ServingError as e:
-        click.echo(f"Error: {e}", err=True)
-        code = 1
-    finally:
-        _stopping = True  # a second Ctrl-C must not interrupt the clean-up
-        server.stop()
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    if code == 0:
-        click.echo("stopped")
-    sys.exit(code)
+    return lines
 
 
 # --------------------------------------------------------------------------- infer
@@ -405,7 +368,7 @@ def infer(
         url = f"127.0.0.1:{8000 if protocol == 'http' else 8001}"
     paths = expand_inputs(images)
     if not paths:
-        _fail("no image files given (the folders hold none)")
+        raise click.ClickException("no image files given (the folders hold none)")
 
     def say(line: str):
         click.echo(line, err=True)
@@ -415,7 +378,7 @@ def infer(
             url, protocol, retries=retries, backoff_s=retry_delay, headers=header_dict or None, say=say
         )
     except InferError as e:
-        _fail(str(e))
+        raise click.ClickException(str(e)) from None
     try:
         results = infer_files(
             paths,
@@ -431,16 +394,13 @@ def infer(
             say=say,
         )
     except InferError as e:
-        _fail(str(e))
+        raise click.ClickException(str(e)) from None
     finally:
         client.close()
     click.echo(summary_table(results))
     click.echo(f"results in {out}")
     failed = [r for r in results if not r.ok]
     if failed:
-        click.echo(
-            f"Error: {len(failed)} of {len(results)} image(s) failed: "
-            + ", ".join(str(r.source) for r in failed),
-            err=True,
+        raise click.ClickException(
+            f"{len(failed)} of {len(results)} image(s) failed: " + ", ".join(str(r.source) for r in failed)
         )
-        sys.exit(1)

@@ -20,7 +20,7 @@ import numpy as np
 
 from mmtrt.data.datasets import CLASSES, IMAGE_EXTENSIONS, DataError, load_image
 
-from .server import ServingError
+from .errors import InferError
 
 __all__ = [
     "ImageResult",
@@ -34,10 +34,6 @@ __all__ = [
 ]
 
 MASK_THRESHOLD = 0.5
-
-
-class InferError(ServingError):
-    """The server cannot be reached or used (not a problem with one image)."""
 
 
 @dataclass

@@ -16,30 +16,32 @@ the result offline (:func:`validate_repository`) before renaming it into place.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
-import string
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmtrt.files import file_sha256, move_folder_into_place
+from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, PIPELINES
 
-from .server import ServingError
+from .checks import BUILD_ENGINES_HINT, PLAN_FILE, VERSION, missing_plan_files, validate_repository
+from .config import (
+    DEFAULT_GPU_INSTANCES,
+    DEFAULT_ORT_THREADS,
+    EnsembleStep,
+    ModelTensors,
+    Tensor,
+    render_config,
+)
+from .errors import ServingError
 
 __all__ = [
     "build_repository",
-    "validate_config",
-    "validate_repository",
-    "missing_plan_files",
-    "onnx_signature",
-    "DEFAULT_MODELS",
-    "parse_config",
-    "render_config",
     "template_dir",
+    "DEFAULT_MODELS",
     "FLAVOURS",
     "MODELS",
     "FLAVOUR_MODELS",
@@ -52,27 +54,41 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelSpec:
     """One model of a flavour. ``kind``: "onnx" (python backend + onnxruntime, runs
-    ``<graph>.onnx``), "plan" (TensorRT engine of ``graph``) or "ensemble" (of ``needs``)."""
+    ``<graph>.onnx``), "plan" (TensorRT engine of ``graph``) or "ensemble" (an ensemble of the
+    engine models of ``pipeline``, one of :data:`mmtrt.graphs.PIPELINES`). ``outputs``: the
+    tensors it serves (default: all its graph's); ``label`` is derived by the python model (the
+    argmax of ``probs``). Its tensors' types and dims come from the export manifest's graphs."""
 
     kind: str
     graph: str | None = None
-    needs: tuple[str, ...] = ()
+    pipeline: str | None = None
+    outputs: tuple[str, ...] | None = None
 
     @property
     def onnx_file(self) -> str | None:
         return f"{self.graph}.onnx" if self.graph else None
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The models an ensemble is made of (the GPU flavour names each engine by its graph)."""
+        return PIPELINES[self.pipeline] if self.kind == "ensemble" else ()
+
 
 FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
-    "cpu": {"multimix": ModelSpec("onnx", "multimix"), "classifier": ModelSpec("onnx", "encoder")},
+    "cpu": {
+        "multimix": ModelSpec("onnx", "multimix", outputs=("probs", "label", "mask", "saliency")),
+        "classifier": ModelSpec("onnx", "encoder", outputs=("probs", "label")),
+    },
     "gpu": {
         "encoder": ModelSpec("plan", "encoder"),
         "saliency": ModelSpec("plan", "saliency"),
         "decoder": ModelSpec("plan", "decoder"),
-        "multimix": ModelSpec("ensemble", needs=("saliency", "decoder")),
-        "classifier": ModelSpec("ensemble", needs=("encoder",)),
+        # no `label`: it would need a python step between engines; clients take argmax(probs)
+        "multimix": ModelSpec("ensemble", pipeline="joint", outputs=JOINT_OUTPUTS),
+        "classifier": ModelSpec("ensemble", pipeline="classify", outputs=("probs",)),
     },
 }
+LABEL = Tensor("label", "TYPE_INT64", (1,))  # derived by the python model: argmax of probs
 FLAVOURS: tuple[str, ...] = tuple(FLAVOUR_MODELS)
 #: CPU flavour: model name -> the ONNX file of the export it serves
 MODELS: dict[str, str] = {name: spec.onnx_file for name, spec in FLAVOUR_MODELS["cpu"].items()}
@@ -80,22 +96,13 @@ MODELS: dict[str, str] = {name: spec.onnx_file for name, spec in FLAVOUR_MODELS[
 DEFAULT_MODELS: tuple[str, ...] = ("multimix", "classifier")
 
 DEFAULT_MAX_QUEUE_DELAY_US = 2000
-DEFAULT_ORT_THREADS = 0  # onnxruntime's default (one thread per core)
-DEFAULT_GPU_INSTANCES = 1
-VERSION = "1"
 SHARED_MODEL_FILE = "model.py"  # the cpu flavour's one python-backend model, beside its models
-PLAN_FILE = "model.plan"
 # Engine files in the engines folder, as `mmtrt build-engines` names them:
 # "<graph>.<precision>.sm<major><minor>.plan" (saliency.fp32.sm90.plan: compute capability 9.0);
 # the precision and the architecture parts are optional (decoder.plan, encoder.sm86.plan).
 _PLAN = re.compile(
     r"^(?P<graph>[A-Za-z0-9_-]+?)(?:\.(?P<precision>fp32|fp16|bf16))?"
     r"(?:\.sm(?P<major>\d+)(?P<minor>\d))?\.plan$"
-)
-BUILD_ENGINES_HINT = (
-    "build them on the serving GPU with `mmtrt build-engines {export}` and run "
-    "`mmtrt repo {export} OUT --flavour gpu` again (or copy each engine to the "
-    "model's 1/model.plan)"
 )
 
 
@@ -116,362 +123,18 @@ def _check_flavour(flavour: str) -> None:
         raise ValueError(f"unknown repository flavour {flavour!r}: choose from {', '.join(FLAVOURS)}")
 
 
-# --------------------------------------------------------------------------- configs
-
-
-def parse_config(text: str, *, source: str = "<config>"):
-    """Parse config.pbtxt text into a ``ModelConfig`` message; ServingError when invalid."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as e:
-        raise ServingError(f"{source}: invalid Triton model config: {e}") from None
-    return config
-
-
-def validate_config(path: Path):
-    """Parse and check a ``config.pbtxt`` offline; return its ``ModelConfig`` message.
-
-    Catches syntax errors, unknown fields and bad enum values (protobuf text format), plus a few
-    checks Triton would make at load time: the name matches the model folder, a backend or
-    platform is set, inputs and outputs exist with positive dims, preferred batch sizes fit
-    max_batch_size, an ensemble has steps and no batcher of its own. Checks that involve other
-    models (ensemble wiring) are :func:`validate_repository`'s.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ServingError(f"{path}: no such config file")
-    config = parse_config(path.read_text(), source=str(path))
-    problems = []
-    if config.name and config.name != path.parent.name:
-        problems.append(f"name {config.name!r} differs from its folder {path.parent.name!r}")
-    if not (config.backend or config.platform):
-        problems.append("neither backend nor platform is set")
-    if config.max_batch_size < 0:
-        problems.append(f"max_batch_size {config.max_batch_size} is negative")
-    if not config.input:
-        problems.append("no input")
-    if not config.output:
-        problems.append("no output")
-    for kind, tensors in (("input", config.input), ("output", config.output)):
-        names = [t.name for t in tensors]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            problems.append(f"duplicate {kind} names {dupes}")
-        for t in tensors:
-            if not t.name:
-                problems.append(f"an {kind} has no name")
-            if t.data_type == 0:  # TYPE_INVALID
-                problems.append(f"{kind} {t.name!r} has no data_type")
-            if not t.dims or any(d < 1 and d != -1 for d in t.dims):
-                problems.append(f"{kind} {t.name!r} has invalid dims {list(t.dims)}")
-    if config.HasField("dynamic_batching"):
-        if config.max_batch_size == 0:
-            problems.append("dynamic_batching needs max_batch_size > 0")
-        too_big = [
-            b for b in config.dynamic_batching.preferred_batch_size if b > config.max_batch_size or b < 1
-        ]
-        if too_big:
-            problems.append(f"preferred_batch_size {too_big} outside 1..{config.max_batch_size}")
-    if config.platform == "ensemble":
-        if not config.ensemble_scheduling.step:
-            problems.append("an ensemble needs ensemble_scheduling steps")
-        if config.HasField("dynamic_batching") or config.instance_group:
-            problems.append(
-                "an ensemble takes no dynamic_batching or instance_group (its composing models batch)"
-            )
-        for i, step in enumerate(config.ensemble_scheduling.step):
-            if not step.model_name:
-                problems.append(f"ensemble step {i} names no model")
-    elif config.HasField("ensemble_scheduling"):
-        problems.append("ensemble_scheduling set on a model whose platform is not 'ensemble'")
-    if problems:
-        raise ServingError(f"{path}: invalid Triton model config: " + "; ".join(problems))
-    return config
-
-
-def render_config(
-    template: str,
-    *,
-    max_batch: int,
-    max_queue_delay_us: int,
-    ort_threads: int = DEFAULT_ORT_THREADS,
-    cc_model_filenames: dict[str, str] | None = None,
-    gpu_instances: int = DEFAULT_GPU_INSTANCES,
-) -> str:
-    """Fill the ``${...}`` fields of a config.pbtxt template (fields a template does not use are
-    ignored; an unknown field in the template is an error)."""
-    # Only the full batch is preferred: with smaller preferred sizes the batcher dispatches as
-    # soon as one of them forms (e.g. 2 of 8 concurrent requests); waiting up to
-    # max_queue_delay for a full batch is what pays on CPU and with a TensorRT profile alike.
-    cc_lines = "".join(
-        f'cc_model_filenames {{ key: "{cc}" value: "{name}" }}\n'
-        for cc, name in sorted((cc_model_filenames or {}).items())
-    )
-    values = {
-        "max_batch_size": str(max_batch),
-        "preferred_batch_sizes": str(max_batch),
-        "max_queue_delay_us": str(max_queue_delay_us),
-        "ort_intra_op_threads": str(ort_threads),
-        "cc_model_filenames": cc_lines,
-        "gpu_instances": str(gpu_instances),
-    }
-    try:
-        return string.Template(template).substitute(values)
-    except (KeyError, ValueError) as e:
-        raise ServingError(f"config template has an unknown or malformed field: {e}") from None
-
-
-# --------------------------------------------------------------------------- repository checks
-
-
-def _tensors(tensors) -> dict[str, tuple[int, tuple[int, ...]]]:
-    return {t.name: (t.data_type, tuple(t.dims)) for t in tensors}
-
-
-def _dtype_name(data_type: int) -> str:
-    from tritonclient.grpc import model_config_pb2
-
-    return model_config_pb2.DataType.Name(data_type)
-
-
-def _spec(data_type: int, dims) -> str:
-    """A tensor's type and shape as an error message names them: `TYPE_FP32 [-1, 1, 256, 256]`."""
-    return f"{_dtype_name(data_type)} {list(dims)}"
-
-
-def onnx_signature(path: Path) -> dict[str, dict[str, tuple[str, tuple]]]:
-    """``{"inputs"|"outputs": {name: (Triton data type, dims)}}`` of an ONNX file; dims include
-    the batch axis, symbolic dims as their name (e.g. ``("batch", 1, 256, 256)``)."""
-    import onnx
-    from onnx import TensorProto
-
-    model = onnx.load(str(path), load_external_data=False)
-    triton = {
-        TensorProto.FLOAT: "TYPE_FP32",
-        TensorProto.FLOAT16: "TYPE_FP16",
-        TensorProto.INT64: "TYPE_INT64",
-        TensorProto.INT32: "TYPE_INT32",
-        TensorProto.BOOL: "TYPE_BOOL",
-        TensorProto.BFLOAT16: "TYPE_BF16",
-    }
-
-    def sig(values):
-        out = {}
-        for v in values:
-            t = v.type.tensor_type
-            dims = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim
-            )
-            out[v.name] = (triton.get(t.elem_type, f"onnx:{t.elem_type}"), dims)
-        return out
-
-    initializers = {i.name for i in model.graph.initializer}
-    return {
-        "inputs": sig(i for i in model.graph.input if i.name not in initializers),
-        "outputs": sig(model.graph.output),
-    }
-
-
-def _compare_with_onnx(name: str, config, onnx_path: Path, *, all_outputs: bool) -> list[str]:
-    """Problems between a model config and the ONNX graph it serves: tensor names, data types
-    and dims (the ONNX batch axis is the config's implicit one)."""
-    sig = onnx_signature(onnx_path)
-    batched = config.max_batch_size > 0
-    problems = []
-    for kind, tensors, want in (
-        ("input", config.input, sig["inputs"]),
-        ("output", config.output, sig["outputs"]),
-    ):
-        have = _tensors(tensors)
-        missing = [n for n in want if n not in have]
-        extra = [n for n in have if n not in want]
-        if kind == "output" and not all_outputs:
-            missing = []  # a python model may return a subset of the graph's outputs
-            extra = [n for n in extra if n != "label"]  # label: derived from probs
-        if missing:
-            problems.append(f"{name}: {onnx_path.name} has {kind}s {missing} the config lacks")
-        if extra:
-            problems.append(
-                f"{name}: config {kind}s {extra} are not in {onnx_path.name} ({kind}s {list(want)})"
-            )
-        for tensor, (dtype, dims) in have.items():
-            if tensor not in want:
-                continue
-            onnx_dtype, onnx_dims = want[tensor]
-            onnx_dims = onnx_dims[1:] if batched else onnx_dims
-            if _dtype_name(dtype) != onnx_dtype:
-                problems.append(
-                    f"{name}: {kind} {tensor!r} is {_dtype_name(dtype)} in the "
-                    f"config, {onnx_dtype} in {onnx_path.name}"
-                )
-            fits = len(onnx_dims) == len(dims) and all(
-                not isinstance(o, int) or d == -1 or o == d for o, d in zip(onnx_dims, dims)
-            )
-            if not fits:
-                problems.append(
-                    f"{name}: {kind} {tensor!r} has dims {list(dims)} in the config, "
-                    f"{list(onnx_dims)} in {onnx_path.name} (after the batch axis)"
-                )
-    return problems
-
-
-def _ensemble_problems(name: str, config, configs: dict) -> list[str]:
-    """Wiring of an ensemble: every step's model exists, maps only tensors that model has, reads
-    tensors that exist, and the ensemble tensors agree on data type and dims."""
-    problems = []
-    # ensemble tensor -> (data type, dims, who declares it)
-    known: dict[str, tuple[int, tuple[int, ...], str]] = {
-        t: (dt, dims, "the ensemble input") for t, (dt, dims) in _tensors(config.input).items()
-    }
-    produced: dict[str, str] = {}
-    consumers: list[tuple[str, str, int, tuple, str]] = []
-    for i, step in enumerate(config.ensemble_scheduling.step):
-        where = f"{name}: step {i} ({step.model_name!r})"
-        sub = configs.get(step.model_name)
-        if sub is None:
-            problems.append(f"{where}: no model {step.model_name!r} in the repository")
-            continue
-        if sub.max_batch_size < config.max_batch_size:
-            problems.append(
-                f"{where}: max_batch_size {sub.max_batch_size} below the ensemble's {config.max_batch_size}"
-            )
-        sub_in, sub_out = _tensors(sub.input), _tensors(sub.output)
-        unmapped = [t for t in sub_in if t not in step.input_map]
-        if unmapped:
-            problems.append(f"{where}: inputs {unmapped} of {step.model_name!r} are not mapped")
-        for key, value in step.input_map.items():
-            if key not in sub_in:
-                problems.append(f"{where}: {step.model_name!r} has no input {key!r}")
-                continue
-            consumers.append((value, where, *sub_in[key], f"{step.model_name}.{key}"))
-        for key, value in step.output_map.items():
-            if key not in sub_out:
-                problems.append(f"{where}: {step.model_name!r} has no output {key!r}")
-                continue
-            if value in produced or value in known and known[value][2] == "the ensemble input":
-                problems.append(f"{where}: ensemble tensor {value!r} is written twice")
-            produced[value] = where
-            known[value] = (*sub_out[key], f"{step.model_name}.{key}")
-    for value, where, dtype, dims, who in consumers:
-        if value not in known:
-            problems.append(f"{where}: reads ensemble tensor {value!r} that nothing produces")
-        elif known[value][:2] != (dtype, dims):
-            problems.append(
-                f"{where}: ensemble tensor {value!r} is {_spec(*known[value][:2])} "
-                f"({known[value][2]}) but {who} is {_spec(dtype, dims)}"
-            )
-    for tensor, (dtype, dims) in _tensors(config.output).items():
-        if tensor not in produced:
-            problems.append(f"{name}: output {tensor!r} is produced by no step")
-        elif known[tensor][:2] != (dtype, dims):
-            problems.append(
-                f"{name}: output {tensor!r} is {_spec(dtype, dims)} but "
-                f"{known[tensor][2]} gives {_spec(*known[tensor][:2])}"
-            )
-    return problems
-
-
-def _plan_files(config) -> list[str]:
-    return [config.default_model_filename or PLAN_FILE] + sorted(config.cc_model_filenames.values())
-
-
-def missing_plan_files(repository: Path) -> list[Path]:
-    """TensorRT engine files the configs of ``repository`` name that are not there. A model
-    needs its ``default_model_filename``, unless per-architecture files (cc_model_filenames)
-    exist, in which case those must all be there."""
-    repository = Path(repository)
-    missing = []
-    for cfg_path in sorted(repository.glob("*/config.pbtxt")):
-        try:
-            config = parse_config(cfg_path.read_text(), source=str(cfg_path))
-        except ServingError:
-            continue  # an invalid config is validate_config's (and tritonserver's) to report
-        if config.platform != "tensorrt_plan" and config.backend != "tensorrt":
-            continue
-        version = cfg_path.parent / VERSION
-        cc_files = [version / f for f in sorted(config.cc_model_filenames.values())]
-        default = version / (config.default_model_filename or PLAN_FILE)
-        if cc_files:
-            missing += [f for f in cc_files if not f.is_file()]
-        elif not default.is_file():
-            missing.append(default)
-    return missing
-
-
-def validate_repository(repository: Path, *, onnx_dir: Path | None = None) -> dict:
-    """Check a whole model repository offline; return ``{model name: ModelConfig}``.
-
-    Every ``config.pbtxt`` passes :func:`validate_config` and has a version folder; every
-    ensemble step names a model of the repository, maps tensors that model has, and the
-    ensemble's tensors agree in data type and dims with the models that produce and read them.
-    With ``onnx_dir`` (an export folder), every model is also compared with the ONNX graph it
-    runs or was built from (``<graph>.onnx``, when that file is there): tensor names, data types
-    and dims. Missing engine files are not an error here (see :func:`missing_plan_files`).
-    Raises ServingError listing every problem.
-    """
-    repository = Path(repository)
-    if not repository.is_dir():
-        raise ServingError(f"model repository {repository} does not exist")
-    problems: list[str] = []
-    configs = {}
-    for cfg_path in sorted(repository.glob("*/config.pbtxt")):
-        try:
-            configs[cfg_path.parent.name] = validate_config(cfg_path)
-        except ServingError as e:
-            problems.append(str(e))
-        if not (cfg_path.parent / VERSION).is_dir():
-            problems.append(f"{cfg_path.parent.name}: no version folder {VERSION}/")
-    if not configs and not problems:
-        problems.append(f"{repository} holds no model (no */config.pbtxt)")
-    for name, config in configs.items():
-        if config.platform == "ensemble":
-            problems += _ensemble_problems(name, config, configs)
-        if onnx_dir is None:
-            continue
-        graph = _graph_of(name, config, repository)
-        if graph and (Path(onnx_dir) / f"{graph}.onnx").is_file():
-            problems += _compare_with_onnx(
-                name, config, Path(onnx_dir) / f"{graph}.onnx", all_outputs=config.platform == "tensorrt_plan"
-            )
-    if problems:
-        raise ServingError(
-            f"model repository {repository} is invalid:\n" + "\n".join(f"  {p}" for p in problems)
-        )
-    return configs
-
-
-def _graph_of(name: str, config, repository: Path) -> str | None:
-    """The export graph a model serves: the python model's onnx_file parameter, or the engine
-    model's own name (encoder, saliency, decoder)."""
-    if config.backend == "python":
-        onnx_file = config.parameters["onnx_file"].string_value if "onnx_file" in config.parameters else ""
-        return onnx_file[:-5] if onnx_file.endswith(".onnx") else None
-    if config.platform == "tensorrt_plan" or config.backend == "tensorrt":
-        return name
-    return None
-
-
 # --------------------------------------------------------------------------- building
 
 
 def _read_manifest(export_dir: Path) -> dict:
-    path = export_dir / "manifest.json"
-    if not path.is_file():
-        raise ServingError(
-            f"export folder {export_dir} has no manifest.json (export the model "
-            "with `mmtrt export`, which writes it beside the ONNX files)"
-        )
+    """The export's manifest, through the one reader; only the files a build uses are checked
+    (:func:`_check_sha256`), so a repository of a subset of the graphs can be built."""
+    from mmtrt.export.manifest import ExportError, read_manifest
+
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ServingError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise ServingError(f"{path} has no 'files' table")
-    return manifest
+        return read_manifest(export_dir, check_files=False)
+    except ExportError as e:
+        raise ServingError(f"{e} (export the model with `mmtrt export`, which writes the manifest)") from None
 
 
 def _check_sha256(path: Path, manifest: dict, export_dir: Path, *, required: bool) -> None:
@@ -486,6 +149,48 @@ def _check_sha256(path: Path, manifest: dict, export_dir: Path, *, required: boo
             f"sha256 mismatch for {path}: the file differs from the one the "
             "manifest describes (modified or corrupted after export)"
         )
+
+
+def _graph_tensors(manifest: dict, graph: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(inputs, outputs) of an exported graph, from the manifest's record of it."""
+    record = (manifest.get("graphs") or {}).get(graph)
+    if not isinstance(record, dict) or not {"inputs", "outputs"} <= set(record):
+        raise ServingError(
+            f"the export manifest has no tensor record of the {graph} graph (graphs.{graph}); "
+            "export the model again with `mmtrt export`"
+        )
+    return tuple(
+        {name: Tensor.from_record(name, r) for name, r in record[kind].items()}
+        for kind in ("inputs", "outputs")
+    )
+
+
+def _model_tensors(spec: ModelSpec, manifest: dict) -> ModelTensors:
+    """A model's input and output tensors: its graph's (an ensemble: the inputs its pipeline
+    takes from outside, the outputs its graphs produce), the outputs narrowed to
+    ``spec.outputs``."""
+    inputs: dict[str, Tensor] = {}
+    available: dict[str, Tensor] = {"label": LABEL} if spec.kind == "onnx" else {}
+    for graph in PIPELINES[spec.pipeline] if spec.kind == "ensemble" else (spec.graph,):
+        graph_inputs, graph_outputs = _graph_tensors(manifest, graph)
+        inputs.update({n: t for n, t in graph_inputs.items() if n not in available and n not in inputs})
+        available.update(graph_outputs)
+    names = spec.outputs or [n for n in available if n != "label"]
+    return ModelTensors(tuple(inputs.values()), tuple(available[n] for n in names))
+
+
+def _ensemble_steps(spec: ModelSpec) -> list[EnsembleStep]:
+    """The steps of an ensemble over its pipeline: each engine reads all its inputs and writes
+    what a later step reads or the ensemble returns."""
+    if spec.kind != "ensemble":
+        return []
+    graphs = PIPELINES[spec.pipeline]
+    steps = []
+    for i, graph in enumerate(graphs):
+        wanted = set(spec.outputs).union(*(GRAPHS[g].inputs for g in graphs[i + 1 :]))
+        outputs = tuple(t for t in GRAPHS[graph].outputs if t in wanted)
+        steps.append(EnsembleStep(graph, GRAPHS[graph].inputs, outputs))
+    return steps
 
 
 def _with_dependencies(flavour: str, models: Sequence[str]) -> list[str]:
@@ -657,6 +362,8 @@ def build_repository(
                 ort_threads=int(ort_threads),
                 cc_model_filenames=cc_names,
                 gpu_instances=int(gpu_instances),
+                tensors=_model_tensors(spec, manifest),
+                steps=_ensemble_steps(spec),
             )
             (dst / "config.pbtxt").write_text(text)
             if spec.kind == "onnx":

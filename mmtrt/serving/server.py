@@ -1,25 +1,17 @@
 """Run the real Triton Inference Server (``tritonserver``) as a child process.
 
-Two sources for the binary, in this order (see :func:`find_tritonserver`):
-
-1. a ``tritonserver`` on PATH (inside NVIDIA's Triton container: it brings its own backends);
-2. the binary bundled in ``nvidia-pytriton`` (``pip install --no-deps nvidia-pytriton==0.7.0``):
-   a real Triton 2.51.0 with only the python backend. For it :class:`TritonServer` prepares a
-   backend directory (links to ``libtriton_python.so``, ``triton_python_backend_utils.py`` and
-   the python-backend stub built for the running Python version) and puts this interpreter's
-   folder first on PATH, because the stub finds its packages (numpy, onnxruntime) through the
-   ``python3`` on PATH (PYTHONPATH is ignored).
-
-The server runs in its own process group with its output in a log file that is kept after
-stop; start-up failures raise :class:`ServingError` carrying the tail of that log.
+:class:`TritonServer` starts the binary :func:`~mmtrt.serving.binary.find_tritonserver` finds
+(for the bundled one, with a prepared python-backend directory and this interpreter's folder
+first on PATH: the stub finds its packages, numpy and onnxruntime, through the ``python3`` on
+PATH, PYTHONPATH is ignored), waits until every model is ready, and stops it with its whole
+process group. The server runs in its own process group with its output in a log file that is
+kept after stop; start-up failures raise :class:`ServingError` carrying the tail of that log.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,35 +24,21 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = [
-    "ServingError",
-    "TritonServer",
-    "find_tritonserver",
-    "bundled_tritonserver_root",
-    "restricted_headers",
-    "python_stub_processes",
-]
-
-_INSTALL_HINT = (
-    "install the Triton server binary with `pip install --no-deps nvidia-pytriton==0.7.0` "
-    "(or `pip install -e '.[serve]'`, see scripts/setup.sh), or run inside NVIDIA's Triton "
-    "Inference Server container where `tritonserver` is on PATH"
+from .binary import bundled_root_of, find_tritonserver, prepare_backend_dir
+from .checks import BUILD_ENGINES_HINT, missing_plan_files, offline_config_problems
+from .config import parse_config
+from .errors import ServingError
+from .logs import error_lines, ports_in_use
+from .processes import (
+    SHM_PREFIX,
+    group_alive,
+    parent_death_signal,
+    python_stub_processes,
+    remove_shm_regions,
+    stub_argvs,
 )
 
-# "failed to start HTTP service: Unavailable - Socket '127.0.0.1:60385' already in use", or
-# gRPC's "No address added out of total 1 resolved for '127.0.0.1:44185' {... Address already in use"
-_QUOTED_PORT = re.compile(r"'[^']*:(\d+)\s*'")
-
-
-# "E1125 23:26:45.733378 3932 backend_model.cc:692] message"
-_ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (.*)$")
-# Error lines the bundled server always logs on a machine without a GPU.
-_HARMLESS = (
-    "CudaDriverHelper has not been initialized",
-    "pinned memory",
-    "CUDA driver version is insufficient",
-)
-
+__all__ = ["TritonServer", "restricted_headers"]
 
 # Flags TritonServer sets from its own arguments; extra_args may not override them.
 _MANAGED_FLAGS = frozenset(
@@ -96,95 +74,6 @@ def restricted_headers(args: Sequence[str]) -> dict[str, str]:
     return headers
 
 
-class ServingError(RuntimeError):
-    """The Triton server or its model repository could not be prepared, started or used."""
-
-
-# --------------------------------------------------------------------------- locating the binary
-
-
-def bundled_tritonserver_root() -> Path | None:
-    """``site-packages/pytriton/tritonserver`` of an installed nvidia-pytriton, else None.
-
-    The pytriton package is located without importing it (its Python API and dependencies are
-    not installed here, only the binary is used).
-    """
-    candidates: list[Path] = []
-    try:
-        spec = importlib.util.find_spec("pytriton")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(p) for p in spec.submodule_search_locations]
-    for entry in sys.path:
-        if entry:
-            candidates.append(Path(entry) / "pytriton")
-    for pkg in candidates:
-        root = pkg / "tritonserver"
-        if (root / "bin" / "tritonserver").is_file():
-            return root
-    return None
-
-
-def find_tritonserver() -> Path:
-    """The ``tritonserver`` binary: one on PATH first, else the one bundled in nvidia-pytriton."""
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        return Path(on_path)
-    root = bundled_tritonserver_root()
-    if root is not None:
-        binary = root / "bin" / "tritonserver"
-        if os.access(binary, os.X_OK):
-            return binary
-        raise ServingError(
-            f"the bundled tritonserver at {binary} is not executable; reinstall it: {_INSTALL_HINT}"
-        )
-    raise ServingError(
-        f"no tritonserver binary found (none on PATH, no nvidia-pytriton "
-        f"installed for {sys.executable}): {_INSTALL_HINT}"
-    )
-
-
-def _bundled_root_of(binary: Path) -> Path | None:
-    """The pytriton ``tritonserver`` folder if ``binary`` is the bundled one, else None."""
-    root = binary.resolve().parent.parent
-    if (root / "backends" / "python" / "libtriton_python.so").is_file() and (
-        root / "python_backend_stubs"
-    ).is_dir():
-        return root
-    return None
-
-
-def _prepare_backend_dir(root: Path, dest: Path) -> Path:
-    """Build ``dest/python/`` with links to the bundled python backend and the stub for this
-    Python version; return ``dest`` (the value for ``--backend-directory``)."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        have = sorted(p.name for p in (root / "python_backend_stubs").iterdir() if p.is_dir())
-        raise ServingError(
-            f"the bundled Triton has no python-backend stub for Python {version} "
-            f"(it has {', '.join(have) or 'none'}); run mmtrt with one of those "
-            "Python versions"
-        )
-    py = dest / "python"
-    py.mkdir(parents=True, exist_ok=True)
-    for src in (
-        root / "backends" / "python" / "libtriton_python.so",
-        root / "backends" / "python" / "triton_python_backend_utils.py",
-        stub,
-    ):
-        if not src.is_file():
-            raise ServingError(
-                f"the bundled Triton is incomplete: {src} is missing; reinstall it: {_INSTALL_HINT}"
-            )
-        (py / src.name).symlink_to(src)
-    return dest
-
-
-# --------------------------------------------------------------------------- helpers
-
-
 def _free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -207,119 +96,22 @@ def _model_names(repository: Path) -> list[str]:
     return sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _offline_config_problems(repository: Path) -> list[str]:
-    """Problems :func:`mmtrt.serving.repository.validate_config` finds in the repository."""
-    from .repository import validate_config  # (repository imports this module)
-
-    problems = []
-    try:
-        configs = sorted(repository.glob("*/config.pbtxt"))
-    except OSError:
-        return problems
-    for config in configs:
-        try:
-            validate_config(config)
-        except ServingError as e:
-            problems.append(str(e))
-    return problems
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a member we cannot signal still exists
-        return True
-    return True
-
-
-def _parent_death_signal():
-    """A preexec_fn making the child get SIGTERM when the thread that started it ends (its
-    process exiting, even by SIGKILL, included): Linux's PR_SET_PDEATHSIG. None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    sigterm = int(signal.SIGTERM)
-
-    def preexec():
-        prctl(1, sigterm, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
-_STUB_NAME = "triton_python_backend_stub"
-
-
-def _stat(pid: str) -> tuple[str, int] | None:
-    """(state letter, parent pid) of a process from /proc, None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    try:
-        return fields[0], int(fields[1])
-    except (IndexError, ValueError):
-        return None
-
-
-_SHM_PREFIX = "triton_python_backend_shm_region_"
-
-
-def _stub_argvs(server_pid: int) -> list[tuple[int, list[str]]]:
-    """(pid, argv) of the live python-backend stub processes that are children of
-    ``server_pid``, from /proc (zombies left out). Empty without /proc."""
-    stubs = []
-    try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return stubs
-    for pid in pids:
-        stat = _stat(pid)
-        if stat is None or stat[1] != server_pid or stat[0] in ("Z", "X"):
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                argv = fh.read().decode("utf-8", "replace").split("\0")
-        except OSError:
-            continue
-        if argv and Path(argv[0]).name == _STUB_NAME:
-            stubs.append((int(pid), argv))
-    return sorted(stubs)
-
-
-def python_stub_processes(server_pid: int) -> list[tuple[int, str, str]]:
-    """(pid, model, instance) of every live python-backend stub process of the tritonserver
-    ``server_pid`` (its children in /proc running ``triton_python_backend_stub``). A stub that
-    died and was not reaped (a zombie: tritonserver does not wait for it) is not listed. Empty
-    without /proc."""
-    stubs = []
-    for pid, argv in _stub_argvs(server_pid):
-        # argv: stub, <repository>/<model>/<version>/model.py, shm region, ..., instance name, ...
-        model = Path(argv[1]).parent.parent.name if len(argv) > 1 else "?"
-        instance = argv[8] if len(argv) > 8 and argv[8] else model
-        stubs.append((pid, model, instance))
-    return stubs
-
-
 # Servers started by this process, stopped at interpreter exit if their owner forgot to: the
-# server runs in its own session, so nothing else would end it.
+# server runs in its own session, so nothing else would end it. The exit hook is registered with
+# the first launch, so importing this module has no side effect.
 _RUNNING: weakref.WeakSet[TritonServer] = weakref.WeakSet()
 
 
-@atexit.register
 def _stop_all() -> None:
     for server in list(_RUNNING):
         server.stop()
+
+
+def _track(server: TritonServer) -> None:
+    if not _RUNNING and not getattr(_track, "registered", False):
+        atexit.register(_stop_all)
+        _track.registered = True
+    _RUNNING.add(server)
 
 
 # --------------------------------------------------------------------------- the server
@@ -436,42 +228,21 @@ class TritonServer:
         return "\n".join(text.rstrip().splitlines()[-lines:])
 
     def log_errors(self) -> list[str]:
-        """Error lines of this server's latest launch (``E...`` log lines and ``error:`` lines),
-        without the CUDA noise a CPU-only machine always produces."""
+        """Error lines of this server's latest launch (:func:`~mmtrt.serving.logs.error_lines`)."""
         try:
             with open(self.log_path, "rb") as fh:
                 fh.seek(self._log_offset)
                 lines = fh.read().decode("utf-8", "replace").splitlines()
         except OSError:
             return []
-        errors = []
-        for line in lines:
-            m = _ERROR_LINE.match(line)
-            if m:
-                text = m.group(1).strip().strip('"')
-            elif line.startswith("error:"):
-                text = line.strip()
-            else:
-                continue
-            text = text.replace("\\n", "\n    ").rstrip()  # Triton escapes newlines
-            if not any(n in text for n in _HARMLESS) and text not in errors:
-                errors.append(text)
-        return errors
-
-    def _ports_in_use(self) -> set[int]:
-        """Ports the latest launch could not bind, according to its log."""
-        ports = set()
-        for line in self.log_errors():
-            if "already in use" in line.lower():
-                ports.update(int(m.group(1)) for m in _QUOTED_PORT.finditer(line))
-        return ports
+        return error_lines(lines)
 
     def _fail(self, message: str) -> ServingError:
         parts = [message]
         errors = self.log_errors()
         if errors:
             parts.append("errors in the Triton log:\n" + "\n".join(f"  {e}" for e in errors))
-        bad_configs = _offline_config_problems(self.repository)
+        bad_configs = offline_config_problems(self.repository)
         if bad_configs:
             parts.append("offline config check:\n" + "\n".join(f"  {e}" for e in bad_configs))
         parts.append(f"--- tail of the Triton log {self.log_path} ---\n{self.log_tail()}")
@@ -535,7 +306,7 @@ class TritonServer:
         if not models:
             raise ServingError(f"model repository {self.repository} holds no model folder")
         binary = self._binary or find_tritonserver()
-        bundled_root = _bundled_root_of(binary)
+        bundled_root = bundled_root_of(binary)
         self._check_repository(bundled_root is not None)
         attempts = 3 if 0 in self._requested_ports.values() else 1
         for attempt in range(attempts):
@@ -547,12 +318,12 @@ class TritonServer:
                     self._stubs_at_ready[model] = self._stubs_at_ready.get(model, 0) + 1
                 self._shm_regions = {
                     argv[2]
-                    for _pid, argv in _stub_argvs(self.pid)
-                    if len(argv) > 2 and argv[2].startswith(_SHM_PREFIX)
+                    for _pid, argv in stub_argvs(self.pid)
+                    if len(argv) > 2 and argv[2].startswith(SHM_PREFIX)
                 }
                 return self
             except ServingError:
-                taken = self._ports_in_use()
+                taken = ports_in_use(self.log_errors())
                 auto = {self.ports[k] for k, v in self._requested_ports.items() if v == 0}
                 self.stop()
                 # retry only when a port we picked ourselves was taken in the meantime
@@ -605,8 +376,6 @@ class TritonServer:
 
     def _check_repository(self, bundled: bool) -> None:
         """Fail early, with the fix, on what tritonserver would only report in its log."""
-        from .repository import BUILD_ENGINES_HINT, missing_plan_files, parse_config
-
         missing = missing_plan_files(self.repository)
         if missing:
             raise ServingError(
@@ -641,7 +410,7 @@ class TritonServer:
         self._workdir = Path(tempfile.mkdtemp(prefix="mmtrt-triton-"))
         backend_dir = None
         if bundled_root is not None:
-            backend_dir = _prepare_backend_dir(bundled_root, self._workdir / "backends")
+            backend_dir = prepare_backend_dir(bundled_root, self._workdir / "backends")
         self.command = self._build_command(binary, backend_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -656,9 +425,9 @@ class TritonServer:
                 env=self._environment(bundled_root),
                 cwd=self._workdir,
                 start_new_session=True,  # own session and process group
-                preexec_fn=_parent_death_signal() if self.die_with_parent else None,
+                preexec_fn=parent_death_signal() if self.die_with_parent else None,
             )
-        _RUNNING.add(self)
+        _track(self)
 
     def _wait_ready(self, models: Iterable[str], timeout: float) -> None:
         import tritonclient.http as httpclient
@@ -729,7 +498,7 @@ class TritonServer:
                     pass
             deadline = time.monotonic() + max(1.0, grace / 4)
             sig = signal.SIGTERM
-            while _group_alive(pgid):
+            while group_alive(pgid):
                 if time.monotonic() > deadline:
                     sig = signal.SIGKILL
                 try:
@@ -741,13 +510,7 @@ class TritonServer:
                 time.sleep(0.05)
                 proc.poll()  # reap the leader so its pid (= the group id) frees
             proc.wait()
-        # A server that stopped cleanly removed its stubs' shared-memory files; one that crashed
-        # or was killed left them in /dev/shm (1 MB and up each, for good): remove them.
-        for name in self._shm_regions:
-            try:
-                (Path("/dev/shm") / name).unlink()
-            except OSError:
-                pass
+        remove_shm_regions(self._shm_regions)
         self._shm_regions = set()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)

@@ -1,0 +1,13 @@
+"""Per-graph runners of the exported graphs, one module per runtime.
+
+A runner maps named input arrays to named output arrays (:data:`mmtrt.graphs.Runner`);
+:func:`mmtrt.graphs.run_pipeline` chains them into the joint, fused or classify pipeline, the
+same way for every runtime:
+
+- :mod:`.ort`      onnxruntime (the one place onnxruntime sessions are made);
+- :mod:`.pytorch`  the PyTorch graphs of :mod:`mmtrt.graphs` (eager, no gradients);
+- :mod:`mmtrt.export.tensorrt` TensorRT engines (:class:`~mmtrt.export.tensorrt.EngineRunner`).
+
+The Triton python-backend model (model_repository/cpu/model.py) makes its own onnxruntime
+session: it is copied into model repositories that run without mmtrt installed.
+"""

@@ -1,0 +1,105 @@
+"""The watchdog of ``mmtrt serve``: keep a :class:`~mmtrt.serving.server.TritonServer` serving.
+
+Triton 2.51 neither restarts a python-backend stub that died (killed, out of memory) nor marks
+its model unready: the model fails every request while still reported ready. And a crashed
+tritonserver stays down. The supervisor polls for both and restarts the server on the same
+ports, so clients that retry reconnect to the same addresses; a server that keeps dying (more
+than ``max_restarts`` restarts in ``window_s``) is given up with an error.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+from .errors import ServingError
+from .server import TritonServer
+
+PERIOD_S = 1.0  # how often it looks for dead stub processes
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600
+
+
+def exit_status(code: int | None) -> str:
+    """How a process ended, in words: "exit code 1", "killed by SIGKILL"."""
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Supervisor:
+    """Restarts ``server`` when it exits on its own or one of its stubs dies.
+
+    ``say(line, err)`` reports each restart. :meth:`run` returns only when the server exited on
+    its own with ``restart`` off; it raises ServingError when it gives up.
+    """
+
+    def __init__(
+        self,
+        server: TritonServer,
+        *,
+        timeout: float,
+        restart: bool = True,
+        say: Callable[[str, bool], None] = lambda line, err: print(line),
+        period_s: float = PERIOD_S,
+        max_restarts: int = MAX_RESTARTS,
+        window_s: float = RESTART_WINDOW_S,
+    ):
+        self.server = server
+        self.timeout = timeout
+        self.restart = restart
+        self.say = say
+        self.period_s = period_s
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.restarts: list[float] = []  # monotonic times of the restarts within the window
+
+    def run(self) -> None:
+        next_check = time.monotonic() + self.period_s
+        while True:
+            time.sleep(0.2)
+            exited = not self.server.is_running()
+            if exited and not self.restart:
+                return
+            if not exited:
+                if not self.restart or time.monotonic() < next_check:
+                    continue
+                dead = self.server.dead_stubs()
+                next_check = time.monotonic() + self.period_s
+                if not dead:
+                    continue
+                reason = f"the python-backend stub process of model(s) {', '.join(dead)} died"
+            else:
+                reason = f"tritonserver exited on its own ({exit_status(self.server.exit_code)})"
+            self._restart(reason, show_log=exited)
+            next_check = time.monotonic() + self.period_s
+
+    def _restart(self, reason: str, *, show_log: bool) -> None:
+        server = self.server
+        self.restarts = [t for t in self.restarts if time.monotonic() - t < self.window_s]
+        if len(self.restarts) >= self.max_restarts:
+            raise ServingError(
+                f"{reason} after {len(self.restarts)} restarts in {self.window_s / 60:g} "
+                f"minutes; giving up\n--- tail of {server.log_path} ---\n{server.log_tail()}"
+            )
+        self.restarts.append(time.monotonic())
+        self.say(
+            f"warning: {reason}; restarting tritonserver on the same ports "
+            "(requests in flight fail; clients retry)",
+            True,
+        )
+        if show_log:
+            self.say(f"--- tail of {server.log_path} ---\n{server.log_tail(8)}", True)
+        t0 = time.monotonic()
+        server.restart(timeout=self.timeout)
+        self.say(
+            f"serving again after {time.monotonic() - t0:.1f} s (pid {server.pid}, "
+            f"restart {len(self.restarts)})",
+            False,
+        )
