@@ -34,9 +34,9 @@ import torch
 from mmtrt.bench.report import cpu_model
 from mmtrt.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from mmtrt.export.manifest import read_manifest, versions
-from mmtrt.export.validate import make_image
 from mmtrt.graphs import GRAPHS
 from mmtrt.model import MultiMix
+from mmtrt.parity import make_image
 from mmtrt.runtimes import ort as ort_runtime
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -17,7 +17,7 @@ Prints and writes (``--out``, default ``benchmarks/results/reliability_soak``: `
 CKPT --out EXPORT_DIR``); without ``--export`` the script writes a seeded random checkpoint and
 exports it with ``mmtrt init`` + ``mmtrt export`` into a temporary folder first.
 
-tests/test_reliability_serving.py runs :func:`soak` for 60 s in CI. Every loop here is bounded
+tests/integration/test_reliability_serving.py runs :func:`soak` for 60 s in CI. Every loop here is bounded
 in time: the clients stop at the deadline, each request has a client time-out.
 """
 

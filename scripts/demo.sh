@@ -21,7 +21,7 @@ step "1/7 synthetic chest X-rays in the Kermany / JSRT layouts"
 mmtrt synth "$WORK/data" --n-cls 60 --n-seg 24 --seed 0 --difficulty 0.3
 
 step "2/7 semi-supervised training (short run: 10 seg / 40 cls labels, the rest unlabelled)"
-python -m train --out "$WORK/train" --cls-data "$WORK/data/cls" --seg-data "$WORK/data/seg" \
+mmtrt train --out "$WORK/train" --cls-data "$WORK/data/cls" --seg-data "$WORK/data/seg" \
     --seg-labels 10 --cls-labels 40 --batch 2 --epochs 2 --steps-per-epoch 8 --compile off
 
 step "3/7 export: ONNX graphs checked against PyTorch, manifest, TensorRT where available"

@@ -43,11 +43,10 @@ import torch
 
 from mmtrt.graphs import GRAPHS, PIPELINES, SKIPS, run_pipeline
 from mmtrt.model import MultiMix, reference_saliency
+from mmtrt.parity import KINDS, cosine, dice, make_image, relative_error
 from mmtrt.runtimes import pytorch
 
-KINDS = ("random", "flat", "xray")
 ALL = "all"  # the row pooling every kind (the saliency ratio is judged there)
-IMAGE_SIZE = 256  # the graphs are exported for 256x256 inputs
 VALIDATION_SEED = 7_340_000  # fresh: not the seeds of the tests nor the trace inputs
 # Enough images that the saliency rule (mean error <= 2x PyTorch's own) is not a coin toss: with
 # 30, a correct graph fails it about 0.06% of the time (0.2% with 24, 1.3% with 14; bootstrap over
@@ -114,31 +113,6 @@ ENGINE_SALIENCY_RATIO = 4.0
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def make_image(kind: str, seed: int, channels: int = 1, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """One float32 [channels, size, size] image in [0, 1] of `kind`, the same for the same seed."""
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "random":  # no ties anywhere
-        image = torch.rand(1, size, size, generator=gen)
-    elif kind == "flat":  # exactly flat regions: black borders (0), a saturated block (1), plateaus
-        image = torch.rand(1, 1, size // 8, size // 8, generator=gen)
-        image = torch.nn.functional.interpolate(
-            image, size=(size, size), mode="bilinear", align_corners=False
-        )[0]
-        image = torch.round(image * 32) / 32
-        border = int(torch.randint(size // 32, size // 6, (1,), generator=gen))
-        image[:, :, :border] = 0.0
-        image[:, -border // 2 :, :] = 0.0
-        image[:, size // 12 : size // 4, -size * 7 // 25 : -size // 12] = 1.0
-    elif kind == "xray":  # synthetic chest X-ray: black collimation borders, burnt-in markers
-        from mmtrt.data import synth_xray
-
-        pixels, _ = synth_xray(seed, label=seed % 2, size=size)
-        image = torch.from_numpy(pixels).float().div(255.0)[None]
-    else:
-        raise ValueError(f"unknown image kind {kind!r}: choose from {KINDS}")
-    return image.expand(channels, size, size).contiguous()
 
 
 @dataclass(frozen=True)
@@ -250,24 +224,6 @@ def _kind(name: str) -> str:
     return name  # saliency, mask, mask_logits
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def _relative(a: np.ndarray, e: np.ndarray) -> float:
-    e = e.astype(np.float64)
-    norm = np.linalg.norm(e)
-    diff = np.linalg.norm(a.astype(np.float64) - e)
-    return float(diff / norm) if norm else (0.0 if diff == 0 else math.inf)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    norm = np.linalg.norm(a) * np.linalg.norm(b)
-    return 1.0 if norm == 0 else float(a @ b / norm)
-
-
 class ParityCheck:
     """Collects the comparisons of one or more runtimes' graphs and judges them."""
 
@@ -316,16 +272,16 @@ class ParityCheck:
                 elif family in ("mask", "mask_logits"):
                     threshold = 0.5 if family == "mask" else 0.0
                     for i in range(len(rows)):
-                        stat.dice = min(stat.dice, _dice(a[i] > threshold, e[i] > threshold))
+                        stat.dice = min(stat.dice, dice(a[i] > threshold, e[i] > threshold))
                 elif family == "saliency":
                     pooled = self._stat(label, precision, name, ALL)
                     pytorch = None if saliency64 is None else saliency_pytorch.numpy()[rows]
                     for i in range(len(rows)):
                         for target in (stat, pooled):
-                            target.cosine = min(target.cosine, _cosine(a[i], e[i]))
-                            target.rel_sum += _relative(a[i], e[i])
+                            target.cosine = min(target.cosine, cosine(a[i], e[i]))
+                            target.rel_sum += relative_error(a[i], e[i])
                             if pytorch is not None:
-                                target.rel_sum_pytorch += _relative(pytorch[i], e[i])
+                                target.rel_sum_pytorch += relative_error(pytorch[i], e[i])
                     pooled.add_error(a, e)
 
     def rows(self, *, engine_reference: dict | None = None) -> list[dict]:

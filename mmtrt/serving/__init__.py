@@ -16,30 +16,38 @@ One job per module:
 - :mod:`.commands`    the click commands ``mmtrt repo``, ``mmtrt serve`` and ``mmtrt infer``.
 """
 
-from .binary import bundled_tritonserver_root, find_tritonserver
-from .checks import missing_plan_files, onnx_signature, validate_repository
-from .config import parse_config, render_config, validate_config
-from .errors import InferError, ServingError
-from .repository import DEFAULT_MODELS, FLAVOUR_MODELS, FLAVOURS, MODELS, build_repository, template_dir
-from .server import TritonServer, restricted_headers
+import importlib
 
-__all__ = [
-    "DEFAULT_MODELS",
-    "FLAVOURS",
-    "FLAVOUR_MODELS",
-    "MODELS",
-    "InferError",
-    "ServingError",
-    "TritonServer",
-    "build_repository",
-    "bundled_tritonserver_root",
-    "find_tritonserver",
-    "missing_plan_files",
-    "onnx_signature",
-    "parse_config",
-    "render_config",
-    "restricted_headers",
-    "template_dir",
-    "validate_config",
-    "validate_repository",
-]
+# name -> the module that defines it. Imported on first use (PEP 562), so that importing the
+# client (mmtrt.serving.infer) loads nothing of the server side.
+_EXPORTS = {
+    "bundled_tritonserver_root": "binary",
+    "find_tritonserver": "binary",
+    "missing_plan_files": "checks",
+    "onnx_signature": "checks",
+    "validate_repository": "checks",
+    "parse_config": "config",
+    "render_config": "config",
+    "validate_config": "config",
+    "InferError": "errors",
+    "ServingError": "errors",
+    "DEFAULT_MODELS": "repository",
+    "FLAVOUR_MODELS": "repository",
+    "FLAVOURS": "repository",
+    "MODELS": "repository",
+    "build_repository": "repository",
+    "template_dir": "repository",
+    "TritonServer": "server",
+    "restricted_headers": "server",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -12,9 +12,12 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .errors import ServingError
-from .server import TritonServer
+
+if TYPE_CHECKING:  # (the supervisor only drives a server: importing it needs no server code)
+    from .server import TritonServer
 
 PERIOD_S = 1.0  # how often it looks for dead stub processes
 MAX_RESTARTS = 5

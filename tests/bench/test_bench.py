@@ -3,7 +3,7 @@
 
 The bench runs here on the CPU over exports whose graphs are small stand-ins with the real tensor
 names: every output is the sum of the inputs plus its position (1, 2, ...), as the engines of
-`FakeTensorRT` (tests/test_export.py) compute, so a test can tell which tensor went where. The
+`FakeTensorRT` (tests/export/test_export.py) compute, so a test can tell which tensor went where. The
 TensorRT runner's device logic runs against FakeTensorRT on CPU tensors; the real engines and the
 GPU bench are `gpu` tests that skip with the reason.
 """
@@ -19,9 +19,9 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import flat_region_images, relative_error
+from fake_tensorrt import NO_TENSORRT, FakeTensorRT
+from helpers import flat_region_images, relative_error
 from onnx import TensorProto, helper, numpy_helper
-from test_export import NO_TENSORRT, FakeTensorRT
 from tqdm import tqdm
 
 from mmtrt.bench.measure import measure, percentiles

@@ -4,19 +4,15 @@ with SIGTERM / SIGINT like a terminal or a service manager would."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from serving_helpers import needs_server, processes_mentioning
+from helpers import ServeCommand, needs_server, processes_mentioning
 
 from mmtrt.cli import main
 from mmtrt.serving import build_repository, validate_config, validate_repository
@@ -80,60 +76,6 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-class _Serve:
-    """`mmtrt serve` in a subprocess; its output lines collected by a thread."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from mmtrt.cli import main; main()", "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = 180.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.lines.append(line)
-            m = re.search(pattern, line)
-            if m:
-                return m
-        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines))
-
-    def stop(self):
-        """After a failed assert: SIGTERM (mmtrt serve cleans up), SIGKILL if that hangs."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def finish(self, timeout: float = 60.0) -> int:
-        code = self.proc.wait(timeout)
-        while True:
-            line = self._queue.get(timeout=5)
-            if line is None:
-                return code
-            self.lines.append(line)
-
-
 @needs_server
 def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
     import tritonclient.grpc as grpcclient
@@ -142,7 +84,7 @@ def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
 
     repo = build_repository(export_dir, tmp_path / "repo", ort_threads=1)
     restricted = f"model-repository,shared-memory:admin-key={SECRET}"
-    serve = _Serve(
+    serve = ServeCommand(
         str(repo),
         "--http-port",
         "0",
@@ -206,7 +148,7 @@ def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
 @needs_server
 def test_serve_command_ctrl_c_while_starting(export_dir, tmp_path):
     repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",))
-    serve = _Serve(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    serve = ServeCommand(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     try:
         serve.wait_for(r"^starting ")
         time.sleep(0.3)  # tritonserver is launching, the models are not loaded yet
@@ -223,7 +165,7 @@ def test_killed_serve_command_leaves_no_server(export_dir, tmp_path):
     """Even a SIGKILLed `mmtrt serve` (no clean-up code runs) takes its tritonserver along: the
     server gets SIGTERM when its parent dies (PR_SET_PDEATHSIG) and stops its stub processes."""
     repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",))
-    serve = _Serve(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    serve = ServeCommand(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     try:
         pid = int(serve.wait_for(r"^ready in .* \(pid (\d+)\)").group(1))
         assert processes_mentioning(str(repo))

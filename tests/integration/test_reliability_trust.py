@@ -8,14 +8,14 @@ compile or __import__, nor run a shell; every torch.load in the project (mmtrt/,
 weights_only=True, and numpy.load must not allow pickles.
 
 The rest of the boundary is tested where it lives:
-- a checkpoint holding pickled code is refused: tests/test_checkpoint.py::test_pickled_code_is_refused;
+- a checkpoint holding pickled code is refused: tests/model/test_checkpoint.py::test_pickled_code_is_refused;
 - a tampered model file is refused at load (sha256 against the export manifest):
-  tests/test_serving.py::test_tampered_onnx_refuses_to_load, and at build time
-  tests/test_serving.py::test_build_repository_errors;
+  tests/serving/test_serving.py::test_tampered_onnx_refuses_to_load, and at build time
+  tests/serving/test_serving.py::test_build_repository_errors;
 - the server listens on loopback only unless told otherwise (/proc/net/tcp):
-  tests/test_reliability_serving.py::test_server_binds_loopback_by_default and
+  tests/integration/test_reliability_serving.py::test_server_binds_loopback_by_default and
   ::test_serve_watchdog_restarts_a_killed_stub_under_load (`mmtrt serve`);
-- hostile requests and files: tests/test_reliability_fuzz.py.
+- hostile requests and files: tests/integration/test_reliability_fuzz.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVED = [
     ROOT / "mmtrt" / "serving",
     ROOT / "model_repository",

@@ -4,7 +4,7 @@ weights_only=True) and `python -m train --resume` must continue from it; a faile
 leave the previous checkpoint intact.
 
 (SIGKILL between steps and bit-exact resume are tested by the training package itself:
-tests/test_train.py::test_resume_after_sigkill_reaches_the_same_weights.)
+tests/train/test_train.py::test_resume_after_sigkill_reaches_the_same_weights.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from mmtrt.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mmtrt.model import MultiMix
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KILLS = 12
 FIGURES: dict[str, object] = {}
 

@@ -23,7 +23,7 @@ from train.config import TrainConfig
 from train.data import Pools, StepBatches, split_budget
 from train.step import TrainModule, compile_step
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import needs_server, ort_session
 from PIL import Image
-from serving_helpers import needs_server, ort_session
 
 from mmtrt.cli import main
 from mmtrt.data import load_image, synth_xray

@@ -32,15 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ServeCommand, needs_server, processes_mentioning
 from PIL import Image
-from serving_helpers import needs_server, processes_mentioning
-from test_serving_cli import _Serve
 
 from mmtrt.serving import build_repository
 from mmtrt.serving.processes import python_stub_processes
 
 pytestmark = needs_server
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOAK_SECONDS = 60.0
 CONCURRENCY = 16
 
@@ -209,7 +208,7 @@ class Load:
 
 
 # Single HTTP requests that abort tritonserver 2.51, in its HTTP front end, before any model
-# code: found by the fuzzing of tests/test_reliability_fuzz.py (which leaves them out of its
+# code: found by the fuzzing of tests/integration/test_reliability_fuzz.py (which leaves them out of its
 # random cases). If the server survives them, a fixed Triton is in use: drop the README's warning.
 CRASHERS = {
     # the front end reserves shape-product elements before it reads "data": std::bad_alloc
@@ -299,7 +298,9 @@ def test_soak_concurrency_16(server, pool, references):
     env = soak_module.environment()
     env["server"] = f"tritonserver pid {server.pid}, cpu flavour, ort_intra_op_threads 1"
     text = soak_module.markdown(
-        figures, command="pytest tests/test_reliability_serving.py::test_soak_concurrency_16", environment=env
+        figures,
+        command="pytest tests/integration/test_reliability_serving.py::test_soak_concurrency_16",
+        environment=env,
     )
     print("\n" + text)
     stab, mem = figures["p99_stability"], figures["memory"]
@@ -376,7 +377,7 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
     retrying `mmtrt infer` loses no image. Then each request of CRASHERS aborts tritonserver, and
     the watchdog restarts it each time."""
     repo = own_repo
-    serve = _Serve(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    serve = ServeCommand(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     load = None
     try:
         pid = int(serve.wait_for(r"^ready in .* \(pid (\d+)\)").group(1))

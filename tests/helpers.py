@@ -1,22 +1,52 @@
-"""Helpers of the serving tests (the real Triton server, the real MultiMix graphs): the export
-folder under test, onnxruntime sessions set up like the served ones, server start-up, process
-listing. The shared fixtures built on them (``export_dir``, ``repo``, ``server``) are in
-conftest.py."""
+"""The helpers of the test suite, in one place: the image kinds every parity test runs on (from
+:mod:`mmtrt.parity`), the export folder of the real MultiMix graphs, onnxruntime sessions set up
+like the served ones, the real Triton server started in-process or as `mmtrt serve`, and process
+listing. The fixtures built on them (``model``, ``export_dir``, ``repo``, ``server``) are in
+conftest.py; the stand-in for TensorRT is fake_tensorrt.py."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from mmtrt.parity import image_batch, relative_error  # noqa: F401 (re-exported for the tests)
 from mmtrt.serving import ServingError, TritonServer, find_tritonserver
 
 MAX_BATCH = 8
+BATCH_SIZES = (1, 3, 8)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def random_images(batch: int, seed: int) -> torch.Tensor:
+    """Fresh uniform noise in [0, 1]: no ties anywhere."""
+    return image_batch("random", batch, seed)
+
+
+def flat_region_images(batch: int, seed: int) -> torch.Tensor:
+    """Images with exactly flat regions, like real X-rays: black borders, a saturated block and
+    quantised plateaus, so that many max-pool windows hold ties."""
+    return image_batch("flat", batch, seed)
+
+
+def xray_images(batch: int, seed: int) -> torch.Tensor:
+    """Synthetic chest X-rays from the data generator (black borders, saturated markers)."""
+    return image_batch("xray", batch, seed)
+
+
+IMAGE_KINDS = {"random": random_images, "flat": flat_region_images, "xray": xray_images}
 
 try:
     find_tritonserver()
@@ -132,3 +162,57 @@ def processes_mentioning(text: str) -> list[str]:
         for line in ps.splitlines()
         if text in line and ("tritonserver" in line or "triton_python_backend_stub" in line)
     ]
+
+
+class ServeCommand:
+    """`mmtrt serve` in a subprocess; its output lines collected by a thread."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from mmtrt.cli import main; main()", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 180.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.lines.append(line)
+            m = re.search(pattern, line)
+            if m:
+                return m
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines))
+
+    def stop(self):
+        """After a failed assert: SIGTERM (mmtrt serve cleans up), SIGKILL if that hangs."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def finish(self, timeout: float = 60.0) -> int:
+        code = self.proc.wait(timeout)
+        while True:
+            line = self._queue.get(timeout=5)
+            if line is None:
+                return code
+            self.lines.append(line)

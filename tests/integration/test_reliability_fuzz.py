@@ -14,7 +14,7 @@ wrong answer; the number of cases tried is printed (run with -s).
 Two single requests abort tritonserver 2.51 itself (defects of its HTTP front end, documented in
 model_repository/README.md): a JSON tensor whose shape claims ~2^56 elements (std::bad_alloc)
 and ~100000 levels of nested JSON (stack overflow). They are kept out of the random cases here
-and sent in tests/test_reliability_serving.py (CRASHERS), where `mmtrt serve`'s watchdog
+and sent in tests/integration/test_reliability_serving.py (CRASHERS), where `mmtrt serve`'s watchdog
 restarts the server after each.
 """
 
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import MAX_BATCH, needs_server, ort_session
 from PIL import Image
-from serving_helpers import MAX_BATCH, needs_server, ort_session
 
 from mmtrt.cli import main
 from mmtrt.data import DataError, load_image, synth_xray

@@ -5,7 +5,7 @@ The export folder under test comes from :func:`real_export` (the one place to sw
 `mmtrt export` when it lands). One server serves the module's repository for most tests; the
 failure tests start their own short-lived servers. The other serving test modules
 (test_serving_*.py, test_infer*.py, test_reliability_*.py) share its helpers
-(serving_helpers.py) and fixtures (conftest.py).
+(helpers.py) and fixtures (conftest.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import MAX_BATCH, needs_server, ort_session, processes_mentioning
+from helpers import MAX_BATCH, needs_server, ort_session, processes_mentioning
 
 from mmtrt.files import file_sha256
 from mmtrt.serving import (
@@ -291,7 +291,7 @@ def references(model, ort_ref):
     batches are the first images (outputs do not depend on the batch, as the concurrency tests
     check)."""
     import torch
-    from conftest import IMAGE_KINDS
+    from helpers import IMAGE_KINDS
 
     cache = {}
 

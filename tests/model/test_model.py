@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BATCH_SIZES, IMAGE_KINDS, flat_region_images, random_images, relative_error
+from helpers import BATCH_SIZES, IMAGE_KINDS, flat_region_images, random_images, relative_error
 
 from mmtrt.model import count_parameters, instance_norm, max_pool_input_gradient, reference_saliency
 

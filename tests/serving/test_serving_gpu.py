@@ -15,7 +15,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
-from serving_helpers import MAX_BATCH, processes_mentioning, real_export
+from helpers import MAX_BATCH, processes_mentioning, real_export
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mmtrt.cli import main

@@ -1,0 +1,107 @@
+"""The package's structure: no import cycle inside mmtrt/ (imports inside functions included),
+and a client that loads nothing of the server side."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mmtrt"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The mmtrt modules ``path`` imports, at any depth of its code."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            # `from pkg import sub` imports the submodule when there is one
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # mmtrt.serving.server.X -> mmtrt.serving.server
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: _imports(path, name, set(paths)) for name, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            if dep not in state:
+                cycle = visit(dep)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_import_graph_sees_relative_and_lazy_imports():
+    graph = import_graph()
+    assert "mmtrt.serving.errors" in graph["mmtrt.serving.server"]  # `from .errors import ...`
+    assert "mmtrt.graph_modules" in graph["mmtrt.graphs"]  # inside GraphSpec.build
+    assert "mmtrt.serving.config" in graph["mmtrt.serving.checks"]
+
+
+def test_no_import_cycle_inside_mmtrt():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_client_loads_nothing_of_the_server_side():
+    """`mmtrt infer`'s client and command import no server lifecycle or repository code."""
+    code = (
+        "import sys, mmtrt.serving.infer, mmtrt.serving.commands; "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('mmtrt'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(loaded.split())
+    server_side = {
+        "mmtrt.serving.server",
+        "mmtrt.serving.processes",
+        "mmtrt.serving.binary",
+        "mmtrt.serving.repository",
+        "mmtrt.serving.checks",
+    }
+    assert "mmtrt.serving.infer" in loaded
+    assert not loaded & server_side, sorted(loaded & server_side)
