@@ -11,6 +11,7 @@ import click
 COMMANDS = {
     "synth": "mmtrt.data.commands:synth",
     "init": "mmtrt.commands:init_checkpoint",
+    "import-weights": "mmtrt.commands:import_weights",
     "repo": "mmtrt.serving.commands:repo",
     "serve": "mmtrt.serving.commands:serve",
     "infer": "mmtrt.serving.commands:infer",
