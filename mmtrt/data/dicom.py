@@ -85,12 +85,17 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False):
         try:
             return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
+            pass  # no preamble / meta header: maybe a bare data set
+        try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-            if len(ds) == 0 or not any(tag.group in (0x0008, 0x0028, 0x7FE0) for tag in ds.keys()):
-                raise _err(
-                    path, "not a DICOM file (no preamble, no meta header, no DICOM elements)"
-                ) from None
-            return ds
+        except Exception as e:
+            raise _err(
+                path,
+                f"not a DICOM file (no preamble or meta header; not a bare data set: {type(e).__name__})",
+            ) from None
+        if len(ds) == 0 or not any(tag.group in (0x0008, 0x0028, 0x7FE0) for tag in ds.keys()):
+            raise _err(path, "not a DICOM file (no preamble, no meta header, no DICOM elements)")
+        return ds
     except DataError:
         raise
     except FileNotFoundError:
@@ -162,6 +167,17 @@ def _check_image(ds, path: Path) -> list[str]:
     for key in ("Rows", "Columns", "BitsAllocated", "BitsStored"):
         if ds.get(key) in (None, ""):
             raise _err(path, f"no {key} in the image pixel description")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if rows < 1 or cols < 1:
+        raise _err(path, f"empty image ({rows} x {cols})")
+    from PIL import Image
+
+    if rows * cols > Image.MAX_IMAGE_PIXELS:  # the same limit as for other formats
+        raise _err(
+            path,
+            f"image too large, possible decompression bomb ({rows} x {cols} pixels, more than "
+            f"{Image.MAX_IMAGE_PIXELS})",
+        )
     bits = int(ds.BitsStored)
     if not 8 <= bits <= 16:
         raise _err(path, f"Bits Stored {bits} is not supported (radiographs: 8..16)")

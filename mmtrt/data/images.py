@@ -190,15 +190,20 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, float, str, str]:
         return arr, scale, how, fmt
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_EXTENSIONS:
-        return True
+_NOT_DICOM = "not a DICOM file"
+
+
+def _has_dicm_preamble(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
         return False
     return head[128:132] == b"DICM"
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    return path.suffix.lower() in DICOM_EXTENSIONS or _has_dicm_preamble(path)
 
 
 def read_native(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
@@ -208,7 +213,25 @@ def read_native(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
     if _looks_like_dicom(path):
         from .dicom import read_dicom
 
-        return read_dicom(path)
+        return _dicom_or_pillow(path, read_dicom, lambda: read_native_pillow(path))
+    return read_native_pillow(path)
+
+
+def _dicom_or_pillow(path: Path, dicom, pillow):
+    """``dicom(path)``; for a file named .dcm that is no DICOM file at all (no DICM preamble,
+    pydicom finds no data set), what Pillow makes of it, if anything: files are read by content."""
+    try:
+        return dicom(path)
+    except DataError as e:
+        if _has_dicm_preamble(path) or not (e.problem or "").startswith(_NOT_DICOM):
+            raise
+        try:
+            return pillow()
+        except DataError:
+            raise e from None
+
+
+def read_native_pillow(path: Path) -> tuple[np.ndarray, ImageMeta]:
     try:
         arr, scale, how, fmt = _read_pillow(path)
     except DataError as e:
@@ -320,7 +343,11 @@ def probe(path: PathLike) -> tuple[int, int]:
     if _looks_like_dicom(path):
         from .dicom import probe_dicom
 
-        return probe_dicom(path)
+        return _dicom_or_pillow(path, probe_dicom, lambda: _probe_pillow(path))
+    return _probe_pillow(path)
+
+
+def _probe_pillow(path: Path) -> tuple[int, int]:
     with _opening(path), Image.open(path) as img:
         size, fmt = img.size, img.format
         img.verify()

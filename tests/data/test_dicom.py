@@ -349,3 +349,65 @@ def test_training_loaders_read_dicom(tmp_path, twelve):
     image, label = data[1]
     assert label == 1 and image.shape == (1, N, N)
     np.testing.assert_array_equal(image[0].numpy(), load_image(data.paths[1]))
+
+
+def test_files_are_read_by_content(tmp_path):
+    png = tmp_path / "png-named.dcm"
+    Image.fromarray(xray_pixels(7, (64, 64))).save(png, format="PNG")
+    d = read_image(png)
+    assert d.meta.format == "PNG"
+    np.testing.assert_array_equal(d.pixels, load_image(_copy(png, tmp_path / "same.png")))
+
+
+def _copy(src, dst):
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def test_hostile_dicom_files_fail_clearly(tmp_path, twelve):
+    """Broken, truncated and lying DICOM files: each a DataError naming the file, nothing else."""
+    rng = np.random.default_rng(0)
+    plain = save(xray_dataset(twelve), tmp_path / "plain.dcm").read_bytes()
+    ds = xray_dataset(twelve)
+    ds.compress(JPEG2000Lossless)
+    j2k = save(ds, tmp_path / "j2k.dcm").read_bytes()
+    ds = xray_dataset(twelve)
+    ds.compress(RLELossless)
+    rle = save(ds, tmp_path / "rle.dcm").read_bytes()
+    cases = {
+        "empty.dcm": b"",
+        "preamble-only.dcm": bytes(128) + b"DICM",
+        "random.dcm": bytes(rng.integers(0, 256, 5000, dtype=np.uint8)),
+        "dicm-random.dcm": bytes(128) + b"DICM" + bytes(rng.integers(0, 256, 5000, dtype=np.uint8)),
+        "random-noext": bytes(rng.integers(0, 256, 3000, dtype=np.uint8)),
+    }
+    for name, data in (("plain", plain), ("j2k", j2k), ("rle", rle)):
+        for frac in (0.01, 0.05, 0.3, 0.7, 0.999):
+            cases[f"{name}-cut{frac}.dcm"] = data[: int(len(data) * frac)]
+        corrupt = bytearray(data)
+        at = len(data) - 2000
+        corrupt[at : at + 64] = bytes(rng.integers(0, 256, 64, dtype=np.uint8))
+        cases[f"{name}-corrupt.dcm"] = bytes(corrupt)  # the decoders may or may not notice
+    big = xray_dataset(twelve[:8, :8])
+    big.Rows = big.Columns = 60000  # claims 3.6 Gpx
+    cases["bomb.dcm"] = save(big, tmp_path / "big.dcm").read_bytes()
+    problems = []
+    for name, data in cases.items():
+        path = tmp_path / "cases" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                load_image(path)
+            if "corrupt" not in name:
+                problems.append(f"{name}: loaded")
+        except DataError as e:
+            if not str(e).startswith(f"{path}: "):
+                problems.append(f"{name}: {e}")
+        except Exception as e:  # noqa: BLE001 - anything else is a finding
+            problems.append(f"{name}: {type(e).__name__}: {e}")
+    print(f"\n{len(cases)} hostile DICOM files: {len(problems)} problems")
+    assert not problems, "\n".join(problems)
+    with pytest.raises(DataError, match="possible decompression bomb \\(60000 x 60000"):
+        load_image(tmp_path / "cases" / "bomb.dcm")
