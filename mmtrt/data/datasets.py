@@ -1,5 +1,6 @@
-"""Loaders for the real data layouts. Every image goes through :func:`mmtrt.data.images.load_image`,
-the one normalisation of training, export validation and ``mmtrt infer``.
+"""Loaders for the real data layouts. Every image goes through the decoder of
+:mod:`mmtrt.data.images` (the steps of :func:`~mmtrt.data.images.load_image`), the one
+normalisation of training, evaluation, export validation and ``mmtrt infer``.
 
 Layouts (see docs/multimix-reference.md, Datasets):
 - classification, Kermany-style: ``root/[split/]{NORMAL,PNEUMONIA}/*.{png,jpg,jpeg}``;
