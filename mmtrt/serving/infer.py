@@ -423,6 +423,7 @@ def infer_files(
         )
         batch_size = max_batch
     wanted = [o for o in ("probs", "mask", "saliency") if o in outputs]
+    served_version = _served_version(client, protocol, model, headers) if dicom_out is not None else None
     paths = [Path(p) for p in paths]
     stems = _output_stems(paths)
     if out is not None:
@@ -515,7 +516,8 @@ def infer_files(
                     )
                     written.append(r.overlay_path)
                 if dicom_out is not None and r.meta is not None and r.meta.is_dicom:
-                    r.dicom_paths = _write_dicom(r, dicom_out, stems[i], model, checkpoint_sha256, mask)
+                    info = (model, served_version, checkpoint_sha256)
+                    r.dicom_paths = _write_dicom(r, dicom_out, stems[i], info, mask)
                     written += r.dicom_paths
                 r.json_path = out / f"{stems[i]}.json"
                 text = json.dumps(_record(r, model=model, url=url, protocol=protocol), indent=2) + "\n"
@@ -529,10 +531,21 @@ def infer_files(
     return results
 
 
-def _write_dicom(r, dicom_out, stem, model, checkpoint_sha256, mask) -> list[Path]:
+def _served_version(client, protocol: str, model: str, headers: dict | None) -> str | None:
+    """The newest version the server has of ``model`` (for the DICOM results), None if unknown."""
+    try:
+        meta = client.get_model_metadata(model, headers=headers)
+        versions = meta.get("versions", []) if protocol == "http" else list(meta.versions)
+    except Exception:  # noqa: BLE001 - only for the record
+        return None
+    return max(versions, key=lambda v: (len(str(v)), str(v))) if versions else None
+
+
+def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
     from mmtrt.dicom_results import ResultInfo, write_results
 
-    info = ResultInfo(model=model, checkpoint_sha256=checkpoint_sha256)  # mask: probabilities
+    model, version, sha = info
+    info = ResultInfo(model=model, model_version=version, checkpoint_sha256=sha)  # mask: probabilities
     return write_results(
         r.source, out=dicom_out, stem=stem, info=info, mask_probs=mask, overlay_png=r.overlay_path
     )

@@ -228,6 +228,7 @@ def test_infer_dicom_out_through_the_server(server, export_dir, dicom_inputs, tm
         algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
         assert f"checkpoint_sha256={SHA}" in algorithm.AlgorithmParameters
         assert "model=multimix" in algorithm.AlgorithmParameters
+        assert "model_version=1" in algorithm.AlgorithmParameters  # the server's version
         # the SC: the overlay PNG's pixels
         sc = pydicom.dcmread(dicom_out / f"{stem}.sc.dcm")
         np.testing.assert_array_equal(
