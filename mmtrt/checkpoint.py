@@ -52,7 +52,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an mmtrt MultiMix checkpoint (no '{FORMAT}' format tag)")
+        raise CheckpointError(
+            f"{path}: not an mmtrt MultiMix checkpoint (no '{FORMAT}' format tag); for a "
+            f"state_dict of the published MultiMix code or of mmtrt's MultiMix, run "
+            f"`mmtrt import-weights {path} OUT.pt` and use OUT.pt"
+        )
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {state.get('format_version')!r}, "

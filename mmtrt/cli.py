@@ -12,6 +12,7 @@ COMMANDS = {
     "synth": "mmtrt.data.commands:synth",
     "init": "mmtrt.commands:init_checkpoint",
     "train": "train.command:train_command",
+    "import-weights": "mmtrt.commands:import_weights",
     "repo": "mmtrt.serving.commands:repo",
     "serve": "mmtrt.serving.commands:serve",
     "infer": "mmtrt.serving.commands:infer",

@@ -319,6 +319,21 @@ def _ready_lines(server, host: str) -> list[str]:
     help="Folder for the JSON and PNG overlay of each image.",
 )
 @click.option(
+    "--dicom-out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="For DICOM sources, also write DIR/<name>.seg.dcm (the lung mask as a DICOM "
+    "Segmentation at the source's size) and DIR/<name>.sc.dcm (the overlay as a Secondary "
+    "Capture), referencing the source, marked not for clinical use.",
+)
+@click.option(
+    "--export-manifest",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="manifest.json of the export the server runs: its checkpoint sha256 is recorded in "
+    "the DICOM results (else they say 'unknown').",
+)
+@click.option(
     "--retries",
     type=click.IntRange(min=0),
     default=5,
@@ -348,14 +363,19 @@ def infer(
     model: str,
     batch_size: int,
     out: Path,
+    dicom_out: Path | None,
+    export_manifest: Path | None,
     retries: int,
     retry_delay: float,
     headers: tuple[str, ...],
 ):
-    """Classify IMAGES (PNG/JPEG/... of any size, or folders of them) with a running server:
-    per image OUT/<name>.json (probabilities, label, lung-mask fraction) and OUT/<name>.png (the
-    X-ray with the lung-mask contour, the saliency heat map and the prediction), then a summary
-    table. Exits non-zero if any image failed."""
+    """Classify IMAGES (PNG/JPEG/TIFF/DICOM of any size, or folders of them) with a running
+    server: per image OUT/<name>.json (probabilities, label, lung-mask fraction, the image's
+    size, pixel spacing, view and DICOM UIDs) and OUT/<name>.png (the X-ray with the lung-mask
+    contour, the saliency heat map and the prediction), then a summary table. DICOM files
+    (.dcm, single-frame grayscale) are windowed by their VOI LUT or Window Center/Width; with
+    --dicom-out each also gets a DICOM Segmentation and a Secondary Capture. Exits non-zero if
+    any image failed."""
     from .infer import InferError, connect, expand_inputs, infer_files, summary_table
 
     header_dict = {}
@@ -369,6 +389,15 @@ def infer(
     paths = expand_inputs(images)
     if not paths:
         raise click.ClickException("no image files given (the folders hold none)")
+    checkpoint_sha256 = None
+    if export_manifest is not None:
+        from mmtrt.dicom_results import checkpoint_sha256_from_manifest
+        from mmtrt.export.manifest import ExportError
+
+        try:
+            checkpoint_sha256 = checkpoint_sha256_from_manifest(export_manifest)
+        except (OSError, ExportError) as e:
+            raise click.ClickException(f"--export-manifest {export_manifest}: unreadable ({e})") from None
 
     def say(line: str):
         click.echo(line, err=True)
@@ -392,6 +421,8 @@ def infer(
             retries=retries,
             backoff_s=retry_delay,
             say=say,
+            dicom_out=dicom_out,
+            checkpoint_sha256=checkpoint_sha256,
         )
     except InferError as e:
         raise click.ClickException(str(e)) from None

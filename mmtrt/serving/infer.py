@@ -2,9 +2,11 @@
 
 Images are read with :func:`mmtrt.data.load_image` (THE normalisation: grayscale, [0, 1],
 256 x 256 bilinear, exactly as in training), sent in batches through tritonclient (HTTP or gRPC),
-and each gets a JSON file (probabilities, label, mask foreground fraction, source file) and a PNG
+and each gets a JSON file (probabilities, label, mask foreground fraction, source file, the image's
+metadata: native size, pixel spacing, view, DICOM UIDs) and a PNG
 overlay (the X-ray in grey, the lung-mask contour, the saliency as a heat map, the predicted class
-and its probability). Works with both repository flavours: it requests ``probs`` (plus ``mask``
+and its probability); DICOM sources optionally a DICOM Segmentation and Secondary Capture
+(:mod:`mmtrt.dicom_results`). Works with both repository flavours: it requests ``probs`` (plus ``mask``
 and ``saliency`` when the model has them) and takes the label as argmax(probs).
 """
 
@@ -12,13 +14,17 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mmtrt.data.datasets import CLASSES, IMAGE_EXTENSIONS, DataError, load_image
+from mmtrt.data.datasets import CLASSES
+from mmtrt.data.dicom import DicomWarning
+from mmtrt.data.images import IMAGE_EXTENSIONS, DataError, ImageMeta, read_image
+from mmtrt.files import atomic_write
 
 from .errors import InferError
 
@@ -39,10 +45,12 @@ MASK_THRESHOLD = 0.5
 @dataclass
 class ImageResult:
     source: Path
+    meta: ImageMeta | None = None
     probs: np.ndarray | None = None
     mask_fraction: float | None = None
     json_path: Path | None = None
     overlay_path: Path | None = None
+    dicom_paths: list[Path] | None = None
     error: str | None = None
 
     @property
@@ -379,6 +387,8 @@ def infer_files(
     retries: int = 5,
     backoff_s: float = 0.5,
     say: Callable[[str], None] = lambda _m: None,
+    dicom_out: Path | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> list[ImageResult]:
     """Run ``paths`` through ``model`` in batches of ``batch_size`` (at most the model's
     max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when ``out``.
@@ -390,6 +400,11 @@ def infer_files(
     :func:`connect`); if it still fails, that batch and every image not sent yet get an error
     saying so, and no more requests are made. Raises InferError only when the model cannot be
     used at all.
+
+    ``dicom_out``: for each DICOM source, also ``dicom_out/<stem>.seg.dcm`` (the lung mask as a
+    DICOM Segmentation at the source's size) and ``dicom_out/<stem>.sc.dcm`` (the overlay as a
+    Secondary Capture), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them.
+    A source whose outputs cannot all be written gets an error and keeps none of them.
     """
     from tritonclient.utils import InferenceServerException
 
@@ -404,6 +419,7 @@ def infer_files(
         )
         batch_size = max_batch
     wanted = [o for o in ("probs", "mask", "saliency") if o in outputs]
+    served_version = _served_version(client, protocol, model, headers) if dicom_out is not None else None
     paths = [Path(p) for p in paths]
     stems = _output_stems(paths)
     if out is not None:
@@ -417,7 +433,13 @@ def infer_files(
         loaded: list[tuple[int, np.ndarray]] = []
         for i in chunk:
             try:
-                loaded.append((i, load_image(paths[i])))
+                with warnings.catch_warnings():  # said below, once per file
+                    warnings.simplefilter("ignore", DicomWarning)
+                    decoded = read_image(paths[i])
+                results[i].meta = decoded.meta
+                loaded.append((i, decoded.pixels))
+                for note in decoded.meta.warnings:
+                    say(f"warning: {paths[i]}: {note}")
             except DataError as e:
                 results[i].error = str(e)
                 say(f"error: {e}")
@@ -477,6 +499,7 @@ def infer_files(
                 r.mask_fraction = float((mask > MASK_THRESHOLD).mean())
             if out is None:
                 continue
+            written: list[Path] = []
             try:
                 if overlays:
                     r.overlay_path = render_overlay(
@@ -487,13 +510,41 @@ def infer_files(
                         saliency=saliency,
                         title=f"{paths[i].name} | {model}",
                     )
+                    written.append(r.overlay_path)
+                if dicom_out is not None and r.meta is not None and r.meta.is_dicom:
+                    info = (model, served_version, checkpoint_sha256)
+                    r.dicom_paths = _write_dicom(r, dicom_out, stems[i], info, mask)
+                    written += r.dicom_paths
                 r.json_path = out / f"{stems[i]}.json"
-                record = _record(r, model=model, url=url, protocol=protocol)
-                r.json_path.write_text(json.dumps(record, indent=2) + "\n")
-            except OSError as e:
+                text = json.dumps(_record(r, model=model, url=url, protocol=protocol), indent=2) + "\n"
+                atomic_write(r.json_path, lambda fh, text=text: fh.write(text.encode()))
+            except (OSError, ValueError) as e:  # ValueError: DICOM results that cannot be made
+                for p in written:
+                    p.unlink(missing_ok=True)
+                r.overlay_path = r.json_path = r.dicom_paths = None
                 r.error = f"{paths[i]}: cannot write the results to {out}: {e}"
                 say(f"error: {r.error}")
     return results
+
+
+def _served_version(client, protocol: str, model: str, headers: dict | None) -> str | None:
+    """The newest version the server has of ``model`` (for the DICOM results), None if unknown."""
+    try:
+        meta = client.get_model_metadata(model, headers=headers)
+        versions = meta.get("versions", []) if protocol == "http" else list(meta.versions)
+    except Exception:  # noqa: BLE001 - only for the record
+        return None
+    return max(versions, key=lambda v: (len(str(v)), str(v))) if versions else None
+
+
+def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
+    from mmtrt.dicom_results import ResultInfo, write_results
+
+    model, version, sha = info
+    info = ResultInfo(model=model, model_version=version, checkpoint_sha256=sha)  # mask: probabilities
+    return write_results(
+        r.source, out=dicom_out, stem=stem, info=info, mask_probs=mask, overlay_png=r.overlay_path
+    )
 
 
 def _record(r: ImageResult, *, model: str, url: str, protocol: str) -> dict:
@@ -508,6 +559,8 @@ def _record(r: ImageResult, *, model: str, url: str, protocol: str) -> dict:
         "model": model,
         "server": {"url": url, "protocol": protocol},
         "input": "mmtrt.data.load_image: grayscale, [0, 1], 256x256 bilinear",
+        "image": r.meta.to_dict() if r.meta is not None else None,
+        "dicom_results": [p.name for p in r.dicom_paths] if r.dicom_paths else None,
     }
 
 

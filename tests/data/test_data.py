@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from mmtrt.data import (
+    MIN_CONTRAST_STD,
     ClassificationFolder,
     DataError,
     SegmentationPairs,
@@ -22,6 +23,7 @@ from mmtrt.data import (
     synth_xray_with_meta,
     write_synthetic_datasets,
 )
+from mmtrt.data.images import sixteen_bit_scale
 
 
 def _save(arr: np.ndarray, path: Path, **kw) -> Path:
@@ -218,7 +220,7 @@ def test_load_image_formats(tmp_path):
         "p.png": (lambda p: (Image.fromarray(rgb).convert("P").save(p), p)[1])(tmp_path / "p.png"),
         "x.JPEG": _save(rgb, tmp_path / "x.JPEG", format="JPEG", quality=95),
         "tall.png": _save(gray[:, :30], tmp_path / "tall.png"),
-        "tiny.png": _save(np.full((1, 1), 200, np.uint8), tmp_path / "tiny.png"),
+        "tiny.png": _save(np.array([[200, 10]], np.uint8), tmp_path / "tiny.png"),
         "small.png": _save(gray[:3, :5], tmp_path / "small.png"),
     }
     ref = load_image(files["l.png"])
@@ -228,7 +230,8 @@ def test_load_image_formats(tmp_path):
         assert 0.0 <= x.min() and x.max() <= 1.0, name
         if name in ("rgb.png", "rgba.png"):
             assert np.allclose(x, ref, atol=1e-6), name  # gray RGB(A) = the L image
-    assert np.allclose(load_image(files["tiny.png"]), 200 / 255)
+    tiny = load_image(files["tiny.png"])  # 1 x 2 pixels: 200 on the left, 10 on the right
+    assert tiny[:, 0].mean() > tiny[:, -1].mean() and np.isclose(tiny.max(), 200 / 255, atol=1e-6)
     assert np.allclose(load_image(files["x.JPEG"]), ref, atol=0.06)
     assert load_image(files["l.png"], size=64).shape == (64, 64)
     # Already the right size: exactly value / 255, no resampling.
@@ -236,16 +239,67 @@ def test_load_image_formats(tmp_path):
     assert np.array_equal(load_image(_save(exact, tmp_path / "e.png")), exact / np.float32(255))
 
 
-def test_load_image_16_bit_uses_full_range(tmp_path):
+def test_load_image_16_bit_scaled_by_the_bit_depth_its_pixels_use(tmp_path):
     ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     p = _save(ramp, tmp_path / "ramp16.png")
     with Image.open(p) as im:
         assert im.mode.startswith("I;16")
     x = load_image(p, size=64)
-    assert np.allclose(x, ramp / 65535.0, atol=1e-6)
-    # A dim 16-bit image stays dim (clipping at 255 would make it white).
-    dim = _save(np.full((50, 50), 1000, np.uint16), tmp_path / "dim16.png")
-    assert np.allclose(load_image(dim), 1000 / 65535, atol=1e-6)
+    assert np.allclose(x, ramp / 65535.0, atol=1e-6)  # all 16 bits used: / 65535
+    # 12-bit detector data in a 16-bit PNG: / 4095, not / 65535 (which made it nearly black)
+    twelve = np.linspace(0, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    x = load_image(_save(twelve, tmp_path / "twelve16.png"), size=64)
+    assert np.allclose(x, twelve / 4095.0, atol=1e-6)
+    assert x.max() == pytest.approx(3000 / 4095, abs=1e-6)  # was 3000 / 65535 = 0.046
+    # 8-bit data stored in 16 bits: / 255, as the same pixels in an 8-bit PNG
+    eight = np.arange(64 * 64).reshape(64, 64) % 200
+    same = load_image(_save(eight.astype(np.uint16), tmp_path / "eight16.png"), size=64)
+    assert np.allclose(same, load_image(_save(eight.astype(np.uint8), tmp_path / "eight8.png"), size=64))
+    # a dim 16-bit image stays dim (clipping at 255 would make it white)
+    dim = np.full((50, 50), 1000, np.uint16)
+    dim[:25] = 600
+    x = load_image(_save(dim, tmp_path / "dim16.png"), size=50)
+    assert np.allclose(np.unique(x), [600 / 1023, 1000 / 1023])  # 1000 needs 10 bits: / 1023
+    assert [sixteen_bit_scale(m) for m in (0, 1, 255, 256, 1000, 4095, 4096, 65535)] == [
+        255,
+        255,
+        255,
+        511,
+        1023,
+        4095,
+        8191,
+        65535,
+    ]
+
+
+def test_images_without_contrast_are_refused(tmp_path):
+    cases = {
+        "black.png": np.zeros((40, 60), np.uint8),
+        "white.png": np.full((40, 60), 255, np.uint8),
+        "grey.png": np.full((40, 60), 128, np.uint8),
+        "one-level.png": (np.arange(40 * 60).reshape(40, 60) % 2 == 0).astype(np.uint8) + 100,
+        "black16.png": np.zeros((40, 60), np.uint16),
+    }
+    for name, arr in cases.items():
+        with pytest.raises(DataError, match=r"no contrast: .*below the minimum 0\.0039") as e:
+            load_image(_save(arr, tmp_path / name))
+        assert str(e.value).startswith(f"{tmp_path / name}: "), name
+    assert "all black" in _problem(tmp_path / "black.png") and "all white" in _problem(tmp_path / "white.png")
+    # two grey levels on half the pixels each: 1 level apart (std 0.5/255) refused (above);
+    # 4 levels apart (std 2/255) kept
+    ok = (np.arange(40 * 60).reshape(40, 60) % 2 == 0).astype(np.uint8) * 4 + 100
+    x = load_image(_save(ok, tmp_path / "two-levels.png"), size=60)
+    assert x.std() >= MIN_CONTRAST_STD
+    # the synthetic X-rays are far above the threshold
+    stds = [load_image(_save(synth_xray(s, label=s % 2)[0], tmp_path / f"s{s}.png")).std() for s in range(6)]
+    print(f"\nsynthetic X-ray std after normalisation: {min(stds):.3f}..{max(stds):.3f}")
+    assert min(stds) > 20 * MIN_CONTRAST_STD
+
+
+def _problem(path):
+    with pytest.raises(DataError) as e:
+        load_image(path)
+    return e.value.problem
 
 
 def test_load_mask_conventions(tmp_path):

@@ -763,8 +763,9 @@ def image_cases(rng: np.random.Generator) -> list[tuple[str, bytes, str]]:
     ok("sixteen.tif", _save(Image.fromarray(xray.astype(np.uint16) * 257), "TIFF"))
     ok("int32.tif", _save(Image.fromarray(xray.astype(np.int32) * 300), "TIFF"))
     ok("png-named.jpg", png)  # wrong extension: read by content
-    for w, h in ((1, 1), (2, 3), (1, 1000), (1000, 1), (257, 255), (6000, 6000)):
+    for w, h in ((2, 3), (1, 1000), (1000, 1), (257, 255), (6000, 6000)):
         ok(f"size-{w}x{h}.png", _save(grey.resize((w, h)), "PNG"))
+    bad("size-1x1.png", _save(grey.resize((1, 1)), "PNG"))  # one pixel: no contrast
     # not supported / not images
     bad("float32.tif", _save(Image.fromarray(xray.astype(np.float32) / 255), "TIFF"))
     bad("empty.png", b"")

@@ -32,6 +32,7 @@ SERVED = [
     ROOT / "mmtrt" / "data",
     ROOT / "mmtrt" / "checkpoint.py",
     ROOT / "mmtrt" / "files.py",
+    ROOT / "mmtrt" / "dicom_results.py",
 ]
 CHECKPOINT_READERS = [ROOT / "mmtrt", ROOT / "train"]
 

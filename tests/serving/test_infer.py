@@ -95,10 +95,12 @@ def test_infer_http_writes_json_and_overlay_per_image(server, images, expected, 
         assert record["label_index"] == int(np.argmax(probs))
         assert record["mask_foreground_fraction"] == pytest.approx(fraction, abs=1e-4)
         assert record["overlay"] == f"{stem}.png" and record["model"] == "multimix"
+        assert record["image"]["rows"] == Image.open(images / f).height and record["dicom_results"] is None
         overlay = Image.open(out / f"{stem}.png")
         assert overlay.size == (512, 512)
         pixels = np.asarray(overlay.convert("RGB"))
         assert pixels.std() > 10  # a picture, not a blank
+    assert _read(out, "chest_c16")["image"]["normalisation"].startswith("16-bit samples / 65535")
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{s}.json" for s in STEMS.values()] + [f"{s}.png" for s in STEMS.values()]
     )
