@@ -30,20 +30,20 @@ BATCH_SIZES = (1, 3, 8)
 # --------------------------------------------------------------------------- images
 
 
-def random_images(batch: int, seed: int) -> torch.Tensor:
+def random_images(batch: int, seed: int, size: int = 256) -> torch.Tensor:
     """Fresh uniform noise in [0, 1]: no ties anywhere."""
-    return image_batch("random", batch, seed)
+    return image_batch("random", batch, seed, size)
 
 
-def flat_region_images(batch: int, seed: int) -> torch.Tensor:
+def flat_region_images(batch: int, seed: int, size: int = 256) -> torch.Tensor:
     """Images with exactly flat regions, like real X-rays: black borders, a saturated block and
     quantised plateaus, so that many max-pool windows hold ties."""
-    return image_batch("flat", batch, seed)
+    return image_batch("flat", batch, seed, size)
 
 
-def xray_images(batch: int, seed: int) -> torch.Tensor:
+def xray_images(batch: int, seed: int, size: int = 256) -> torch.Tensor:
     """Synthetic chest X-rays from the data generator (black borders, saturated markers)."""
-    return image_batch("xray", batch, seed)
+    return image_batch("xray", batch, seed, size)
 
 
 IMAGE_KINDS = {"random": random_images, "flat": flat_region_images, "xray": xray_images}

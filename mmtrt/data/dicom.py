@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import DataError, ImageMeta, _err
+from .decoded import DataError, ImageMeta, _err
 
 __all__ = [
     "DicomWarning",

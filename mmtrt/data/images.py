@@ -36,14 +36,14 @@ Every problem is a :class:`DataError` whose message starts with the file's path.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .decoded import DataError, DecodedImage, ImageMeta, PathLike, _err
 
 __all__ = [
     "IMAGE_SIZE",
@@ -59,8 +59,6 @@ __all__ = [
     "sixteen_bit_scale",
 ]
 
-PathLike = str | os.PathLike
-
 IMAGE_SIZE = 256
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 # Lower-case; matched case-insensitively (Kermany uses .jpeg, some copies .JPG; JSRT/SCR masks
@@ -68,66 +66,6 @@ DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", *DICOM_EXTENSIONS)
 # Below one 8-bit grey level of spread, an image carries no usable contrast.
 MIN_CONTRAST_STD = 1.0 / 255.0
-
-
-class DataError(ValueError):
-    """A data file or folder is missing, unreadable or inconsistent. The message is
-    "PATH: PROBLEM"; ``.path`` and ``.problem`` hold the parts (None after the error crossed a
-    process boundary, e.g. from a DataLoader worker, where only the message survives)."""
-
-    def __init__(self, message: str, path: PathLike | None = None, problem: str | None = None):
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
-        self.problem = problem
-
-
-def _err(path: PathLike, problem: str) -> DataError:
-    return DataError(f"{path}: {problem}", path, problem)
-
-
-@dataclass(frozen=True)
-class ImageMeta:
-    """What is known about a decoded image besides its pixels (JSON-ready via :meth:`to_dict`).
-
-    ``rows`` x ``columns``: the native size before resizing. ``pixel_spacing_mm``: (row, column)
-    spacing from DICOM Pixel Spacing, else Imager Pixel Spacing (``pixel_spacing_source`` says
-    which); None for other formats. ``normalisation``: how stored values became [0, 1].
-    ``warnings``: accepted-with-a-warning conditions (e.g. a DICOM Modality other than CR/DX).
-    """
-
-    format: str
-    rows: int
-    columns: int
-    normalisation: str
-    photometric_interpretation: str | None = None
-    modality: str | None = None
-    pixel_spacing_mm: tuple[float, float] | None = None
-    pixel_spacing_source: str | None = None
-    view_position: str | None = None
-    study_instance_uid: str | None = None
-    series_instance_uid: str | None = None
-    sop_instance_uid: str | None = None
-    sop_class_uid: str | None = None
-    transfer_syntax_uid: str | None = None
-    warnings: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def is_dicom(self) -> bool:
-        return self.format == "DICOM"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["pixel_spacing_mm"] = list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None
-        d["warnings"] = list(self.warnings)
-        return d
-
-
-@dataclass
-class DecodedImage:
-    """``pixels``: float32 [size, size] in [0, 1], the network's input; ``meta``: see ImageMeta."""
-
-    pixels: np.ndarray
-    meta: ImageMeta
 
 
 # ------------------------------------------------------------------------------------------------

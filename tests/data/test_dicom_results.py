@@ -13,9 +13,9 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 from dicom_fixtures import save, xray_dataset, xray_pixels
+from helpers import needs_server, ort_session
 from PIL import Image
 from pydicom.sr.codedict import codes
-from serving_helpers import needs_server, ort_session
 
 from mmtrt.cli import main
 from mmtrt.data import load_image

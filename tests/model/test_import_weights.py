@@ -65,7 +65,7 @@ def _run(*args):
 
 
 def _same_outputs(a: MultiMix, b: MultiMix) -> None:
-    from conftest import flat_region_images
+    from helpers import flat_region_images
 
     x = flat_region_images(2, seed=3, size=64)  # any multiple of 32 runs; small keeps it cheap
     with torch.no_grad():
