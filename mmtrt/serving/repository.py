@@ -165,7 +165,7 @@ def _graph_tensors(manifest: dict, graph: str) -> tuple[dict[str, Tensor], dict[
     )
 
 
-def _model_tensors(spec: ModelSpec, manifest: dict) -> ModelTensors:
+def model_tensors(spec: ModelSpec, manifest: dict) -> ModelTensors:
     """A model's input and output tensors: its graph's (an ensemble: the inputs its pipeline
     takes from outside, the outputs its graphs produce), the outputs narrowed to
     ``spec.outputs``."""
@@ -179,7 +179,7 @@ def _model_tensors(spec: ModelSpec, manifest: dict) -> ModelTensors:
     return ModelTensors(tuple(inputs.values()), tuple(available[n] for n in names))
 
 
-def _ensemble_steps(spec: ModelSpec) -> list[EnsembleStep]:
+def ensemble_steps(spec: ModelSpec) -> list[EnsembleStep]:
     """The steps of an ensemble over its pipeline: each engine reads all its inputs and writes
     what a later step reads or the ensemble returns."""
     if spec.kind != "ensemble":
@@ -362,8 +362,8 @@ def build_repository(
                 ort_threads=int(ort_threads),
                 cc_model_filenames=cc_names,
                 gpu_instances=int(gpu_instances),
-                tensors=_model_tensors(spec, manifest),
-                steps=_ensemble_steps(spec),
+                tensors=model_tensors(spec, manifest),
+                steps=ensemble_steps(spec),
             )
             (dst / "config.pbtxt").write_text(text)
             if spec.kind == "onnx":

@@ -100,7 +100,11 @@ def _stats(srv, model):
 # --------------------------------------------------------------------------- offline
 
 
-def test_templates_render_and_parse(tmp_path):
+def test_templates_render_and_parse(export_dir, tmp_path):
+    from mmtrt.export.manifest import read_manifest
+    from mmtrt.serving.repository import FLAVOUR_MODELS, model_tensors
+
+    manifest = read_manifest(export_dir)
     names = sorted(p.name for p in template_dir("cpu").iterdir() if p.is_dir())
     assert names == ["classifier", "multimix"]
     for max_batch in (1, 3, 8, 32):
@@ -110,6 +114,7 @@ def test_templates_render_and_parse(tmp_path):
                 max_batch=max_batch,
                 max_queue_delay_us=100,
                 ort_threads=2,
+                tensors=model_tensors(FLAVOUR_MODELS["cpu"][name], manifest),
             )
             (tmp_path / name).mkdir(exist_ok=True)
             (tmp_path / name / "config.pbtxt").write_text(text)

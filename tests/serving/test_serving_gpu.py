@@ -75,7 +75,11 @@ def _io(tensors) -> dict:
 FP32 = (onnx.TensorProto.FLOAT, mc.TYPE_FP32)
 
 
-def test_templates_render_and_parse(tmp_path):
+def test_templates_render_and_parse(export_dir, tmp_path):
+    from mmtrt.export.manifest import read_manifest
+    from mmtrt.serving.repository import FLAVOUR_MODELS, ensemble_steps, model_tensors
+
+    manifest = read_manifest(export_dir)
     names = sorted(p.name for p in template_dir("gpu").iterdir() if p.is_dir())
     assert names == sorted(ENGINES + ENSEMBLES)
     for max_batch in (1, 8, 32):
@@ -86,6 +90,8 @@ def test_templates_render_and_parse(tmp_path):
                 max_queue_delay_us=100,
                 cc_model_filenames={"9.0": "model.sm90.plan"},
                 gpu_instances=2,
+                tensors=model_tensors(FLAVOUR_MODELS["gpu"][name], manifest),
+                steps=ensemble_steps(FLAVOUR_MODELS["gpu"][name]),
             )
             cfg = mc.ModelConfig()
             text_format.Parse(text, cfg)
