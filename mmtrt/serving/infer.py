@@ -189,24 +189,13 @@ def _short(e: Exception) -> str:
 
 
 def _transient(e: Exception) -> bool:
-    """Can the same request succeed later? True when the server was unreachable or dropped the
-    connection (stopped, killed, restarting; a model being unloaded while the server stops), and
-    when a model's python-backend stub process had died (``mmtrt serve`` restarts the server
-    then). A rejected input is not transient."""
-    import http.client
+    """Can the same request succeed later? The rule of :mod:`mmtrt.serving.faults`: unreachable,
+    connection dropped, deadline, HTTP 5xx / gRPC UNAVAILABLE or INTERNAL (a stub process died, a
+    model unloading while the server stops). A rejected input (HTTP 400, gRPC INVALID_ARGUMENT)
+    is not transient."""
+    from .faults import is_transient
 
-    from tritonclient.utils import InferenceServerException
-
-    if isinstance(e, (OSError, ConnectionError, http.client.HTTPException)):
-        return True  # refused, reset, closed mid-response (geventhttpclient's HTTPConnectionClosed)
-    if isinstance(e, InferenceServerException):
-        if "UNAVAILABLE" in str(e.status() or ""):  # gRPC: no server at the address
-            return True
-        text = str(e)
-        if "Stub process" in text and "not healthy" in text:
-            return True
-        return "has no available versions" in text  # the server unloading it: stopping
-    return False
+    return is_transient(e)
 
 
 def _model_info(client, protocol: str, model: str, headers: dict | None):
