@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
@@ -110,7 +111,23 @@ def main(argv=None) -> int:
             time.sleep(0.05)
         raise SystemExit(f"no line {pattern!r}:\n" + "\n".join(lines))
 
-    figures: dict = {"clients": args.clients, "crashers": {}}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        ),
+        "?",
+    )
+    figures: dict = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "command": " ".join(["benchmarks/http_abort.py", *(argv if argv is not None else sys.argv[1:])]),
+        "clients": args.clients,
+        "crashers": {},
+    }
     stop = threading.Event()
     records: list[tuple] = []  # (t_start, t_end, status, message)
     probes: list[tuple] = []  # (t, http_ready, grpc_ready)
@@ -202,6 +219,7 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             serve.kill()
     figures["serve_exit"] = serve.returncode
+    figures["load_average_at_end"] = os.getloadavg()
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
