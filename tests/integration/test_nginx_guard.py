@@ -160,6 +160,40 @@ def test_proxy_refuses_what_aborts_triton_and_passes_valid_requests(server, prox
     header = b'{"inputs":[{"name":"image","shape":[1099511627776,1,256,256],"datatype":"FP32","parameters":{"binary_data_size":4}}]}'
     status, data = _post(proxy, header + b"\0\0\0\0", {"Inference-Header-Content-Length": str(len(header))})
     assert status == 400 and b"claims" in data, (status, data)
+    # the guard scans a whole JSON body: 8 images as JSON floats (~7 MB) with the nesting at the end
+    floats = ",".join(["0.123456"] * (8 * 256 * 256))
+    body = (
+        '{"inputs":[{"name":"image","shape":[8,1,256,256],"datatype":"FP32","data":[' + floats + "]}],"
+        '"parameters":{"x":' + "[" * 40 + "]" * 40 + "}}"
+    ).encode()
+    assert len(body) < 8 << 20
+    t0 = time.monotonic()
+    status, data = _post(proxy, body, {"Content-Type": "application/json"})
+    outcomes["7 MB JSON, deep at the end"] = f"{status} in {time.monotonic() - t0:.2f} s"
+    assert status == 400 and b"deeper than 16" in data, (status, data[:200])
+    # an escape sequence must not hide the nesting after it ("\u0022" is a quote inside the string)
+    sneaky = (
+        b'{"inputs":[{"name":"im\\u0022age","shape":[1],"datatype":"FP32","data":'
+        + b"[" * 40
+        + b"]" * 40
+        + b"}]}"
+    )
+    status, data = _post(proxy, sneaky, {"Content-Type": "application/json"})
+    assert status == 400 and b"deeper than 16" in data, (status, data[:200])
+    # brackets inside strings are not structure: passed on, and Triton answers for itself
+    bracket_name = (
+        b'{"inputs":[{"name":"' + b"[" * 40 + b'","shape":[1,1,256,256],"datatype":"FP32","data":[0]}]}'
+    )
+    status, data = _post(proxy, bracket_name, {"Content-Type": "application/json"})
+    assert status in (400, 500) and b"refused by the proxy" not in data, (status, data[:200])
+    # data as nested arrays (row-major), a batch of 2: 7 levels, passed and answered correctly
+    nested = json.dumps(
+        {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]}
+    ).encode()
+    status, data = _post(proxy, nested, {"Content-Type": "application/json"})
+    assert status == 200, (status, data[:300])
+    probs = np.asarray(next(o for o in json.loads(data)["outputs"] if o["name"] == "probs")["data"])
+    assert np.allclose(probs.reshape(direct.shape), direct, atol=1e-6)
     # oversize body: nginx's own limit
     status, _ = _post(proxy, b"0" * (9 << 20), {"Content-Type": "application/json"})
     outcomes["9 MB body"] = status
