@@ -93,11 +93,12 @@ def _pct(values, q) -> float | None:
 def summarise(
     records: list[tuple], memory: list[tuple], seconds: float, window_s: float, warmup_s: float
 ) -> dict:
-    """Figures from per-request records (protocol, t_start, t_end, latency_s, status, message)
-    and memory samples (t, rss_bytes, n_processes); times relative to the start of the load."""
+    """Figures from per-request records (protocol, t_start, t_end, latency_s, status, message[,
+    pool index]; status ok, wrong, failed or invalid: rejected as invalid input) and memory samples (t, rss_bytes, n_processes); times relative to the start of the load."""
     ok = [r for r in records if r[4] == "ok"]
     failed = [r for r in records if r[4] == "failed"]
     wrong = [r for r in records if r[4] == "wrong"]
+    invalid = [r for r in records if r[4] == "invalid"]
     lat_ms = [1000 * r[3] for r in ok]
     windows = []
     n_windows = max(1, int(np.ceil(seconds / window_s - 1e-9)))
@@ -158,7 +159,7 @@ def summarise(
             "failed": sum(r[4] == "failed" for r in rs),
             "wrong": sum(r[4] == "wrong" for r in rs),
         }
-    messages = sorted({r[5] for r in failed + wrong})[:10]
+    messages = sorted({r[5] for r in failed + wrong + invalid})[:10]
     return {
         "seconds": seconds,
         "window_s": window_s,
@@ -167,6 +168,7 @@ def summarise(
         "ok": len(ok),
         "failed": len(failed),
         "wrong": len(wrong),
+        "invalid": len(invalid),
         "lost": len(failed) + len(wrong),
         "error_messages": messages,
         "throughput_rps": len(ok) / seconds if seconds else None,
@@ -230,11 +232,14 @@ def soak(
 ) -> dict:
     """``concurrency`` client threads (worker i uses ``protocols[i % len]``) each send batch-1
     requests of ``pool`` images back to back until ``seconds`` have passed; every answer is
-    compared with ``references``; the server's RSS is sampled once a second. Returns
+    compared with ``references``; a request that failed transiently (mmtrt.serving.faults) is
+    sent again (the same image, after 0.1 s), one rejected as invalid input never is; the server's RSS is sampled once a second. Returns
     :func:`summarise`'s figures. Bounded: no request starts after the deadline, and each has a
     client time-out of REQUEST_TIMEOUT_S."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
+
+    from mmtrt.serving.faults import INVALID, TRANSIENT, classify
 
     records: list[tuple] = []
     memory: list[tuple] = []
@@ -274,10 +279,15 @@ def soak(
                     problem = _mismatch(got, references[i])
                     status, message = ("ok", "") if problem is None else ("wrong", problem)
                 except Exception as e:  # noqa: BLE001 - every failure is counted
-                    status, message = "failed", f"{type(e).__name__}: {str(e)[:300]}"
+                    # a rejected input is never sent again; a transient failure is (same image)
+                    kind = classify(e)
+                    status = "invalid" if kind == INVALID else "failed"
+                    message = f"{type(e).__name__}: {str(e)[:300]}"
+                    if kind == TRANSIENT:
+                        k -= concurrency
                 end = time.monotonic()
                 with lock:
-                    records.append((proto, begin - t0[0], end - t0[0], end - begin, status, message))
+                    records.append((proto, begin - t0[0], end - t0[0], end - begin, status, message, i))
                 if status == "failed":
                     time.sleep(0.1)  # do not spin on a dead server
         finally:

@@ -24,4 +24,14 @@ pip_install --no-deps "nvidia-pytriton==0.7.0"
 # (pip check would flag pytriton's own, unused dependencies: check what mmtrt imports instead)
 .venv/bin/python -c "import torch, onnx, onnxruntime, tritonclient.grpc, tritonclient.http, mmtrt.cli"
 test -x "$(.venv/bin/python -c 'import mmtrt.serving as s; print(s.find_tritonserver())')"
+# Debian packages the proxy test needs (tests/integration/test_nginx_guard.py: nginx + its njs
+# module): installed in CI or where missing, when apt-get can run (root); else the test skips.
+if [ "${CI:-}" = "true" ] || ! command -v nginx >/dev/null 2>&1 || [ ! -e /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            nginx-light libnginx-mod-http-js >/dev/null
+    else
+        echo "setup: nginx + libnginx-mod-http-js not installed (needs root and apt-get); the nginx test will skip"
+    fi
+fi
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

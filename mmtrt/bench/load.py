@@ -3,7 +3,8 @@ queue / compute breakdown.
 
 The built-in generator runs `concurrency` client threads (one tritonclient each: the HTTP
 client is not thread-safe), each sending batches back to back for a fixed time, and measures
-what perf_analyzer measures: completed images/s and request latency percentiles.
+what perf_analyzer measures: completed images/s and request latency percentiles. It can spread
+the load over several servers and resends only what failed transiently (never an invalid input).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def server_breakdown(before: dict, after: dict) -> dict:
 
 def run_load(
     protocol: str,
-    url: str,
+    url: str | list[str],
     model: str,
     pool: np.ndarray,
     batch: int,
@@ -86,22 +87,73 @@ def run_load(
     stats_url: str | None = None,
     outputs: tuple[str, ...] = ("probs", "mask", "saliency"),
     warmup: int = 2,
+    retry_delay_s: float = 0.25,
+    max_attempts: int = 6,
 ) -> Measurement:
     """`concurrency` clients sending `batch`-image requests for `seconds`; `stats_url` (the
-    server's HTTP endpoint) adds the server-side queue / compute breakdown."""
+    server's HTTP endpoint) adds the server-side queue / compute breakdown.
+
+    ``url`` may list several servers: each client sends its requests to them in turn. A request
+    that fails transiently (:mod:`mmtrt.serving.faults`: the server unreachable or gone, a 5xx, a
+    deadline) is sent again, to the next server, and its server is left alone for
+    ``retry_delay_s`` (doubling while it keeps failing); at most ``max_attempts`` sends a request,
+    none after the deadline. A request rejected as invalid input is counted (``invalid``) and
+    never sent again. ``extra``: ``failures`` (requests that never got an answer: invalid ones
+    included), ``invalid``, ``retries`` (sends again), ``answered_by`` (requests per server)."""
+    from mmtrt.serving.faults import INVALID, TRANSIENT, classify
+
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("no server url given")
     latencies: list[float] = []
     failures: list[str] = []
+    counts = {"invalid": 0, "retries": 0}
+    answered_by = {u: 0 for u in urls}
     lock = threading.Lock()
     warmed, go = threading.Barrier(concurrency + 1), threading.Barrier(concurrency + 1)
     deadline = [0.0]
 
     def worker(offset: int) -> None:
-        client_module, client = triton_client(protocol, url)
+        clients = [triton_client(protocol, u) for u in urls]
+        down_until = [0.0] * len(urls)
+        strikes = [0] * len(urls)
+        turn = offset % len(urls)
+
+        def send(images) -> None:
+            """One request, resent to the next server while it fails transiently."""
+            nonlocal turn
+            for attempt in range(max_attempts):
+                now = time.perf_counter()
+                order = [(turn + k) % len(urls) for k in range(len(urls))]
+                up = [k for k in order if down_until[k] <= now]
+                k = up[0] if up else min(order, key=lambda j: down_until[j])
+                if not up:
+                    time.sleep(max(0.0, min(down_until[k], deadline[0]) - now))
+                turn = (k + 1) % len(urls)
+                module, client = clients[k]
+                try:
+                    infer_once(module, client, model, images, outputs)
+                except Exception as exc:
+                    if classify(exc) != TRANSIENT or attempt + 1 == max_attempts:
+                        raise
+                    if time.perf_counter() >= deadline[0]:
+                        raise
+                    strikes[k] += 1
+                    down_until[k] = time.perf_counter() + retry_delay_s * 2 ** min(strikes[k] - 1, 5)
+                    with lock:
+                        counts["retries"] += 1
+                    continue
+                strikes[k] = 0
+                with lock:
+                    answered_by[urls[k]] += 1
+                return
+
         try:
             i = offset
             try:
                 for _ in range(warmup):
-                    infer_once(client_module, client, model, _take(pool, i, batch), outputs)
+                    module, client = clients[i % len(clients)]
+                    infer_once(module, client, model, _take(pool, i, batch), outputs)
             except Exception as exc:
                 failures.append(str(exc).splitlines()[0])
                 warmed.abort()  # the endpoint does not work: stop everyone
@@ -113,18 +165,21 @@ def run_load(
                 return
             while time.perf_counter() < deadline[0]:
                 images = _take(pool, i, batch)
+                i += concurrency  # a failed request is not sent again below: the next batch is
                 t0 = time.perf_counter()
                 try:
-                    infer_once(client_module, client, model, images, outputs)
+                    send(images)
                 except Exception as exc:  # counted and reported, the load goes on
                     with lock:
                         failures.append(str(exc).splitlines()[0])
+                        if classify(exc) == INVALID:
+                            counts["invalid"] += 1
                     continue
                 with lock:
                     latencies.append((time.perf_counter() - t0) * 1e3)
-                i += concurrency
         finally:
-            client.close()
+            for _, client in clients:
+                client.close()
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
     for t in threads:
@@ -142,7 +197,15 @@ def run_load(
     elapsed = time.perf_counter() - started
     if not latencies:
         raise RuntimeError(f"no request to {model} at {url} succeeded: {failures[:3]}")
-    extra = {"concurrency": concurrency, "protocol": protocol, "failures": len(failures)}
+    extra = {
+        "concurrency": concurrency,
+        "protocol": protocol,
+        "failures": len(failures),
+        "invalid": counts["invalid"],
+        "retries": counts["retries"],
+    }
+    if len(urls) > 1:
+        extra["answered_by"] = dict(answered_by)
     if stats_before is not None:
         extra.update(server_breakdown(stats_before, server_statistics(stats_url, model)))
     return Measurement(

@@ -193,6 +193,15 @@ def _describe_models(server) -> list[str]:
     f"most {MAX_RESTARTS} restarts in {RESTART_WINDOW_S // 60} minutes, then "
     "mmtrt serve exits 1.",
 )
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 32),
+    default=1,
+    show_default=True,
+    help="Run N servers of REPOSITORY on this host, replica i on each given port + 10*i "
+    "(or free ports for 0), each with its own watchdog; use them all with "
+    "`mmtrt infer --url A --url B ...`.",
+)
 @click.argument("tritonserver_args", nargs=-1, type=click.UNPROCESSED)
 def serve(
     repository: Path,
@@ -203,6 +212,7 @@ def serve(
     log_file: Path | None,
     timeout: float,
     watchdog: bool,
+    replicas: int,
     tritonserver_args: tuple[str, ...],
 ):
     """Serve the model REPOSITORY (built by `mmtrt repo`) with the real Triton server until
@@ -221,6 +231,26 @@ def serve(
         raise click.UsageError(
             f"unexpected argument(s) {list(bad)}: tritonserver flags go after `--` and start with `--`"
         )
+    if replicas > 1:
+        from .replicas import serve_replicas
+
+        try:
+            serve_replicas(
+                repository,
+                replicas,
+                host=host,
+                http_port=http_port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                log_file=log_file,
+                timeout=timeout,
+                watchdog=watchdog,
+                extra_args=tritonserver_args,
+                echo=click.echo,
+            )
+        except (ServingError, ValueError) as e:
+            raise click.ClickException(str(e)) from None
+        return
     try:
         server = TritonServer(
             repository,
@@ -292,9 +322,12 @@ def _ready_lines(server, host: str) -> list[str]:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--url",
-    default=None,
+    "urls",
+    multiple=True,
     help="Server address host:port [default: 127.0.0.1:8000 for http, "
-    "127.0.0.1:8001 for grpc]; an http(s):// prefix is accepted.",
+    "127.0.0.1:8001 for grpc]; an http(s):// prefix is accepted. Repeat it for several "
+    "servers: the batches are spread over those that are ready, and a batch whose server "
+    "fails is sent to another (each image answered once; its JSON names the server).",
 )
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
 @click.option(
@@ -358,7 +391,7 @@ def _ready_lines(server, host: str) -> list[str]:
 )
 def infer(
     images: tuple[Path, ...],
-    url: str | None,
+    urls: tuple[str, ...],
     protocol: str,
     model: str,
     batch_size: int,
@@ -375,8 +408,9 @@ def infer(
     contour, the saliency heat map and the prediction), then a summary table. DICOM files
     (.dcm, single-frame grayscale) are windowed by their VOI LUT or Window Center/Width; with
     --dicom-out each also gets a DICOM Segmentation and a Secondary Capture. Exits non-zero if
-    any image failed."""
-    from .infer import InferError, connect, expand_inputs, infer_files, summary_table
+    any image failed. With several --url, batches are spread over the
+    servers that are ready and a failed server's batches go to the others."""
+    from .infer import InferError, connect, expand_inputs, infer_files
 
     header_dict = {}
     for h in headers:
@@ -384,8 +418,7 @@ def infer(
         if not sep or not key:
             raise click.BadParameter(f"{h!r} is not KEY=VALUE", param_hint="--header")
         header_dict[key] = value
-    if url is None:
-        url = f"127.0.0.1:{8000 if protocol == 'http' else 8001}"
+    url = urls[0] if urls else f"127.0.0.1:{8000 if protocol == 'http' else 8001}"
     paths = expand_inputs(images)
     if not paths:
         raise click.ClickException("no image files given (the folders hold none)")
@@ -401,6 +434,29 @@ def infer(
 
     def say(line: str):
         click.echo(line, err=True)
+
+    if len(urls) > 1:
+        from .failover import infer_files_failover
+
+        try:
+            results = infer_files_failover(
+                paths,
+                urls=urls,
+                protocol=protocol,
+                model=model,
+                batch_size=batch_size,
+                out=out,
+                headers=header_dict or None,
+                retries=retries,
+                backoff_s=retry_delay,
+                say=say,
+                dicom_out=dicom_out,
+                checkpoint_sha256=checkpoint_sha256,
+            )
+        except InferError as e:
+            raise click.ClickException(str(e)) from None
+        _report_results(results, out)
+        return
 
     try:
         client = connect(
@@ -428,6 +484,12 @@ def infer(
         raise click.ClickException(str(e)) from None
     finally:
         client.close()
+    _report_results(results, out)
+
+
+def _report_results(results, out: Path) -> None:
+    from .infer import summary_table
+
     click.echo(summary_table(results))
     click.echo(f"results in {out}")
     failed = [r for r in results if not r.ok]

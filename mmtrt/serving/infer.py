@@ -193,24 +193,13 @@ def _short(e: Exception) -> str:
 
 
 def _transient(e: Exception) -> bool:
-    """Can the same request succeed later? True when the server was unreachable or dropped the
-    connection (stopped, killed, restarting; a model being unloaded while the server stops), and
-    when a model's python-backend stub process had died (``mmtrt serve`` restarts the server
-    then). A rejected input is not transient."""
-    import http.client
+    """Can the same request succeed later? The rule of :mod:`mmtrt.serving.faults`: unreachable,
+    connection dropped, deadline, HTTP 5xx / gRPC UNAVAILABLE or INTERNAL (a stub process died, a
+    model unloading while the server stops). A rejected input (HTTP 400, gRPC INVALID_ARGUMENT)
+    is not transient."""
+    from .faults import is_transient
 
-    from tritonclient.utils import InferenceServerException
-
-    if isinstance(e, (OSError, ConnectionError, http.client.HTTPException)):
-        return True  # refused, reset, closed mid-response (geventhttpclient's HTTPConnectionClosed)
-    if isinstance(e, InferenceServerException):
-        if "UNAVAILABLE" in str(e.status() or ""):  # gRPC: no server at the address
-            return True
-        text = str(e)
-        if "Stub process" in text and "not healthy" in text:
-            return True
-        return "has no available versions" in text  # the server unloading it: stopping
-    return False
+    return is_transient(e)
 
 
 def _model_info(client, protocol: str, model: str, headers: dict | None):
@@ -430,33 +419,14 @@ def infer_files(
 
     for start in range(0, len(paths), batch_size):
         chunk = list(range(start, min(start + batch_size, len(paths))))
-        loaded: list[tuple[int, np.ndarray]] = []
-        for i in chunk:
-            try:
-                with warnings.catch_warnings():  # said below, once per file
-                    warnings.simplefilter("ignore", DicomWarning)
-                    decoded = read_image(paths[i])
-                results[i].meta = decoded.meta
-                loaded.append((i, decoded.pixels))
-                for note in decoded.meta.warnings:
-                    say(f"warning: {paths[i]}: {note}")
-            except DataError as e:
-                results[i].error = str(e)
-                say(f"error: {e}")
-            except OSError as e:  # e.g. permission denied while opening
-                results[i].error = f"{paths[i]}: cannot read ({e})"
-                say(f"error: {results[i].error}")
+        loaded = read_batch(paths, chunk, results, say)
         if not loaded:
             continue
-        batch = np.stack([a for _, a in loaded])[:, None].astype(np.float32, copy=False)
-        inp = module.InferInput("image", list(batch.shape), "FP32")
-        inp.set_data_from_numpy(batch)
+        inputs, requested = image_request(module, np.stack([a for _, a in loaded])[:, None], wanted)
         delay = float(backoff_s)
         for attempt in range(int(retries) + 1):
             try:
-                response = client.infer(
-                    model, [inp], headers=headers, outputs=[module.InferRequestedOutput(o) for o in wanted]
-                )
+                response = client.infer(model, inputs, headers=headers, outputs=requested)
                 got = {o: response.as_numpy(o) for o in wanted}
                 error = None
                 break
@@ -490,41 +460,107 @@ def infer_files(
                 results[i].error = f"{paths[i]}: inference failed: {_short(error)}"
             say(f"error: a batch of {len(loaded)} image(s) failed: {_short(error)}")
             continue
+        dicom = (dicom_out, (model, served_version, checkpoint_sha256)) if dicom_out is not None else None
         for j, (i, image) in enumerate(loaded):
-            r = results[i]
-            r.probs = np.asarray(got["probs"][j], dtype=np.float64)
-            mask = got["mask"][j, 0] if "mask" in got else None
-            saliency = got["saliency"][j, 0] if "saliency" in got else None
-            if mask is not None:
-                r.mask_fraction = float((mask > MASK_THRESHOLD).mean())
-            if out is None:
-                continue
-            written: list[Path] = []
-            try:
-                if overlays:
-                    r.overlay_path = render_overlay(
-                        image,
-                        out / f"{stems[i]}.png",
-                        probs=r.probs,
-                        mask=mask,
-                        saliency=saliency,
-                        title=f"{paths[i].name} | {model}",
-                    )
-                    written.append(r.overlay_path)
-                if dicom_out is not None and r.meta is not None and r.meta.is_dicom:
-                    info = (model, served_version, checkpoint_sha256)
-                    r.dicom_paths = _write_dicom(r, dicom_out, stems[i], info, mask)
-                    written += r.dicom_paths
-                r.json_path = out / f"{stems[i]}.json"
-                text = json.dumps(_record(r, model=model, url=url, protocol=protocol), indent=2) + "\n"
-                atomic_write(r.json_path, lambda fh, text=text: fh.write(text.encode()))
-            except (OSError, ValueError) as e:  # ValueError: DICOM results that cannot be made
-                for p in written:
-                    p.unlink(missing_ok=True)
-                r.overlay_path = r.json_path = r.dicom_paths = None
-                r.error = f"{paths[i]}: cannot write the results to {out}: {e}"
-                say(f"error: {r.error}")
+            write_result(
+                results[i],
+                image,
+                {o: got[o][j] for o in got},
+                out=out,
+                stem=stems[i],
+                overlays=overlays,
+                record=dict(model=model, url=url, protocol=protocol),
+                dicom=dicom,
+                say=say,
+            )
     return results
+
+
+def read_batch(
+    paths: Sequence[Path], indices, results: list[ImageResult], say
+) -> list[tuple[int, np.ndarray]]:
+    """Decode ``paths[i]`` for ``i`` in ``indices`` with :func:`mmtrt.data.read_image`:
+    [(i, pixels)] of those that decode; the others get their error in ``results[i]``."""
+    loaded = []
+    for i in indices:
+        try:
+            with warnings.catch_warnings():  # said below, once per file
+                warnings.simplefilter("ignore", DicomWarning)
+                decoded = read_image(paths[i])
+            results[i].meta = decoded.meta
+            loaded.append((i, decoded.pixels))
+            for note in decoded.meta.warnings:
+                say(f"warning: {paths[i]}: {note}")
+        except DataError as e:
+            results[i].error = str(e)
+            say(f"error: {e}")
+        except OSError as e:  # e.g. permission denied while opening
+            results[i].error = f"{paths[i]}: cannot read ({e})"
+            say(f"error: {results[i].error}")
+    return loaded
+
+
+def image_request(module, images: np.ndarray, outputs: Sequence[str]) -> tuple[list, list]:
+    """(inputs, requested outputs) of a tritonclient request (``module``: tritonclient.http or
+    .grpc) for a float32 image batch [n, 1, H, W]: the one way every client of mmtrt sends images."""
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    tensor = module.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    return [tensor], [module.InferRequestedOutput(o) for o in outputs]
+
+
+def write_result(
+    r: ImageResult,
+    image: np.ndarray,
+    got: dict[str, np.ndarray],
+    *,
+    out: Path | None,
+    stem: str,
+    overlays: bool,
+    record: dict,
+    server: dict | None = None,
+    dicom=None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> None:
+    """Fill ``r`` from one image's outputs (``got``: probs [2], mask / saliency [1, H, W]) and,
+    with ``out``, write its overlay PNG, its DICOM results (``dicom``: (folder, (model, version,
+    checkpoint sha256)), for DICOM sources) and its JSON (``record``: model, url and protocol;
+    ``server``: more about the server that answered). A result that cannot be written whole is removed
+    and becomes the image's error."""
+    r.probs = np.asarray(got["probs"], dtype=np.float64)
+    mask = got["mask"][0] if "mask" in got else None
+    saliency = got["saliency"][0] if "saliency" in got else None
+    if mask is not None:
+        r.mask_fraction = float((mask > MASK_THRESHOLD).mean())
+    if out is None:
+        return
+    written: list[Path] = []
+    try:
+        if overlays:
+            r.overlay_path = render_overlay(
+                image,
+                out / f"{stem}.png",
+                probs=r.probs,
+                mask=mask,
+                saliency=saliency,
+                title=f"{r.source.name} | {record['model']}",
+            )
+            written.append(r.overlay_path)
+        if dicom is not None and r.meta is not None and r.meta.is_dicom:
+            folder, info = dicom
+            r.dicom_paths = _write_dicom(r, folder, stem, info, mask)
+            written += r.dicom_paths
+        r.json_path = out / f"{stem}.json"
+        data = _record(r, **record)
+        data["server"].update(server or {})
+        text = json.dumps(data, indent=2) + "\n"
+        atomic_write(r.json_path, lambda fh: fh.write(text.encode()))
+    except (OSError, ValueError) as e:  # ValueError: DICOM results that cannot be made
+        for p in written:
+            p.unlink(missing_ok=True)
+        r.overlay_path = r.json_path = r.dicom_paths = None
+        r.error = f"{r.source}: cannot write the results to {out}: {e}"
+        say(f"error: {r.error}")
 
 
 def _served_version(client, protocol: str, model: str, headers: dict | None) -> str | None:

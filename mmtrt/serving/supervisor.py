@@ -39,8 +39,9 @@ def exit_status(code: int | None) -> str:
 class Supervisor:
     """Restarts ``server`` when it exits on its own or one of its stubs dies.
 
-    ``say(line, err)`` reports each restart. :meth:`run` returns only when the server exited on
-    its own with ``restart`` off; it raises ServingError when it gives up.
+    ``say(line, err)`` reports each restart; ``name`` (e.g. "replica 1") starts those lines.
+    :meth:`poll` looks once (for a caller that watches several servers); :meth:`run` polls until
+    the server exited on its own with ``restart`` off. Both raise ServingError when they give up.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Supervisor:
         timeout: float,
         restart: bool = True,
         say: Callable[[str, bool], None] = lambda line, err: print(line),
+        name: str = "",
         period_s: float = PERIOD_S,
         max_restarts: int = MAX_RESTARTS,
         window_s: float = RESTART_WINDOW_S,
@@ -58,42 +60,51 @@ class Supervisor:
         self.timeout = timeout
         self.restart = restart
         self.say = say
+        self.name = name
         self.period_s = period_s
         self.max_restarts = max_restarts
         self.window_s = window_s
         self.restarts: list[float] = []  # monotonic times of the restarts within the window
+        self._next_check = time.monotonic() + period_s
 
     def run(self) -> None:
-        next_check = time.monotonic() + self.period_s
         while True:
             time.sleep(0.2)
-            exited = not self.server.is_running()
-            if exited and not self.restart:
+            if not self.poll():
                 return
-            if not exited:
-                if not self.restart or time.monotonic() < next_check:
-                    continue
-                dead = self.server.dead_stubs()
-                next_check = time.monotonic() + self.period_s
-                if not dead:
-                    continue
-                reason = f"the python-backend stub process of model(s) {', '.join(dead)} died"
-            else:
-                reason = f"tritonserver exited on its own ({exit_status(self.server.exit_code)})"
-            self._restart(reason, show_log=exited)
-            next_check = time.monotonic() + self.period_s
+
+    def poll(self) -> bool:
+        """Look at the server once and restart it if it needs it; False when it has exited on
+        its own and restarting is off."""
+        exited = not self.server.is_running()
+        if exited:
+            if not self.restart:
+                return False
+            reason = f"tritonserver exited on its own ({exit_status(self.server.exit_code)})"
+        else:
+            if not self.restart or time.monotonic() < self._next_check:
+                return True
+            dead = self.server.dead_stubs()
+            self._next_check = time.monotonic() + self.period_s
+            if not dead:
+                return True
+            reason = f"the python-backend stub process of model(s) {', '.join(dead)} died"
+        self._restart(reason, show_log=exited)
+        self._next_check = time.monotonic() + self.period_s
+        return True
 
     def _restart(self, reason: str, *, show_log: bool) -> None:
         server = self.server
+        who = f"{self.name}: " if self.name else ""
         self.restarts = [t for t in self.restarts if time.monotonic() - t < self.window_s]
         if len(self.restarts) >= self.max_restarts:
             raise ServingError(
-                f"{reason} after {len(self.restarts)} restarts in {self.window_s / 60:g} "
+                f"{who}{reason} after {len(self.restarts)} restarts in {self.window_s / 60:g} "
                 f"minutes; giving up\n--- tail of {server.log_path} ---\n{server.log_tail()}"
             )
         self.restarts.append(time.monotonic())
         self.say(
-            f"warning: {reason}; restarting tritonserver on the same ports "
+            f"warning: {who}{reason}; restarting tritonserver on the same ports "
             "(requests in flight fail; clients retry)",
             True,
         )
@@ -102,7 +113,7 @@ class Supervisor:
         t0 = time.monotonic()
         server.restart(timeout=self.timeout)
         self.say(
-            f"serving again after {time.monotonic() - t0:.1f} s (pid {server.pid}, "
-            f"restart {len(self.restarts)})",
+            f"{self.name + ' ' if self.name else ''}serving again after {time.monotonic() - t0:.1f} s "
+            f"(pid {server.pid}, restart {len(self.restarts)})",
             False,
         )

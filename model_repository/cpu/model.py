@@ -16,7 +16,9 @@ between the models lives in their ``config.pbtxt``:
 Every request is validated on its own (dtype, shape, batch size, finite values); the valid
 requests of one execution (dynamic batching) run as one onnxruntime batch and are split back, an
 invalid one gets its own error response, and so does one whose outputs are not finite (a finite
-input far outside [0, 1] can overflow float32 inside the graph).
+input far outside [0, 1] can overflow float32 inside the graph). Both are answered as invalid
+input (``TritonError.INVALID_ARG``: HTTP 400, gRPC INVALID_ARGUMENT); an onnxruntime failure stays
+an internal error (HTTP 500).
 
 Structure follows the official python-backend examples (initialize / execute / finalize).
 """
@@ -75,6 +77,18 @@ def _shape_fits(onnx_shape, batched_dims):
         not isinstance(have, int) or want == -1 or have == want
         for have, want in zip(onnx_shape, batched_dims)
     )
+
+
+def _invalid_input(message):
+    """The error of a request whose own input is at fault: Triton answers it as invalid input
+    (HTTP 400, gRPC INVALID_ARGUMENT), not as a server failure (HTTP 500, gRPC INTERNAL), so that
+    clients know not to send it again. ``TritonError(message, code)``: the code argument and
+    ``TritonError.INVALID_ARG`` are in the stub of Triton 2.51 (r24.10); an older stub takes the
+    message alone (then the code stays INTERNAL)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    if code is None:  # pragma: no cover - python-backend stubs before code support
+        return pb_utils.TritonError(message)
+    return pb_utils.TritonError(message, code)
 
 
 def _non_finite(parts, arr):
@@ -203,7 +217,7 @@ class TritonPythonModel:
                 valid.append((i, arr))
             else:
                 responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"model '{self.model_name}': {problem}")
+                    error=_invalid_input(f"model '{self.model_name}': {problem}")
                 )
         if not valid:
             return responses
@@ -228,7 +242,7 @@ class TritonPythonModel:
             problem = _non_finite(parts, arr)
             if problem:  # never answer NaN: e.g. finite inputs near the float32 maximum
                 responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"model '{self.model_name}': {problem}")
+                    error=_invalid_input(f"model '{self.model_name}': {problem}")
                 )
             else:
                 responses[i] = pb_utils.InferenceResponse(

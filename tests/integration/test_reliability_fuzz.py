@@ -24,6 +24,7 @@ import gzip
 import http.client
 import io
 import json
+import re
 import struct
 import time
 import zlib
@@ -69,6 +70,7 @@ class Case:
     x: np.ndarray | None = None  # the input, to compute the correct answer
     model: str = "multimix"
     notes: list = field(default_factory=list)
+    invalid: bool = False  # a fault of the request: its error must be HTTP 400 / gRPC INVALID_ARGUMENT
 
 
 def _clients(server):
@@ -129,6 +131,22 @@ def _tensor_send(
     return send
 
 
+# Faults of the request itself: answered as invalid input (HTTP 400, gRPC INVALID_ARGUMENT), by
+# model.py (TritonError.INVALID_ARG) or by Triton's own checks, never as a server error.
+INVALID_INPUT_KINDS = {
+    "extreme-values",  # when refused: outputs not finite for this input
+    "non-finite",
+    "dtype",
+    "dtype-bytes",
+    "dtype-bf16-declared",
+    "shape",
+    "batch-too-big",
+    "payload-16MB",
+    "payload-64MB",
+}
+INVALID_STATUS = re.compile(r"^\[(400|StatusCode\.INVALID_ARGUMENT)\] ")
+
+
 def _images(rng, n, low=0.0, high=1.0):
     return (low + (high - low) * rng.random((n, 1, 256, 256))).astype(np.float32)
 
@@ -148,6 +166,7 @@ def tensor_cases(rng: np.random.Generator) -> list[Case]:
                 words,
                 x=arr if expect != "error" else None,
                 model=model,
+                invalid=kind in INVALID_INPUT_KINDS,
             )
         )
 
@@ -608,6 +627,10 @@ def _judge(case: Case, outcome: str, payload, elapsed: float, ort_ref) -> str | 
             return f"unclear error {text!r}"
         if case.words and not any(w.lower() in text.lower() for w in case.words):
             return f"error does not say what is wrong (wanted one of {case.words}): {text[:300]}"
+        if case.invalid and not INVALID_STATUS.match(text):
+            return (
+                f"a fault of the request not answered as invalid input (400 / INVALID_ARGUMENT): {text[:200]}"
+            )
         return None
     if case.expect == "error":
         return "answered a request that should have been refused"
