@@ -105,3 +105,23 @@ def test_the_client_loads_nothing_of_the_server_side():
     }
     assert "mmtrt.serving.infer" in loaded
     assert not loaded & server_side, sorted(loaded & server_side)
+
+
+def test_tests_import_helpers_not_other_tests():
+    """Shared test code lives in tests/helpers.py (and fake_tensorrt.py): no test module imports
+    another test module or conftest.py."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found += [
+                f"{path.relative_to(tests)} imports {n}" for n in names if n.startswith(("test_", "conftest"))
+            ]
+    assert not found, found

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from serving_helpers import needs_server
+from helpers import needs_server
 
 yaml = pytest.importorskip("yaml")
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (the test extra)")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import needs_server, start_server
 from PIL import Image
-from serving_helpers import needs_server, start_server
 
 from mmtrt.serving.failover import infer_files_failover
 from mmtrt.serving.infer import connect, infer_files

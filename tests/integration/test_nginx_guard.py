@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import needs_server, start_server
+from helpers import needs_server, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = ROOT / "deploy" / "nginx"

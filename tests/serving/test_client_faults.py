@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import MAX_BATCH, needs_server, start_server
 from PIL import Image
-from serving_helpers import MAX_BATCH, needs_server, start_server
 
 from mmtrt.serving import build_repository
 from mmtrt.serving.faults import INVALID, TRANSIENT, classify

@@ -9,8 +9,7 @@ import re
 import signal
 
 import pytest
-from serving_helpers import needs_server, processes_mentioning
-from test_serving_cli import _Serve
+from helpers import ServeCommand, needs_server, processes_mentioning
 
 from mmtrt.serving.infer import connect
 from mmtrt.serving.replicas import replica_ports
@@ -33,7 +32,7 @@ def test_replica_ports():
 
 @needs_server
 def test_serve_replicas(repo):
-    serve = _Serve(
+    serve = ServeCommand(
         str(repo), "--replicas", "2", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"
     )
     try:
