@@ -30,6 +30,14 @@ def export_dir(request):
 
 
 @pytest.fixture(scope="module")
+def full_export_dir(request):
+    """An export of all four graphs, as `mmtrt export` writes it (the GPU flavour needs each)."""
+    from helpers import real_export
+
+    return real_export(request, ("multimix", "encoder", "saliency", "decoder"))
+
+
+@pytest.fixture(scope="module")
 def repo(export_dir, tmp_path_factory):
     """The repository as `mmtrt repo` builds it (CPU flavour), one onnxruntime thread a model."""
     from mmtrt.serving import build_repository

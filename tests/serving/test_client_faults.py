@@ -194,12 +194,22 @@ def _executed(server, model: str) -> int:
     included; requests Triton refused itself (a wrong shape) are not counted at all."""
     import tritonclient.http as httpclient
 
+    def count() -> int:
+        s = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
+        return int(s["success"]["count"]) + int(s["fail"]["count"])
+
+    # The statistics are updated after the response is sent: read until they stop changing.
     client = httpclient.InferenceServerClient(server.http_url)
     try:
-        s = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
+        last, now = -1, count()
+        for _ in range(20):
+            if now == last:
+                break
+            time.sleep(0.25)
+            last, now = now, count()
+        return now
     finally:
         client.close()
-    return int(s["success"]["count"]) + int(s["fail"]["count"])
 
 
 def test_infer_never_resends_an_invalid_batch(server, tmp_path):

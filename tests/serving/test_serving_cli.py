@@ -41,13 +41,13 @@ def test_repo_command(export_dir, tmp_path):
     assert r.exit_code == 2 and "tpu" in r.stderr
 
 
-def test_repo_command_gpu_names_the_missing_engines(export_dir, tmp_path):
+def test_repo_command_gpu_names_the_missing_engines(full_export_dir, tmp_path):
     out = tmp_path / "repo"
-    r = CliRunner().invoke(main, ["repo", str(export_dir), str(out), "--flavour", "gpu"])
+    r = CliRunner().invoke(main, ["repo", str(full_export_dir), str(out), "--flavour", "gpu"])
     assert r.exit_code == 0, r.output
     assert "models classifier, decoder, encoder, multimix, saliency" in r.stdout
     assert "3 TensorRT engine file(s) missing" in r.stderr
-    assert "saliency/1/model.plan" in r.stderr and f"mmtrt build-engines {export_dir}" in r.stderr
+    assert "saliency/1/model.plan" in r.stderr and f"mmtrt build-engines {full_export_dir}" in r.stderr
 
 
 def test_serve_command_rejects_bad_arguments(export_dir, tmp_path):

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
-from helpers import MAX_BATCH, processes_mentioning, real_export
+from helpers import MAX_BATCH, processes_mentioning
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mmtrt.cli import main
@@ -36,8 +36,8 @@ ENSEMBLES = ("multimix", "classifier")
 
 
 @pytest.fixture(scope="module")
-def export_dir(request) -> Path:
-    return real_export(request, ("multimix", "encoder", "saliency", "decoder"))
+def export_dir(full_export_dir) -> Path:
+    return full_export_dir
 
 
 @pytest.fixture(scope="module")
