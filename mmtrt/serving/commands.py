@@ -435,55 +435,33 @@ def infer(
     def say(line: str):
         click.echo(line, err=True)
 
-    if len(urls) > 1:
-        from .failover import infer_files_failover
+    common = dict(
+        protocol=protocol,
+        model=model,
+        batch_size=batch_size,
+        out=out,
+        headers=header_dict or None,
+        retries=retries,
+        backoff_s=retry_delay,
+        say=say,
+        dicom_out=dicom_out,
+        checkpoint_sha256=checkpoint_sha256,
+    )
+    try:
+        if len(urls) > 1:
+            from .failover import infer_files_failover
 
-        try:
-            results = infer_files_failover(
-                paths,
-                urls=urls,
-                protocol=protocol,
-                model=model,
-                batch_size=batch_size,
-                out=out,
-                headers=header_dict or None,
-                retries=retries,
-                backoff_s=retry_delay,
-                say=say,
-                dicom_out=dicom_out,
-                checkpoint_sha256=checkpoint_sha256,
+            results = infer_files_failover(paths, urls=urls, **common)
+        else:
+            client = connect(
+                url, protocol, retries=retries, backoff_s=retry_delay, headers=common["headers"], say=say
             )
-        except InferError as e:
-            raise click.ClickException(str(e)) from None
-        _report_results(results, out)
-        return
-
-    try:
-        client = connect(
-            url, protocol, retries=retries, backoff_s=retry_delay, headers=header_dict or None, say=say
-        )
+            try:
+                results = infer_files(paths, client=client, url=url, **common)
+            finally:
+                client.close()
     except InferError as e:
         raise click.ClickException(str(e)) from None
-    try:
-        results = infer_files(
-            paths,
-            client=client,
-            protocol=protocol,
-            model=model,
-            batch_size=batch_size,
-            out=out,
-            headers=header_dict or None,
-            url=url,
-            retries=retries,
-            backoff_s=retry_delay,
-            say=say,
-            dicom_out=dicom_out,
-            checkpoint_sha256=checkpoint_sha256,
-        )
-    except InferError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        client.close()
     _report_results(results, out)
 
 
