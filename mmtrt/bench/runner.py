@@ -328,7 +328,7 @@ def _triton_sweep(
                 )
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
                 for clients in concurrency:
-                    progress.set_postfix_str(f"triton-{protocol} c{clients}")
+                    progress.set_postfix_str(f"{prefix}-{protocol} c{clients}")
                     measured = load.run_load(
                         protocol, url, "multimix", pool, batch, clients, seconds, stats_url=server.http_url
                     )
