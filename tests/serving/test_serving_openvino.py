@@ -210,3 +210,20 @@ def test_repo_command_runtime_options(export_dir, tmp_path):
     params = validate_config(tmp_path / "r6" / "multimix" / "config.pbtxt").parameters
     assert params["runtime"].string_value == "onnxruntime"
     assert params["ov_inference_precision"].string_value == "f32"  # rendered even when unused
+
+
+@needs_server
+def test_a_bad_runtime_parameter_refuses_to_load(export_dir, tmp_path):
+    """model.py names the bad value and the choices (a config edited by hand)."""
+    from helpers import processes_mentioning
+
+    from mmtrt.serving import TritonServer
+
+    built = build_repository(export_dir, tmp_path / "repo", models=("classifier",))
+    cfg = built / "classifier" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace('string_value: "onnxruntime"', 'string_value: "tvm"', 1))
+    srv = TritonServer(built, log_file=tmp_path / "triton.log")
+    with pytest.raises(ServingError) as info:
+        srv.start(timeout=120)
+    assert "parameter runtime is 'tvm': choose from onnxruntime, openvino" in str(info.value)
+    assert not processes_mentioning(str(built))
