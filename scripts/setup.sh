@@ -22,7 +22,7 @@ pip_install "${torch_spec[@]}" -e ".[test]"
 # The Triton server binary and its python backend; pytriton's own Python API (and its pins) are not used.
 pip_install --no-deps "nvidia-pytriton==0.7.0"
 # (pip check would flag pytriton's own, unused dependencies: check what mmtrt imports instead)
-.venv/bin/python -c "import torch, onnx, onnxruntime, tritonclient.grpc, tritonclient.http, mmtrt.cli"
+.venv/bin/python -c "import torch, onnx, onnxruntime, openvino, tritonclient.grpc, tritonclient.http, mmtrt.cli"
 test -x "$(.venv/bin/python -c 'import mmtrt.serving as s; print(s.find_tritonserver())')"
 # Debian packages the proxy test needs (tests/integration/test_nginx_guard.py: nginx + its njs
 # module): installed in CI or where missing, when apt-get can run (root); else the test skips.

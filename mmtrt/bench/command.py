@@ -24,8 +24,12 @@ def _ints(text: str) -> list[int]:
 # bfloat16 arithmetic (about 30x slower than float32 on this project's CPU machine).
 ANY_DEVICE = ("reference", "eager", "compiled", "ort-fused", "ort-split", "ort-encoder", "ort-saliency")
 CUDA_ONLY = ("cuda-graphs", "eager-fp16", "compiled-fp16", "eager-bf16", "tensorrt")
+# OpenVINO's CPU plugin (f32 explicitly); triton-ov: the cpu repository served with OpenVINO
+CPU_ONLY = ("ov-fused", "ov-split", "ov-encoder", "ov-saliency")
+TRITON = ("triton", "triton-ov")
 DEFAULT_TARGETS = {
-    "cpu": "reference,eager,ort-fused,ort-split,ort-encoder,ort-saliency,triton",
+    "cpu": "reference,eager,ort-fused,ort-split,ort-encoder,ort-saliency,"
+    "ov-fused,ov-split,ov-encoder,ov-saliency,triton,triton-ov",
     "cuda": "reference,eager,compiled,cuda-graphs,eager-fp16,compiled-fp16,eager-bf16,"
     "ort-fused,ort-split,ort-encoder,ort-saliency,tensorrt",
 }
@@ -47,9 +51,10 @@ DEFAULT_TARGETS = {
 @click.option(
     "--targets",
     default=None,
-    help=f"Comma-separated, from {', '.join(ANY_DEVICE)}, triton; on cuda also {', '.join(CUDA_ONLY)} "
-    "(the engines of `mmtrt build-engines`). Default on cpu: reference, eager, the ort targets, "
-    "triton; on cuda: every in-process target, leaving out with a note tensorrt and onnxruntime "
+    help=f"Comma-separated, from {', '.join(ANY_DEVICE)}, {', '.join(TRITON)}; on cpu also "
+    f"{', '.join(CPU_ONLY)} (OpenVINO); on cuda also {', '.join(CUDA_ONLY)} "
+    "(the engines of `mmtrt build-engines`). Default on cpu: reference, eager, the ort and ov "
+    "targets, triton (onnxruntime) and triton-ov (OpenVINO); on cuda: every in-process target, leaving out with a note tensorrt and onnxruntime "
     "where they cannot run. 'compiled' costs minutes of compile on a CPU.",
 )
 @click.option("--batches", default="1,4,8", show_default=True, help="Batch sizes of the in-process sweep.")
@@ -74,9 +79,14 @@ def bench(
     onnxruntime (fused and split graphs), TensorRT engines (GPU) and a Triton server (HTTP and
     gRPC, concurrency sweep). Writes OUT/bench.{json,md} and plots."""
     wanted = [t for t in (targets or DEFAULT_TARGETS[device]).split(",") if t]
-    unknown = set(wanted) - set(ANY_DEVICE) - set(CUDA_ONLY) - {"triton"}
+    unknown = set(wanted) - set(ANY_DEVICE) - set(CUDA_ONLY) - set(CPU_ONLY) - set(TRITON)
     if unknown:
         raise click.BadParameter(f"unknown target(s) {sorted(unknown)}", param_hint="--targets")
+    cpu_only = [t for t in wanted if t in CPU_ONLY]
+    if device == "cuda" and cpu_only:
+        raise click.BadParameter(
+            f"{', '.join(cpu_only)}: OpenVINO CPU target(s), give --device cpu", param_hint="--targets"
+        )
     gpu_only = [t for t in wanted if t in CUDA_ONLY]
     if device == "cpu" and gpu_only:
         raise click.BadParameter(
@@ -99,9 +109,8 @@ def bench(
     from mmtrt.export.manifest import ExportError
     from mmtrt.export.tensorrt import EngineBuildError, TensorRTUnavailable
 
-    steps = len([t for t in wanted if t != "triton"]) * len(batch_sizes) + ("triton" in wanted) * 2 * len(
-        clients
-    )
+    served = len([t for t in wanted if t in TRITON])
+    steps = len([t for t in wanted if t not in TRITON]) * len(batch_sizes) + served * 2 * len(clients)
     try:
         with tqdm(total=steps, desc="bench", unit="measurement") as progress:
             report = runner.run_bench(

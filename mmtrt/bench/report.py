@@ -22,7 +22,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    for module in ("onnxruntime", "tensorrt", "tritonclient"):
+    for module in ("onnxruntime", "openvino", "tensorrt", "tritonclient"):
         try:
             env[module] = __import__(module).__version__
         except Exception:  # absent or broken: the report says so rather than failing

@@ -20,8 +20,55 @@ POOL_SIZE = 32  # distinct synthetic X-rays rotated across calls (more when a ba
 ORT_PIPELINES = {"ort-fused": "fused", "ort-split": "joint", "ort-encoder": "classify", "ort-saliency": None}
 
 
+# the same for OpenVINO (CPU plugin, f32 explicitly; mmtrt.runtimes.openvino)
+OV_PIPELINES = {"ov-fused": "fused", "ov-split": "joint", "ov-encoder": "classify", "ov-saliency": None}
+#: the Triton targets: the cpu repository flavour served with each runtime
+TRITON_RUNTIMES = {"triton": "onnxruntime", "triton-ov": "openvino"}
+
+
 def _graphs_of(target: str) -> tuple[str, ...]:
-    return PIPELINES[ORT_PIPELINES[target]] if ORT_PIPELINES[target] else ("saliency",)
+    pipeline = {**ORT_PIPELINES, **OV_PIPELINES}[target]
+    return PIPELINES[pipeline] if pipeline else ("saliency",)
+
+
+def _pipeline_target(runners: dict, pipeline: str | None):
+    """A callable(images) running `pipeline` (None: the saliency graph alone) over `runners`."""
+    if pipeline is None:
+        return lambda images: runners["saliency"]({"image": images})
+    if pipeline == "classify":
+        return lambda images: run_pipeline(runners, images, pipeline)
+
+    def joint(images):
+        tensors = run_pipeline(runners, images, pipeline)
+        return tuple(tensors[name] for name in JOINT_OUTPUTS)
+
+    return joint
+
+
+def openvino_targets(export_dir: Path, names: list[str], device: torch.device) -> tuple[dict, list[str]]:
+    """name -> callable(images: torch.Tensor) over OpenVINO runners of the exported graphs (CPU,
+    f32 explicitly, OpenVINO's default threads, one stream), and notes on those that cannot run."""
+    from mmtrt.runtimes import openvino
+
+    wanted = [name for name in names if name in OV_PIPELINES]
+    if not wanted:
+        return {}, []
+    if device.type != "cpu":
+        return {}, [f"{', '.join(wanted)} not measured: OpenVINO targets run on the CPU (--device cpu)"]
+    if not openvino.available():
+        return {}, [f"{', '.join(wanted)} not measured: OpenVINO is not installed here"]
+    runners = openvino.runners(export_dir, sorted({g for name in wanted for g in _graphs_of(name)}))
+    # the pool is a CPU tensor: its numpy view is handed on without a copy
+    as_arrays = {graph: _on_arrays(run) for graph, run in runners.items()}
+    return {name: _pipeline_target(as_arrays, OV_PIPELINES[name]) for name in wanted}, []
+
+
+def _on_arrays(run):
+    return lambda inputs: run({k: _numpy(v) for k, v in inputs.items()})
+
+
+def _numpy(value):
+    return value.numpy() if isinstance(value, torch.Tensor) else value
 
 
 def xray_pool(n: int = POOL_SIZE, seed: int = 0) -> np.ndarray:
@@ -97,20 +144,7 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
         return run
 
     runners = {graph: runner(graph) for graph in sessions}
-
-    def target(pipeline: str | None):
-        if pipeline is None:  # the saliency graph alone
-            return lambda images: runners["saliency"]({"image": images})
-        if pipeline == "classify":
-            return lambda images: run_pipeline(runners, images, pipeline)
-
-        def joint(images):
-            tensors = run_pipeline(runners, images, pipeline)
-            return tuple(tensors[name] for name in JOINT_OUTPUTS)
-
-        return joint
-
-    return {name: target(ORT_PIPELINES[name]) for name in wanted}, []
+    return {name: _pipeline_target(runners, ORT_PIPELINES[name]) for name in wanted}, []
 
 
 def run_bench(
@@ -151,12 +185,19 @@ def run_bench(
         )
     model, _ = load_checkpoint(checkpoint)
     in_process, largest_batch = {}, {}
-    torch_names = [t for t in targets if t not in ORT_PIPELINES and t not in ("tensorrt", "triton")]
+    torch_names = [
+        t
+        for t in targets
+        if t not in ORT_PIPELINES and t not in OV_PIPELINES and t != "tensorrt" and t not in TRITON_RUNTIMES
+    ]
     if torch_names:
         in_process.update(torch_targets(model, device, torch_names))
     ort_targets, ort_notes = onnx_targets(export_dir, targets, device)
     in_process.update(ort_targets)
     notes += ort_notes
+    ov_targets, ov_notes = openvino_targets(export_dir, targets, device)
+    in_process.update(ov_targets)
+    notes += ov_notes
     if "tensorrt" in targets:
         try:
             in_process["tensorrt"], largest_batch["tensorrt"] = engine_pipeline(
@@ -200,10 +241,18 @@ def run_bench(
         # written after every batch size, so a run cut short still leaves its figures
         report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
 
-    if "triton" in targets:
-        triton_rows, triton_notes = _triton_sweep(
-            export_dir, pool.cpu().numpy(), triton_batch, concurrency, seconds, use_perf_analyzer, progress
+    for name in [t for t in targets if t in TRITON_RUNTIMES]:
+        rows, triton_notes = _triton_sweep(
+            export_dir,
+            pool.cpu().numpy(),
+            triton_batch,
+            concurrency,
+            seconds,
+            use_perf_analyzer,
+            progress,
+            runtime=TRITON_RUNTIMES[name],
         )
+        triton_rows += rows
         notes += triton_notes
         report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
     return report
@@ -252,41 +301,47 @@ def _write_report(
     return {"goals": goals, "in_process": rows, "triton": triton_table, "notes": notes}
 
 
-def _triton_sweep(export_dir, pool, batch, concurrency, seconds, use_perf_analyzer, progress):
+def _triton_sweep(
+    export_dir, pool, batch, concurrency, seconds, use_perf_analyzer, progress, runtime="onnxruntime"
+):
+    """The Triton sweep over a cpu repository served with `runtime`; its rows are named
+    triton-<protocol> (onnxruntime) or triton-ov-<protocol> (OpenVINO)."""
+    from dataclasses import replace
+
     from mmtrt.bench import load
     from mmtrt.serving import TritonServer, build_repository
 
     notes = []
     rows: list[Measurement] = []
+    prefix = "triton" if runtime == "onnxruntime" else "triton-ov"
     with tempfile.TemporaryDirectory(prefix="mmtrt-bench-") as tmp:
-        repo = build_repository(export_dir, Path(tmp) / "repo", flavour="cpu")
+        try:
+            repo = build_repository(export_dir, Path(tmp) / "repo", flavour="cpu", runtime=runtime)
+        except Exception as exc:  # e.g. OpenVINO not installed, or the export not validated in it
+            return [], [f"{prefix} not measured: {exc}"]
         with TritonServer(repo) as server:
             with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as answer:
                 notes.append(
-                    f"Triton server {json.load(answer).get('version')} ({server.command[0]}): the cpu "
-                    "repository flavour (python backend + onnxruntime on the CPU), whatever --device says"
+                    f"{prefix}: Triton server {json.load(answer).get('version')} ({server.command[0]}), "
+                    f"the cpu repository flavour (python backend + {runtime} on the CPU), whatever "
+                    "--device says"
                 )
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
                 for clients in concurrency:
-                    progress.set_postfix_str(f"triton-{protocol} c{clients}")
-                    rows.append(
-                        load.run_load(
-                            protocol,
-                            url,
-                            "multimix",
-                            pool,
-                            batch,
-                            clients,
-                            seconds,
-                            stats_url=server.http_url,
-                        )
+                    progress.set_postfix_str(f"{prefix}-{protocol} c{clients}")
+                    measured = load.run_load(
+                        protocol, url, "multimix", pool, batch, clients, seconds, stats_url=server.http_url
                     )
+                    rows.append(replace(measured, target=f"{prefix}-{protocol}"))
                     progress.update(1)
             if use_perf_analyzer:
                 try:
-                    rows += load.run_perf_analyzer(
+                    measured = load.run_perf_analyzer(
                         server.grpc_url, "multimix", pool, batch, concurrency, seconds, Path(tmp)
                     )
+                    if runtime != "onnxruntime":
+                        measured = [replace(m, target=m.target.replace("-", "-ov-", 1)) for m in measured]
+                    rows += measured
                 except Exception as exc:  # reported, not fatal: the built-in generator measured the same
                     notes.append(f"perf_analyzer not used: {exc}")
     return rows, notes

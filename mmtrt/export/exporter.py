@@ -66,7 +66,7 @@ def export_model(
     from mmtrt.checkpoint import file_sha256, load_checkpoint
     from mmtrt.export.onnx_graphs import export_onnx
     from mmtrt.export.precision import MIN_OPSET, PRECISIONS, mixed_precision, policy, reduced_convolutions
-    from mmtrt.export.validate import format_table, validate
+    from mmtrt.export.validate import format_table, installed_runtimes, serving_runners, validate
     from mmtrt.graphs import GRAPHS
     from mmtrt.runtimes import ort
 
@@ -97,7 +97,7 @@ def export_model(
 
     staging = _staging_folder(out)
     try:
-        protos, files, runners, graphs = {}, {}, {}, {}
+        protos, files, runners, graphs, fp32_files = {}, {}, {}, {}, {}
         for i, (name, spec) in enumerate(GRAPHS.items(), 1):
             t0 = time.perf_counter()
             echo(
@@ -111,7 +111,7 @@ def export_model(
             except Exception as exc:  # the exporter's own errors, or the checks of export_onnx
                 raise ExportError(f"exporting the {name} graph failed: {type(exc).__name__}: {exc}") from exc
             files[path.name] = {"graph": name, "precision": "fp32", "kind": "onnx"}
-            runners[(name, name, "fp32")] = ort.runner(path)
+            fp32_files[name] = path
             graphs[name] = graph_record(path, protos[name])
             reduced = reduced_convolutions(protos[name]) if precision != "fp32" else []
             graphs[name]["convolutions"] = sum(n.op_type == "Conv" for n in protos[name].graph.node)
@@ -138,9 +138,12 @@ def export_model(
                 runners[(f"{name}.{precision}", name, precision)] = ort.runner(source)
             echo(f"  {time.perf_counter() - t0:.1f} s")
 
+        # every CPU runtime the graphs may be served with (mmtrt repo --runtime) is validated
+        runtimes = installed_runtimes()
+        runners.update(serving_runners(fp32_files, runtimes))
         t0 = time.perf_counter()
         echo(
-            f"validating {len(runners)} graphs in onnxruntime against PyTorch (batch sizes "
+            f"validating {len(runners)} graphs in {', '.join(runtimes)} against PyTorch (batch sizes "
             f"{', '.join(map(str, _batch_sizes(max_batch)))}; random, flat-border and synthetic X-ray images)"
         )
         parity = validate(runners, model, max_batch, progress=progress or _progress(echo))
@@ -174,6 +177,7 @@ def export_model(
                 "file": PARITY,
                 "passed": True,
                 "batch_sizes": parity["batch_sizes"],
+                "runtimes": runtimes,
                 "tolerances": parity["tolerances"],
                 "rows": parity["rows"],
             },

@@ -47,12 +47,15 @@ def versions() -> dict:
         tensorrt_version = str(tensorrt.__version__)
     except Exception:  # absent, or a stub without libraries
         tensorrt_version = None
+    from mmtrt.runtimes.openvino import version as openvino_version
+
     return {
         "python": platform.python_version(),
         "mmtrt": mmtrt_version,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino_version(),
         "tensorrt": tensorrt_version,
     }
 

@@ -30,6 +30,10 @@ correct graph exceeds 2x about 0.06% of the time (bootstrap over the measured er
 shared by both runtimes), and a systematic error does not hide (onnxruntime's whole-plane means
 before mmtrt.model.spatial_mean: 14x..16x on flat-border and X-ray images). The per-image cosine
 is judged per kind.
+
+The CPU flavour serves the fp32 graphs with onnxruntime or OpenVINO (`mmtrt repo --runtime`): an
+export validates every CPU runtime installed where it runs (:func:`serving_runners`), each
+against the same tolerances; OpenVINO's rows are labelled `<graph>.openvino`.
 """
 
 from __future__ import annotations
@@ -353,6 +357,37 @@ def _row_order(item):
 
 
 # --------------------------------------------------------------------------- running
+
+#: the runtimes the CPU flavour serves exported graphs with, and the label suffix of their rows
+SERVING_RUNTIMES = {"onnxruntime": "", "openvino": ".openvino"}
+
+
+def installed_runtimes() -> list[str]:
+    """The serving runtimes importable here (onnxruntime always is: mmtrt depends on it)."""
+    from mmtrt.runtimes import openvino
+
+    return ["onnxruntime"] + (["openvino"] if openvino.available() else [])
+
+
+def runtime_label(graph: str, runtime: str) -> str:
+    return graph + SERVING_RUNTIMES[runtime]
+
+
+def serving_runners(files: dict[str, object], runtimes: Iterable[str]) -> dict[tuple[str, str, str], Runner]:
+    """(label, graph, "fp32") -> a runner of each graph's float32 ONNX file (`files`: graph ->
+    path or serialized model) in each of `runtimes`: onnxruntime labelled by the graph's name,
+    OpenVINO (compiled in f32 explicitly) `<graph>.openvino`."""
+    from mmtrt.runtimes import openvino, ort
+
+    make = {"onnxruntime": ort.runner, "openvino": lambda source: openvino.runner(source, precision="f32")}
+    unknown = sorted(set(runtimes) - set(SERVING_RUNTIMES))
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {unknown}: choose from {', '.join(SERVING_RUNTIMES)}")
+    return {
+        (runtime_label(graph, runtime), graph, "fp32"): make[runtime](source)
+        for runtime in runtimes
+        for graph, source in files.items()
+    }
 
 
 def validate(

@@ -6,8 +6,10 @@ same way for every runtime:
 
 - :mod:`.ort`      onnxruntime (the one place onnxruntime sessions are made);
 - :mod:`.pytorch`  the PyTorch graphs of :mod:`mmtrt.graphs` (eager, no gradients);
+- :mod:`.openvino` OpenVINO's CPU plugin, the precision always explicit (f32 unless bf16 on bf16
+  hardware);
 - :mod:`mmtrt.export.tensorrt` TensorRT engines (:class:`~mmtrt.export.tensorrt.EngineRunner`).
 
 The Triton python-backend model (model_repository/cpu/model.py) makes its own onnxruntime
-session: it is copied into model repositories that run without mmtrt installed.
+session or OpenVINO compiled model (the same properties): it is copied into model repositories that run without mmtrt installed.
 """

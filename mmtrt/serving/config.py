@@ -15,6 +15,23 @@ from .errors import ServingError
 
 DEFAULT_ORT_THREADS = 0  # onnxruntime's default (one thread per core)
 DEFAULT_GPU_INSTANCES = 1
+#: the runtimes the cpu flavour's python model runs a graph with (its `runtime` parameter)
+CPU_RUNTIMES = ("onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class OpenVINOSettings:
+    """The cpu flavour's OpenVINO parameters (`ov_*` in config.pbtxt): the precision is always
+    rendered explicitly (f32 unless bf16), threads 0 is OpenVINO's default, cache_dir "" none."""
+
+    precision: str = "f32"
+    threads: int = 0
+    streams: int = 1
+    cache_dir: str = ""
+
+
+DEFAULT_OPENVINO = OpenVINOSettings()
+
 
 #: numpy dtype names (as the export manifest records them) -> Triton data types
 TRITON_TYPES = {
@@ -178,11 +195,17 @@ def render_config(
     gpu_instances: int = DEFAULT_GPU_INSTANCES,
     tensors: ModelTensors | None = None,
     steps: Sequence[EnsembleStep] = (),
+    runtime: str = "onnxruntime",
+    runtime_choice: str = "",
+    openvino: OpenVINOSettings = DEFAULT_OPENVINO,
 ) -> str:
     """Fill the ``${...}`` fields of a config.pbtxt template (fields a template does not use are
     ignored; an unknown field in the template is an error). ``tensors`` fills ``${tensors}``
     (the input and output blocks) and ``${model_warmup}`` (a zero batch of 1); ``steps`` fills
-    ``${ensemble_scheduling}``."""
+    ``${ensemble_scheduling}``; ``runtime``, ``runtime_choice`` (why that runtime, for the
+    reader) and ``openvino`` the cpu flavour's runtime parameters."""
+    if runtime not in CPU_RUNTIMES:
+        raise ServingError(f"unknown runtime {runtime!r}: choose from {', '.join(CPU_RUNTIMES)}")
     # Only the full batch is preferred: with smaller preferred sizes the batcher dispatches as
     # soon as one of them forms (e.g. 2 of 8 concurrent requests); waiting up to
     # max_queue_delay for a full batch is what pays on CPU and with a TensorRT profile alike.
@@ -200,6 +223,12 @@ def render_config(
         "tensors": tensors.blocks() if tensors else "",
         "model_warmup": tensors.warmup() if tensors else "",
         "ensemble_scheduling": _ensemble_scheduling(steps),
+        "runtime": runtime,
+        "runtime_choice": runtime_choice.replace("\\", "/").replace('"', "'"),
+        "ov_inference_precision": openvino.precision,
+        "ov_num_threads": str(openvino.threads),
+        "ov_num_streams": str(openvino.streams),
+        "ov_cache_dir": openvino.cache_dir,
     }
     try:
         return string.Template(template).substitute(values)

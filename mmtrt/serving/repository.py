@@ -3,7 +3,8 @@
 The templates live in ``model_repository/<flavour>/`` at the repository root (see
 ``model_repository/README.md``). Two flavours:
 
-``cpu``  python backend running onnxruntime: ``multimix`` (multimix.onnx) and ``classifier``
+``cpu``  python backend running onnxruntime or OpenVINO (``runtime``; ``auto`` measures both
+         here, :mod:`.cpu_runtime`): ``multimix`` (multimix.onnx) and ``classifier``
          (encoder.onnx), both run by the one shared ``model_repository/cpu/model.py``.
 ``gpu``  TensorRT engines ``encoder``, ``saliency`` and ``decoder`` (``tensorrt_plan``, built by
          ``mmtrt build-engines``) plus the ensembles ``multimix`` (saliency -> decoder) and
@@ -30,12 +31,15 @@ from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, PIPELINES
 from .checks import BUILD_ENGINES_HINT, PLAN_FILE, VERSION, missing_plan_files, validate_repository
 from .config import (
     DEFAULT_GPU_INSTANCES,
+    DEFAULT_OPENVINO,
     DEFAULT_ORT_THREADS,
     EnsembleStep,
     ModelTensors,
+    OpenVINOSettings,
     Tensor,
     render_config,
 )
+from .cpu_runtime import check_runtime, choose_runtime
 from .errors import ServingError
 
 __all__ = [
@@ -258,6 +262,36 @@ def _engine_profile_max(manifest: dict) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _openvino_settings(settings: OpenVINOSettings, runtime: str, specs: dict) -> OpenVINOSettings:
+    """Check the OpenVINO settings; a bf16 request on a host without bf16 hardware becomes f32
+    (with a warning), and one for a model serving the saliency is refused."""
+    from mmtrt.runtimes import openvino
+
+    if settings.precision not in openvino.PRECISIONS:
+        raise ValueError(
+            f"unknown OpenVINO precision {settings.precision!r}: choose from {', '.join(openvino.PRECISIONS)}"
+        )
+    if int(settings.threads) < 0 or int(settings.streams) < 1:
+        raise ValueError(
+            f"OpenVINO threads must be >= 0 and streams >= 1, got {settings.threads} and {settings.streams}"
+        )
+    if any(c in settings.cache_dir for c in '"\\\n'):
+        raise ValueError(f"OpenVINO cache folder {settings.cache_dir!r}: no quotes, backslashes or newlines")
+    if settings.precision != "bf16" or runtime == "onnxruntime":
+        return settings
+    salient = [name for name, spec in specs.items() if spec.outputs and "saliency" in spec.outputs]
+    if salient:
+        raise ServingError(
+            f"OpenVINO bf16 refused for {', '.join(salient)}: its saliency is decided by forward-pass "
+            "gates that bf16 flips (the fused graph's saliency moved by 61%); serve it in f32, or "
+            "build a repository of the classifier alone (models=('classifier',)) in bf16"
+        )
+    precision, note = openvino.effective_precision("bf16")
+    if note:
+        log.warning("%s", note)
+    return OpenVINOSettings(precision, int(settings.threads), int(settings.streams), settings.cache_dir)
+
+
 def build_repository(
     export_dir: Path,
     out: Path,
@@ -269,6 +303,8 @@ def build_repository(
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     ort_threads: int = DEFAULT_ORT_THREADS,
     gpu_instances: int = DEFAULT_GPU_INSTANCES,
+    runtime: str = "onnxruntime",
+    openvino: OpenVINOSettings = DEFAULT_OPENVINO,
     overwrite: bool = False,
 ) -> Path:
     """Build a Triton model repository at ``out`` from the export folder ``export_dir``.
@@ -286,6 +322,12 @@ def build_repository(
     that are not there yet do not stop the build: the configs are written, a warning names the
     missing files and the ``mmtrt build-engines`` command (:func:`missing_plan_files` lists them
     again later). Every config is compared with the export's ONNX graphs.
+
+    ``runtime`` (cpu): ``onnxruntime``, ``openvino`` (compiled with ``openvino``'s settings, its
+    precision always explicit: f32 unless bf16, which falls back to f32 on a host without bf16
+    hardware and is refused for a model serving the saliency) or ``auto`` (measured here, see
+    :mod:`.cpu_runtime`); the choice and its reason are rendered into each config
+    (``runtime``, ``runtime_choice``).
 
     ``max_batch`` defaults to the manifest's ``max_batch``; for ``gpu``, to the engines'
     optimisation-profile maximum (``engines.profile.max``) when the manifest records one, and
@@ -319,6 +361,10 @@ def build_repository(
         raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
     if int(gpu_instances) < 1:
         raise ValueError(f"gpu_instances must be >= 1, got {gpu_instances}")
+    check_runtime(runtime)
+    if flavour != "cpu" and runtime != "onnxruntime":
+        raise ValueError(f"runtime {runtime!r} applies to the cpu flavour only (gpu runs TensorRT engines)")
+    openvino = _openvino_settings(openvino, runtime, specs)
 
     # check every input before writing anything
     plans: dict[str, _Plans] = {}
@@ -337,6 +383,17 @@ def build_repository(
 
     if out.exists() and not overwrite:
         raise ServingError(f"{out} already exists (pass overwrite=True to replace it)")
+    choice = None
+    if flavour == "cpu":
+        choice = choose_runtime(
+            runtime,
+            manifest,
+            [export_dir / spec.onnx_file for spec in specs.values() if spec.kind == "onnx"],
+            ort_threads=int(ort_threads),
+            openvino=openvino,
+            batch=min(2, max_batch),
+        )
+        log.info("%s: runtime %s (%s)", out, choice.runtime, choice.reason)
     templates = template_dir(flavour)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
@@ -364,6 +421,9 @@ def build_repository(
                 gpu_instances=int(gpu_instances),
                 tensors=model_tensors(spec, manifest),
                 steps=ensemble_steps(spec),
+                runtime=choice.runtime if choice else "onnxruntime",
+                runtime_choice=choice.reason if choice else "",
+                openvino=openvino,
             )
             (dst / "config.pbtxt").write_text(text)
             if spec.kind == "onnx":

@@ -1,5 +1,5 @@
 """Triton python-backend model shared by every model of the CPU flavour: one ONNX file of a
-MultiMix export, run with onnxruntime on CPU.
+MultiMix export, run on CPU with onnxruntime or OpenVINO.
 
 ``build_repository`` copies this one file into each model's version folder ``1/``; what differs
 between the models lives in their ``config.pbtxt``:
@@ -7,14 +7,19 @@ between the models lives in their ``config.pbtxt``:
 - parameter ``onnx_file``: the ONNX file in the version folder (``multimix.onnx``,
   ``encoder.onnx``, ...), beside the export's ``manifest.json``. Its sha256 must match the
   manifest or the model refuses to load;
+- parameter ``runtime``: ``onnxruntime`` (the default when absent) or ``openvino``;
 - parameter ``ort_intra_op_threads``: onnxruntime's intra-op threads (0: its default);
+- parameters ``ov_inference_precision`` (``f32`` unless ``bf16``; always set explicitly, since
+  OpenVINO's CPU plugin runs bf16 by default on bf16 hardware; bf16 on a host without bf16
+  hardware falls back to f32 with a log message), ``ov_num_threads`` (0: OpenVINO's default),
+  ``ov_num_streams`` and ``ov_cache_dir`` (compiled-blob cache; empty: none) for OpenVINO;
 - the ``input`` (one image tensor) and the ``output`` list: each output is the ONNX output of the
   same name, except ``label`` when the graph has none: the argmax of ``probs`` (INT64 [n, 1]).
   The ONNX graph may have more outputs than the config lists (e.g. the encoder's skips): they are
   not computed for the response.
 
 Every request is validated on its own (dtype, shape, batch size, finite values); the valid
-requests of one execution (dynamic batching) run as one onnxruntime batch and are split back, an
+requests of one execution (dynamic batching) run as one batch and are split back, an
 invalid one gets its own error response, and so does one whose outputs are not finite (a finite
 input far outside [0, 1] can overflow float32 inside the graph). Both are answered as invalid
 input (``TritonError.INVALID_ARG``: HTTP 400, gRPC INVALID_ARGUMENT); an onnxruntime failure stays
@@ -28,7 +33,6 @@ import json
 import os
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 LABEL = "label"  # derived output: argmax of PROBS
@@ -109,8 +113,76 @@ def _non_finite(parts, arr):
     )
 
 
+class _OnnxRuntime:
+    """An onnxruntime CPU session: input names, output shapes, run(fetch, feed)."""
+
+    def __init__(self, path, params):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(_param(params, "ort_intra_op_threads") or 0)  # 0: default
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.output_shapes = {o.name: o.shape for o in self.session.get_outputs()}
+
+    def run(self, fetch, feed):
+        return self.session.run(fetch, feed)
+
+
+class _OpenVINO:
+    """An OpenVINO CPU compiled model, its precision always explicit (INFERENCE_PRECISION_HINT)."""
+
+    def __init__(self, path, params, model_name):
+        import openvino as ov
+
+        core = ov.Core()
+        precision = _param(params, "ov_inference_precision") or "f32"
+        if precision not in ("f32", "bf16"):
+            raise pb_utils.TritonModelException(
+                f"model '{model_name}': ov_inference_precision {precision!r}: use f32 or bf16"
+            )
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            pb_utils.Logger.log_warn(
+                f"model '{model_name}': bf16 requested but this host has no bf16 hardware "
+                "(no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES): running in f32"
+            )
+            precision = "f32"
+        cache_dir = _param(params, "ov_cache_dir")
+        if cache_dir:
+            core.set_property({"CACHE_DIR": cache_dir})
+        props = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": str(int(_param(params, "ov_num_streams") or 1)),
+        }
+        threads = int(_param(params, "ov_num_threads") or 0)
+        if threads:
+            props["INFERENCE_NUM_THREADS"] = str(threads)
+        model = core.read_model(path)
+        self.inputs = [i.get_any_name() for i in model.inputs]
+        self.output_shapes = {
+            o.get_any_name(): [d.get_length() if d.is_static else None for d in o.get_partial_shape()]
+            for o in model.outputs
+        }
+        self.compiled = core.compile_model(model, "CPU", props)
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, fetch, feed):
+        results = self.request.infer(feed, share_inputs=False, share_outputs=False)
+        by_name = {o.get_any_name(): results[o] for o in self.compiled.outputs}
+        return [by_name[name] for name in fetch]
+
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _param(params, key):
+    return params.get(key, {}).get("string_value")
+
+
 class TritonPythonModel:
-    """One ONNX graph of a MultiMix export served with onnxruntime."""
+    """One ONNX graph of a MultiMix export served with onnxruntime or OpenVINO."""
 
     def initialize(self, args):
         self.model_config = model_config = json.loads(args["model_config"])
@@ -122,7 +194,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"model '{self.model_name}': config.pbtxt sets no 'onnx_file' parameter"
             )
-        threads = int(params.get("ort_intra_op_threads", {}).get("string_value") or 0)
+        self.runtime = _param(params, "runtime") or "onnxruntime"
+        if self.runtime not in RUNTIMES:
+            raise pb_utils.TritonModelException(
+                f"model '{self.model_name}': config.pbtxt parameter runtime is {self.runtime!r}: "
+                f"choose from {', '.join(RUNTIMES)}"
+            )
 
         inputs = model_config["input"]
         if len(inputs) != 1:
@@ -140,16 +217,14 @@ class TritonPythonModel:
 
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         onnx_path = _verified_onnx_path(version_dir, onnx_name)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: onnxruntime's default
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            onnx_path, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        if self.runtime == "openvino":
+            self.session = _OpenVINO(onnx_path, params, self.model_name)
+        else:
+            self.session = _OnnxRuntime(onnx_path, params)
 
         # The graph must have the config's input and every config output (or probs for label).
-        have_in = [i.name for i in self.session.get_inputs()]
-        have_out = {o.name: o.shape for o in self.session.get_outputs()}
+        have_in = self.session.inputs
+        have_out = self.session.output_shapes
         problems = []
         if have_in != [self.input_name]:
             problems.append(f"inputs {have_in}, config.pbtxt expects ['{self.input_name}']")
@@ -225,10 +300,10 @@ class TritonPythonModel:
         batch = valid[0][1] if len(valid) == 1 else np.concatenate([a for _, a in valid])
         try:
             results = dict(zip(self.fetch, self.session.run(self.fetch, {self.input_name: batch})))
-        except Exception as e:  # onnxruntime failure: every request of the batch gets it
+        except Exception as e:  # runtime failure: every request of the batch gets it
             for i, _ in valid:
                 responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"model '{self.model_name}': onnxruntime failed: {e}")
+                    error=pb_utils.TritonError(f"model '{self.model_name}': {self.runtime} failed: {e}")
                 )
             return responses
         if LABEL not in results and any(name == LABEL for name, _ in self.outputs):

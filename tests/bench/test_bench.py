@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mmtrt.bench.measure import measure, percentiles
 from mmtrt.bench.report import markdown_table, ratio_table
-from mmtrt.bench.runner import onnx_targets, run_bench
+from mmtrt.bench.runner import onnx_targets, openvino_targets, run_bench
 from mmtrt.bench.torch_targets import joint, reference_joint
 from mmtrt.cli import main
 from mmtrt.export import tensorrt as trt_code
@@ -167,6 +167,30 @@ def test_onnxruntime_targets_chain_the_split_graphs_by_name(sum_export):
     for name, split in (("ort-fused", False), ("ort-split", True)):
         for got, want in zip(targets[name](images), expected_joint(images, split)):
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, err_msg=name)
+
+
+def test_openvino_targets_chain_the_split_graphs_by_name(sum_export):
+    pytest.importorskip("openvino")
+    images = torch.rand(3, 1, 256, 256)
+    names = ["ort-fused", "ov-fused", "ov-split", "ov-encoder", "ov-saliency"]
+    targets, notes = openvino_targets(sum_export, names, torch.device("cpu"))
+    assert list(targets) == ["ov-fused", "ov-split", "ov-encoder", "ov-saliency"] and not notes
+    for name, split in (("ov-fused", False), ("ov-split", True)):
+        for got, want in zip(targets[name](images), expected_joint(images, split)):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(targets["ov-encoder"](images)["probs"], (images + 2).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(targets["ov-saliency"](images)["saliency"], (images + 8).numpy(), rtol=1e-6)
+    none, notes = openvino_targets(sum_export, ["ov-fused"], torch.device("cuda"))
+    assert not none and notes == ["ov-fused not measured: OpenVINO targets run on the CPU (--device cpu)"]
+
+
+def test_cpu_only_openvino_targets_are_refused_on_cuda(tmp_path):
+    checkpoint = tmp_path / "any.pt"
+    checkpoint.write_bytes(b"")
+    result = invoke(
+        "bench", checkpoint, tmp_path, "--device", "cuda", "--targets", "ov-split", "--out", tmp_path / "o"
+    )
+    assert result.exit_code == 2 and "ov-split: OpenVINO CPU target(s), give --device cpu" in result.output
 
 
 def test_bench_on_the_cpu_writes_every_batch_even_above_the_image_pool(tmp_path, checkpoint, sum_export):

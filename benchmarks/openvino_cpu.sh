@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# onnxruntime vs OpenVINO on the CPU, side by side in one `mmtrt bench` run: the reference path,
+# both runtimes' fused / split / encoder / saliency graphs at batch 8, and Triton serving the cpu
+# repository with each runtime (triton = onnxruntime, triton-ov = OpenVINO, batch 8 per request).
+# OpenVINO compiles in f32 explicitly (INFERENCE_PRECISION_HINT; it would pick bf16 by itself on
+# bf16 hardware). Writes OUT_DIR/bench.{json,md} + plots, OUT_DIR/cpu.txt (lscpu: model, flags,
+# whether the host has bf16 hardware) and OUT_DIR/load.txt (load average before and after): run
+# it on a quiet machine; figures from a loaded one mean nothing.
+#   bash benchmarks/openvino_cpu.sh [OUT_DIR] [SECONDS]     (default benchmarks/results/openvino_cpu, 8)
+# CHECKPOINT=... EXPORT_DIR=... reuse a checkpoint and its export (an export validated in OpenVINO:
+# `mmtrt export` with OpenVINO installed) instead of making a random-weight one (speed does not
+# depend on the weights).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/results/openvino_cpu}
+SECONDS_PER=${2:-8}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$OUT"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/load.txt"
+{
+    lscpu | grep -E '^(Model name|Architecture|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Flags):'
+    .venv/bin/python -c 'from mmtrt.runtimes import openvino as o; print("bf16 hardware:", o.host_has_bf16(), "| OpenVINO", o.version(), "OPTIMIZATION_CAPABILITIES:", " ".join(o.openvino_capabilities()))'
+} > "$OUT/cpu.txt"
+CKPT=${CHECKPOINT:-}
+EXPORT=${EXPORT_DIR:-}
+if [ -z "$CKPT" ]; then
+    CKPT="$WORK/multimix.pt"
+    .venv/bin/mmtrt init "$CKPT" --seed 0
+fi
+if [ -z "$EXPORT" ]; then
+    EXPORT="$WORK/export"
+    .venv/bin/mmtrt export "$CKPT" --out "$EXPORT" --precision fp32 --max-batch 8 --no-engines
+fi
+.venv/bin/mmtrt bench "$CKPT" "$EXPORT" --out "$OUT" \
+    --targets reference,ort-fused,ort-split,ort-encoder,ort-saliency,ov-fused,ov-split,ov-encoder,ov-saliency,triton,triton-ov \
+    --batches 8 --concurrency 1,4,8 --triton-batch 8 --seconds "$SECONDS_PER" --no-perf-analyzer
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/load.txt"
