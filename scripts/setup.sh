@@ -22,6 +22,17 @@ pip_install "${torch_spec[@]}" -e ".[test]"
 # The Triton server binary and its python backend; pytriton's own Python API (and its pins) are not used.
 pip_install --no-deps "nvidia-pytriton==0.7.0"
 # (pip check would flag pytriton's own, unused dependencies: check what mmtrt imports instead)
-.venv/bin/python -c "import torch, onnx, onnxruntime, tritonclient.grpc, tritonclient.http, mmtrt.cli"
+.venv/bin/python -c "import torch, onnx, onnxruntime, monai, tritonclient.grpc, tritonclient.http, mmtrt.cli"
+# Headless Chromium for the test that opens `mmtrt evaluate`'s HTML report (Debian's package; the
+# test skips, saying why, where it is missing).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing chromium (apt-get)"
+        apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+            || echo "setup: warning: could not install chromium; the HTML report test will skip" >&2
+    else
+        echo "setup: note: no chromium (needs root + apt-get to install); the HTML report test will skip" >&2
+    fi
+fi
 test -x "$(.venv/bin/python -c 'import mmtrt.serving as s; print(s.find_tritonserver())')"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -26,6 +26,8 @@ METRIC_NAMES = (
     "jaccard",
     "ssim",
     "avg_hausdorff",
+    "hd95",
+    "assd",
     "precision",
     "recall",
 )
@@ -183,7 +185,7 @@ class TrainConfig:
                 "dice",
                 "jaccard",
                 "ssim",
-                "avg_hausdorff (lower is better)",
+                "avg_hausdorff, hd95, assd (lower is better)",
                 "precision",
                 "recall",
             )
