@@ -43,6 +43,7 @@ class CheckpointPredictor:
         self.meta = meta
         cfg = meta.get("train_config") or {}
         self.bridge = bool(cfg.get("saliency_bridge", True))
+        self.image_size = int(cfg.get("image_size", 256))  # what it was trained (and validated) at
         self.name = name or self.path.stem
         self.source = str(self.path)
 
@@ -51,6 +52,7 @@ class CheckpointPredictor:
             "kind": self.kind,
             "source": self.source,
             "saliency_bridge": self.bridge,
+            "image_size": self.image_size,
             "step": self.meta.get("step"),
             "origin": self.meta.get("origin"),
         }
@@ -84,6 +86,7 @@ class TritonPredictor:
     and ``saliency`` outputs come back."""
 
     kind = "triton"
+    image_size = 256  # the exported graphs' input size
 
     def __init__(
         self,

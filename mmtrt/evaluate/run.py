@@ -185,15 +185,15 @@ def _collect(
     return out
 
 
-def _open_sets(domain: Domain, split: str | None, seg_spacing: float | None):
+def _open_sets(domain: Domain, split: str | None, seg_spacing: float | None, size: int):
     from mmtrt.data import ClassificationFolder, DataError, SegmentationPairs
 
     sets, spacing = {}, {"seg": [], "native_mm": None, "spacing_source": None}
     try:
         if domain.cls_root is not None:
-            sets["cls"] = ClassificationFolder(domain.cls_root, split)
+            sets["cls"] = ClassificationFolder(domain.cls_root, split, size=size)
         if domain.seg_root is not None:
-            seg = SegmentationPairs(domain.seg_root, split)
+            seg = SegmentationPairs(domain.seg_root, split, size=size)
             sets["seg"] = seg
             native, where = spacing_of(Path(domain.seg_root), seg_spacing)
             spacing["native_mm"], spacing["spacing_source"] = native, where
@@ -270,7 +270,15 @@ def evaluate(
     if not domains:
         raise EvaluateError("no data: give --cls-data and/or --seg-data")
     _unique_names(predictors)
-    opened = {d.name: _open_sets(d, split, seg_spacing) for d in domains}
+    sizes = {p.image_size for p in predictors}
+    if len(sizes) > 1:
+        raise EvaluateError(
+            "the models were trained at different image sizes "
+            + ", ".join(f"{p.name}: {p.image_size}" for p in predictors)
+            + "; evaluate them in separate runs"
+        )
+    size = sizes.pop()
+    opened = {d.name: _open_sets(d, split, seg_spacing, size) for d in domains}
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
 
@@ -292,6 +300,7 @@ def evaluate(
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "split": split,
+        "image_size": size,
         "mask_threshold": MASK_THRESHOLD,
         "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95, "over": "images"},
         "models": {p.name: p.describe() for p in predictors},
