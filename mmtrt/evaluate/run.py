@@ -321,12 +321,23 @@ def evaluate(
             for name, per in collected.items()
         },
     }
-    (out / "metrics.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    (out / "metrics.json").write_text(json.dumps(_finite(results), indent=2, default=_json_default) + "\n")
     _write_csvs(out, results, collected)
     figs = figures.make_all(out / "figures", results, collected, hist)
     report.write_html(out / "report.html", results, figs)
     say(f"wrote {out / 'report.html'}, metrics.json, summary.csv, per_image.csv, figures/")
     return results
+
+
+def _finite(x):
+    """NaN / inf -> None (strict JSON; e.g. an AUROC over a single class)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (float, np.floating)) and not math.isfinite(float(x)):
+        return None
+    return x
 
 
 def _json_default(x):
