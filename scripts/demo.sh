@@ -18,8 +18,8 @@ stop_server() { [ -z "$server_pid" ] || { kill -TERM "$server_pid" 2>/dev/null; 
 trap stop_server EXIT
 
 SEG_LABELS=${SEG_LABELS:-10}
-EPOCHS=${EPOCHS:-4}
-STEPS=${STEPS:-40}
+EPOCHS=${EPOCHS:-2}
+STEPS=${STEPS:-100}
 
 step "1/8 synthetic chest X-rays in the Kermany / JSRT layouts, and two other sources (NIH, Montgomery) for cross-domain tests"
 mmtrt synth "$WORK/data" --n-cls 100 --n-seg 24 --seed 0 --difficulty 0.0
@@ -28,7 +28,7 @@ mmtrt synth "$WORK/cross_mcu" --source montgomery --n-seg 8 --seed 0 --difficult
 
 step "2/8 training: $SEG_LABELS seg labels (the rest unlabelled, KL_seg), every cls label, $((EPOCHS * STEPS)) steps"
 python -m train --out "$WORK/train" --cls-data "$WORK/data/cls" --seg-data "$WORK/data/seg" \
-    --seg-labels "$SEG_LABELS" --cls-labels -1 --batch 8 --seg-batch 2 --lr 1e-3 \
+    --seg-labels "$SEG_LABELS" --cls-labels -1 --batch 8 --seg-batch 2 --lr 3e-4 \
     --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --compile off
 
 step "3/8 export: ONNX graphs checked against PyTorch, manifest, TensorRT where available"
