@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": "mmtrt.serving.commands:serve",
     "infer": "mmtrt.serving.commands:infer",
     "bench": "mmtrt.bench.command:bench",
+    "evaluate": "mmtrt.evaluate.command:evaluate",
     "export": "mmtrt.export.command:export",
     "build-engines": "mmtrt.export.command:build_engines_command",
 }

@@ -22,16 +22,23 @@ pip_install "${torch_spec[@]}" -e ".[test]"
 # The Triton server binary and its python backend; pytriton's own Python API (and its pins) are not used.
 pip_install --no-deps "nvidia-pytriton==0.7.0"
 # (pip check would flag pytriton's own, unused dependencies: check what mmtrt imports instead)
-.venv/bin/python -c "import torch, onnx, onnxruntime, openvino, tritonclient.grpc, tritonclient.http, mmtrt.cli"
+.venv/bin/python -c "import torch, onnx, onnxruntime, openvino, monai, tritonclient.grpc, tritonclient.http, mmtrt.cli"
 test -x "$(.venv/bin/python -c 'import mmtrt.serving as s; print(s.find_tritonserver())')"
-# Debian packages the proxy test needs (tests/integration/test_nginx_guard.py: nginx + its njs
-# module): installed in CI or where missing, when apt-get can run (root); else the test skips.
+# Debian packages some tests need, installed in CI or where missing when apt-get can run (root);
+# else those tests skip, saying why: nginx + its njs module (tests/integration/test_nginx_guard.py)
+# and headless Chromium (the test that opens `mmtrt evaluate`'s HTML report).
+debian=()
 if [ "${CI:-}" = "true" ] || ! command -v nginx >/dev/null 2>&1 || [ ! -e /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
+    debian+=(nginx-light libnginx-mod-http-js)
+fi
+command -v chromium >/dev/null 2>&1 || debian+=(chromium)
+if [ ${#debian[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            nginx-light libnginx-mod-http-js >/dev/null
+        echo "setup: installing ${debian[*]} (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            "${debian[@]}" >/dev/null || echo "setup: warning: could not install ${debian[*]}; their tests will skip" >&2
     else
-        echo "setup: nginx + libnginx-mod-http-js not installed (needs root and apt-get); the nginx test will skip"
+        echo "setup: ${debian[*]} not installed (needs root and apt-get); their tests will skip"
     fi
 fi
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -200,7 +200,8 @@ class StepBatches(Dataset):
         return self.total_steps
 
     def _indices(self, stream: str, pool: np.ndarray, step: int) -> list[int]:
-        b, n = self.cfg.batch, len(pool)
+        b = self.cfg.seg_batch_size if stream.startswith("seg") else self.cfg.batch
+        n = len(pool)
         out = []
         for j in range(b):
             p = (step * self.world + self.rank) * b + j
@@ -256,5 +257,10 @@ def images_per_step(batch: dict[str, torch.Tensor]) -> int:
 def steps_per_epoch(cfg: TrainConfig, pools: Pools, world: int = 1) -> int:
     if cfg.steps_per_epoch > 0:
         return cfg.steps_per_epoch
-    largest = max(len(pools.seg_l), len(pools.seg_u), len(pools.cls_l), len(pools.cls_u))
-    return max(1, -(-largest // (cfg.batch * world)))
+    sb = cfg.seg_batch_size
+    largest = max(
+        -(-len(pools.seg_l) // sb),
+        -(-len(pools.seg_u) // sb),
+        *(-(-len(p) // cfg.batch) for p in (pools.cls_l, pools.cls_u)),
+    )
+    return max(1, -(-largest // world))

@@ -226,7 +226,7 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
     )
-    n_seg = cfg.batch * ((len(pools.seg_l) > 0) + (len(pools.seg_u) > 0))
+    n_seg = cfg.seg_batch_size * ((len(pools.seg_l) > 0) + (len(pools.seg_u) > 0))
     n_cls_grad = cfg.batch * ((len(pools.cls_l) > 0) + (len(pools.cls_u) > 0))
     n_cls_nograd = cfg.batch * (len(pools.cls_u) > 0)
     work = work_per_step(model, cfg, n_seg, n_cls_grad, n_cls_nograd)

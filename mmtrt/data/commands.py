@@ -22,10 +22,27 @@ import click
     type=click.FloatRange(0, 1),
     help="How subtle the pneumonia signal is: 0 obvious, 1 invisible.",
 )
-def synth(out: Path, n_cls: int, n_seg: int, seed: int, difficulty: float):
+@click.option(
+    "--source",
+    type=click.Choice(["default", "kermany", "nih", "jsrt", "montgomery"]),
+    default="default",
+    show_default=True,
+    help="default: both tasks, the generator as it is. A named source differs the way that data "
+    "set does (anatomy, intensities, noise, borders, text, size, bit depth, layout; see "
+    "mmtrt/data/sources.py) and writes one task: kermany/nih --n-cls classification images, "
+    "jsrt/montgomery --n-seg segmentation pairs, plus OUT/source.json.",
+)
+def synth(out: Path, n_cls: int, n_seg: int, seed: int, difficulty: float, source: str):
     """Write synthetic chest X-rays in the real datasets' layouts under OUT:
     OUT/cls/{train,val,test}/{NORMAL,PNEUMONIA}/*.png (Kermany) and
-    OUT/seg/{train,val,test}/{images,masks}/*.png (JSRT)."""
+    OUT/seg/{train,val,test}/{images,masks}/*.png (JSRT); with --source, one source's layout."""
+    if source != "default":
+        from mmtrt.data.sources import SOURCES, write_source_dataset
+
+        n = n_cls if SOURCES[source].task == "cls" else n_seg
+        summary = write_source_dataset(out, source, n, seed=seed, difficulty=difficulty)
+        click.echo(json.dumps(summary, indent=2))
+        return
     from mmtrt.data import write_synthetic_datasets
 
     summary = write_synthetic_datasets(out, n_cls=n_cls, n_seg=n_seg, seed=seed, difficulty=difficulty)

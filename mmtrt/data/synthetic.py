@@ -14,6 +14,7 @@ so that any ``size`` gives the same picture, only sampled more or less finely.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from scipy import ndimage
 
 from .datasets import CLASSES  # folder names; index = label
 
-__all__ = ["synth_xray", "synth_xray_with_meta", "write_synthetic_datasets", "SPLITS"]
+__all__ = ["Anatomy", "synth_xray", "synth_xray_with_meta", "write_synthetic_datasets", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 
@@ -75,31 +76,92 @@ def _check_args(label: int, size: int, difficulty: float) -> None:
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty!r}")
 
 
+@dataclass(frozen=True)
+class Anatomy:
+    """Shape factors of a population (1 / 0 = the default adult ranges, drawing nothing extra).
+
+    ``fov``: patient scale in the frame (< 1: a wider field of view, more of neck and abdomen);
+    ``tilt_deg``: extra rotation, uniform in +-tilt_deg; ``body_w``: torso width; ``lung_w`` /
+    ``lung_h``: lung width / height (``lung_h`` < 1: poor inspiration, > 1: deep);
+    ``heart``: heart size (children have a larger cardiothoracic ratio); ``dome``: diaphragm
+    dome height; ``effusion``: probability per side of a pleural effusion (fluid filling the
+    base up to 10-30 % of the lung height, meniscus rising laterally); ``cp_blunt``: probability
+    per side of a blunted costophrenic angle (a small lateral meniscus, 3-8 %); ``markers`` /
+    ``borders``: False drops the generator's own saturated markers / black margins (a clean
+    source), drawing the same random numbers.
+    """
+
+    fov: float = 1.0
+    tilt_deg: float = 0.0
+    body_w: float = 1.0
+    lung_w: float = 1.0
+    lung_h: float = 1.0
+    heart: float = 1.0
+    dome: float = 1.0
+    effusion: float = 0.0
+    cp_blunt: float = 0.0
+    markers: bool = True  # the generator's own lead letters and label strips
+    borders: bool = True  # the generator's own black margins
+
+
+def _pleural_fluid(lungs, u, v, bx, an: Anatomy, xr: np.random.Generator) -> np.ndarray:
+    """Bool map of pleural fluid at the lung bases: per side, with probability ``an.effusion``
+    an effusion, else with probability ``an.cp_blunt`` a blunted costophrenic angle."""
+    fluid = np.zeros(lungs.shape, dtype=bool)
+    for s in (-1, 1):
+        side = lungs & (s * (u - bx) > 0)
+        if not side.any():
+            continue
+        r = xr.random()
+        if r < an.effusion:
+            frac = xr.uniform(0.10, 0.30)
+        elif r < an.effusion + an.cp_blunt:
+            frac = xr.uniform(0.03, 0.08)
+        else:
+            continue
+        vs, us = v[side], u[side]
+        top, bottom = float(vs.min()), float(vs.max())
+        inner, outer = float((s * (us - bx)).min()), float((s * (us - bx)).max())
+        height = frac * (bottom - top)
+        lateral = np.clip((s * (u - bx) - inner) / max(outer - inner, 1e-6), 0.0, 1.0)
+        level = bottom - height * (0.4 + 1.2 * lateral**2)  # meniscus: higher at the chest wall
+        fluid |= side & (v > level)
+    return fluid
+
+
 def synth_xray_with_meta(
-    seed: int, label: int, size: int = 256, difficulty: float = 0.5
+    seed: int, label: int, size: int = 256, difficulty: float = 0.5, anatomy: Anatomy | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Like :func:`synth_xray`, plus a dict describing what was drawn (for tests and debugging):
     ``borders`` (top, bottom, left, right widths in pixels of the pure-black margins),
     ``saturated`` (list of (y0, y1, x0, x1) boxes holding 255 markers), ``body`` (bool mask of
     the body outline), ``opacity`` (float32 map of the pneumonia opacities added, zeros for
-    NORMAL) and ``label``."""
+    NORMAL), ``effusion`` (bool map of the pleural fluid, outside the lung mask) and ``label``.
+    ``anatomy``: the population's shape factors (:class:`Anatomy`); None = the default adult
+    ranges, with byte-identical output to the generator before Anatomy existed."""
     _check_args(label, size, difficulty)
     S = int(size)
     d = float(difficulty)
     # Separate streams for anatomy, pathology and noise: the same seed gives the same patient
     # whether label is 0 or 1 and whatever the difficulty, only the opacities change.
-    ss_anat, ss_path, ss_noise = np.random.SeedSequence(int(seed)).spawn(3)
+    # (a 4th child stream draws only what Anatomy adds: the first three are unchanged by it)
+    ss_anat, ss_path, ss_noise, ss_extra = np.random.SeedSequence(int(seed)).spawn(4)
     rng = np.random.default_rng(ss_anat)
+    an = anatomy or Anatomy()
+    xr = np.random.default_rng(ss_extra)
 
     # ---- coordinates: small random tilt, scale and shift of the patient in the frame ----------
     tilt, scale = np.deg2rad(rng.uniform(-4.0, 4.0)), rng.uniform(0.88, 1.05)
+    if an.tilt_deg:
+        tilt += np.deg2rad(xr.uniform(-an.tilt_deg, an.tilt_deg))
+    scale *= an.fov
     pose = (tilt, scale, *rng.uniform(-0.035, 0.035, 2))
     u, v = _coords(S, *pose)
     px = 1.0 / (S * pose[1])  # one pixel, in anatomy units (for edge softness)
 
     # ---- body outline: neck on top of the shoulders, a slightly barrel-shaped torso ------------
     bx = rng.uniform(-0.01, 0.01)
-    torso = rng.uniform(0.40, 0.47)
+    torso = rng.uniform(0.40, 0.47) * an.body_w
     neck = rng.uniform(0.07, 0.09)
     v_sh = rng.uniform(-0.44, -0.38)
     half_w = neck + (torso - neck) * _sigmoid((v - v_sh) / 0.025)
@@ -116,18 +178,20 @@ def synth_xray_with_meta(
     lungs = np.zeros((S, S), dtype=bool)
     hx, hy = rng.uniform(0.04, 0.08), cy + rng.uniform(0.17, 0.22)
     hax, hay = rng.uniform(0.15, 0.19), rng.uniform(0.12, 0.15)
+    if an.heart != 1.0:
+        hax, hay = hax * an.heart, hay * an.heart
     heart_r = ((u - hx) / hax) ** 2 + ((v - hy) / hay) ** 2
     med_w = rng.uniform(0.045, 0.065)
     domes = {}  # side -> (top, height, centre, half-width) of the hemidiaphragm
     for s in (-1, 1):  # -1: image left (patient's right lung), +1: image right (patient's left)
         lx = bx + s * rng.uniform(0.19, 0.22)
         ly = cy + rng.uniform(-0.015, 0.015) + (0.015 if s == 1 else 0.0)
-        ax = rng.uniform(0.15, 0.175) * (1.05 if s == -1 else 1.0)
-        ay = rng.uniform(0.30, 0.35)
+        ax = rng.uniform(0.15, 0.175) * (1.05 if s == -1 else 1.0) * an.lung_w
+        ay = rng.uniform(0.30, 0.35) * an.lung_h
         harmonics = [(k, rng.uniform(0.0, 0.05), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)]
         notch = rng.uniform(0.10, 0.18)
         top = ly + ay * rng.uniform(0.78, 0.9) - (0.025 if s == -1 else 0.0)
-        dome_h = rng.uniform(0.04, 0.07)
+        dome_h = rng.uniform(0.04, 0.07) * an.dome
         domes[s] = (top, dome_h, lx, 1.3 * ax)
         dome = _dome(u, *domes[s])
         # The outline costs a dozen operations per pixel, so work only in the box of an ellipse
@@ -159,6 +223,10 @@ def synth_xray_with_meta(
         lungs[win] |= (rho < r) & (vv < dome[win]) & (s * (uu - bx) > med_w)
     lungs &= heart_r > 1.0
     lungs &= body_sd > 0.035  # keep a rim of chest wall between lungs and the air outside
+    effusion = np.zeros((S, S), dtype=bool)
+    if an.effusion > 0 or an.cp_blunt > 0:
+        effusion = _pleural_fluid(lungs, u, v, bx, an, xr)
+        lungs &= ~effusion  # fluid has soft-tissue density and hides the border: not visible lung
     lungs_soft = ndimage.gaussian_filter(lungs.astype(np.float32), sigma=max(0.6, 0.006 * S))
 
     # ---- smooth layers, drawn at half resolution and upsampled (about 1.5x faster overall) ----
@@ -243,7 +311,7 @@ def synth_xray_with_meta(
         w_max = min(int(room[side]), int(0.12 * S))
         draw, width = rng.random(), int(rng.integers(1, max(w_max, 1) + 1))
         borders.append(width if (w_max >= 1 and draw < 0.4) else 0)
-    t, b, le, ri = borders
+    t, b, le, ri = borders if an.borders else (0, 0, 0, 0)
 
     # ---- saturated markers: a lead "L"/"R" letter, sometimes a burnt-in label strip -----------
     saturated = []
@@ -260,14 +328,14 @@ def synth_xray_with_meta(
         else:
             x0 = S - ri - 2 - gw - int(rng.integers(0, max(1, int(0.05 * S))))
         box = img8[y0 : y0 + gh, x0 : x0 + gw]
-        if box.shape == glyph.shape and not lungs[y0 : y0 + gh, x0 : x0 + gw].any():
+        if an.markers and box.shape == glyph.shape and not lungs[y0 : y0 + gh, x0 : x0 + gw].any():
             box[glyph] = 255
             saturated.append((y0, y0 + gh, x0, x0 + gw))
     if rng.random() < 0.25:
         sh, sw = max(2, int(0.035 * S)), max(4, int(rng.uniform(0.15, 0.3) * S))
         y0 = S - b - 2 - sh
         x0 = le + 2 if rng.random() < 0.5 else S - ri - 2 - sw
-        if y0 >= 0 and x0 >= 0 and not lungs[y0 : y0 + sh, x0 : x0 + sw].any():
+        if an.markers and y0 >= 0 and x0 >= 0 and not lungs[y0 : y0 + sh, x0 : x0 + sw].any():
             img8[y0 : y0 + sh, x0 : x0 + sw] = 255
             saturated.append((y0, y0 + sh, x0, x0 + sw))
 
@@ -286,12 +354,13 @@ def synth_xray_with_meta(
         "saturated": saturated,
         "body": body > 0.5,
         "opacity": opacity,
+        "effusion": effusion,
     }
     return img8, mask8, meta
 
 
 def synth_xray(
-    seed: int, label: int, size: int = 256, difficulty: float = 0.5
+    seed: int, label: int, size: int = 256, difficulty: float = 0.5, anatomy: Anatomy | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic frontal chest X-ray.
 
@@ -301,7 +370,7 @@ def synth_xray(
     The same arguments always give byte-identical arrays; the same seed gives the same "patient"
     (anatomy, exposure, borders, noise) whatever the label and difficulty.
     """
-    img, mask, _ = synth_xray_with_meta(seed, label, size, difficulty)
+    img, mask, _ = synth_xray_with_meta(seed, label, size, difficulty, anatomy)
     return img, mask
 
 

@@ -1,0 +1,140 @@
+"""`mmtrt evaluate`: a thin command over mmtrt.evaluate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+def _name_for(path: Path) -> str:
+    # runs/x/best.pt -> "x/best"; model.pt -> "model"
+    if path.stem in ("best", "last") and path.parent.name:
+        return f"{path.parent.name}/{path.stem}"
+    return path.stem
+
+
+@click.command("evaluate")
+@click.argument("checkpoints", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--cls-data",
+    type=click.Path(path_type=Path),
+    help="In-domain classification root (Kermany layout: SPLIT/{NORMAL,PNEUMONIA}/).",
+)
+@click.option(
+    "--seg-data",
+    type=click.Path(path_type=Path),
+    help="In-domain segmentation root (JSRT images/+masks/ or Montgomery CXR_png/+ManualMask/, under SPLIT/).",
+)
+@click.option("--cross-cls", type=click.Path(path_type=Path), help="Cross-domain classification root.")
+@click.option("--cross-seg", type=click.Path(path_type=Path), help="Cross-domain segmentation root.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option(
+    "--split", default="test", show_default=True, help="Split folder under each root ('' = the root itself)."
+)
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    help="Display name of each checkpoint, in order [default: from the path].",
+)
+@click.option("--url", default=None, help="Also (or only) evaluate the model served by Triton at host:port.")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
+@click.option(
+    "--model",
+    "served_model",
+    default="multimix",
+    show_default=True,
+    help="Served model name (the joint model).",
+)
+@click.option(
+    "--retries",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Connection attempts after the first.",
+)
+@click.option(
+    "--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Images per forward / request."
+)
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=10),
+    help="Bootstrap resamples of the 95% intervals.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option(
+    "--gallery",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per boundary / saliency figure.",
+)
+@click.option(
+    "--seg-spacing",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Native pixel spacing of the segmentation files in mm (distances then in mm) [default: source.json of the data, else pixels].",
+)
+@click.option(
+    "--threads",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="torch CPU threads (0 = torch's default).",
+)
+def evaluate(
+    checkpoints, cls_data, seg_data, cross_cls, cross_seg, out, split, names, url, protocol,
+    served_model, retries, batch, n_boot, seed, gallery, seg_spacing, threads,
+):  # fmt: skip
+    """Evaluate CHECKPOINT(s) and/or a served model (--url) on the test split of the in-domain
+    (--cls-data/--seg-data) and cross-domain (--cross-cls/--cross-seg) sources: accuracy, F1,
+    ROC AUC, Dice, Jaccard, HD95, ASSD... with 95% bootstrap intervals, in OUT/metrics.json,
+    summary.csv, per_image.csv, figures/ and one self-contained OUT/report.html."""
+    from .predictors import CheckpointPredictor, EvaluateError, TritonPredictor
+    from .run import Domain
+    from .run import evaluate as run
+
+    def fail(msg: str):
+        click.echo(f"Error: {msg}", err=True)
+        sys.exit(1)
+
+    if not checkpoints and not url:
+        fail("give at least one CHECKPOINT or --url")
+    if names and len(names) != len(checkpoints):
+        fail(f"{len(names)} --name for {len(checkpoints)} checkpoint(s)")
+    if not any((cls_data, seg_data, cross_cls, cross_seg)):
+        fail("no data: give --cls-data and/or --seg-data (and --cross-cls/--cross-seg)")
+    for opt, p in (
+        ("--cls-data", cls_data),
+        ("--seg-data", seg_data),
+        ("--cross-cls", cross_cls),
+        ("--cross-seg", cross_seg),
+    ):
+        if p is not None and not p.is_dir():
+            fail(f"{opt} {p}: no such folder")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    predictors = []
+    try:
+        for i, ckpt in enumerate(checkpoints):
+            predictors.append(CheckpointPredictor(ckpt, name=names[i] if names else _name_for(ckpt)))
+        if url:
+            say = lambda m: click.echo(m, err=True)  # noqa: E731
+            predictors.append(TritonPredictor(url, protocol, served_model, retries=retries, say=say))
+        domains = [Domain("in-domain", cls_data, seg_data), Domain("cross-domain", cross_cls, cross_seg)]
+        run(
+            predictors, domains, out, split=split or None, batch=batch, n_boot=n_boot, seed=seed,
+            gallery=gallery, seg_spacing=seg_spacing, say=click.echo,
+        )  # fmt: skip
+    except EvaluateError as e:
+        fail(str(e))
+    finally:
+        for p in predictors:
+            p.close()

@@ -1,0 +1,170 @@
+"""What `mmtrt evaluate` evaluates: a checkpoint run in this process, or a model served by Triton.
+
+Both take the same float32 images [B, 1, 256, 256] in [0, 1] (as mmtrt.data's loaders give them)
+and return the same arrays, so the same images give the same numbers either way:
+
+    probs     [B, 2]       softmax of the class logits (NORMAL, PNEUMONIA)
+    mask      [B, H, W]    foreground probability (sigmoid of the mask logits)
+    saliency  [B, H, W]    |d logit[argmax] / d image| (the saliency graph)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["EvaluateError", "CheckpointPredictor", "TritonPredictor"]
+
+
+class EvaluateError(RuntimeError):
+    """Evaluation cannot go on (bad input, unusable model or server); the message says why."""
+
+
+class CheckpointPredictor:
+    """A MultiMix checkpoint in eval mode (fp32, CPU unless told). The decoder gets the saliency
+    unless the checkpoint was trained without the bridge (its train_config says
+    saliency_bridge=false): then zeros, as in that model's training and validation."""
+
+    kind = "checkpoint"
+
+    def __init__(self, path: Path, name: str | None = None, device: str = "cpu"):
+        import torch
+
+        from mmtrt.checkpoint import CheckpointError, load_checkpoint
+
+        self.path = Path(path)
+        try:
+            model, meta = load_checkpoint(self.path)
+        except CheckpointError as e:
+            raise EvaluateError(str(e)) from None
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        cfg = meta.get("train_config") or {}
+        self.bridge = bool(cfg.get("saliency_bridge", True))
+        self.image_size = int(cfg.get("image_size", 256))  # what it was trained (and validated) at
+        self.name = name or self.path.stem
+        self.source = str(self.path)
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "saliency_bridge": self.bridge,
+            "image_size": self.image_size,
+            "step": self.meta.get("step"),
+            "origin": self.meta.get("origin"),
+        }
+
+    def predict(self, images: np.ndarray, need_mask: bool = True) -> dict[str, np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        enc = self.model.encoder
+        with torch.no_grad():  # (the saliency graph is explicit forward ops: no autograd)
+            if not need_mask:
+                logits = enc(x).logits
+                return {"probs": torch.softmax(logits.float(), 1).cpu().numpy()}
+            logits, tape = enc.forward_with_tape(x)
+            saliency = enc.input_gradient(logits, tape).abs()
+            feed = saliency if self.bridge else torch.zeros_like(x)
+            mask = torch.sigmoid(self.model.decoder(tape.skips, x, feed).float())
+        return {
+            "probs": torch.softmax(logits.float(), 1).cpu().numpy(),
+            "mask": mask[:, 0].cpu().numpy(),
+            "saliency": saliency[:, 0].float().cpu().numpy(),
+        }
+
+    def close(self) -> None:
+        pass
+
+
+class TritonPredictor:
+    """A MultiMix model on a running Triton server (``mmtrt serve``), through tritonclient: the
+    images are sent as they are (FP32 [B, 1, 256, 256]); the joint model's ``probs``, ``mask``
+    and ``saliency`` outputs come back."""
+
+    kind = "triton"
+    image_size = 256  # the exported graphs' input size
+
+    def __init__(
+        self,
+        url: str,
+        protocol: str = "grpc",
+        model: str = "multimix",
+        name: str | None = None,
+        retries: int = 2,
+        say=lambda _m: None,
+    ):
+        from mmtrt.serving.infer import InferError, connect
+
+        self.url, self.protocol, self.model = url, protocol, model
+        self.name = name or f"triton:{model}"
+        self.source = f"{protocol}://{url}/{model}"
+        if protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+        self._module = module
+        try:
+            self.client = connect(url, protocol, retries=retries, backoff_s=0.5, say=say)
+        except InferError as e:
+            raise EvaluateError(str(e)) from None
+        self.max_batch, outputs = self._model_info()
+        missing = [o for o in ("probs", "mask", "saliency") if o not in outputs]
+        if missing:
+            self.close()
+            raise EvaluateError(
+                f"model '{model}' at {url} has no {missing} output(s) (outputs: {outputs}); "
+                "evaluate needs the joint model (mmtrt repo's 'multimix')"
+            )
+
+    def _model_info(self) -> tuple[int, list[str]]:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            if not self.client.is_model_ready(self.model):
+                raise EvaluateError(f"model '{self.model}' is not ready on the server at {self.url}")
+            meta = self.client.get_model_metadata(self.model)
+            config = self.client.get_model_config(self.model)
+        except InferenceServerException as e:
+            self.close()
+            raise EvaluateError(f"model '{self.model}' at {self.url}: {e}") from None
+        if self.protocol == "http":
+            return int(config.get("max_batch_size", 0)), [o["name"] for o in meta["outputs"]]
+        return int(config.config.max_batch_size), [o.name for o in meta.outputs]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "source": self.source, "max_batch_size": self.max_batch}
+
+    def predict(self, images: np.ndarray, need_mask: bool = True) -> dict[str, np.ndarray]:
+        from tritonclient.utils import InferenceServerException
+
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        step = self.max_batch or len(images)
+        parts: list[dict[str, np.ndarray]] = []
+        names = ("probs", "mask", "saliency")
+        for s in range(0, len(images), step):
+            batch = images[s : s + step]
+            inp = self._module.InferInput("image", list(batch.shape), "FP32")
+            inp.set_data_from_numpy(batch)
+            try:
+                res = self.client.infer(
+                    self.model, [inp], outputs=[self._module.InferRequestedOutput(o) for o in names]
+                )
+            except InferenceServerException as e:
+                raise EvaluateError(f"inference on {self.url} ({self.protocol}) failed: {e}") from None
+            except OSError as e:
+                raise EvaluateError(f"the server at {self.url} went away: {e}") from None
+            parts.append({o: res.as_numpy(o) for o in names})
+        probs = np.concatenate([p["probs"] for p in parts]).astype(np.float32)
+        mask = np.concatenate([p["mask"] for p in parts])[:, 0].astype(np.float32)
+        saliency = np.concatenate([p["saliency"] for p in parts])[:, 0].astype(np.float32)
+        return {"probs": probs, "mask": mask, "saliency": saliency}
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001
+            pass

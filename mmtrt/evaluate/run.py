@@ -1,0 +1,382 @@
+"""`mmtrt evaluate`'s work: run every model over every source's test split, compute the metrics
+of mmtrt.metrics per image, aggregate with bootstrap CIs, write metrics.json, CSVs, figures and
+the HTML report.
+
+A *domain* is a pair of sources: a classification root (Kermany layout) and/or a segmentation
+root (JSRT or Montgomery layout). ``in-domain`` comes from --cls-data/--seg-data, ``cross-domain``
+from --cross-cls/--cross-seg. Every model sees exactly the same images (the loaders' sorted
+order), so per-image figures show the same images for every model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from mmtrt.metrics import (
+    CLS_KEYS,
+    SEG_KEYS,
+    bootstrap_ci,
+    classification_metrics,
+    confusion_matrix,
+    mean_ci,
+    roc_curve,
+    segmentation_metrics,
+)
+
+from .predictors import EvaluateError
+
+__all__ = ["Domain", "evaluate", "spacing_of"]
+
+MASK_THRESHOLD = 0.5
+HIST_BINS = 64
+
+
+@dataclass
+class Domain:
+    name: str
+    cls_root: Path | None = None
+    seg_root: Path | None = None
+
+
+@dataclass
+class Collected:
+    """One model on one domain."""
+
+    cls_labels: np.ndarray | None = None
+    cls_probs: np.ndarray | None = None
+    cls_files: list[str] = field(default_factory=list)
+    seg_files: list[str] = field(default_factory=list)
+    seg_metrics: list[dict[str, float]] = field(default_factory=list)
+    gallery_seg: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # index -> arrays
+    gallery_cls: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def spacing_of(seg_root: Path, native_mm: float | None) -> tuple[float | None, str]:
+    """(native pixel spacing in mm or None, where it came from): --seg-spacing, else a
+    ``source.json`` with ``pixel_spacing_mm`` in the segmentation root or its parent (written by
+    `mmtrt synth`), else None (distances in pixels of the 256 x 256 network grid)."""
+    if native_mm is not None:
+        return float(native_mm), "--seg-spacing"
+    for folder in (seg_root, seg_root.parent):
+        f = folder / "source.json"
+        if f.is_file():
+            try:
+                v = json.loads(f.read_text()).get("pixel_spacing_mm")
+            except (OSError, ValueError):
+                continue
+            if v:
+                return float(v), str(f)
+    return None, "unknown: distances in pixels of the 256x256 grid"
+
+
+def _grid_spacing(path: Path, native_mm: float, size: int) -> tuple[float, float]:
+    """mm per pixel of the resized grid: the loaders resize each axis to ``size`` independently."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    return native_mm * h / size, native_mm * w / size
+
+
+def _pick(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (all when n <= k)."""
+    if n <= k:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+def _pick_cls(labels: list[int], k: int) -> list[int]:
+    """k gallery images alternating NORMAL / PNEUMONIA, spread over each class."""
+    by = [[i for i, y in enumerate(labels) if y == c] for c in (0, 1)]
+    picks = []
+    for c in (0, 1):
+        idx = by[c]
+        picks += [idx[j] for j in _pick(len(idx), (k + 1 - c) // 2)]
+    return sorted(picks)
+
+
+def _batches(n: int, size: int):
+    for s in range(0, n, size):
+        yield list(range(s, min(n, s + size)))
+
+
+def _collect(
+    predictor, domain: Domain, sets: dict, spacing: dict, gallery: int, batch: int, hist: dict | None
+):
+    from tqdm import tqdm
+
+    out = Collected()
+    t0 = time.perf_counter()
+    cls_set = sets.get("cls")
+    if cls_set is not None:
+        labels, probs = [], []
+        picks = set(_pick_cls(list(cls_set.labels), gallery))
+        bar = tqdm(
+            total=len(cls_set),
+            desc=f"{predictor.name} | {domain.name} | cls",
+            unit="img",
+            leave=False,
+            disable=None,
+        )
+        for idx in _batches(len(cls_set), batch):
+            items = [cls_set[i] for i in idx]
+            x = np.stack([im.numpy() for im, _ in items])
+            need_mask = predictor.kind == "triton" or any(i in picks for i in idx)
+            res = predictor.predict(x, need_mask=need_mask)
+            probs.append(res["probs"])
+            labels += [int(y) for _, y in items]
+            for j, i in enumerate(idx):
+                if i in picks:
+                    out.gallery_cls[i] = {
+                        "image": x[j, 0],
+                        "saliency": res["saliency"][j],
+                        "probs": res["probs"][j],
+                    }
+            if hist is not None:
+                hist.setdefault(f"{domain.name} cls", np.zeros(HIST_BINS))
+                hist[f"{domain.name} cls"] += np.histogram(x, bins=HIST_BINS, range=(0, 1))[0]
+            bar.update(len(idx))
+        bar.close()
+        out.cls_labels = np.array(labels)
+        out.cls_probs = np.concatenate(probs)
+        out.cls_files = [str(p) for p in cls_set.paths]
+    seg_set = sets.get("seg")
+    if seg_set is not None:
+        picks = set(_pick(len(seg_set), gallery))
+        bar = tqdm(
+            total=len(seg_set),
+            desc=f"{predictor.name} | {domain.name} | seg",
+            unit="img",
+            leave=False,
+            disable=None,
+        )
+        for idx in _batches(len(seg_set), batch):
+            items = [seg_set[i] for i in idx]
+            x = np.stack([im.numpy() for im, _ in items])
+            res = predictor.predict(x, need_mask=True)
+            for j, i in enumerate(idx):
+                target = items[j][1].numpy()[0] > 0.5
+                prob = res["mask"][j]
+                m = segmentation_metrics(prob > MASK_THRESHOLD, target, spacing=spacing["seg"][i], prob=prob)
+                out.seg_metrics.append(m)
+                if i in picks:
+                    out.gallery_seg[i] = {
+                        "image": x[j, 0],
+                        "target": target,
+                        "pred": prob > MASK_THRESHOLD,
+                        "saliency": res["saliency"][j],
+                    }
+            if hist is not None:
+                hist.setdefault(f"{domain.name} seg", np.zeros(HIST_BINS))
+                hist[f"{domain.name} seg"] += np.histogram(x, bins=HIST_BINS, range=(0, 1))[0]
+            bar.update(len(idx))
+        bar.close()
+        out.seg_files = [str(p) for p in seg_set.paths]
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _open_sets(domain: Domain, split: str | None, seg_spacing: float | None, size: int):
+    from mmtrt.data import ClassificationFolder, DataError, SegmentationPairs
+
+    sets, spacing = {}, {"seg": [], "native_mm": None, "spacing_source": None}
+    try:
+        if domain.cls_root is not None:
+            sets["cls"] = ClassificationFolder(domain.cls_root, split, size=size)
+        if domain.seg_root is not None:
+            seg = SegmentationPairs(domain.seg_root, split, size=size)
+            sets["seg"] = seg
+            native, where = spacing_of(Path(domain.seg_root), seg_spacing)
+            spacing["native_mm"], spacing["spacing_source"] = native, where
+            spacing["seg"] = [
+                None if native is None else _grid_spacing(p, native, seg.size) for p in seg.paths
+            ]
+    except DataError as e:
+        raise EvaluateError(f"{domain.name} data: {e}") from None
+    return sets, spacing
+
+
+def _summarise(c: Collected, n_boot: int, seed: int) -> dict:
+    res: dict = {}
+    if c.cls_labels is not None:
+        m = classification_metrics(c.cls_labels, c.cls_probs)
+        pred = np.argmax(c.cls_probs, 1)
+        cls = {"n": int(len(c.cls_labels))}
+        for k in CLS_KEYS:
+            fn = lambda y, p, k=k: classification_metrics(y, p)[k]  # noqa: E731
+            lo, hi = bootstrap_ci(fn, c.cls_labels, c.cls_probs, n_boot=n_boot, seed=seed)
+            cls[k] = {"value": m[k], "ci95": [lo, hi]}
+        cls["confusion"] = confusion_matrix(c.cls_labels, pred).tolist()
+        fpr, tpr, _ = roc_curve(c.cls_labels, c.cls_probs[:, 1])
+        cls["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        res["classification"] = cls
+    if c.seg_metrics:
+        seg = {"n": len(c.seg_metrics)}
+        keys = [k for k in (*SEG_KEYS, "ssim") if k in c.seg_metrics[0]]
+        for k in keys:
+            v = np.array([m[k] for m in c.seg_metrics])
+            lo, hi = mean_ci(v, n_boot=n_boot, seed=seed)
+            seg[k] = {
+                "mean": float(v.mean()),
+                "median": float(np.median(v)),
+                "std": float(v.std()),
+                "ci95": [lo, hi],
+            }
+        res["segmentation"] = seg
+    res["seconds"] = c.seconds
+    return res
+
+
+def _unique_names(predictors) -> None:
+    seen: dict[str, int] = {}
+    for p in predictors:
+        base = p.name
+        if base in seen:
+            seen[base] += 1
+            p.name = f"{base}#{seen[base]}"
+        else:
+            seen[base] = 1
+
+
+def evaluate(
+    predictors: list,
+    domains: list[Domain],
+    out: Path,
+    *,
+    split: str | None = "test",
+    batch: int = 8,
+    n_boot: int = 1000,
+    seed: int = 0,
+    gallery: int = 4,
+    seg_spacing: float | None = None,
+    say=print,
+) -> dict:
+    """Evaluate every predictor on every domain; write everything under ``out``; return the
+    metrics dict (what metrics.json holds)."""
+    from . import figures, report
+
+    if not predictors:
+        raise EvaluateError("nothing to evaluate: give checkpoint(s) and/or --url")
+    domains = [d for d in domains if d.cls_root is not None or d.seg_root is not None]
+    if not domains:
+        raise EvaluateError("no data: give --cls-data and/or --seg-data")
+    _unique_names(predictors)
+    sizes = {p.image_size for p in predictors}
+    if len(sizes) > 1:
+        raise EvaluateError(
+            "the models were trained at different image sizes "
+            + ", ".join(f"{p.name}: {p.image_size}" for p in predictors)
+            + "; evaluate them in separate runs"
+        )
+    size = sizes.pop()
+    opened = {d.name: _open_sets(d, split, seg_spacing, size) for d in domains}
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+
+    collected: dict[str, dict[str, Collected]] = {}
+    hist: dict[str, np.ndarray] = {}
+    for k, p in enumerate(predictors):
+        collected[p.name] = {}
+        for d in domains:
+            sets, spacing = opened[d.name]
+            c = _collect(p, d, sets, spacing, gallery, batch, hist if k == 0 else None)
+            collected[p.name][d.name] = c
+            parts = []
+            if c.cls_labels is not None:
+                parts.append(f"accuracy {classification_metrics(c.cls_labels, c.cls_probs)['accuracy']:.3f}")
+            if c.seg_metrics:
+                parts.append(f"Dice {np.mean([m['dice'] for m in c.seg_metrics]):.3f}")
+            say(f"{p.name} | {d.name}: " + ", ".join(parts) + f" ({c.seconds:.1f} s)")
+
+    results = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "split": split,
+        "image_size": size,
+        "mask_threshold": MASK_THRESHOLD,
+        "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95, "over": "images"},
+        "models": {p.name: p.describe() for p in predictors},
+        "domains": {
+            d.name: {
+                "cls_root": str(d.cls_root) if d.cls_root else None,
+                "seg_root": str(d.seg_root) if d.seg_root else None,
+                "n_cls": len(opened[d.name][0]["cls"]) if "cls" in opened[d.name][0] else 0,
+                "n_seg": len(opened[d.name][0]["seg"]) if "seg" in opened[d.name][0] else 0,
+                "seg_native_spacing_mm": opened[d.name][1]["native_mm"],
+                "seg_spacing_source": opened[d.name][1]["spacing_source"],
+                "distance_unit": "mm" if opened[d.name][1]["native_mm"] else "px",
+            }
+            for d in domains
+        },
+        "results": {
+            name: {dn: _summarise(c, n_boot, seed) for dn, c in per.items()}
+            for name, per in collected.items()
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(_finite(results), indent=2, default=_json_default) + "\n")
+    _write_csvs(out, results, collected)
+    figs = figures.make_all(out / "figures", results, collected, hist)
+    report.write_html(out / "report.html", results, figs)
+    say(f"wrote {out / 'report.html'}, metrics.json, summary.csv, per_image.csv, figures/")
+    return results
+
+
+def _finite(x):
+    """NaN / inf -> None (strict JSON; e.g. an AUROC over a single class)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (float, np.floating)) and not math.isfinite(float(x)):
+        return None
+    return x
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    raise TypeError(type(x))
+
+
+def _write_csvs(out: Path, results: dict, collected: dict) -> None:
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "domain", "task", "metric", "value", "ci95_low", "ci95_high", "n"])
+        for model, per in results["results"].items():
+            for dom, r in per.items():
+                for task, key in (("classification", "value"), ("segmentation", "mean")):
+                    block = r.get(task)
+                    if not block:
+                        continue
+                    for k, v in block.items():
+                        if isinstance(v, dict) and key in v:
+                            w.writerow([model, dom, task, k, v[key], *v["ci95"], block["n"]])
+    with open(out / "per_image.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["model", "domain", "task", "file", "label", "p_pneumonia", "predicted", *SEG_KEYS, "ssim"]
+        )
+        for model, per in collected.items():
+            for dom, c in per.items():
+                if c.cls_labels is not None:
+                    for fname, y, p in zip(c.cls_files, c.cls_labels, c.cls_probs):
+                        w.writerow(
+                            [model, dom, "classification", fname, int(y), f"{p[1]:.6f}", int(np.argmax(p))]
+                            + [""] * (len(SEG_KEYS) + 1)
+                        )
+                for fname, m in zip(c.seg_files, c.seg_metrics):
+                    w.writerow(
+                        [model, dom, "segmentation", fname, "", "", ""]
+                        + [f"{m[k]:.6f}" for k in SEG_KEYS]
+                        + [f"{m['ssim']:.6f}" if "ssim" in m else ""]
+                    )

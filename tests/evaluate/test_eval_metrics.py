@@ -1,0 +1,177 @@
+"""mmtrt.metrics against MONAI called directly, a direct scipy computation and closed forms, on
+masks made here (discs, squares), with and without pixel spacing; the empty-mask cases; the
+classification metrics against torchmetrics; the seeded bootstrap."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from mmtrt.metrics import (
+    average_hausdorff,
+    bootstrap_ci,
+    classification_metrics,
+    confusion_matrix,
+    mean_ci,
+    roc_curve,
+    segmentation_metrics,
+)
+
+N = 96
+
+
+def disc(cy: float, cx: float, r: float, n: int = N) -> np.ndarray:
+    yy, xx = np.mgrid[:n, :n]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def square(y0: int, x0: int, side: int, n: int = N) -> np.ndarray:
+    m = np.zeros((n, n), dtype=bool)
+    m[y0 : y0 + side, x0 : x0 + side] = True
+    return m
+
+
+def direct_surface(pred, target, spacing=(1.0, 1.0)):
+    """HD95 and ASSD from first principles: border = mask minus its erosion; distances of each
+    border's pixels to the other border by an exact Euclidean distance transform."""
+    edge = lambda m: m & ~ndimage.binary_erosion(m)
+    ep, et = edge(pred), edge(target)
+    d_pt = ndimage.distance_transform_edt(~et, sampling=spacing)[ep]
+    d_tp = ndimage.distance_transform_edt(~ep, sampling=spacing)[et]
+    hd95 = max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
+    return hd95, np.concatenate([d_pt, d_tp]).mean()
+
+
+def monai_direct(pred, target, spacing=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+    p = torch.from_numpy(pred.astype(np.float32))[None, None]
+    t = torch.from_numpy(target.astype(np.float32))[None, None]
+    return (
+        float(compute_dice(p, t, include_background=True)),
+        float(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)),
+        float(
+            compute_average_surface_distance(p, t, include_background=True, symmetric=True, spacing=spacing)
+        ),
+    )
+
+
+PAIRS = {
+    "concentric discs": (disc(48, 48, 20), disc(48, 48, 25)),
+    "shifted discs": (disc(45, 50, 22), disc(50, 44, 20)),
+    "squares": (square(20, 20, 40), square(26, 23, 36)),
+    "disc in square": (disc(48, 48, 18), square(28, 28, 40)),
+}
+
+
+@pytest.mark.parametrize("spacing", [None, 0.7, (0.5, 1.25)], ids=["pixels", "iso0.7mm", "aniso"])
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_overlap_and_surface_metrics_match_monai_and_direct(name, spacing):
+    pred, target = PAIRS[name]
+    m = segmentation_metrics(pred, target, spacing=spacing)
+    inter, n_p, n_t = (pred & target).sum(), pred.sum(), target.sum()
+    assert m["dice"] == pytest.approx(2 * inter / (n_p + n_t), abs=1e-12)
+    assert m["jaccard"] == pytest.approx(inter / (pred | target).sum(), abs=1e-12)
+    assert m["precision"] == pytest.approx(inter / n_p) and m["recall"] == pytest.approx(inter / n_t)
+    sp = (1.0, 1.0) if spacing is None else ((spacing, spacing) if np.isscalar(spacing) else spacing)
+    dice, hd95, assd = monai_direct(pred, target, None if spacing is None else list(sp))
+    assert m["dice"] == pytest.approx(dice, abs=1e-6)
+    assert m["hd95"] == pytest.approx(hd95, rel=1e-6) and m["assd"] == pytest.approx(assd, rel=1e-6)
+    d_hd95, d_assd = direct_surface(pred, target, sp)
+    assert m["hd95"] == pytest.approx(d_hd95, rel=1e-5) and m["assd"] == pytest.approx(d_assd, rel=1e-5)
+
+
+def test_closed_forms_and_spacing_scale():
+    # concentric discs of radii 20 and 25: every border point is ~5 px from the other border
+    m = segmentation_metrics(disc(48, 48, 20), disc(48, 48, 25))
+    assert 4.0 <= m["assd"] <= 6.0 and 4.0 <= m["hd95"] <= 6.0
+    # squares shifted by 4 columns: the Hausdorff distance is 4, its 95th percentile at most that
+    a, b = square(20, 20, 40), square(20, 24, 40)
+    m = segmentation_metrics(a, b)
+    assert m["dice"] == pytest.approx(36 / 40) and m["hd95"] == pytest.approx(4.0)
+    # isotropic spacing scales every distance and leaves overlap alone
+    m2 = segmentation_metrics(a, b, spacing=0.5)
+    for k in ("hd95", "assd", "avg_hausdorff"):
+        assert m2[k] == pytest.approx(0.5 * m[k], rel=1e-6)
+    assert m2["dice"] == m["dice"]
+    # anisotropic: a shift along columns counts with the column spacing only
+    m3 = segmentation_metrics(a, b, spacing=(3.0, 0.25))
+    assert m3["hd95"] == pytest.approx(1.0)
+
+
+def test_region_average_hausdorff_is_much_smaller_than_assd():
+    pred, target = PAIRS["shifted discs"]
+    m = segmentation_metrics(pred, target)
+    assert m["avg_hausdorff"] == pytest.approx(average_hausdorff(pred, target))
+    assert m["avg_hausdorff"] < m["assd"] / 3  # the region-based form averages in interior pixels
+
+
+def test_empty_masks_are_defined():
+    empty, full = np.zeros((N, N), bool), disc(48, 48, 20)
+    both = segmentation_metrics(empty, empty)
+    assert both == {
+        "dice": 1.0, "jaccard": 1.0, "precision": 1.0, "recall": 1.0,
+        "hd95": 0.0, "assd": 0.0, "avg_hausdorff": 0.0,
+    }  # fmt: skip
+    for pred, target in ((empty, full), (full, empty)):
+        m = segmentation_metrics(pred, target, spacing=(0.5, 2.0))
+        diag = math.hypot(N * 0.5, N * 2.0)
+        assert (m["dice"], m["jaccard"], m["precision"], m["recall"]) == (0.0, 0.0, 0.0, 0.0)
+        assert m["hd95"] == m["assd"] == m["avg_hausdorff"] == pytest.approx(diag)
+        assert all(math.isfinite(v) for v in m.values())
+
+
+def test_ssim_with_probability_map():
+    target = disc(48, 48, 20)
+    assert segmentation_metrics(target, target, prob=target.astype(float))["ssim"] == pytest.approx(
+        1.0, abs=1e-5
+    )
+    assert segmentation_metrics(target, target, prob=np.full((N, N), 0.5))["ssim"] < 0.5
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="shape"):
+        segmentation_metrics(np.zeros((4, 4)), np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="spacing"):
+        segmentation_metrics(np.zeros((4, 4)), np.zeros((4, 4)), spacing=(1, 2, 3))
+
+
+def test_classification_metrics_match_torchmetrics():
+    from torchmetrics.functional.classification import binary_auroc, multiclass_f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p1 = np.clip(0.35 * y + rng.uniform(0, 0.65, 200), 0, 1)
+    p1[:20] = np.round(p1[:20], 1)  # ties
+    probs = np.stack([1 - p1, p1], 1)
+    m = classification_metrics(y, probs)
+    pred = probs.argmax(1)
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
+    f1 = multiclass_f1_score(torch.from_numpy(pred), torch.from_numpy(y), num_classes=2, average=None)
+    assert m["f1_normal"] == pytest.approx(float(f1[0])) and m["f1_pneumonia"] == pytest.approx(float(f1[1]))
+    assert m["auroc"] == pytest.approx(
+        float(binary_auroc(torch.from_numpy(p1), torch.from_numpy(y))), abs=1e-6
+    )
+    fpr, tpr, _ = roc_curve(y, p1)
+    assert np.trapz(tpr, fpr) == pytest.approx(m["auroc"], abs=1e-9)
+    assert confusion_matrix(y, pred).sum() == 200
+    assert confusion_matrix([0, 0, 1, 1, 1], [0, 1, 1, 1, 0]).tolist() == [[1, 1], [1, 2]]
+    assert math.isnan(classification_metrics([1, 1], [[0.2, 0.8], [0.6, 0.4]])["auroc"])
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    v = np.random.default_rng(1).normal(0.9, 0.05, 60)
+    lo, hi = mean_ci(v, seed=3)
+    assert (lo, hi) == mean_ci(v, seed=3) and (lo, hi) != mean_ci(v, seed=4)
+    assert lo < v.mean() < hi and hi - lo < 0.05
+    y = np.array([0, 1] * 30)
+    p = np.clip(y * 0.3 + np.random.default_rng(2).uniform(0, 0.7, 60), 0, 1)
+    acc = lambda yy, pp: float(((pp > 0.5) == yy).mean())
+    lo, hi = bootstrap_ci(acc, y, p, n_boot=500, seed=0)
+    assert lo <= acc(y, p) <= hi and (lo, hi) == bootstrap_ci(acc, y, p, n_boot=500, seed=0)

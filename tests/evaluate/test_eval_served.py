@@ -1,0 +1,87 @@
+"""`mmtrt evaluate` of a model served by the real Triton server gives the same numbers as the
+same model's checkpoint evaluated in this process, on the same images (the server runs the
+exported graphs of ``torch.manual_seed(0); MultiMix()``, see serving_helpers.real_export)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import needs_server
+
+from mmtrt.checkpoint import save_checkpoint
+from mmtrt.cli import main
+from mmtrt.data import write_synthetic_datasets
+from mmtrt.evaluate import CheckpointPredictor, TritonPredictor
+from mmtrt.model import MultiMix
+
+pytestmark = needs_server
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaldata")
+    write_synthetic_datasets(root, n_cls={"test": 6}, n_seg={"test": 4}, seed=3, difficulty=0.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)  # the served model's weights (serving_helpers.real_export)
+    path = tmp_path_factory.mktemp("ckpt") / "seed0.pt"
+    save_checkpoint(path, MultiMix().eval(), meta={"origin": "seed 0"})
+    return path
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_served_outputs_equal_in_process(server, checkpoint, data, protocol):
+    from mmtrt.data import SegmentationPairs
+
+    seg = SegmentationPairs(data / "seg", "test")
+    x = np.stack([seg[i][0].numpy() for i in range(len(seg))])
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    served = TritonPredictor(url, protocol, retries=0)
+    try:
+        a, b = CheckpointPredictor(checkpoint).predict(x), served.predict(x)
+    finally:
+        served.close()
+    np.testing.assert_allclose(b["probs"], a["probs"], atol=1e-5)
+    np.testing.assert_allclose(b["mask"], a["mask"], atol=1e-4)
+    # The saliency is piecewise smooth (LeakyReLU / max-pool gates): onnxruntime's rounding flips
+    # a few gates and moves it by ~0.5 % (README: the saliency graph across runtimes).
+    sa, sb = a["saliency"].ravel().astype(np.float64), b["saliency"].ravel().astype(np.float64)
+    assert np.linalg.norm(sb - sa) / np.linalg.norm(sa) < 2e-2
+    assert sa @ sb / (np.linalg.norm(sa) * np.linalg.norm(sb)) > 0.999
+
+
+def test_evaluate_cli_served_equals_checkpoint(server, checkpoint, data, tmp_path):
+    out = tmp_path / "eval"
+    args = [
+        "evaluate", str(checkpoint), "--name", "ckpt", "--url", server.grpc_url, "--protocol", "grpc",
+        "--cls-data", str(data / "cls"), "--seg-data", str(data / "seg"), "--out", str(out),
+        "--bootstrap", "50", "--gallery", "2",
+    ]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["models"]) == {"ckpt", "triton:multimix"}
+    local, served = m["results"]["ckpt"]["in-domain"], m["results"]["triton:multimix"]["in-domain"]
+    assert local["classification"]["n"] == served["classification"]["n"] == 6
+    assert local["classification"]["confusion"] == served["classification"]["confusion"]
+    for k in ("accuracy", "f1_normal", "f1_pneumonia", "auroc"):
+        assert served["classification"][k]["value"] == pytest.approx(
+            local["classification"][k]["value"], abs=1e-9
+        )
+    assert local["segmentation"]["n"] == served["segmentation"]["n"] == 4
+    for k in ("dice", "jaccard", "precision", "recall", "ssim"):
+        assert served["segmentation"][k]["mean"] == pytest.approx(local["segmentation"][k]["mean"], abs=1e-3)
+    for k in ("hd95", "assd", "avg_hausdorff"):
+        assert served["segmentation"][k]["mean"] == pytest.approx(
+            local["segmentation"][k]["mean"], rel=1e-2, abs=0.05
+        )
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * (6 + 4)
+    assert (out / "report.html").is_file() and (out / "summary.csv").is_file()
