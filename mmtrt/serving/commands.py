@@ -114,7 +114,9 @@ def repo(
     from .errors import ServingError
     from .repository import build_repository
 
-    logging.getLogger("mmtrt.serving.repository").setLevel(logging.ERROR)  # said below instead
+    repository_log = logging.getLogger("mmtrt.serving.repository")
+    level = repository_log.level
+    repository_log.setLevel(logging.ERROR)  # its warnings are said below instead
     try:
         built = build_repository(
             export_dir,
@@ -132,6 +134,8 @@ def repo(
         )
     except (ServingError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    finally:  # (the level is process-wide: put it back for whoever logs next in this process)
+        repository_log.setLevel(level)
     configs = sorted(p.parent.name for p in built.glob("*/config.pbtxt"))
     click.echo(f"wrote {built} ({flavour} flavour): models {', '.join(configs)}")
     if flavour == "cpu":
