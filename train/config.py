@@ -182,21 +182,8 @@ class TrainConfig:
         "auto",
         "Validation metric that picks best.pt (higher is better): auto = mean of "
         "the accuracy and the Dice of the tasks that are trained, or one of "
-        + ", ".join(
-            (
-                "accuracy",
-                "f1_normal",
-                "f1_pneumonia",
-                "auroc",
-                "dice",
-                "jaccard",
-                "ssim",
-                "avg_hausdorff, hd95, assd (lower is better)",
-                "precision",
-                "recall",
-            )
-        )
-        + ".",
+        + ", ".join(METRIC_NAMES)
+        + " (avg_hausdorff, hd95, assd: lower is better).",
     )
     progress: str = _f(
         "auto", "Progress bar: auto (when stderr is a terminal), on, off.", choices=("auto", "on", "off")
