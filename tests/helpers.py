@@ -216,3 +216,18 @@ class ServeCommand:
             if line is None:
                 return code
             self.lines.append(line)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def tiny_train_args(out: Path, cache: Path, *extra: str, epochs: int = 2, steps: int = 3) -> list[str]:
+    """`mmtrt train` arguments of a run small enough for a test: 64-pixel synthetic data, batch 1,
+    ``epochs`` x ``steps`` steps, a checkpoint and a log record every step."""
+    return [
+        "--out", str(out), "--synth-cache", str(cache), "--image-size", "64",
+        "--synth-cls", "24,8,4", "--synth-seg", "8,4,2", "--seg-labels", "3", "--cls-labels", "8",
+        "--batch", "1", "--epochs", str(epochs), "--steps-per-epoch", str(steps),
+        "--compile", "off", "--progress", "off", "--log-every", "1", "--ckpt-every", "1",
+        *extra,
+    ]  # fmt: skip

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_train_args
 
 from mmtrt.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mmtrt.model import MultiMix
@@ -133,37 +134,7 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_last(tmp_path):
 
 
 def _tiny_args(out: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        "--out",
-        str(out),
-        "--synth-cache",
-        str(cache),
-        "--image-size",
-        "64",
-        "--synth-cls",
-        "24,8,4",
-        "--synth-seg",
-        "8,4,2",
-        "--seg-labels",
-        "3",
-        "--cls-labels",
-        "8",
-        "--batch",
-        "1",
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "4",
-        "--compile",
-        "off",
-        "--progress",
-        "off",
-        "--log-every",
-        "1",
-        "--ckpt-every",
-        "1",
-        *extra,
-    ]
+    return tiny_train_args(out, cache, *extra, epochs=1, steps=4)
 
 
 def test_trainer_killed_during_a_checkpoint_write_resumes(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_train_args
 
 from mmtrt.checkpoint import load_checkpoint
 from mmtrt.model import MultiMix
@@ -28,37 +29,7 @@ SIZE = 64
 
 
 def tiny_args(out: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        "--out",
-        str(out),
-        "--synth-cache",
-        str(cache),
-        "--image-size",
-        str(SIZE),
-        "--synth-cls",
-        "24,8,4",
-        "--synth-seg",
-        "8,4,2",
-        "--seg-labels",
-        "3",
-        "--cls-labels",
-        "8",
-        "--batch",
-        "1",
-        "--epochs",
-        "2",
-        "--steps-per-epoch",
-        "3",
-        "--compile",
-        "off",
-        "--progress",
-        "off",
-        "--log-every",
-        "1",
-        "--ckpt-every",
-        "1",
-        *extra,
-    ]
+    return tiny_train_args(out, cache, *extra)
 
 
 def tiny_cfg(**kw) -> TrainConfig:
