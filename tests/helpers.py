@@ -11,10 +11,12 @@ import os
 import queue
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,36 @@ def xray_images(batch: int, seed: int, size: int = 256) -> torch.Tensor:
 
 
 IMAGE_KINDS = {"random": random_images, "flat": flat_region_images, "xray": xray_images}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+
+
+def png_header_only(width: int, height: int, idat: bytes = b"") -> bytes:
+    """A PNG whose IHDR claims width x height (8-bit grey), with the given IDAT bytes: what a
+    decompression bomb looks like to a decoder that checks the header (no pixels behind it)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def encoded(array, fmt: str = "PNG", **options) -> bytes:
+    """The bytes of ``array`` (uint8 or uint16 grey) saved by Pillow as ``fmt``."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
 
 try:
     find_tritonserver()

@@ -1,8 +1,10 @@
 """What decoding an image gives, whichever decoder made it (images.py for Pillow formats,
-dicom.py for DICOM): the pixels, their metadata, and the error that names a bad file."""
+dicom.py for DICOM): the pixels, their metadata, and the error that names a bad file; and what
+a decoder reads: a file by its path, or a file's bytes held in memory (:class:`EncodedFile`)."""
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,18 +14,51 @@ import numpy as np
 PathLike = str | os.PathLike
 
 
+@dataclass(frozen=True)
+class EncodedFile:
+    """The bytes of an image file held in memory (e.g. the payload of a request), decoded as the
+    file would be. ``name`` stands for the path in messages ("image 0 of request 7"). It has no
+    file name, hence no extension: the format is told by the content."""
+
+    data: bytes = field(repr=False)
+    name: str
+
+    suffix = ""  # what a decoder would read from a path's extension
+
+    def open(self) -> io.BytesIO:
+        """A new stream over the bytes (each reader gets its own position)."""
+        return io.BytesIO(self.data)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+#: what the decoders read: a path, or a file's bytes in memory
+Source = PathLike | EncodedFile
+
+
+def as_source(source: Source) -> Path | EncodedFile:
+    return source if isinstance(source, EncodedFile) else Path(source)
+
+
+def readable(source: Path | EncodedFile):
+    """What Pillow's and pydicom's readers take: the path itself, or a stream over the bytes."""
+    return source.open() if isinstance(source, EncodedFile) else source
+
+
 class DataError(ValueError):
     """A data file or folder is missing, unreadable or inconsistent. The message is
     "PATH: PROBLEM"; ``.path`` and ``.problem`` hold the parts (None after the error crossed a
-    process boundary, e.g. from a DataLoader worker, where only the message survives)."""
+    process boundary, e.g. from a DataLoader worker, where only the message survives). For bytes
+    in memory, ``.path`` is the :class:`EncodedFile` and PATH its name."""
 
-    def __init__(self, message: str, path: PathLike | None = None, problem: str | None = None):
+    def __init__(self, message: str, path: Source | None = None, problem: str | None = None):
         super().__init__(message)
-        self.path = Path(path) if path is not None else None
+        self.path = as_source(path) if path is not None else None
         self.problem = problem
 
 
-def _err(path: PathLike, problem: str) -> DataError:
+def _err(path: Source, problem: str) -> DataError:
     return DataError(f"{path}: {problem}", path, problem)
 
 

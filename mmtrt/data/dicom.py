@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoded import DataError, ImageMeta, _err
+from .decoded import DataError, EncodedFile, ImageMeta, Source, _err, as_source, readable
 
 __all__ = [
     "DicomWarning",
@@ -74,20 +74,21 @@ class DicomWarning(UserWarning):
 # ------------------------------------------------------------------------------------------------
 
 
-def read_dataset(path: Path, *, stop_before_pixels: bool = False):
-    """The pydicom Dataset of ``path``; a file without preamble or meta header is read with
-    ``force=True``. Raises DataError naming the file."""
+def read_dataset(path: Source, *, stop_before_pixels: bool = False):
+    """The pydicom Dataset of ``path`` (or of a file's bytes, :class:`EncodedFile`); a file
+    without preamble or meta header is read with ``force=True``. Raises DataError naming the
+    file."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    path = Path(path)
+    path = as_source(path)
     try:
         try:
-            return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            return pydicom.dcmread(readable(path), stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
             pass  # no preamble / meta header: maybe a bare data set
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            ds = pydicom.dcmread(readable(path), stop_before_pixels=stop_before_pixels, force=True)
         except Exception as e:
             raise _err(
                 path,
@@ -136,7 +137,7 @@ def _syntax_name(uid) -> str:
     return f"{name} ({uid})" if name and name != str(uid) else str(uid)
 
 
-def _check_image(ds, path: Path) -> list[str]:
+def _check_image(ds, path: Path | EncodedFile) -> list[str]:
     """Refuse what is not a single-frame grayscale image; return the warnings."""
     sop = ds.get("SOPClassUID")
     what = f"{getattr(sop, 'name', sop)}" if sop else "this data set"
@@ -193,7 +194,7 @@ def _check_image(ds, path: Path) -> list[str]:
     return notes
 
 
-def _decode(ds, path: Path) -> np.ndarray:
+def _decode(ds, path: Path | EncodedFile) -> np.ndarray:
     from pydicom.pixels import get_decoder
 
     _ensure_transfer_syntax(ds)
@@ -377,9 +378,10 @@ def _meta(ds, how: str, notes: list[str]) -> ImageMeta:
     )
 
 
-def read_dicom(path: Path, ds=None) -> tuple[np.ndarray, ImageMeta]:
-    """(float32 [Rows, Columns] in [0, 1], meta) of a single-frame grayscale DICOM image."""
-    path = Path(path)
+def read_dicom(path: Source, ds=None) -> tuple[np.ndarray, ImageMeta]:
+    """(float32 [Rows, Columns] in [0, 1], meta) of a single-frame grayscale DICOM image (a file,
+    or a file's bytes: :class:`EncodedFile`)."""
+    path = as_source(path)
     if ds is None:
         ds = read_dataset(path)
     notes = _check_image(ds, path)
@@ -395,7 +397,7 @@ def read_dicom(path: Path, ds=None) -> tuple[np.ndarray, ImageMeta]:
     return unit, _meta(ds, how, notes)
 
 
-def read_dicom_if_dicom(path: Path) -> tuple[np.ndarray, ImageMeta] | None:
+def read_dicom_if_dicom(path: Path | EncodedFile) -> tuple[np.ndarray, ImageMeta] | None:
     """For a file Pillow cannot identify: read it as DICOM when it is a data set written without
     preamble and meta header (``force=True``) that holds an image description; else None."""
     try:

@@ -31,6 +31,13 @@ Steps, in order:
    a std of about 0.2-0.3.
 
 Every problem is a :class:`DataError` whose message starts with the file's path.
+
+``read_image`` / ``load_image`` also take the bytes of a file held in memory
+(:class:`EncodedFile`: what the served model ``multimix_image`` receives), decoded exactly as the
+file would be; the messages then start with its name. Having no extension, such bytes are told
+DICOM by their ``DICM`` preamble or, failing Pillow, by pydicom reading a data set from them.
+The size limit is Pillow's ``Image.MAX_IMAGE_PIXELS`` for every format (DICOM Rows x Columns
+included): above it, a file is refused as a possible decompression bomb.
 """
 
 from __future__ import annotations
@@ -43,7 +50,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .decoded import DataError, DecodedImage, ImageMeta, PathLike, _err
+from .decoded import (
+    DataError,
+    DecodedImage,
+    EncodedFile,
+    ImageMeta,
+    PathLike,
+    Source,
+    _err,
+    as_source,
+    readable,
+)
 
 __all__ = [
     "IMAGE_SIZE",
@@ -51,6 +68,7 @@ __all__ = [
     "MIN_CONTRAST_STD",
     "DataError",
     "DecodedImage",
+    "EncodedFile",
     "ImageMeta",
     "load_image",
     "load_mask",
@@ -97,8 +115,15 @@ def _to_gray(img: Image.Image) -> tuple[np.ndarray, float, str]:
     return np.asarray(img.convert("L")).astype(np.float32), 255.0, "8-bit samples / 255"
 
 
+def _first_bytes(source: Path | EncodedFile) -> str:
+    """For bytes in memory (there is no file to look at): what they begin with."""
+    if not isinstance(source, EncodedFile):
+        return ""
+    return f": {len(source.data)} bytes beginning {source.data[:16]!r}"
+
+
 @contextmanager
-def _opening(path: Path):
+def _opening(path: Path | EncodedFile):
     """Open-and-decode errors of any kind -> DataError naming the file."""
     try:
         # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; a decompression bomb
@@ -111,16 +136,17 @@ def _opening(path: Path):
     except FileNotFoundError:
         raise _err(path, "file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise _err(path, f"image too large, possible decompression bomb ({e})") from None
+        limit = Image.MAX_IMAGE_PIXELS
+        raise _err(path, f"image too large, possible decompression bomb: over {limit} pixels ({e})") from None
     except UnidentifiedImageError:
-        raise _err(path, "not an image file (Pillow cannot identify it)") from None
+        raise _err(path, "not an image file (Pillow cannot identify it)" + _first_bytes(path)) from None
     except Exception as e:  # truncated data, broken chunks, CRC errors, odd modes...
         raise _err(path, f"unreadable, corrupt or truncated image ({type(e).__name__}: {e})") from e
 
 
-def _read_pillow(path: Path) -> tuple[np.ndarray, float, str, str]:
+def _read_pillow(path: Path | EncodedFile) -> tuple[np.ndarray, float, str, str]:
     """(2-D float32 raw values, divisor, how, format name) of a Pillow-readable file."""
-    with _opening(path), Image.open(path) as img:
+    with _opening(path), Image.open(readable(path)) as img:
         fmt = img.format or "image"
         img.load()  # decode here, inside the guard, so truncated files fail here
         # Camera/phone JPEGs may be stored rotated with an EXIF orientation tag.
@@ -131,7 +157,9 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, float, str, str]:
 _NOT_DICOM = "not a DICOM file"
 
 
-def _has_dicm_preamble(path: Path) -> bool:
+def _has_dicm_preamble(path: Path | EncodedFile) -> bool:
+    if isinstance(path, EncodedFile):
+        return path.data[128:132] == b"DICM"
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -140,14 +168,20 @@ def _has_dicm_preamble(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def _looks_like_dicom(path: Path | EncodedFile) -> bool:
     return path.suffix.lower() in DICOM_EXTENSIONS or _has_dicm_preamble(path)
 
 
-def read_native(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
+def looks_like_dicom(path: Source) -> bool:
+    """Is this file read as DICOM first: a DICOM extension (.dcm, .dicom, .dic) or a ``DICM``
+    preamble? (A data set written without either is found only when Pillow fails on it.)"""
+    return _looks_like_dicom(as_source(path))
+
+
+def read_native(path: Source) -> tuple[np.ndarray, ImageMeta]:
     """Decode one file fully at its native size: (float32 [rows, columns] in [0, 1], meta).
     Step 1 of the module docstring; no resize, no contrast check."""
-    path = Path(path)
+    path = as_source(path)
     if _looks_like_dicom(path):
         from .dicom import read_dicom
 
@@ -155,7 +189,7 @@ def read_native(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
     return read_native_pillow(path)
 
 
-def _dicom_or_pillow(path: Path, dicom, pillow):
+def _dicom_or_pillow(path: Path | EncodedFile, dicom, pillow):
     """``dicom(path)``; for a file named .dcm that is no DICOM file at all (no DICM preamble,
     pydicom finds no data set), what Pillow makes of it, if anything: files are read by content."""
     try:
@@ -169,7 +203,7 @@ def _dicom_or_pillow(path: Path, dicom, pillow):
             raise e from None
 
 
-def read_native_pillow(path: Path) -> tuple[np.ndarray, ImageMeta]:
+def read_native_pillow(path: Path | EncodedFile) -> tuple[np.ndarray, ImageMeta]:
     try:
         arr, scale, how, fmt = _read_pillow(path)
     except DataError as e:
@@ -193,7 +227,7 @@ def _resize_image(arr: np.ndarray, size: int) -> np.ndarray:
     return np.array(arr, dtype=np.float32)  # writable copy (torch.from_numpy warns otherwise)
 
 
-def finish_image(values: np.ndarray, path: PathLike, size: int = IMAGE_SIZE, how: str = "") -> np.ndarray:
+def finish_image(values: np.ndarray, path: Source, size: int = IMAGE_SIZE, how: str = "") -> np.ndarray:
     """Steps 2 and 3: native [0, 1] values -> [size, size], refused when without contrast."""
     out = np.clip(_resize_image(values, size), 0.0, 1.0)
     std = float(out.std())
@@ -209,14 +243,14 @@ def finish_image(values: np.ndarray, path: PathLike, size: int = IMAGE_SIZE, how
     return out
 
 
-def read_image(path: PathLike, size: int = IMAGE_SIZE) -> DecodedImage:
-    """THE input normalisation with the image's metadata (see the module docstring). Raises
-    DataError naming the file."""
+def read_image(path: Source, size: int = IMAGE_SIZE) -> DecodedImage:
+    """THE input normalisation with the image's metadata (see the module docstring) of a file,
+    or of a file's bytes in memory (:class:`EncodedFile`). Raises DataError naming the file."""
     values, meta = read_native(path)
     return DecodedImage(finish_image(values, path, size, meta.normalisation), meta)
 
 
-def load_image(path: PathLike, size: int = IMAGE_SIZE) -> np.ndarray:
+def load_image(path: Source, size: int = IMAGE_SIZE) -> np.ndarray:
     """THE input normalisation: file -> grayscale float32 [size, size] in [0, 1] (see the module
     docstring: DICOM VOI, 8-bit / 255, 16-bit by the bit depth the pixels use; bilinear resize;
     images without contrast refused). Raises DataError naming the file."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import encoded, png_header_only
 from PIL import Image
 from scipy import ndimage
 
@@ -23,7 +24,7 @@ from mmtrt.data import (
     synth_xray_with_meta,
     write_synthetic_datasets,
 )
-from mmtrt.data.images import sixteen_bit_scale
+from mmtrt.data.images import EncodedFile, read_image, sixteen_bit_scale
 
 
 def _save(arr: np.ndarray, path: Path, **kw) -> Path:
@@ -272,6 +273,41 @@ def test_load_image_16_bit_scaled_by_the_bit_depth_its_pixels_use(tmp_path):
     ]
 
 
+def test_bytes_in_memory_decode_as_the_file(tmp_path):
+    """read_image of a file's bytes (EncodedFile, what the served multimix_image decodes) gives
+    the pixels and metadata of read_image of the file; its errors name the bytes' name."""
+    rng = np.random.default_rng(1)
+    gray = synth_xray(4, label=1, size=300)[0][:, 20:]
+    twelve = (gray.astype(np.uint16) * 16).astype(np.uint16)
+    files = {
+        "l.png": _save(gray, tmp_path / "l.png"),
+        "rgb.png": _save(np.stack([gray] * 3, axis=-1), tmp_path / "rgb.png"),
+        "x.jpg": _save(gray, tmp_path / "x.jpg", quality=90),
+        "twelve16.png": _save(twelve, tmp_path / "twelve16.png"),
+        "x.tif": _save(gray, tmp_path / "x.tif"),
+    }
+    for name, path in files.items():
+        want, got = read_image(path), read_image(EncodedFile(path.read_bytes(), f"image of {name}"))
+        np.testing.assert_array_equal(got.pixels, want.pixels, err_msg=name)
+        assert got.meta == want.meta and (got.meta.rows, got.meta.columns) == gray.shape, name
+    png = files["l.png"].read_bytes()
+    cases = {
+        "text": (
+            b"hello, world",
+            "not an image file (Pillow cannot identify it): 12 bytes beginning b'hello, world'",
+        ),
+        "noise": (bytes(rng.integers(0, 256, 300, dtype=np.uint8)), "not an image file"),
+        "truncated": (png[: len(png) // 2], "unreadable, corrupt or truncated image"),
+        "black": (encoded(np.zeros((50, 40), np.uint8)), "no contrast: all black image"),
+        "bomb": (png_header_only(40_000, 40_000), "image too large, possible decompression bomb"),
+    }
+    for name, (data, problem) in cases.items():
+        with pytest.raises(DataError) as e:
+            load_image(EncodedFile(data, f"image {name}"))
+        assert str(e.value).startswith(f"image {name}: {problem}"), str(e.value)
+        assert e.value.problem.startswith(problem) and e.value.path.name == f"image {name}"
+
+
 def test_images_without_contrast_are_refused(tmp_path):
     cases = {
         "black.png": np.zeros((40, 60), np.uint8),
@@ -413,10 +449,12 @@ def test_mask_size_mismatch_found_on_decode(cls_root):
 def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
     p = _save(np.zeros((40, 40), np.uint8), tmp_path / "big.png")  # 1600 px
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warning zone: 1000 < 1600 < 2000
-    with pytest.raises(DataError, match="big.png.*too large"):
+    with pytest.raises(DataError, match="big.png.*too large, possible decompression bomb: over 1000 pixels"):
         load_image(p)
+    with pytest.raises(DataError, match="^image 0: image too large.*over 1000 pixels"):
+        load_image(EncodedFile(p.read_bytes(), "image 0"))  # the same check for bytes in memory
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # Pillow's own error zone
-    with pytest.raises(DataError, match="big.png.*too large"):
+    with pytest.raises(DataError, match="big.png.*too large.*over 500 pixels"):
         load_image(p)
 
 

@@ -24,6 +24,7 @@ from pydicom.uid import (
 
 from mmtrt.data import ClassificationFolder, DataError, load_image, read_image
 from mmtrt.data.dicom import DicomWarning
+from mmtrt.data.images import EncodedFile
 
 N = 256  # native size = the model's: no resampling, so values can be compared exactly
 
@@ -407,7 +408,43 @@ def test_hostile_dicom_files_fail_clearly(tmp_path, twelve):
                 problems.append(f"{name}: {e}")
         except Exception as e:  # noqa: BLE001 - anything else is a finding
             problems.append(f"{name}: {type(e).__name__}: {e}")
-    print(f"\n{len(cases)} hostile DICOM files: {len(problems)} problems")
+        try:  # the same bytes in memory (what the served multimix_image decodes)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                load_image(EncodedFile(data, f"image {name}"))
+            if "corrupt" not in name:
+                problems.append(f"{name} in memory: loaded")
+        except DataError as e:
+            if not str(e).startswith(f"image {name}: "):
+                problems.append(f"{name} in memory: {e}")
+        except Exception as e:  # noqa: BLE001 - anything else is a finding
+            problems.append(f"{name} in memory: {type(e).__name__}: {e}")
+    print(f"\n{len(cases)} hostile DICOM files, from disk and in memory: {len(problems)} problems")
     assert not problems, "\n".join(problems)
     with pytest.raises(DataError, match="possible decompression bomb \\(60000 x 60000"):
         load_image(tmp_path / "cases" / "bomb.dcm")
+    with pytest.raises(DataError, match="^image 0: .*possible decompression bomb \\(60000 x 60000"):
+        load_image(EncodedFile(cases["bomb.dcm"], "image 0"))
+
+
+def test_bytes_in_memory_decode_as_the_file(tmp_path, twelve):
+    """A DICOM file's bytes in memory (EncodedFile: no extension to go by) decode as the file:
+    with and without preamble and meta header, inverted, compressed, big endian."""
+    mono1 = xray_dataset(4095 - twelve, photometric="MONOCHROME1", modality="CR")
+    j2k = xray_dataset(twelve)
+    j2k.compress(JPEG2000Lossless)
+    files = {
+        "dx12.dcm": save(xray_dataset(twelve, WindowCenter=1800, WindowWidth=3000), tmp_path / "dx12.dcm"),
+        "cr-mono1.dcm": save(mono1, tmp_path / "cr-mono1.dcm"),
+        "j2k.dcm": save(j2k, tmp_path / "j2k.dcm"),
+        "jpeg.dcm": save(jpeg_baseline(xray_dataset(twelve), xray_pixels(5, (N, N))), tmp_path / "jpeg.dcm"),
+        "big-endian.dcm": save(xray_dataset(twelve, syntax=ExplicitVRBigEndian), tmp_path / "be.dcm"),
+        "bare.dcm": save(
+            xray_dataset(twelve, syntax=ImplicitVRLittleEndian), tmp_path / "bare.dcm", preamble=False
+        ),
+    }
+    for name, path in files.items():
+        want = read_image(path)
+        got = read_image(EncodedFile(path.read_bytes(), name))
+        np.testing.assert_array_equal(got.pixels, want.pixels, err_msg=name)
+        assert got.meta == want.meta and got.meta.format == "DICOM", name

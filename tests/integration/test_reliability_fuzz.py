@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import MAX_BATCH, needs_server, ort_session
+from helpers import MAX_BATCH, needs_server, ort_session, png_header_only
 from PIL import Image
 
 from mmtrt.cli import main
@@ -709,23 +709,6 @@ def test_fuzz_requests(server, ort_ref):
 
 
 # --------------------------------------------------------------------------- image files
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
-
-
-def png_header_only(width: int, height: int, idat: bytes = b"") -> bytes:
-    """A PNG whose IHDR claims width x height (8-bit grey), with the given IDAT bytes."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 def png_zlib_bomb(width: int, height: int) -> bytes:
