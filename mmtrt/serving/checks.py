@@ -1,8 +1,11 @@
 """Offline checks of a Triton model repository: every config valid, every ensemble wired,
-every model's tensors equal to the ONNX graph it serves, every TensorRT engine file present."""
+every model's tensors equal to the ONNX graph it serves, the image decoder of a model that
+decodes files present and its libraries importable, every TensorRT engine file present."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 from .config import dtype_name, parse_config, tensor_spec, tensors_of, validate_config
@@ -10,6 +13,12 @@ from .errors import ServingError
 
 VERSION = "1"  # the one version folder of every model
 PLAN_FILE = "model.plan"
+# The image decoder of a model that decodes files (cpu: file_decoder): mmtrt/data's modules,
+# copied into 1/<DECODER_PACKAGE>/ (named by the model's decoder_package parameter), and the
+# libraries they import, as (module, pip name).
+DECODER_PACKAGE = "mmtrt_decoder"
+DECODER_MODULES = ("decoded", "dicom", "images")
+DECODER_REQUIREMENTS = (("numpy", "numpy"), ("PIL", "Pillow"), ("pydicom", "pydicom"))
 BUILD_ENGINES_HINT = (
     "build them on the serving GPU with `mmtrt build-engines {export}` and run "
     "`mmtrt repo {export} OUT --flavour gpu` again (or copy each engine to the "
@@ -149,6 +158,32 @@ def _ensemble_problems(name: str, config, configs: dict) -> list[str]:
     return problems
 
 
+def _decoder_problems(name: str, config, repository: Path) -> list[str]:
+    """A model that decodes image files (a python model with a ``decoder_package`` parameter):
+    the copied decoder modules are in its version folder, and the libraries they import are
+    importable by this Python, the one `mmtrt serve` runs the python backend with."""
+    if config.backend != "python" or "decoder_package" not in config.parameters:
+        return []
+    package = config.parameters["decoder_package"].string_value
+    folder = repository / name / VERSION / package
+    problems = []
+    files = [f"{m}.py" for m in ("__init__", *DECODER_MODULES)]
+    missing = [f for f in files if not package or not (folder / f).is_file()]
+    if missing:
+        problems.append(
+            f"{name}: its image decoder is not there: {folder} lacks {', '.join(missing)} (`mmtrt repo` "
+            "copies mmtrt/data's decoder into the version folder)"
+        )
+    absent = [pip for module, pip in DECODER_REQUIREMENTS if importlib.util.find_spec(module) is None]
+    if absent:
+        problems.append(
+            f"{name}: its image decoder imports {', '.join(absent)}, which this Python "
+            f"({sys.executable}, the one `mmtrt serve` starts the python backend with) cannot "
+            f"import: pip install {' '.join(absent)}"
+        )
+    return problems
+
+
 def missing_plan_files(repository: Path) -> list[Path]:
     """TensorRT engine files the configs of ``repository`` name that are not there. A model
     needs its ``default_model_filename``, unless per-architecture files (cc_model_filenames)
@@ -177,8 +212,9 @@ def validate_repository(repository: Path, *, onnx_dir: Path | None = None) -> di
 
     Every ``config.pbtxt`` passes :func:`validate_config` and has a version folder; every
     ensemble step names a model of the repository, maps tensors that model has, and the
-    ensemble's tensors agree in data type and dims with the models that produce and read them.
-    With ``onnx_dir`` (an export folder), every model is also compared with the ONNX graph it
+    ensemble's tensors agree in data type and dims with the models that produce and read them;
+    a model that decodes image files has the decoder modules in its version folder, and this
+    Python can import the libraries they need (numpy, Pillow, pydicom). With ``onnx_dir`` (an export folder), every model is also compared with the ONNX graph it
     runs or was built from (``<graph>.onnx``, when that file is there): tensor names, data types
     and dims. Missing engine files are not an error here (see :func:`missing_plan_files`).
     Raises ServingError listing every problem.
@@ -200,6 +236,7 @@ def validate_repository(repository: Path, *, onnx_dir: Path | None = None) -> di
     for name, config in configs.items():
         if config.platform == "ensemble":
             problems += _ensemble_problems(name, config, configs)
+        problems += _decoder_problems(name, config, repository)
         if onnx_dir is None:
             continue
         graph = _graph_of(name, config, repository)

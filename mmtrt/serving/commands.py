@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .config import DEFAULT_IMAGE_LIMITS
 from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S
 
 # --------------------------------------------------------------------------- repo
@@ -91,6 +92,21 @@ from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S
     default=None,
     help="OpenVINO compiled-blob cache folder (CACHE_DIR) the served models use [default: none].",
 )
+@click.option(
+    "--max-image-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_IMAGE_LIMITS.max_bytes,
+    show_default=True,
+    help="cpu: the largest image file multimix_image decodes (its file_decoder's max_image_bytes).",
+)
+@click.option(
+    "--max-image-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_IMAGE_LIMITS.max_pixels,
+    show_default=True,
+    help="cpu: the most pixels (rows x columns) of an image multimix_image decodes; above: refused "
+    "as a possible decompression bomb (max_image_pixels).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def repo(
     export_dir: Path,
@@ -105,12 +121,14 @@ def repo(
     ov_threads: int,
     ov_streams: int,
     ov_cache_dir: Path | None,
+    max_image_bytes: int,
+    max_image_pixels: int,
     overwrite: bool,
 ):
     """Build a Triton model repository OUT from the export folder EXPORT_DIR (ONNX files and
     manifest.json written by `mmtrt export`)."""
     from .checks import BUILD_ENGINES_HINT, missing_plan_files
-    from .config import OpenVINOSettings, parse_config
+    from .config import ImageLimits, OpenVINOSettings, parse_config
     from .errors import ServingError
     from .repository import build_repository
 
@@ -130,6 +148,7 @@ def repo(
             openvino=OpenVINOSettings(
                 ov_precision, ov_threads, ov_streams, str(ov_cache_dir.resolve()) if ov_cache_dir else ""
             ),
+            image_limits=ImageLimits(max_image_bytes, max_image_pixels),
             overwrite=overwrite,
         )
     except (ServingError, ValueError) as e:

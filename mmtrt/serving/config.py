@@ -33,6 +33,26 @@ class OpenVINOSettings:
 DEFAULT_OPENVINO = OpenVINOSettings()
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """What the cpu flavour's ``file_decoder`` accepts per file (parameters ``max_image_bytes``,
+    ``max_image_pixels``). 64 MiB holds an uncompressed 16-bit DICOM of 5600 x 5600; 36 million
+    pixels (6000 x 6000) is twice the largest chest detector (43 x 43 cm at 0.1 mm: 4300 x 4300)
+    and keeps one decode within about 1 GB (DICOM windowing runs in float64)."""
+
+    max_bytes: int = 64 * 2**20
+    max_pixels: int = 36_000_000
+
+    def __post_init__(self):
+        for name in ("max_bytes", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"image limit {name} must be a positive integer, got {value!r}")
+
+
+DEFAULT_IMAGE_LIMITS = ImageLimits()
+
+
 #: numpy dtype names (as the export manifest records them) -> Triton data types
 TRITON_TYPES = {
     "float32": "TYPE_FP32",
@@ -198,12 +218,16 @@ def render_config(
     runtime: str = "onnxruntime",
     runtime_choice: str = "",
     openvino: OpenVINOSettings = DEFAULT_OPENVINO,
+    image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+    decoder_package: str = "",
 ) -> str:
     """Fill the ``${...}`` fields of a config.pbtxt template (fields a template does not use are
     ignored; an unknown field in the template is an error). ``tensors`` fills ``${tensors}``
     (the input and output blocks) and ``${model_warmup}`` (a zero batch of 1); ``steps`` fills
     ``${ensemble_scheduling}``; ``runtime``, ``runtime_choice`` (why that runtime, for the
-    reader) and ``openvino`` the cpu flavour's runtime parameters."""
+    reader) and ``openvino`` the cpu flavour's runtime parameters; ``image_limits`` and
+    ``decoder_package`` (the folder of ``1/`` holding the copied image decoder) those of its
+    ``file_decoder``."""
     if runtime not in CPU_RUNTIMES:
         raise ServingError(f"unknown runtime {runtime!r}: choose from {', '.join(CPU_RUNTIMES)}")
     # Only the full batch is preferred: with smaller preferred sizes the batcher dispatches as
@@ -229,6 +253,9 @@ def render_config(
         "ov_num_threads": str(openvino.threads),
         "ov_num_streams": str(openvino.streams),
         "ov_cache_dir": openvino.cache_dir,
+        "max_image_bytes": str(image_limits.max_bytes),
+        "max_image_pixels": str(image_limits.max_pixels),
+        "decoder_package": decoder_package,
     }
     try:
         return string.Template(template).substitute(values)

@@ -5,7 +5,9 @@ The templates live in ``model_repository/<flavour>/`` at the repository root (se
 
 ``cpu``  python backend running onnxruntime or OpenVINO (``runtime``; ``auto`` measures both
          here, :mod:`.cpu_runtime`): ``multimix`` (multimix.onnx) and ``classifier``
-         (encoder.onnx), both run by the one shared ``model_repository/cpu/model.py``.
+         (encoder.onnx), both run by the one shared ``model_repository/cpu/model.py``; and
+         ``multimix_image``, an ensemble of ``file_decoder`` (image files as BYTES -> images,
+         with mmtrt's decoder copied into it) and ``multimix``.
 ``gpu``  TensorRT engines ``encoder``, ``saliency`` and ``decoder`` (``tensorrt_plan``, built by
          ``mmtrt build-engines``) plus the ensembles ``multimix`` (saliency -> decoder) and
          ``classifier`` (encoder -> probs).
@@ -28,12 +30,22 @@ from pathlib import Path
 from mmtrt.files import file_sha256, move_folder_into_place
 from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, PIPELINES
 
-from .checks import BUILD_ENGINES_HINT, PLAN_FILE, VERSION, missing_plan_files, validate_repository
+from .checks import (
+    BUILD_ENGINES_HINT,
+    DECODER_MODULES,
+    DECODER_PACKAGE,
+    PLAN_FILE,
+    VERSION,
+    missing_plan_files,
+    validate_repository,
+)
 from .config import (
     DEFAULT_GPU_INSTANCES,
+    DEFAULT_IMAGE_LIMITS,
     DEFAULT_OPENVINO,
     DEFAULT_ORT_THREADS,
     EnsembleStep,
+    ImageLimits,
     ModelTensors,
     OpenVINOSettings,
     Tensor,
@@ -46,6 +58,8 @@ __all__ = [
     "build_repository",
     "template_dir",
     "DEFAULT_MODELS",
+    "IMAGE_MODEL",
+    "default_models",
     "FLAVOURS",
     "MODELS",
     "FLAVOUR_MODELS",
@@ -58,15 +72,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelSpec:
     """One model of a flavour. ``kind``: "onnx" (python backend + onnxruntime, runs
-    ``<graph>.onnx``), "plan" (TensorRT engine of ``graph``) or "ensemble" (an ensemble of the
-    engine models of ``pipeline``, one of :data:`mmtrt.graphs.PIPELINES`). ``outputs``: the
-    tensors it serves (default: all its graph's); ``label`` is derived by the python model (the
-    argmax of ``probs``). Its tensors' types and dims come from the export manifest's graphs."""
+    ``<graph>.onnx``), "plan" (TensorRT engine of ``graph``), "decode" (python backend running
+    mmtrt's image decoder: image files as BYTES -> images and their native sizes) or "ensemble"
+    (an ensemble of the engine models of ``pipeline``, one of :data:`mmtrt.graphs.PIPELINES`,
+    or of the models of ``steps``: (name, spec) pairs, in order). ``outputs``: the tensors it
+    serves (default: all its graph's); ``label`` is derived by the python model (the argmax of
+    ``probs``). Its tensors' types and dims come from the export manifest's graphs."""
 
     kind: str
     graph: str | None = None
     pipeline: str | None = None
     outputs: tuple[str, ...] | None = None
+    steps: tuple[tuple[str, ModelSpec], ...] = ()
 
     @property
     def onnx_file(self) -> str | None:
@@ -75,13 +92,28 @@ class ModelSpec:
     @property
     def needs(self) -> tuple[str, ...]:
         """The models an ensemble is made of (the GPU flavour names each engine by its graph)."""
-        return PIPELINES[self.pipeline] if self.kind == "ensemble" else ()
+        if self.kind != "ensemble":
+            return ()
+        return tuple(name for name, _ in self.steps) if self.steps else PIPELINES[self.pipeline]
 
+
+#: the served model that takes image files (BYTES) and decodes them in the server
+IMAGE_MODEL = "multimix_image"
+_CPU_MULTIMIX = ModelSpec("onnx", "multimix", outputs=("probs", "label", "mask", "saliency"))
+_FILE_DECODER = ModelSpec("decode")
+FILE = Tensor("file", "TYPE_STRING", (1,))  # one image file per batch item
+ORIGINAL_SIZE = Tensor("original_size", "TYPE_INT32", (2,))  # rows, columns of that file
 
 FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
     "cpu": {
-        "multimix": ModelSpec("onnx", "multimix", outputs=("probs", "label", "mask", "saliency")),
+        "multimix": _CPU_MULTIMIX,
         "classifier": ModelSpec("onnx", "encoder", outputs=("probs", "label")),
+        "file_decoder": _FILE_DECODER,
+        IMAGE_MODEL: ModelSpec(
+            "ensemble",
+            steps=(("file_decoder", _FILE_DECODER), ("multimix", _CPU_MULTIMIX)),
+            outputs=(*_CPU_MULTIMIX.outputs, ORIGINAL_SIZE.name),
+        ),
     },
     "gpu": {
         "encoder": ModelSpec("plan", "encoder"),
@@ -98,6 +130,14 @@ FLAVOURS: tuple[str, ...] = tuple(FLAVOUR_MODELS)
 MODELS: dict[str, str] = {name: spec.onnx_file for name, spec in FLAVOUR_MODELS["cpu"].items()}
 #: the models a client talks to, in both flavours (the GPU engines are their building blocks)
 DEFAULT_MODELS: tuple[str, ...] = ("multimix", "classifier")
+#: what a repository serves unless told otherwise: the cpu flavour adds the image-file model
+_FLAVOUR_DEFAULTS = {"cpu": (*DEFAULT_MODELS, IMAGE_MODEL), "gpu": DEFAULT_MODELS}
+
+
+def default_models(flavour: str) -> tuple[str, ...]:
+    _check_flavour(flavour)
+    return _FLAVOUR_DEFAULTS[flavour]
+
 
 DEFAULT_MAX_QUEUE_DELAY_US = 2000
 SHARED_MODEL_FILE = "model.py"  # the cpu flavour's one python-backend model, beside its models
@@ -169,31 +209,60 @@ def _graph_tensors(manifest: dict, graph: str) -> tuple[dict[str, Tensor], dict[
     )
 
 
+def _image_tensor(manifest: dict) -> Tensor:
+    """The network's input image, as the export's graphs take it (FP32 [1, 256, 256])."""
+    for graph in GRAPHS:
+        record = ((manifest.get("graphs") or {}).get(graph) or {}).get("inputs") or {}
+        if "image" in record:
+            return Tensor.from_record("image", record["image"])
+    raise ServingError(
+        "the export manifest records no graph with an 'image' input; export the model again with `mmtrt export`"
+    )
+
+
+def _parts(spec: ModelSpec, manifest: dict):
+    """(inputs, outputs) by name of each thing a model runs, in order: its graph, the graphs of
+    its pipeline, or the models of its steps."""
+    if spec.steps:
+        for _, step in spec.steps:
+            tensors = model_tensors(step, manifest)
+            yield {t.name: t for t in tensors.inputs}, {t.name: t for t in tensors.outputs}
+    else:
+        for graph in PIPELINES[spec.pipeline] if spec.kind == "ensemble" else (spec.graph,):
+            yield _graph_tensors(manifest, graph)
+
+
 def model_tensors(spec: ModelSpec, manifest: dict) -> ModelTensors:
-    """A model's input and output tensors: its graph's (an ensemble: the inputs its pipeline
-    takes from outside, the outputs its graphs produce), the outputs narrowed to
-    ``spec.outputs``."""
+    """A model's input and output tensors: its graph's (an ensemble: the inputs its pipeline or
+    steps take from outside, the outputs they produce; the file decoder: ``file`` -> the image
+    and its ``original_size``), the outputs narrowed to ``spec.outputs``."""
+    if spec.kind == "decode":
+        return ModelTensors((FILE,), (_image_tensor(manifest), ORIGINAL_SIZE))
     inputs: dict[str, Tensor] = {}
     available: dict[str, Tensor] = {"label": LABEL} if spec.kind == "onnx" else {}
-    for graph in PIPELINES[spec.pipeline] if spec.kind == "ensemble" else (spec.graph,):
-        graph_inputs, graph_outputs = _graph_tensors(manifest, graph)
-        inputs.update({n: t for n, t in graph_inputs.items() if n not in available and n not in inputs})
-        available.update(graph_outputs)
+    for part_inputs, part_outputs in _parts(spec, manifest):
+        inputs.update({n: t for n, t in part_inputs.items() if n not in available and n not in inputs})
+        available.update(part_outputs)
     names = spec.outputs or [n for n in available if n != "label"]
     return ModelTensors(tuple(inputs.values()), tuple(available[n] for n in names))
 
 
-def ensemble_steps(spec: ModelSpec) -> list[EnsembleStep]:
-    """The steps of an ensemble over its pipeline: each engine reads all its inputs and writes
-    what a later step reads or the ensemble returns."""
+def ensemble_steps(spec: ModelSpec, manifest: dict | None = None) -> list[EnsembleStep]:
+    """The steps of an ensemble over its pipeline's engines or its steps' models (``manifest``:
+    their tensors): each reads all its inputs and writes what a later step reads or the
+    ensemble returns."""
     if spec.kind != "ensemble":
         return []
-    graphs = PIPELINES[spec.pipeline]
+    if spec.steps:
+        names = [name for name, _ in spec.steps]
+        io = [(tuple(i), tuple(o)) for i, o in _parts(spec, manifest)]
+    else:
+        names = list(PIPELINES[spec.pipeline])
+        io = [(GRAPHS[g].inputs, GRAPHS[g].outputs) for g in names]
     steps = []
-    for i, graph in enumerate(graphs):
-        wanted = set(spec.outputs).union(*(GRAPHS[g].inputs for g in graphs[i + 1 :]))
-        outputs = tuple(t for t in GRAPHS[graph].outputs if t in wanted)
-        steps.append(EnsembleStep(graph, GRAPHS[graph].inputs, outputs))
+    for i, (model, (inputs, outputs)) in enumerate(zip(names, io)):
+        wanted = set(spec.outputs).union(*(later for later, _ in io[i + 1 :]))
+        steps.append(EnsembleStep(model, inputs, tuple(t for t in outputs if t in wanted)))
     return steps
 
 
@@ -292,26 +361,51 @@ def _openvino_settings(settings: OpenVINOSettings, runtime: str, specs: dict) ->
     return OpenVINOSettings(precision, int(settings.threads), int(settings.streams), settings.cache_dir)
 
 
+def _copy_decoder(package: Path) -> None:
+    """mmtrt's image decoder as a package of its own (``package``): the modules of mmtrt/data it
+    consists of, unchanged (their relative imports hold), under an ``__init__`` saying where
+    they come from. The served model imports it without the rest of mmtrt (mmtrt.data's
+    ``__init__`` imports the datasets, hence torch)."""
+    from mmtrt import __version__
+
+    source = Path(__file__).resolve().parents[1] / "data"
+    package.mkdir()
+    for module in DECODER_MODULES:
+        shutil.copy2(source / f"{module}.py", package / f"{module}.py")
+    (package / "__init__.py").write_text(
+        f'"""mmtrt {__version__}\'s image decoder (mmtrt/data: {", ".join(f"{m}.py" for m in DECODER_MODULES)}), '
+        "copied here by `mmtrt repo`: the server decodes files with the code that training, "
+        'evaluation and `mmtrt infer` decode them with."""\n'
+    )
+
+
 def build_repository(
     export_dir: Path,
     out: Path,
     *,
     flavour: str = "cpu",
     max_batch: int | None = None,
-    models: Sequence[str] = DEFAULT_MODELS,
+    models: Sequence[str] | None = None,
     engines_dir: Path | None = None,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     ort_threads: int = DEFAULT_ORT_THREADS,
     gpu_instances: int = DEFAULT_GPU_INSTANCES,
     runtime: str = "onnxruntime",
     openvino: OpenVINOSettings = DEFAULT_OPENVINO,
+    image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
     overwrite: bool = False,
 ) -> Path:
     """Build a Triton model repository at ``out`` from the export folder ``export_dir``.
 
+    ``models`` defaults to :func:`default_models` (cpu: multimix, classifier, multimix_image;
+    gpu: multimix, classifier); the models they are made of are added.
+
     ``cpu``: each model gets its rendered config.pbtxt and, in ``1/``, the shared ``model.py``,
     its ONNX file and the manifest.json (whose sha256 the model checks at load time; it is checked
-    here too).
+    here too). ``file_decoder`` (the first step of ``multimix_image``) gets its own ``model.py``
+    and mmtrt's image decoder (mmtrt/data: decoded.py, dicom.py, images.py) as the package
+    ``1/mmtrt_decoder``, and ``image_limits`` as its parameters ``max_image_bytes`` and
+    ``max_image_pixels``.
 
     ``gpu``: the models of ``models`` plus the engines they are made of (``multimix`` needs
     ``saliency`` and ``decoder``, ``classifier`` needs ``encoder``). Engine files are looked up
@@ -341,7 +435,7 @@ def build_repository(
     engines_dir = Path(engines_dir) if engines_dir is not None else export_dir
     if not export_dir.is_dir():
         raise ServingError(f"export folder {export_dir} does not exist")
-    names = _with_dependencies(flavour, models)
+    names = _with_dependencies(flavour, default_models(flavour) if models is None else models)
     specs = {name: FLAVOUR_MODELS[flavour][name] for name in names}
     manifest = _read_manifest(export_dir)
 
@@ -420,16 +514,21 @@ def build_repository(
                 cc_model_filenames=cc_names,
                 gpu_instances=int(gpu_instances),
                 tensors=model_tensors(spec, manifest),
-                steps=ensemble_steps(spec),
+                steps=ensemble_steps(spec, manifest),
                 runtime=choice.runtime if choice else "onnxruntime",
                 runtime_choice=choice.reason if choice else "",
                 openvino=openvino,
+                image_limits=image_limits,
+                decoder_package=DECODER_PACKAGE,
             )
             (dst / "config.pbtxt").write_text(text)
             if spec.kind == "onnx":
                 shutil.copy2(templates / SHARED_MODEL_FILE, dst / VERSION / SHARED_MODEL_FILE)
                 shutil.copy2(export_dir / spec.onnx_file, dst / VERSION / spec.onnx_file)
                 shutil.copy2(export_dir / "manifest.json", dst / VERSION / "manifest.json")
+            elif spec.kind == "decode":
+                shutil.copy2(templates / name / SHARED_MODEL_FILE, dst / VERSION / SHARED_MODEL_FILE)
+                _copy_decoder(dst / VERSION / DECODER_PACKAGE)
         validate_repository(staging, onnx_dir=export_dir)
         move_folder_into_place(staging, out)
     except BaseException:

@@ -151,6 +151,7 @@ def test_deployment_wiring(name):
         base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
         assert TRITON_IMAGE.match(base), base
         assert "onnxruntime" in dockerfile and "numpy" in dockerfile  # model.py's imports
+        assert "Pillow" in dockerfile and "pydicom" in dockerfile  # file_decoder's (mmtrt's decoder)
         assert repo == "/models/repo-cpu"
 
 

@@ -329,7 +329,7 @@ def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, re
     from tritonclient.utils import InferenceServerException
 
     stubs = server.stub_processes()
-    assert sorted(m for _, m, _ in stubs) == ["classifier", "multimix"], stubs
+    assert sorted(m for _, m, _ in stubs) == ["classifier", "file_decoder", "multimix"], stubs
     victim = next(pid for pid, m, _ in stubs if m == "multimix")
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 30
@@ -424,7 +424,11 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
         assert "6 image(s): 6 ok" in result.stdout, result.stdout
         for port in (int(http.rsplit(":", 1)[1]), int(grpc.rsplit(":", 1)[1])):
             assert listening_sockets(port) == ["127.0.0.1"]
-        assert sorted(m for _, m, _ in python_stub_processes(new_pid)) == ["classifier", "multimix"]
+        assert sorted(m for _, m, _ in python_stub_processes(new_pid)) == [
+            "classifier",
+            "file_decoder",
+            "multimix",
+        ]
 
         # tritonserver itself crashing: single HTTP requests abort Triton 2.51's HTTP front end
         # (Triton defects, see model_repository/README.md); the watchdog restarts it as well

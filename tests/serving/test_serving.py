@@ -102,26 +102,32 @@ def _stats(srv, model):
 
 def test_templates_render_and_parse(export_dir, tmp_path):
     from mmtrt.export.manifest import read_manifest
-    from mmtrt.serving.repository import FLAVOUR_MODELS, model_tensors
+    from mmtrt.serving.repository import FLAVOUR_MODELS, ensemble_steps, model_tensors
 
     manifest = read_manifest(export_dir)
     names = sorted(p.name for p in template_dir("cpu").iterdir() if p.is_dir())
-    assert names == ["classifier", "multimix"]
+    assert names == ["classifier", "file_decoder", "multimix", "multimix_image"]
     for max_batch in (1, 3, 8, 32):
         for name in names:
+            spec = FLAVOUR_MODELS["cpu"][name]
             text = render_config(
                 (template_dir("cpu") / name / "config.pbtxt").read_text(),
                 max_batch=max_batch,
                 max_queue_delay_us=100,
                 ort_threads=2,
-                tensors=model_tensors(FLAVOUR_MODELS["cpu"][name], manifest),
+                tensors=model_tensors(spec, manifest),
+                steps=ensemble_steps(spec, manifest),
             )
             (tmp_path / name).mkdir(exist_ok=True)
             (tmp_path / name / "config.pbtxt").write_text(text)
             cfg = validate_config(tmp_path / name / "config.pbtxt")
             assert cfg.max_batch_size == max_batch
+            if spec.kind == "ensemble":  # its steps batch
+                assert not cfg.HasField("dynamic_batching") and len(cfg.ensemble_scheduling.step) == 2
+                continue
             assert list(cfg.dynamic_batching.preferred_batch_size) == [max_batch]
-            assert cfg.parameters["ort_intra_op_threads"].string_value == "2"
+            if spec.kind == "onnx":
+                assert cfg.parameters["ort_intra_op_threads"].string_value == "2"
 
 
 def test_built_configs_parse(repo, export_dir):
@@ -134,7 +140,10 @@ def test_built_configs_parse(repo, export_dir):
         ),
         "classifier": ({"probs": [2], "label": [1]}, "encoder.onnx"),
     }
-    assert sorted(p.parent.name for p in repo.glob("*/config.pbtxt")) == sorted(expected)
+    # and the image-file model: the ensemble file_decoder -> multimix (tests/serving/test_serving_bytes.py)
+    assert sorted(p.parent.name for p in repo.glob("*/config.pbtxt")) == sorted(
+        [*expected, "file_decoder", "multimix_image"]
+    )
     for name, (outputs, onnx_name) in expected.items():
         cfg = validate_config(repo / name / "config.pbtxt")
         assert cfg.name == name and cfg.backend == "python"

@@ -23,13 +23,29 @@ SECRET = "s3cret"
 def test_repo_command(export_dir, tmp_path):
     out = tmp_path / "repo"
     runner = CliRunner()
-    r = runner.invoke(main, ["repo", str(export_dir), str(out), "--max-batch", "4", "--ort-threads", "1"])
+    r = runner.invoke(
+        main,
+        [
+            "repo",
+            str(export_dir),
+            str(out),
+            "--max-batch",
+            "4",
+            "--ort-threads",
+            "1",
+            "--max-image-bytes",
+            "1000",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert f"wrote {out} (cpu flavour): models classifier, multimix" in r.stdout
+    assert f"wrote {out} (cpu flavour): models classifier, file_decoder, multimix, multimix_image" in r.stdout
     assert f"mmtrt serve {out}" in r.stdout
     validate_repository(out, onnx_dir=export_dir)
     cfg = validate_config(out / "multimix" / "config.pbtxt")
     assert cfg.max_batch_size == 4 and cfg.parameters["ort_intra_op_threads"].string_value == "1"
+    decoder = validate_config(out / "file_decoder" / "config.pbtxt").parameters
+    assert decoder["max_image_bytes"].string_value == "1000"
+    assert decoder["max_image_pixels"].string_value == "36000000"  # the default
     r = runner.invoke(main, ["repo", str(export_dir), str(out)])
     assert r.exit_code == 1 and "already exists" in r.stderr
     r = runner.invoke(main, ["repo", str(export_dir), str(out), "--overwrite"])

@@ -1,0 +1,184 @@
+"""Triton python-backend model ``file_decoder`` of the CPU flavour: image files -> the network's
+input images. The first step of the ensemble ``multimix_image`` (file_decoder -> multimix).
+
+- input ``file``: BYTES ``[n, 1]``, each element the bytes of one PNG, JPEG, TIFF, 16-bit PNG or
+  DICOM file. An element made only of base64 characters (``A-Z a-z 0-9 + / =`` and white space)
+  is the base64 text of the file: KServe v2's JSON carries BYTES as text, and no image file is
+  made of those characters alone (PNG, JPEG, TIFF, GIF and DICOM begin with bytes outside them);
+- outputs ``image`` (FP32 ``[n, 1, size, size]`` in [0, 1], the size from config.pbtxt) and
+  ``original_size`` (INT32 ``[n, 2]``: the file's rows and columns).
+
+Decoding is mmtrt's one decoder, ``read_image`` of mmtrt/data/images.py (with dicom.py and
+decoded.py), which ``mmtrt repo`` copies into this version folder as the package named by the
+``decoder_package`` parameter: the server decodes with the code of the mmtrt that built the
+repository, as training, evaluation and ``mmtrt infer`` do, and imports none of the rest of mmtrt
+(no torch). It needs numpy, Pillow and pydicom (and pydicom's plugins for compressed DICOM) in
+the server's Python.
+
+Limits (parameters): ``max_image_bytes`` per file; ``max_image_pixels`` per image, set as
+Pillow's ``Image.MAX_IMAGE_PIXELS``, which the decoder applies to every format, DICOM Rows x
+Columns included (a possible decompression bomb above it).
+
+Every request is decoded on its own. A request with a file that is empty, too large, not an
+image, a decompression bomb, corrupt or without contrast gets its own error naming the image and
+the problem, answered as invalid input (``TritonError.INVALID_ARG``: HTTP 400, gRPC
+INVALID_ARGUMENT); the other requests of the execution are answered. Structure follows the
+official python-backend examples (initialize / execute / finalize).
+"""
+
+import base64
+import importlib
+import io
+import json
+import warnings
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+INPUT = "file"
+IMAGE = "image"
+SIZE = "original_size"
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=" + b" \t\r\n"
+
+
+def _mib(n):
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _invalid(message):
+    """A request's own fault: HTTP 400 / gRPC INVALID_ARGUMENT, never sent again by clients."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+
+
+def _int_param(params, key, model_name):
+    text = params.get(key, {}).get("string_value", "")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise pb_utils.TritonModelException(
+            f"model '{model_name}': config.pbtxt parameter {key} is {text!r}: give a positive integer"
+        )
+    return value
+
+
+class TritonPythonModel:
+    """Files (BYTES) -> images and their native sizes, with mmtrt's decoder."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.model_name = args["model_name"]
+        self.max_batch = int(config.get("max_batch_size", 0))
+        params = config.get("parameters", {})
+        self.max_bytes = _int_param(params, "max_image_bytes", self.model_name)
+        self.max_pixels = _int_param(params, "max_image_pixels", self.model_name)
+        package = params.get("decoder_package", {}).get("string_value", "")
+        outputs = {o["name"]: o for o in config["output"]}
+        if [i["name"] for i in config["input"]] != [INPUT] or set(outputs) != {IMAGE, SIZE}:
+            raise pb_utils.TritonModelException(
+                f"model '{self.model_name}': config.pbtxt must have the input '{INPUT}' and the "
+                f"outputs '{IMAGE}' and '{SIZE}'"
+            )
+        self.size = int(outputs[IMAGE]["dims"][-1])
+        try:  # the version folder is on the stub's sys.path; mmtrt repo copied the package there
+            self.images = importlib.import_module(f"{package}.images")
+            importlib.import_module("pydicom")
+            from PIL import Image
+        except ImportError as e:
+            raise pb_utils.TritonModelException(
+                f"model '{self.model_name}': cannot import the image decoder (package "
+                f"{package!r} of its version folder, and numpy, Pillow, pydicom from the server's "
+                f"Python): {e}. Rebuild the repository with `mmtrt repo`, and install what is "
+                "missing into the Python the server runs (pip install numpy Pillow pydicom)"
+            ) from None
+        # the decoder refuses any image above this size (DICOM Rows x Columns too)
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+        # decode one small image now, so that the first request pays no set-up
+        buf = io.BytesIO()
+        Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))).save(buf, format="PNG")
+        self._decode(buf.getvalue(), "the load-time check image")
+
+    def _decode(self, data, where):
+        """(pixels [size, size], (rows, columns)) of one file's bytes; DataError names ``where``."""
+        with warnings.catch_warnings():  # e.g. a DICOM Modality other than CR/DX: accepted
+            warnings.simplefilter("ignore")
+            decoded = self.images.read_image(self.images.EncodedFile(data, where), self.size)
+        return decoded.pixels, (decoded.meta.rows, decoded.meta.columns)
+
+    def _payload(self, data, where):
+        """(the file's bytes, None), or (None, what is wrong with them)."""
+        if len(data) == 0:
+            return None, f"{where}: empty payload (0 bytes): send the bytes of an image file"
+        text = not data.translate(None, _BASE64)
+        size = len(data) * 3 // 4 if text else len(data)
+        if size > self.max_bytes:
+            return None, (
+                f"{where}: payload {_mib(size)} > limit {_mib(self.max_bytes)} "
+                "(config.pbtxt parameter max_image_bytes)"
+            )
+        if text:
+            try:
+                data = base64.b64decode(data.translate(None, b" \t\r\n"), validate=True)
+            except ValueError as e:
+                return None, (
+                    f"{where}: not an image file, nor the base64 text of one ({e}): "
+                    f"{len(data)} bytes beginning {data[:16]!r}"
+                )
+        return data, None
+
+    def _request(self, request):
+        """((images [k, 1, size, size], sizes [k, 2]), None) for a request, or (None, problem)."""
+        tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
+        if tensor is None:
+            return None, f"missing input tensor '{INPUT}'"
+        files = tensor.as_numpy().reshape(-1)  # Triton checked BYTES and [n, 1] against the config
+        if not files.size:
+            return None, f"input tensor '{INPUT}' holds no file"
+        if self.max_batch and files.size > self.max_batch:
+            return (
+                None,
+                f"input tensor '{INPUT}' holds {files.size} files, above max_batch_size {self.max_batch}",
+            )
+        rid = request.request_id()
+        pixels, sizes = [], []
+        for k, element in enumerate(files):
+            where = f"image {k}" + (f" of request '{rid}'" if rid else "")
+            data, problem = self._payload(bytes(element), where)
+            if problem:
+                return None, problem
+            try:
+                image, size = self._decode(data, where)
+            except self.images.DataError as e:
+                return None, str(e)
+            pixels.append(image)
+            sizes.append(size)
+        return (np.stack(pixels)[:, None], np.asarray(sizes, dtype=np.int32)), None
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                result, problem = self._request(request)
+            except Exception as e:  # noqa: BLE001 - the decoder failing, not the request: HTTP 500
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(
+                            f"model '{self.model_name}': decoding failed ({type(e).__name__}: {e})"
+                        )
+                    )
+                )
+                continue
+            if problem:
+                responses.append(_invalid(f"model '{self.model_name}': {problem}"))
+                continue
+            images, sizes = result
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(IMAGE, images), pb_utils.Tensor(SIZE, sizes)]
+                )
+            )
+        return responses
+
+    def finalize(self):
+        self.images = None
