@@ -43,6 +43,7 @@ included): above it, a file is refused as a possible decompression bomb.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,8 +137,12 @@ def _opening(path: Path | EncodedFile):
     except FileNotFoundError:
         raise _err(path, "file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        limit = Image.MAX_IMAGE_PIXELS
-        raise _err(path, f"image too large, possible decompression bomb: over {limit} pixels ({e})") from None
+        size = re.search(r"Image size \((\d+) pixels\)", str(e))  # Pillow's message names the size
+        what = f"{size.group(1)} pixels" if size else str(e)
+        raise _err(
+            path,
+            f"image too large, possible decompression bomb: {what}, over {Image.MAX_IMAGE_PIXELS} pixels",
+        ) from None
     except UnidentifiedImageError:
         raise _err(path, "not an image file (Pillow cannot identify it)" + _first_bytes(path)) from None
     except Exception as e:  # truncated data, broken chunks, CRC errors, odd modes...

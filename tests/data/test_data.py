@@ -449,12 +449,14 @@ def test_mask_size_mismatch_found_on_decode(cls_root):
 def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
     p = _save(np.zeros((40, 40), np.uint8), tmp_path / "big.png")  # 1600 px
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warning zone: 1000 < 1600 < 2000
-    with pytest.raises(DataError, match="big.png.*too large, possible decompression bomb: over 1000 pixels"):
+    with pytest.raises(
+        DataError, match="big.png: image too large, possible decompression bomb: 1600 pixels, over 1000"
+    ):
         load_image(p)
-    with pytest.raises(DataError, match="^image 0: image too large.*over 1000 pixels"):
+    with pytest.raises(DataError, match="^image 0: image too large.*1600 pixels, over 1000 pixels"):
         load_image(EncodedFile(p.read_bytes(), "image 0"))  # the same check for bytes in memory
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # Pillow's own error zone
-    with pytest.raises(DataError, match="big.png.*too large.*over 500 pixels"):
+    with pytest.raises(DataError, match="big.png.*too large.*1600 pixels, over 500 pixels"):
         load_image(p)
 
 
