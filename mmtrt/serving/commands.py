@@ -414,6 +414,17 @@ def _ready_lines(server, host: str) -> list[str]:
     help="multimix: class + lung mask + saliency; classifier: class only.",
 )
 @click.option(
+    "--send",
+    type=click.Choice(["auto", "bytes", "tensor"]),
+    default="auto",
+    show_default=True,
+    help="What goes to the server: tensor, the images decoded here (to --model); bytes, the "
+    "files themselves, decoded in the server by the decoder copied into the repository (to "
+    "multimix_image; --model multimix only); auto, bytes for DICOM files (.dcm or a DICM "
+    "preamble) and tensors for the others. Each file is decoded here too, for its overlay, "
+    "metadata and DICOM results.",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(min=1),
     default=8,
@@ -470,6 +481,7 @@ def infer(
     urls: tuple[str, ...],
     protocol: str,
     model: str,
+    send: str,
     batch_size: int,
     out: Path,
     dicom_out: Path | None,
@@ -486,8 +498,14 @@ def infer(
     --dicom-out each also gets a DICOM Segmentation and a Secondary Capture. Exits non-zero if
     any image failed. With several --url, batches are spread over the
     servers that are ready and a failed server's batches go to the others."""
-    from .infer import InferError, connect, expand_inputs, infer_files
+    from .infer import FILE_MODELS, InferError, connect, expand_inputs, infer_files
 
+    if send == "bytes" and model not in FILE_MODELS:
+        raise click.BadParameter(
+            f"--model {model} takes decoded images only: the files themselves go to "
+            + ", ".join(f"{v} (--model {k})" for k, v in FILE_MODELS.items()),
+            param_hint="--send bytes",
+        )
     header_dict = {}
     for h in headers:
         key, sep, value = h.partition("=")
@@ -514,6 +532,7 @@ def infer(
     common = dict(
         protocol=protocol,
         model=model,
+        send=send,
         batch_size=batch_size,
         out=out,
         headers=header_dict or None,

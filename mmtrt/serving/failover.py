@@ -27,20 +27,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .faults import INVALID, TRANSIENT, classify
 from .infer import (
     ImageResult,
     InferError,
+    Loaded,
     _client_module,
-    _model_info,
     _output_stems,
     _short,
+    batch_request,
+    capped_batch_size,
     connect,
-    image_request,
+    model_routes,
     parse_url,
+    plan_batches,
     read_batch,
+    send_modes,
     write_result,
 )
 
@@ -63,9 +65,10 @@ class Endpoint:
 
 @dataclass
 class _Batch:
+    send: str  # "tensor" or "bytes": the route it takes
     indices: list[int]
     attempts: int = 0
-    loaded: list[tuple[int, np.ndarray]] | None = None
+    loaded: list[Loaded] | None = None
     servers: list[str] = field(default_factory=list)  # every server it was sent to, in order
 
 
@@ -95,11 +98,13 @@ def infer_files_failover(
     endpoints_out: list | None = None,
     dicom_out: Path | None = None,
     checkpoint_sha256: str | None = None,
+    send: str = "auto",
 ) -> list[ImageResult]:
     """:func:`mmtrt.serving.infer.infer_files` over several servers (``urls``), with fail-over
-    (module docstring). ``endpoints_out``, when given, receives the :class:`Endpoint` of every
-    server (answered batches, failures). Raises InferError when no server is ready at the start
-    after ``retries`` rounds of probing, or the servers serve different models."""
+    (module docstring); ``send`` as there (tensors, the files' bytes, or auto: DICOM files as
+    bytes). ``endpoints_out``, when given, receives the :class:`Endpoint` of every server
+    (answered batches, failures). Raises InferError when no server is ready at the start after
+    ``retries`` rounds of probing, or the servers serve different models."""
     if not urls:
         raise InferError("no server given")
     if batch_size < 1:
@@ -109,6 +114,8 @@ def infer_files_failover(
     if len({parse_url(u, protocol)[0] for u in urls}) != len(urls):
         raise InferError(f"the same server is given twice in {list(urls)}")
     module = _client_module(protocol)
+    paths = [Path(p) for p in paths]
+    modes = send_modes(paths, send, model)
     endpoints = [Endpoint(u, protocol) for u in urls]
     if endpoints_out is not None:
         endpoints_out.extend(endpoints)
@@ -125,7 +132,7 @@ def infer_files_failover(
                 reasons.append(f"{ep.url}: {e}")
                 continue
             try:
-                reference = _model_info(client, protocol, model, headers)
+                reference, modes = model_routes(client, protocol, model, modes, send, headers, say)
             finally:
                 client.close()
             break
@@ -137,25 +144,13 @@ def infer_files_failover(
             delay *= 2
     if reference is None:
         raise InferError(f"none of the servers {list(urls)} is ready over {protocol}: {'; '.join(reasons)}")
-    max_batch, outputs = reference
-    if max_batch and batch_size > max_batch:
-        say(
-            f"batch size {batch_size} is above model '{model}''s max_batch_size {max_batch}: "
-            f"sending batches of {max_batch}"
-        )
-        batch_size = max_batch
-    wanted = [o for o in ("probs", "mask", "saliency") if o in outputs]
-    dicom = (dicom_out, (model, None, checkpoint_sha256)) if dicom_out is not None else None
-
-    paths = [Path(p) for p in paths]
+    batch_size = capped_batch_size(batch_size, reference.values(), say)
     stems = _output_stems(paths)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
     results = [ImageResult(p) for p in paths]
-    batches = [
-        _Batch(list(range(s, min(s + batch_size, len(paths))))) for s in range(0, len(paths), batch_size)
-    ]
+    batches = [_Batch(kind, indices) for kind, indices in plan_batches(modes, batch_size)]
     max_attempts = (int(retries) + 1) * len(endpoints)
 
     queue: collections.deque[_Batch] = collections.deque(batches)
@@ -193,16 +188,16 @@ def infer_files_failover(
                             return
                         wait(backoff_s * 2 ** (ep.failures - 1))
                         continue
-                    try:
-                        info = _model_info(client, protocol, model, headers)
+                    try:  # the same models as the first server, taking the same kinds of input
+                        info, _ = model_routes(client, protocol, model, modes, "tensor", headers, say)
                     except InferError as e:  # ready, but without the model: never usable
                         info, ep.reason = None, str(e)
                     if info != reference:
                         ep.gave_up = True
                         if info is not None:
                             ep.reason = (
-                                f"serves model '{model}' with (max_batch_size, outputs) {info}, "
-                                f"the others {reference}"
+                                f"serves model '{model}' as {list(info.values())}, the others as "
+                                f"{list(reference.values())}"
                             )
                         say(f"server {ep.url}: {ep.reason}; not using it")
                         return
@@ -214,19 +209,20 @@ def infer_files_failover(
                     if not queue:
                         return
                     batch = queue.popleft()
+                route = reference[batch.send]
                 if batch.loaded is None:
-                    batch.loaded = read_batch(paths, batch.indices, results, say)
+                    batch.loaded = read_batch(
+                        paths, batch.indices, results, say, with_bytes=route.send == "bytes"
+                    )
                 if not batch.loaded:
                     finish(batch, None, None, None)
                     continue
-                inputs, requested = image_request(
-                    module, np.stack([a for _, a in batch.loaded])[:, None], wanted
-                )
+                inputs, requested = batch_request(module, route, batch.loaded)
                 batch.attempts += 1
                 batch.servers.append(ep.url)
                 try:
-                    response = client.infer(model, inputs, headers=headers, outputs=requested)
-                    got = {o: response.as_numpy(o) for o in wanted}
+                    response = client.infer(route.model, inputs, headers=headers, outputs=requested)
+                    got = {o: response.as_numpy(o) for o in route.outputs}
                 except Exception as e:  # noqa: BLE001 - sorted below
                     kind = classify(e)
                     if kind != TRANSIENT:
@@ -293,8 +289,10 @@ def infer_files_failover(
                 done.clear()
                 over = finished[0] >= len(batches) or live_workers[0] == 0
             for batch, got, error, url in items:
+                route = reference[batch.send]
+                dicom = (dicom_out, (route.model, None, checkpoint_sha256)) if dicom_out is not None else None
                 _write_batch(
-                    batch, got, error, url, results, stems, out, overlays, model, protocol, dicom, say
+                    batch, got, error, url, results, stems, out, overlays, route, protocol, dicom, say
                 )
                 written += 1
             if over and not done:
@@ -321,22 +319,22 @@ def _settled(batch: _Batch, results: list[ImageResult]) -> bool:
     return all(results[i].probs is not None or results[i].error is not None for i in batch.indices)
 
 
-def _write_batch(batch, got, error, url, results, stems, out, overlays, model, protocol, dicom, say):
+def _write_batch(batch, got, error, url, results, stems, out, overlays, route, protocol, dicom, say):
     loaded = batch.loaded or []
     if error is not None:
-        for i, _ in loaded:
-            results[i].error = f"{results[i].source}: inference failed: {error}"
+        for x in loaded:
+            results[x.index].error = f"{results[x.index].source}: inference failed: {error}"
         say(f"error: a batch of {len(loaded)} image(s) failed: {error}")
     elif got is not None:
-        for j, (i, image) in enumerate(loaded):
+        for j, x in enumerate(loaded):
             write_result(
-                results[i],
-                image,
+                results[x.index],
+                x.pixels,
                 {o: got[o][j] for o in got},
                 out=out,
-                stem=stems[i],
+                stem=stems[x.index],
                 overlays=overlays,
-                record=dict(model=model, url=url, protocol=protocol),
+                record=dict(model=route.model, url=url, protocol=protocol, sent=route.send),
                 server={"attempts": batch.attempts, "tried": list(batch.servers)},
                 dicom=dicom,
                 say=say,

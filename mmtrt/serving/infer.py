@@ -23,7 +23,7 @@ import numpy as np
 
 from mmtrt.data.datasets import CLASSES
 from mmtrt.data.dicom import DicomWarning
-from mmtrt.data.images import IMAGE_EXTENSIONS, DataError, ImageMeta, read_image
+from mmtrt.data.images import IMAGE_EXTENSIONS, DataError, ImageMeta, looks_like_dicom, read_image
 from mmtrt.files import atomic_write
 
 from .errors import InferError
@@ -31,6 +31,8 @@ from .errors import InferError
 __all__ = [
     "ImageResult",
     "InferError",
+    "SEND_MODES",
+    "FILE_MODELS",
     "connect",
     "infer_files",
     "render_overlay",
@@ -52,6 +54,7 @@ class ImageResult:
     overlay_path: Path | None = None
     dicom_paths: list[Path] | None = None
     error: str | None = None
+    served_size: tuple[int, int] | None = None  # (rows, columns) the server decoded (sent as bytes)
 
     @property
     def ok(self) -> bool:
@@ -378,9 +381,16 @@ def infer_files(
     say: Callable[[str], None] = lambda _m: None,
     dicom_out: Path | None = None,
     checkpoint_sha256: str | None = None,
+    send: str = "auto",
 ) -> list[ImageResult]:
     """Run ``paths`` through ``model`` in batches of ``batch_size`` (at most the model's
     max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when ``out``.
+
+    ``send`` (:func:`send_modes`): ``tensor`` sends the decoded images to ``model``; ``bytes``
+    sends the files themselves to the model that decodes them in the server (``multimix`` ->
+    ``multimix_image``); ``auto`` sends DICOM files as bytes and the others as tensors (each
+    batch holds files of one kind). Either way each file is also decoded here, for its overlay,
+    its metadata and its DICOM results, and a file that cannot be decoded is not sent.
 
     A file that cannot be read is that image's error (its message names the file) and the others
     go on; a request the server rejects is the error of the images it carried. A request that
@@ -398,18 +408,16 @@ def infer_files(
     from tritonclient.utils import InferenceServerException
 
     module = _client_module(protocol)
-    max_batch, outputs = _model_info(client, protocol, model, headers)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_batch and batch_size > max_batch:
-        say(
-            f"batch size {batch_size} is above model '{model}''s max_batch_size {max_batch}: "
-            f"sending batches of {max_batch}"
-        )
-        batch_size = max_batch
-    wanted = [o for o in ("probs", "mask", "saliency") if o in outputs]
-    served_version = _served_version(client, protocol, model, headers) if dicom_out is not None else None
     paths = [Path(p) for p in paths]
+    modes = send_modes(paths, send, model)
+    routes, modes = model_routes(client, protocol, model, modes, send, headers, say)
+    batch_size = capped_batch_size(batch_size, routes.values(), say)
+    served = {
+        kind: _served_version(client, protocol, r.model, headers) if dicom_out is not None else None
+        for kind, r in routes.items()
+    }
     stems = _output_stems(paths)
     if out is not None:
         out = Path(out)
@@ -417,17 +425,18 @@ def infer_files(
     results = [ImageResult(p) for p in paths]
     address = url or "the server"
 
-    for start in range(0, len(paths), batch_size):
-        chunk = list(range(start, min(start + batch_size, len(paths))))
-        loaded = read_batch(paths, chunk, results, say)
+    batches = plan_batches(modes, batch_size)
+    for number, (kind, chunk) in enumerate(batches):
+        route = routes[kind]
+        loaded = read_batch(paths, chunk, results, say, with_bytes=kind == "bytes")
         if not loaded:
             continue
-        inputs, requested = image_request(module, np.stack([a for _, a in loaded])[:, None], wanted)
+        inputs, requested = batch_request(module, route, loaded)
         delay = float(backoff_s)
         for attempt in range(int(retries) + 1):
             try:
-                response = client.infer(model, inputs, headers=headers, outputs=requested)
-                got = {o: response.as_numpy(o) for o in wanted}
+                response = client.infer(route.model, inputs, headers=headers, outputs=requested)
+                got = {o: response.as_numpy(o) for o in route.outputs}
                 error = None
                 break
             except Exception as e:  # noqa: BLE001 - sorted into transient or not below
@@ -445,9 +454,9 @@ def infer_files(
         if error is not None and _transient(error):
             attempts = int(retries) + 1
             reason = f"{address} ({protocol}) still failing after {attempts} attempt(s): {_short(error)}"
-            for i, _ in loaded:
-                results[i].error = f"{paths[i]}: inference failed: {reason}"
-            unsent = [i for i in range(chunk[-1] + 1, len(paths))]
+            for x in loaded:
+                results[x.index].error = f"{paths[x.index]}: inference failed: {reason}"
+            unsent = [i for _, later in batches[number + 1 :] for i in later]
             for i in unsent:
                 results[i].error = f"{paths[i]}: not sent: giving up on the server at {reason}"
             say(
@@ -456,39 +465,133 @@ def infer_files(
             )
             break
         if error is not None:
-            for i, _ in loaded:
-                results[i].error = f"{paths[i]}: inference failed: {_short(error)}"
+            for x in loaded:
+                results[x.index].error = f"{paths[x.index]}: inference failed: {_short(error)}"
             say(f"error: a batch of {len(loaded)} image(s) failed: {_short(error)}")
             continue
-        dicom = (dicom_out, (model, served_version, checkpoint_sha256)) if dicom_out is not None else None
-        for j, (i, image) in enumerate(loaded):
+        dicom = (dicom_out, (route.model, served[kind], checkpoint_sha256)) if dicom_out is not None else None
+        for j, x in enumerate(loaded):
             write_result(
-                results[i],
-                image,
+                results[x.index],
+                x.pixels,
                 {o: got[o][j] for o in got},
                 out=out,
-                stem=stems[i],
+                stem=stems[x.index],
                 overlays=overlays,
-                record=dict(model=model, url=url, protocol=protocol),
+                record=dict(model=route.model, url=url, protocol=protocol, sent=kind),
                 dicom=dicom,
                 say=say,
             )
     return results
 
 
+# --------------------------------------------------------------------------- tensors or bytes
+
+SEND_MODES = ("auto", "bytes", "tensor")
+#: the served model that takes the image files themselves (decoded in the server) for a model
+#: that takes decoded images
+FILE_MODELS = {"multimix": "multimix_image"}
+FILE_INPUT = "file"
+ORIGINAL_SIZE = "original_size"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a batch goes to the server: ``send`` "tensor" (the decoded images) or "bytes" (the
+    files), the served ``model`` that takes them, its max_batch_size and the outputs asked for."""
+
+    send: str
+    model: str
+    max_batch: int
+    outputs: tuple[str, ...]
+
+
+@dataclass
+class Loaded:
+    """An image of a batch: its index in the run, its decoded pixels and, for a batch sent as
+    bytes, the file's bytes."""
+
+    index: int
+    pixels: np.ndarray
+    data: bytes | None = None
+
+
+def send_modes(paths: Sequence[Path], send: str, model: str) -> list[str]:
+    """ "bytes" or "tensor" per path: ``auto`` sends DICOM files (by extension or DICM preamble)
+    as bytes when ``model`` has a file-decoding variant, and the rest as tensors."""
+    if send not in SEND_MODES:
+        raise ValueError(f"send must be one of {', '.join(SEND_MODES)}, got {send!r}")
+    if send == "bytes" and model not in FILE_MODELS:
+        raise InferError(
+            f"--send bytes: model '{model}' takes decoded images only; the files themselves go to "
+            + ", ".join(f"'{v}' (for --model {k})" for k, v in FILE_MODELS.items())
+        )
+    if send == "auto":
+        return ["bytes" if model in FILE_MODELS and looks_like_dicom(p) else "tensor" for p in paths]
+    return [send] * len(paths)
+
+
+def model_routes(
+    client, protocol: str, model: str, modes: list[str], send: str, headers: dict | None, say
+) -> tuple[dict[str, Route], list[str]]:
+    """The :class:`Route` of each kind in ``modes``, and the modes: with ``send`` "auto", a
+    server without the file-decoding model gets every file as a tensor (said once)."""
+    routes = {}
+    for kind in dict.fromkeys(modes):
+        name = FILE_MODELS[model] if kind == "bytes" else model
+        try:
+            max_batch, outputs = _model_info(client, protocol, name, headers)
+        except InferError as e:
+            if kind != "bytes" or send != "auto":
+                raise
+            say(f"note: {e}: sending the DICOM files as decoded images to '{model}'")
+            return model_routes(client, protocol, model, ["tensor"] * len(modes), "tensor", headers, say)
+        wanted = tuple(o for o in ("probs", "mask", "saliency", ORIGINAL_SIZE) if o in outputs)
+        routes[kind] = Route(kind, name, max_batch, wanted)
+    return routes, modes
+
+
+def capped_batch_size(batch_size: int, routes: Iterable[Route], say) -> int:
+    """``batch_size``, at most every route's max_batch_size (said when it is lowered)."""
+    for r in routes:
+        if r.max_batch and batch_size > r.max_batch:
+            say(
+                f"batch size {batch_size} is above model '{r.model}''s max_batch_size {r.max_batch}: "
+                f"sending batches of {r.max_batch}"
+            )
+            batch_size = r.max_batch
+    return batch_size
+
+
+def plan_batches(modes: Sequence[str], batch_size: int) -> list[tuple[str, list[int]]]:
+    """The run's batches as (kind, indices): files of one kind together, in the order of their
+    first file."""
+    by_kind: dict[str, list[int]] = {}
+    for i, kind in enumerate(modes):
+        by_kind.setdefault(kind, []).append(i)
+    batches = [
+        (kind, indices[s : s + batch_size])
+        for kind, indices in by_kind.items()
+        for s in range(0, len(indices), batch_size)
+    ]
+    return sorted(batches, key=lambda b: b[1][0])
+
+
 def read_batch(
-    paths: Sequence[Path], indices, results: list[ImageResult], say
-) -> list[tuple[int, np.ndarray]]:
-    """Decode ``paths[i]`` for ``i`` in ``indices`` with :func:`mmtrt.data.read_image`:
-    [(i, pixels)] of those that decode; the others get their error in ``results[i]``."""
+    paths: Sequence[Path], indices, results: list[ImageResult], say, *, with_bytes: bool = False
+) -> list[Loaded]:
+    """Decode ``paths[i]`` for ``i`` in ``indices`` with :func:`mmtrt.data.read_image` (and,
+    ``with_bytes``, keep the file's bytes): those that decode; the others get their error in
+    ``results[i]``."""
     loaded = []
     for i in indices:
         try:
             with warnings.catch_warnings():  # said below, once per file
                 warnings.simplefilter("ignore", DicomWarning)
                 decoded = read_image(paths[i])
+            data = paths[i].read_bytes() if with_bytes else None
             results[i].meta = decoded.meta
-            loaded.append((i, decoded.pixels))
+            loaded.append(Loaded(i, decoded.pixels, data))
             for note in decoded.meta.warnings:
                 say(f"warning: {paths[i]}: {note}")
         except DataError as e:
@@ -500,12 +603,29 @@ def read_batch(
     return loaded
 
 
+def batch_request(module, route: Route, loaded: Sequence[Loaded]) -> tuple[list, list]:
+    """The (inputs, requested outputs) of one batch along ``route``."""
+    if route.send == "bytes":
+        return file_request(module, [x.data for x in loaded], route.outputs)
+    return image_request(module, np.stack([x.pixels for x in loaded])[:, None], route.outputs)
+
+
 def image_request(module, images: np.ndarray, outputs: Sequence[str]) -> tuple[list, list]:
     """(inputs, requested outputs) of a tritonclient request (``module``: tritonclient.http or
     .grpc) for a float32 image batch [n, 1, H, W]: the one way every client of mmtrt sends images."""
     images = np.ascontiguousarray(images, dtype=np.float32)
     tensor = module.InferInput("image", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images)
+    return [tensor], [module.InferRequestedOutput(o) for o in outputs]
+
+
+def file_request(module, files: Sequence[bytes], outputs: Sequence[str]) -> tuple[list, list]:
+    """The same for image files sent as they are: a BYTES tensor [n, 1], one file per row, the
+    input of ``multimix_image``: the one way every client of mmtrt sends files."""
+    array = np.empty((len(files), 1), dtype=np.object_)
+    array[:, 0] = list(files)
+    tensor = module.InferInput(FILE_INPUT, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
     return [tensor], [module.InferRequestedOutput(o) for o in outputs]
 
 
@@ -526,8 +646,16 @@ def write_result(
     with ``out``, write its overlay PNG, its DICOM results (``dicom``: (folder, (model, version,
     checkpoint sha256)), for DICOM sources) and its JSON (``record``: model, url and protocol;
     ``server``: more about the server that answered). A result that cannot be written whole is removed
-    and becomes the image's error."""
+    and becomes the image's error. An image sent as bytes comes back with the size the server
+    decoded (``original_size``); one that differs from the size decoded here is said."""
     r.probs = np.asarray(got["probs"], dtype=np.float64)
+    if ORIGINAL_SIZE in got:
+        r.served_size = tuple(int(v) for v in got[ORIGINAL_SIZE])
+        if r.meta is not None and r.served_size != (r.meta.rows, r.meta.columns):
+            say(
+                f"warning: {r.source}: the server decoded it as {r.served_size[0]} x {r.served_size[1]}, "
+                f"here it is {r.meta.rows} x {r.meta.columns} (different decoders?)"
+            )
     mask = got["mask"][0] if "mask" in got else None
     saliency = got["saliency"][0] if "saliency" in got else None
     if mask is not None:
@@ -583,7 +711,8 @@ def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
     )
 
 
-def _record(r: ImageResult, *, model: str, url: str, protocol: str) -> dict:
+def _record(r: ImageResult, *, model: str, url: str, protocol: str, sent: str = "tensor") -> dict:
+    decoded = "mmtrt.data.load_image: grayscale, [0, 1], 256x256 bilinear"
     return {
         "source": str(r.source.resolve()),
         "label": r.label,
@@ -594,7 +723,9 @@ def _record(r: ImageResult, *, model: str, url: str, protocol: str) -> dict:
         "overlay": r.overlay_path.name if r.overlay_path else None,
         "model": model,
         "server": {"url": url, "protocol": protocol},
-        "input": "mmtrt.data.load_image: grayscale, [0, 1], 256x256 bilinear",
+        "sent": sent,
+        "input": f"the file's bytes, decoded by the server with {decoded}" if sent == "bytes" else decoded,
+        "original_size": list(r.served_size) if r.served_size else None,
         "image": r.meta.to_dict() if r.meta is not None else None,
         "dicom_results": [p.name for p in r.dicom_paths] if r.dicom_paths else None,
     }

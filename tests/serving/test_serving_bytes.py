@@ -1,0 +1,401 @@
+"""Image files on the wire: the served model ``multimix_image`` (the ensemble file_decoder ->
+multimix) decodes PNG, JPEG, 16-bit PNG and DICOM files in the real Triton server with mmtrt's
+decoder, answers what multimix answers for the same files decoded by ``load_image`` (plus each
+file's size), over HTTP and gRPC with tritonclient, with a plain standard-library HTTP client
+(JSON and the binary-data extension) and with the curl command of model_repository/README.md;
+a request with a bad file fails alone, as invalid input, naming the problem; `mmtrt infer --send`
+sends files or tensors.
+
+One server for the module: its repository has multimix_image (and so file_decoder and multimix)
+with small limits (2 MB, 4 million pixels) so that the oversize and bomb cases stay small.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import re
+import shutil
+import struct
+import subprocess
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from helpers import encoded, needs_server, ort_session, png_header_only
+
+from mmtrt.cli import main
+from mmtrt.data import load_image, synth_xray
+from mmtrt.serving import ServingError, build_repository, validate_repository
+from mmtrt.serving.config import ImageLimits
+from mmtrt.serving.faults import INVALID, classify
+from mmtrt.serving.infer import file_request, image_request
+
+pytestmark = needs_server
+ROOT = Path(__file__).resolve().parents[2]
+LIMITS = ImageLimits(max_bytes=2_000_000, max_pixels=4_000_000)
+QUEUE_DELAY_US = 50_000  # concurrent requests meet in one execution
+OUTPUTS = ("probs", "label", "mask", "saliency", "original_size")
+CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"  # 128 x 128, shipped
+
+
+@pytest.fixture(scope="module")
+def repo(export_dir, tmp_path_factory):
+    return build_repository(
+        export_dir,
+        tmp_path_factory.mktemp("built") / "repo",
+        models=("multimix_image",),
+        max_queue_delay_us=QUEUE_DELAY_US,
+        ort_threads=1,
+        image_limits=LIMITS,
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """An 8-bit PNG, a JPEG, a 12-bit radiograph in a 16-bit PNG and a DICOM file (CT_small)."""
+    d = tmp_path_factory.mktemp("files")
+    xray = synth_xray(5, label=1, size=600)[0][:, 50:550]  # 600 rows x 500 columns
+    (d / "xray.png").write_bytes(encoded(xray))
+    (d / "xray.jpg").write_bytes(encoded(synth_xray(6, label=0, size=480)[0], "JPEG", quality=90))
+    (d / "xray16.png").write_bytes(encoded(synth_xray(7, label=1, size=512)[0].astype(np.uint16) * 16))
+    shutil.copy(CT, d / "ct.dcm")
+    return {p.name: p for p in sorted(d.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def expected(export_dir, files) -> dict[str, dict]:
+    """name -> multimix.onnx in-process on load_image of the file, and the file's size."""
+    session = ort_session(export_dir / "multimix.onnx")
+    out = {}
+    for name, path in files.items():
+        with warnings.catch_warnings():  # CT_small: Modality CT, read anyway
+            warnings.simplefilter("ignore")
+            image = load_image(path)
+        probs, mask, saliency = session.run(["probs", "mask", "saliency"], {"image": image[None, None]})
+        native = pydicom.dcmread(path) if name.endswith(".dcm") else None
+        size = (native.Rows, native.Columns) if native else _size(path)
+        out[name] = {"probs": probs[0], "mask": mask[0], "saliency": saliency[0], "size": size}
+    return out
+
+
+def _size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.height, img.width
+
+
+def _client(protocol, server):
+    if protocol == "http":
+        import tritonclient.http as module
+
+        return module, module.InferenceServerClient(server.http_url, network_timeout=120.0)
+    import tritonclient.grpc as module
+
+    return module, module.InferenceServerClient(server.grpc_url)
+
+
+def _send_files(protocol, server, datas, request_id=""):
+    module, client = _client(protocol, server)
+    try:
+        inputs, outputs = file_request(module, datas, OUTPUTS)
+        result = client.infer("multimix_image", inputs, outputs=outputs, request_id=request_id)
+        return {name: result.as_numpy(name) for name in OUTPUTS}
+    finally:
+        client.close()
+
+
+def _assert_answer(got, want, name, j=0):
+    np.testing.assert_allclose(got["probs"][j], want["probs"], rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got["mask"][j], want["mask"], rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got["saliency"][j], want["saliency"], rtol=1e-5, atol=1e-5, err_msg=name)
+    assert int(got["label"][j, 0]) == int(np.argmax(want["probs"])), name
+    assert tuple(got["original_size"][j]) == want["size"], name
+
+
+# --------------------------------------------------------------------------- tritonclient
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_files_decoded_in_the_server_answer_as_load_image_tensors(server, files, expected, protocol):
+    """One request of four files (PNG, JPEG, 16-bit PNG, DICOM): multimix's outputs for the same
+    files decoded by load_image (in-process onnxruntime), and each file's rows and columns; the
+    tensor model of the same server agrees."""
+    names = list(files)
+    got = _send_files(protocol, server, [files[n].read_bytes() for n in names])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = np.stack([load_image(files[n]) for n in names])[:, None]
+    assert got["original_size"].dtype == np.int32 and got["original_size"].shape == (len(names), 2)
+    for j, name in enumerate(names):
+        _assert_answer(got, expected[name], name, j)
+    module, client = _client(protocol, server)
+    try:
+        inputs, outputs = image_request(module, x, ("probs",))
+        tensors = client.infer("multimix", inputs, outputs=outputs).as_numpy("probs")
+    finally:
+        client.close()
+    np.testing.assert_allclose(got["probs"], tensors, rtol=1e-6, atol=1e-6)
+
+
+def _stats(server, model):
+    import tritonclient.http as httpclient
+
+    c = httpclient.InferenceServerClient(server.http_url)
+    try:
+        s = c.get_inference_statistics(model_name=model)["model_stats"][0]
+    finally:
+        c.close()
+    return s["inference_count"], s["execution_count"]
+
+
+def test_bad_files_fail_alone_among_good_ones(server, files, expected):
+    """Eight concurrent one-file requests over HTTP and gRPC, six of them bad: each bad one gets
+    its own invalid-input error naming the problem, the good ones their answers, and the eight
+    met in shared executions of file_decoder."""
+    from tritonclient.utils import InferenceServerException
+
+    ct = pydicom.dcmread(CT)
+    ct.Rows = ct.Columns = 40_000  # claims 1.6 Gpx; the pixel data stays small
+    dicom_bomb = io.BytesIO()
+    ct.save_as(dicom_bomb, enforce_file_format=True)
+    jobs = {  # name: (bytes, words its message must contain; None for a good file)
+        "xray.png": (files["xray.png"].read_bytes(), None),
+        "ct.dcm": (files["ct.dcm"].read_bytes(), None),
+        "pdf": (b"%PDF-1.4 not an image", ["not an image file", "b'%PDF-1.4"]),
+        "bomb-png": (
+            png_header_only(40_000, 40_000),
+            ["decompression bomb: 1600000000 pixels, over 4000000"],
+        ),
+        "bomb-png-warning-zone": (
+            png_header_only(2500, 2000),
+            ["decompression bomb: 5000000 pixels, over 4000000"],
+        ),
+        "bomb-dicom": (dicom_bomb.getvalue(), ["decompression bomb", "40000 x 40000", "4000000"]),
+        "oversize": (
+            b"\x89PNG\r\n\x1a\n" + bytes(2_100_000),
+            ["payload 2.0 MiB > limit 1.9 MiB", "max_image_bytes"],
+        ),
+        "constant": (encoded(np.full((300, 200), 128, np.uint8)), ["no contrast", "nearly constant"]),
+    }
+    before = _stats(server, "file_decoder")
+    results = {}
+    barrier = threading.Barrier(len(jobs), timeout=60)
+
+    def worker(i, name, data):
+        protocol = "grpc" if i % 2 else "http"
+        barrier.wait()
+        try:
+            results[name] = (protocol, _send_files(protocol, server, [data], request_id=f"job-{i}"))
+        except Exception as e:  # noqa: BLE001 - collected for the asserts
+            results[name] = (protocol, e)
+
+    threads = [
+        threading.Thread(target=worker, args=(i, name, data))
+        for i, (name, (data, _)) in enumerate(jobs.items())
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    after = _stats(server, "file_decoder")
+    for i, (name, (_, words)) in enumerate(jobs.items()):
+        protocol, got = results[name]
+        if words is None:
+            assert isinstance(got, dict), f"{name}: {got}"
+            _assert_answer(got, expected[name], name)
+            continue
+        assert isinstance(got, InferenceServerException), f"{name} was answered"
+        message = str(got)
+        print(f"\n{name} ({protocol}): {message}")
+        assert got.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"), message
+        assert classify(got) == INVALID
+        assert f"model 'file_decoder': image 0 of request 'job-{i}': " in message
+        for word in words:
+            assert word in message, f"{name}: {word!r} not in {message!r}"
+    assert after[0] - before[0] == len(jobs)
+    assert after[1] - before[1] < len(jobs), (before, after)  # batched: fewer executions than requests
+    assert server.is_running() and server.dead_stubs() == []
+
+
+# --------------------------------------------------------------------------- plain HTTP
+
+
+def _post(server, body: bytes, headers: dict) -> tuple[int, dict]:
+    host, port = server.http_url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    try:
+        conn.request("POST", "/v2/models/multimix_image/infer", body=body, headers=headers)
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def _outputs(answer: dict) -> dict[str, np.ndarray]:
+    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in answer["outputs"]}
+
+
+def test_plain_http_client_sends_files_as_json_and_as_binary_data(server, files, expected):
+    """KServe v2 with the standard library only: the binary-data extension (each file's bytes
+    behind a 4-byte length) and JSON (each file as base64 text); a bad file is HTTP 400 with the
+    error in the JSON body."""
+    names = ["xray16.png", "ct.dcm"]
+    datas = [files[n].read_bytes() for n in names]
+    wanted = [{"name": n, "parameters": {"binary_data": False}} for n in ("probs", "label", "original_size")]
+    tensor = b"".join(struct.pack("<I", len(d)) + d for d in datas)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "file",
+                    "shape": [len(datas), 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(tensor)},
+                }
+            ],
+            "outputs": wanted,
+        }
+    ).encode()
+    status, answer = _post(
+        server,
+        header + tensor,
+        {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
+    assert status == 200, answer
+    binary = _outputs(answer)
+    as_json = {
+        "inputs": [
+            {
+                "name": "file",
+                "shape": [len(datas), 1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(d).decode() for d in datas],
+            }
+        ],
+        "outputs": [{"name": n} for n in ("probs", "label", "original_size")],
+    }
+    status, answer = _post(server, json.dumps(as_json).encode(), {"Content-Type": "application/json"})
+    assert status == 200, answer
+    text = _outputs(answer)
+    for got in (binary, text):
+        for j, name in enumerate(names):
+            np.testing.assert_allclose(got["probs"][j], expected[name]["probs"], rtol=1e-5, atol=1e-5)
+            assert tuple(got["original_size"][j]) == expected[name]["size"]
+            assert got["label"][j, 0] == np.argmax(expected[name]["probs"])
+    as_json["inputs"][0]["data"] = [base64.b64encode(d).decode() for d in (datas[0], b"%PDF-1.4 no image")]
+    status, answer = _post(server, json.dumps(as_json).encode(), {"Content-Type": "application/json"})
+    assert status == 400 and "image 1: not an image file" in answer["error"], answer
+
+
+def _readme_curl() -> str:
+    text = (ROOT / "model_repository" / "README.md").read_text()
+    blocks = [
+        b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "curl" in b and "multimix_image/infer" in b
+    ]
+    assert len(blocks) == 1, "model_repository/README.md documents one curl command for multimix_image"
+    return blocks[0]
+
+
+@pytest.mark.skipif(
+    shutil.which("curl") is None, reason="no curl on PATH: the documented command cannot run here"
+)
+@pytest.mark.parametrize("name", ["xray.png", "ct.dcm"])
+def test_the_documented_curl_command(server, files, expected, name):
+    """The curl command of model_repository/README.md, as written, with this server and file."""
+    command = _readme_curl().replace("127.0.0.1:8000", server.http_url).replace("xray.png", str(files[name]))
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    got = _outputs(json.loads(done.stdout))
+    assert sorted(got) == ["label", "original_size", "probs"]
+    np.testing.assert_allclose(got["probs"][0], expected[name]["probs"], rtol=1e-5, atol=1e-5)
+    assert tuple(got["original_size"][0]) == expected[name]["size"]
+
+
+# --------------------------------------------------------------------------- mmtrt infer
+
+
+def _infer(*args):
+    return CliRunner().invoke(main, ["infer", *map(str, args)])
+
+
+def test_infer_sends_files_or_tensors(server, files, tmp_path):
+    """`mmtrt infer --send`: bytes (one server, and two --url: the fail-over client), tensor,
+    and auto (DICOM as bytes, the rest as tensors) give the same numbers; DICOM results are
+    written from files sent as bytes; bytes with the classifier is refused before connecting."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("xray.png", "ct.dcm"):
+        shutil.copy(files[name], inputs / name)
+    url = server.http_url
+    runs = {
+        "tensor": ["--send", "tensor", "--url", url],
+        "bytes": ["--send", "bytes", "--url", url, "--dicom-out", tmp_path / "dicom"],
+        "two-urls": ["--send", "bytes", "--url", url, "--url", url.replace("127.0.0.1", "localhost")],
+        "auto": ["--url", url],
+    }
+    records = {}
+    for run, args in runs.items():
+        r = _infer(*args, "--out", tmp_path / run, "--retries", "1", "--retry-delay", "0.2", inputs)
+        assert r.exit_code == 0, r.output
+        records[run] = {s: json.loads((tmp_path / run / f"{s}.json").read_text()) for s in ("xray", "ct")}
+    sent = {run: {s: (rec["sent"], rec["model"]) for s, rec in recs.items()} for run, recs in records.items()}
+    assert sent["tensor"] == {"xray": ("tensor", "multimix"), "ct": ("tensor", "multimix")}
+    assert (
+        sent["bytes"]
+        == sent["two-urls"]
+        == {"xray": ("bytes", "multimix_image"), "ct": ("bytes", "multimix_image")}
+    )
+    assert sent["auto"] == {"xray": ("tensor", "multimix"), "ct": ("bytes", "multimix_image")}
+    for run, recs in records.items():
+        for stem, rec in recs.items():
+            want = list(records["tensor"][stem]["probabilities"].values())
+            np.testing.assert_allclose(list(rec["probabilities"].values()), want, rtol=1e-5, atol=1e-6)
+            size = [rec["image"]["rows"], rec["image"]["columns"]]
+            assert rec["original_size"] == (size if rec["sent"] == "bytes" else None), (run, stem)
+    seg = pydicom.dcmread(tmp_path / "dicom" / "ct.seg.dcm")
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (seg.Rows, seg.Columns) == (128, 128) and "model=multimix_image" in algorithm.AlgorithmParameters
+    assert sorted(p.name for p in (tmp_path / "dicom").iterdir()) == ["ct.sc.dcm", "ct.seg.dcm"]
+    r = _infer("--send", "bytes", "--model", "classifier", "--url", url, "--out", tmp_path / "no", inputs)
+    assert r.exit_code == 2 and "--model classifier takes decoded images only" in r.output, r.output
+
+
+# --------------------------------------------------------------------------- the repository
+
+
+def test_repository_renders_the_limits_and_checks_the_decoder(repo, tmp_path, monkeypatch):
+    """file_decoder's limits come from build_repository; validate_repository refuses a copy
+    without the decoder modules, or where this Python lacks a library they need."""
+    from mmtrt.serving import checks
+    from mmtrt.serving.config import parse_config
+
+    params = parse_config((repo / "file_decoder" / "config.pbtxt").read_text()).parameters
+    assert params["max_image_bytes"].string_value == "2000000"
+    assert params["max_image_pixels"].string_value == "4000000"
+    package = repo / "file_decoder" / "1" / params["decoder_package"].string_value
+    for module in ("decoded", "dicom", "images"):
+        assert (package / f"{module}.py").read_bytes() == (
+            ROOT / "mmtrt" / "data" / f"{module}.py"
+        ).read_bytes()
+    validate_repository(repo)
+    broken = shutil.copytree(repo, tmp_path / "broken")
+    (broken / "file_decoder" / "1" / "mmtrt_decoder" / "dicom.py").unlink()
+    with pytest.raises(
+        ServingError, match=r"file_decoder: its image decoder is not there: .* lacks dicom\.py"
+    ):
+        validate_repository(broken)
+    monkeypatch.setattr(
+        checks, "DECODER_REQUIREMENTS", (*checks.DECODER_REQUIREMENTS, ("mmtrt_absent", "absent-lib"))
+    )
+    with pytest.raises(ServingError, match="imports absent-lib, which this Python .* pip install absent-lib"):
+        validate_repository(repo)
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        ImageLimits(max_pixels=0)
