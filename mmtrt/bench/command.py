@@ -24,12 +24,13 @@ def _ints(text: str) -> list[int]:
 # bfloat16 arithmetic (about 30x slower than float32 on this project's CPU machine).
 ANY_DEVICE = ("reference", "eager", "compiled", "ort-fused", "ort-split", "ort-encoder", "ort-saliency")
 CUDA_ONLY = ("cuda-graphs", "eager-fp16", "compiled-fp16", "eager-bf16", "tensorrt")
-# OpenVINO's CPU plugin (f32 explicitly); triton-ov: the cpu repository served with OpenVINO
+# OpenVINO's CPU plugin (f32 explicitly); triton-ov: the cpu repository served with OpenVINO;
+# triton-bytes: the same server as triton, sent PNG files (multimix_image) instead of tensors
 CPU_ONLY = ("ov-fused", "ov-split", "ov-encoder", "ov-saliency")
-TRITON = ("triton", "triton-ov")
+TRITON = ("triton", "triton-bytes", "triton-ov")
 DEFAULT_TARGETS = {
     "cpu": "reference,eager,ort-fused,ort-split,ort-encoder,ort-saliency,"
-    "ov-fused,ov-split,ov-encoder,ov-saliency,triton,triton-ov",
+    "ov-fused,ov-split,ov-encoder,ov-saliency,triton,triton-bytes,triton-ov",
     "cuda": "reference,eager,compiled,cuda-graphs,eager-fp16,compiled-fp16,eager-bf16,"
     "ort-fused,ort-split,ort-encoder,ort-saliency,tensorrt",
 }
@@ -54,7 +55,8 @@ DEFAULT_TARGETS = {
     help=f"Comma-separated, from {', '.join(ANY_DEVICE)}, {', '.join(TRITON)}; on cpu also "
     f"{', '.join(CPU_ONLY)} (OpenVINO); on cuda also {', '.join(CUDA_ONLY)} "
     "(the engines of `mmtrt build-engines`). Default on cpu: reference, eager, the ort and ov "
-    "targets, triton (onnxruntime) and triton-ov (OpenVINO); on cuda: every in-process target, leaving out with a note tensorrt and onnxruntime "
+    "targets, triton (onnxruntime), triton-bytes (the same server sent PNG files: decoding in the "
+    "server) and triton-ov (OpenVINO); on cuda: every in-process target, leaving out with a note tensorrt and onnxruntime "
     "where they cannot run. 'compiled' costs minutes of compile on a CPU.",
 )
 @click.option("--batches", default="1,4,8", show_default=True, help="Batch sizes of the in-process sweep.")
@@ -62,6 +64,13 @@ DEFAULT_TARGETS = {
     "--concurrency", default="1,2,4,8", show_default=True, help="Client counts of the Triton sweep."
 )
 @click.option("--triton-batch", default=8, show_default=True, help="Images per request in the Triton sweep.")
+@click.option(
+    "--file-size",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(16, 4096),
+    help="triton-bytes: rows and columns of the 8-bit PNG files it sends (1024: the NIH ChestX-ray14 format).",
+)
 @click.option(
     "--seconds", default=3.0, show_default=True, help="Timed seconds per measurement (after warm-up)."
 )
@@ -72,7 +81,17 @@ DEFAULT_TARGETS = {
     help="Also measure with Triton's perf_analyzer where it can run.",
 )
 def bench(
-    checkpoint, export_dir, out, device, targets, batches, concurrency, triton_batch, seconds, perf_analyzer
+    checkpoint,
+    export_dir,
+    out,
+    device,
+    targets,
+    batches,
+    concurrency,
+    triton_batch,
+    file_size,
+    seconds,
+    perf_analyzer,
 ):
     """Throughput and latency of MultiMix from CHECKPOINT and its EXPORT_DIR (from `mmtrt export`):
     PyTorch (reference path, shared-pass eager, compiled; on a GPU also CUDA graphs and fp16/bf16),
@@ -122,6 +141,7 @@ def bench(
                 batch_sizes=batch_sizes,
                 concurrency=clients,
                 triton_batch=triton_batch,
+                file_size=file_size,
                 seconds=seconds,
                 use_perf_analyzer=perf_analyzer,
                 tensorrt_required=targets is not None,

@@ -36,9 +36,15 @@ def triton_client(protocol: str, url: str):
 
 
 def infer_once(client_module, client, model: str, images: np.ndarray, outputs: tuple[str, ...]):
-    tensor = client_module.InferInput("image", list(images.shape), "FP32")
-    tensor.set_data_from_numpy(images)
-    result = client.infer(model, [tensor], outputs=[client_module.InferRequestedOutput(n) for n in outputs])
+    """One request: ``images`` a float32 batch [n, 1, H, W], or an object array of n image files'
+    bytes (for ``multimix_image``), sent the way `mmtrt infer` sends them."""
+    from mmtrt.serving.infer import file_request, image_request
+
+    if images.dtype == np.object_:
+        inputs, requested = file_request(client_module, list(images), outputs)
+    else:
+        inputs, requested = image_request(client_module, images, outputs)
+    result = client.infer(model, inputs, outputs=requested)
     return [result.as_numpy(n) for n in outputs]
 
 
@@ -91,7 +97,9 @@ def run_load(
     max_attempts: int = 6,
 ) -> Measurement:
     """`concurrency` clients sending `batch`-image requests for `seconds`; `stats_url` (the
-    server's HTTP endpoint) adds the server-side queue / compute breakdown.
+    server's HTTP endpoint) adds the server-side queue / compute breakdown. `pool`: decoded
+    images (float32 [N, 1, H, W]) or image files (an object array of N bytes objects, for
+    ``multimix_image``).
 
     ``url`` may list several servers: each client sends its requests to them in turn. A request
     that fails transiently (:mod:`mmtrt.serving.faults`: the server unreachable or gone, a 5xx, a

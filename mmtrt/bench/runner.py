@@ -22,8 +22,11 @@ ORT_PIPELINES = {"ort-fused": "fused", "ort-split": "joint", "ort-encoder": "cla
 
 # the same for OpenVINO (CPU plugin, f32 explicitly; mmtrt.runtimes.openvino)
 OV_PIPELINES = {"ov-fused": "fused", "ov-split": "joint", "ov-encoder": "classify", "ov-saliency": None}
-#: the Triton targets: the cpu repository flavour served with each runtime
-TRITON_RUNTIMES = {"triton": "onnxruntime", "triton-ov": "openvino"}
+#: the Triton targets: the cpu repository flavour served with each runtime; triton-bytes is the
+#: server of triton sent image files (multimix_image: decoded in the server) instead of tensors
+TRITON_RUNTIMES = {"triton": "onnxruntime", "triton-bytes": "onnxruntime", "triton-ov": "openvino"}
+TRITON_MODELS = {"triton": "multimix", "triton-bytes": "multimix_image", "triton-ov": "multimix"}
+FILE_SIZE = 1024  # triton-bytes sends 8-bit PNGs of 1024 x 1024 (the NIH ChestX-ray14 format)
 
 
 def _graphs_of(target: str) -> tuple[str, ...]:
@@ -77,6 +80,23 @@ def xray_pool(n: int = POOL_SIZE, seed: int = 0) -> np.ndarray:
     return (
         np.stack([synth_xray(seed + i, label=i % 2)[0] for i in range(n)]).astype(np.float32)[:, None] / 255.0
     )
+
+
+def file_pool(n: int = POOL_SIZE, size: int = FILE_SIZE, seed: int = 0) -> np.ndarray:
+    """``n`` synthetic X-rays of ``size`` x ``size`` as 8-bit PNG files: an object array of their
+    bytes, what triton-bytes sends."""
+    import io
+
+    from PIL import Image
+
+    from mmtrt.data import synth_xray
+
+    files = np.empty(n, dtype=np.object_)
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(synth_xray(seed + i, label=i % 2, size=size)[0]).save(buf, format="PNG")
+        files[i] = buf.getvalue()
+    return files
 
 
 def rotating_batches(pool, batch: int, count: int = 4) -> list:
@@ -162,6 +182,7 @@ def run_bench(
     tensorrt_required: bool,
     progress,
     command: str,
+    file_size: int = FILE_SIZE,
 ) -> dict:
     """Measure `targets` on `device`. A tensorrt target that cannot run (no TensorRT, no engines)
     raises when `tensorrt_required`, else it is left out with a note in the report, as are
@@ -241,16 +262,29 @@ def run_bench(
         # written after every batch size, so a run cut short still leaves its figures
         report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
 
-    for name in [t for t in targets if t in TRITON_RUNTIMES]:
+    served = [t for t in targets if t in TRITON_RUNTIMES]
+    for runtime in dict.fromkeys(TRITON_RUNTIMES[t] for t in served):  # one server per runtime
+        names = [t for t in served if TRITON_RUNTIMES[t] == runtime]
+        pools = {
+            name: file_pool(POOL_SIZE, file_size) if name == "triton-bytes" else pool.cpu().numpy()
+            for name in names
+        }
+        if "triton-bytes" in names:
+            notes.append(
+                f"triton-bytes: {POOL_SIZE} synthetic X-rays as 8-bit PNG files of {file_size} x "
+                f"{file_size} ({np.mean([len(f) for f in pools['triton-bytes']]) / 1e3:.0f} kB on "
+                "average) sent to multimix_image, which decodes them in the server (file_decoder, "
+                "mmtrt.data.load_image) before multimix; triton sends the same server 256 x 256 tensors"
+            )
         rows, triton_notes = _triton_sweep(
             export_dir,
-            pool.cpu().numpy(),
+            pools,
             triton_batch,
             concurrency,
             seconds,
             use_perf_analyzer,
             progress,
-            runtime=TRITON_RUNTIMES[name],
+            runtime=runtime,
         )
         triton_rows += rows
         notes += triton_notes
@@ -282,6 +316,11 @@ def _write_report(
     ]
     goals = _goals(measurements, triton_rows, triton_batch)
     notes = notes + [
+        f"Decoding in the server ({protocol}, batch {triton_batch}): {ms:+.1f} ms per image, "
+        f"{ratio:.3f}x the time per image of sending tensors"
+        for protocol, (ratio, ms) in decoding_cost(triton_rows, triton_batch).items()
+    ]
+    notes = notes + [
         "Every ratio is measured in this run against the reference path (autograd saliency + a second encoder pass, PyTorch eager fp32) at the same batch size.",
         "In-process targets run one call at a time; Triton targets run `concurrency` clients at once.",
     ]
@@ -302,10 +341,11 @@ def _write_report(
 
 
 def _triton_sweep(
-    export_dir, pool, batch, concurrency, seconds, use_perf_analyzer, progress, runtime="onnxruntime"
+    export_dir, pools, batch, concurrency, seconds, use_perf_analyzer, progress, runtime="onnxruntime"
 ):
-    """The Triton sweep over a cpu repository served with `runtime`; its rows are named
-    triton-<protocol> (onnxruntime) or triton-ov-<protocol> (OpenVINO)."""
+    """The Triton sweep over a cpu repository served with `runtime`, for each target of `pools`
+    (target -> what its clients send: images, or image files for triton-bytes); the rows are
+    named <target>-<protocol> (triton-grpc, triton-bytes-http, triton-ov-grpc ...)."""
     from dataclasses import replace
 
     from mmtrt.bench import load
@@ -313,28 +353,31 @@ def _triton_sweep(
 
     notes = []
     rows: list[Measurement] = []
-    prefix = "triton" if runtime == "onnxruntime" else "triton-ov"
+    names = ", ".join(pools)
     with tempfile.TemporaryDirectory(prefix="mmtrt-bench-") as tmp:
         try:
             repo = build_repository(export_dir, Path(tmp) / "repo", flavour="cpu", runtime=runtime)
         except Exception as exc:  # e.g. OpenVINO not installed, or the export not validated in it
-            return [], [f"{prefix} not measured: {exc}"]
+            return [], [f"{names} not measured: {exc}"]
         with TritonServer(repo) as server:
             with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as answer:
                 notes.append(
-                    f"{prefix}: Triton server {json.load(answer).get('version')} ({server.command[0]}), "
+                    f"{names}: Triton server {json.load(answer).get('version')} ({server.command[0]}), "
                     f"the cpu repository flavour (python backend + {runtime} on the CPU), whatever "
                     "--device says"
                 )
-            for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
-                for clients in concurrency:
-                    progress.set_postfix_str(f"{prefix}-{protocol} c{clients}")
-                    measured = load.run_load(
-                        protocol, url, "multimix", pool, batch, clients, seconds, stats_url=server.http_url
-                    )
-                    rows.append(replace(measured, target=f"{prefix}-{protocol}"))
-                    progress.update(1)
-            if use_perf_analyzer:
+            for name, pool in pools.items():
+                model = TRITON_MODELS[name]
+                for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+                    for clients in concurrency:
+                        progress.set_postfix_str(f"{name}-{protocol} c{clients}")
+                        measured = load.run_load(
+                            protocol, url, model, pool, batch, clients, seconds, stats_url=server.http_url
+                        )
+                        rows.append(replace(measured, target=f"{name}-{protocol}"))
+                        progress.update(1)
+            pool = next((p for name, p in pools.items() if TRITON_MODELS[name] == "multimix"), None)
+            if use_perf_analyzer and pool is not None:  # the tensor model
                 try:
                     measured = load.run_perf_analyzer(
                         server.grpc_url, "multimix", pool, batch, concurrency, seconds, Path(tmp)
@@ -354,7 +397,11 @@ def _goals(measurements: list[Measurement], triton_rows: list[Measurement], batc
     def p50(target, b=batch):
         return next((m.latency_ms["p50"] for m in measurements if m.target == target and m.batch == b), None)
 
-    served = [m for m in triton_rows if m.target.startswith("triton") and m.batch == batch]
+    served = [
+        m
+        for m in triton_rows
+        if m.target.startswith("triton") and "-bytes-" not in m.target and m.batch == batch
+    ]
     best_served = max(served, key=lambda m: m.images_per_s, default=None)
     at_8 = next((m for m in served if m.extra.get("concurrency") == 8 and m.target == "triton-grpc"), None)
     goals = []
@@ -381,7 +428,38 @@ def _goals(measurements: list[Measurement], triton_rows: list[Measurement], batc
         0.9,
         ">=",
     )
+    cost = decoding_cost(triton_rows, batch)
+    for protocol in ("grpc", "http"):
+        goal(
+            f"Triton {protocol}, time per image sending PNG files (decoded in the server) / sending "
+            f"tensors, batch {batch} (best concurrency of each)",
+            cost[protocol][0] if protocol in cost else None,
+            1.1,
+            "<=",
+        )
     return goals
+
+
+def decoding_cost(triton_rows: list[Measurement], batch: int) -> dict[str, tuple[float, float]]:
+    """protocol -> (time per image of triton-bytes / of triton, the milliseconds per image that
+    sending files and decoding them in the server add), at ``batch``, each target at its best
+    concurrency; for the protocols both targets were measured with."""
+    cost = {}
+    for protocol in ("grpc", "http"):
+        tensors, files = (
+            max(
+                (m for m in triton_rows if m.target == f"{name}-{protocol}" and m.batch == batch),
+                key=lambda m: m.images_per_s,
+                default=None,
+            )
+            for name in ("triton", "triton-bytes")
+        )
+        if tensors and files:
+            cost[protocol] = (
+                tensors.images_per_s / files.images_per_s,
+                1e3 / files.images_per_s - 1e3 / tensors.images_per_s,
+            )
+    return cost
 
 
 def _plot_concurrency(rows: list[dict], path: Path) -> None:

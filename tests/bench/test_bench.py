@@ -74,6 +74,25 @@ def test_ratio_table_quotes_each_target_against_the_baseline_at_its_batch():
     assert "| fast | 8 | 35 |" in markdown_table(rows)
 
 
+def test_decoding_cost_compares_the_best_of_each_triton_target_per_protocol():
+    from mmtrt.bench.measure import Measurement
+    from mmtrt.bench.runner import _goals, decoding_cost
+
+    lat = {"p50": 1.0, "p90": 1.0, "p95": 1.0, "p99": 1.0}
+    rows = [
+        Measurement("triton-grpc", 8, 5, 8.0, lat, extra={"concurrency": 1}),
+        Measurement("triton-grpc", 8, 5, 10.0, lat, extra={"concurrency": 2}),  # the best: 100 ms an image
+        Measurement("triton-bytes-grpc", 8, 5, 8.0, lat, extra={"concurrency": 2}),  # 125 ms an image
+        Measurement("triton-http", 8, 5, 10.0, lat, extra={"concurrency": 2}),  # no bytes row: no figure
+    ]
+    (protocol, (ratio, ms)), *others = decoding_cost(rows, 8).items()
+    assert protocol == "grpc" and not others
+    assert ratio == pytest.approx(1.25) and ms == pytest.approx(25.0)
+    goals = {g["goal"].split(",")[0]: g for g in _goals([], rows, 8)}
+    assert goals["Triton grpc"]["met"] is False and goals["Triton http"]["met"] is None
+    assert goals["Triton joint pipeline vs reference"]["measured"] is None  # no reference row
+
+
 def test_cpu_peak_memory_is_the_resident_high_water_mark_of_the_timed_calls():
     from mmtrt.bench.measure import reset_peak_rss, resident_mb
 

@@ -4,7 +4,7 @@ decoder, answers what multimix answers for the same files decoded by ``load_imag
 file's size), over HTTP and gRPC with tritonclient, with a plain standard-library HTTP client
 (JSON and the binary-data extension) and with the curl command of model_repository/README.md;
 a request with a bad file fails alone, as invalid input, naming the problem; `mmtrt infer --send`
-sends files or tensors.
+sends files or tensors; the load generator of `mmtrt bench` sends files.
 
 One server for the module: its repository has multimix_image (and so file_decoder and multimix)
 with small limits (2 MB, 4 million pixels) so that the oversize and bomb cases stay small.
@@ -319,7 +319,7 @@ def test_the_documented_curl_command(server, files, expected, name):
     assert tuple(got["original_size"][0]) == expected[name]["size"]
 
 
-# --------------------------------------------------------------------------- mmtrt infer
+# --------------------------------------------------------------------------- mmtrt infer, bench
 
 
 def _infer(*args):
@@ -366,6 +366,16 @@ def test_infer_sends_files_or_tensors(server, files, tmp_path):
     assert sorted(p.name for p in (tmp_path / "dicom").iterdir()) == ["ct.sc.dcm", "ct.seg.dcm"]
     r = _infer("--send", "bytes", "--model", "classifier", "--url", url, "--out", tmp_path / "no", inputs)
     assert r.exit_code == 2 and "--model classifier takes decoded images only" in r.output, r.output
+
+
+def test_load_generator_sends_files(server):
+    """The load of `mmtrt bench`'s triton-bytes target: PNG files to multimix_image."""
+    from mmtrt.bench.load import run_load
+    from mmtrt.bench.runner import file_pool
+
+    pool = file_pool(3, size=96)
+    m = run_load("grpc", server.grpc_url, "multimix_image", pool, 2, 1, 1.0, outputs=("probs",), warmup=1)
+    assert m.images_per_s > 0 and m.extra["failures"] == 0 and m.calls >= 1
 
 
 # --------------------------------------------------------------------------- the repository
