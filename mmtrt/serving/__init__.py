@@ -10,9 +10,10 @@ One job per module:
 - :mod:`.supervisor`  :class:`Supervisor`, the watchdog of ``mmtrt serve`` (restarts a crashed
   server or one whose stub died);
 - :mod:`.config`      config.pbtxt parse / validate / render;
-- :mod:`.checks`      offline checks of a whole repository (ensemble wiring, ONNX agreement, engines);
+- :mod:`.checks`      offline checks of a whole repository (ensemble wiring, ONNX agreement, the
+  image decoder of ``file_decoder``, engines);
 - :mod:`.repository`  building a repository from an export folder (its manifest is the spec);
-- :mod:`.infer`       the client of ``mmtrt infer``;
+- :mod:`.infer`       the client of ``mmtrt infer`` (decoded images, or the files to ``multimix_image``);
 - :mod:`.commands`    the click commands ``mmtrt repo``, ``mmtrt serve`` and ``mmtrt infer``.
 """
 
@@ -26,12 +27,15 @@ _EXPORTS = {
     "missing_plan_files": "checks",
     "onnx_signature": "checks",
     "validate_repository": "checks",
+    "ImageLimits": "config",
     "parse_config": "config",
     "render_config": "config",
     "validate_config": "config",
     "InferError": "errors",
     "ServingError": "errors",
     "DEFAULT_MODELS": "repository",
+    "IMAGE_MODEL": "repository",
+    "default_models": "repository",
     "FLAVOUR_MODELS": "repository",
     "FLAVOURS": "repository",
     "MODELS": "repository",

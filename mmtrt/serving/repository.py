@@ -126,8 +126,10 @@ FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
 }
 LABEL = Tensor("label", "TYPE_INT64", (1,))  # derived by the python model: argmax of probs
 FLAVOURS: tuple[str, ...] = tuple(FLAVOUR_MODELS)
-#: CPU flavour: model name -> the ONNX file of the export it serves
-MODELS: dict[str, str] = {name: spec.onnx_file for name, spec in FLAVOUR_MODELS["cpu"].items()}
+#: CPU flavour: model name -> the ONNX file of the export it serves (the models that run one)
+MODELS: dict[str, str] = {
+    name: spec.onnx_file for name, spec in FLAVOUR_MODELS["cpu"].items() if spec.onnx_file
+}
 #: the models a client talks to, in both flavours (the GPU engines are their building blocks)
 DEFAULT_MODELS: tuple[str, ...] = ("multimix", "classifier")
 #: what a repository serves unless told otherwise: the cpu flavour adds the image-file model
