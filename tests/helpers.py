@@ -184,6 +184,52 @@ def start_server(repo: Path, log: Path) -> TritonServer:
     return srv
 
 
+def client_for(protocol: str, server: TritonServer):
+    """(tritonclient module, a client of ``server``) for "http" or "grpc"; close the client."""
+    if protocol == "http":
+        import tritonclient.http as module
+
+        return module, module.InferenceServerClient(server.http_url, network_timeout=120.0)
+    import tritonclient.grpc as module
+
+    return module, module.InferenceServerClient(server.grpc_url)
+
+
+def model_statistics(server: TritonServer, model: str) -> dict:
+    """Triton's counts of ``model``: requests (inferences), executions, executions of more than
+    one request, the batch sizes it ran."""
+    import tritonclient.http as httpclient
+
+    c = httpclient.InferenceServerClient(server.http_url)
+    try:
+        s = c.get_inference_statistics(model_name=model)["model_stats"][0]
+    finally:
+        c.close()
+    multi = sum(b["compute_infer"]["count"] for b in s["batch_stats"] if b["batch_size"] > 1)
+    return {
+        "inferences": s["inference_count"],
+        "executions": s["execution_count"],
+        "multi_executions": multi,
+        "batch_sizes": sorted(b["batch_size"] for b in s["batch_stats"]),
+    }
+
+
+def post_infer(server: TritonServer, model: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    """POST ``body`` to ``/v2/models/<model>/infer`` with the standard library (no tritonclient):
+    (HTTP status, the JSON answer)."""
+    import http.client
+    import json
+
+    host, port = server.http_url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    try:
+        conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
 def processes_mentioning(text: str) -> list[str]:
     """tritonserver / python-backend stub processes whose command line contains ``text``."""
     ps = subprocess.run(

@@ -11,7 +11,6 @@ which is how a client's whole run of invalid requests is made here without a moc
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import json
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import MAX_BATCH, needs_server, start_server
+from helpers import MAX_BATCH, needs_server, post_infer, start_server
 from PIL import Image
 
 from mmtrt.serving import build_repository
@@ -118,17 +117,6 @@ def test_request_faults_are_invalid_input(server, protocol):
     assert server.is_running() and server.dead_stubs() == []
 
 
-def _post(server, body: bytes, headers: dict) -> tuple[int, str]:
-    host, port = server.http_url.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request("POST", "/v2/models/multimix/infer", body=body, headers=headers)
-        r = conn.getresponse()
-        return r.status, json.loads(r.read())["error"]
-    finally:
-        conn.close()
-
-
 def test_raw_http_nan_is_400(server):
     """Below tritonclient: the binary tensor protocol with NaN in the data: 400 and an error body."""
     x = _with(_images(1), np.nan).tobytes()
@@ -144,7 +132,10 @@ def test_raw_http_nan_is_400(server):
             ]
         }
     ).encode()
-    status, error = _post(server, header + x, {"Inference-Header-Content-Length": str(len(header))})
+    status, answer = post_infer(
+        server, "multimix", header + x, {"Inference-Header-Content-Length": str(len(header))}
+    )
+    error = answer["error"]
     assert status == 400, (status, error)
     assert "non-finite" in error
 
@@ -158,7 +149,8 @@ def test_raw_http_nan_is_400(server):
 )
 def test_raw_http_json_data_shape_mismatch_is_400(server):
     body = b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":[0.5,0.5]}]}'
-    status, error = _post(server, body, {"Content-Type": "application/json"})
+    status, answer = post_infer(server, "multimix", body, {"Content-Type": "application/json"})
+    error = answer.get("error")
     assert status == 400, (status, error)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import MAX_BATCH, needs_server, ort_session, processes_mentioning
+from helpers import MAX_BATCH, client_for, model_statistics, needs_server, ort_session, processes_mentioning
 
 from mmtrt.files import file_sha256
 from mmtrt.serving import (
@@ -53,16 +53,6 @@ def _images(n, seed=0):
     return np.random.default_rng(seed).random((n, 1, 256, 256), dtype=np.float32)
 
 
-def _client(protocol, srv):
-    if protocol == "http":
-        import tritonclient.http as m
-
-        return m, m.InferenceServerClient(srv.http_url, network_timeout=120.0)
-    import tritonclient.grpc as m
-
-    return m, m.InferenceServerClient(srv.grpc_url)
-
-
 def _infer(module, client, model, x, *, name="image", datatype="FP32", outputs=None):
     inp = module.InferInput(name, list(x.shape), datatype)
     inp.set_data_from_numpy(x)
@@ -78,23 +68,6 @@ def _group_processes(pgid: int) -> list[str]:
         ["ps", "-ww", "-e", "-o", "pid=,pgid=,args="], capture_output=True, text=True, check=True
     ).stdout
     return [line for line in ps.splitlines() if line.split()[1] == str(pgid)]
-
-
-def _stats(srv, model):
-    import tritonclient.http as httpclient
-
-    c = httpclient.InferenceServerClient(srv.http_url)
-    try:
-        s = c.get_inference_statistics(model_name=model)["model_stats"][0]
-    finally:
-        c.close()
-    multi = sum(b["compute_infer"]["count"] for b in s["batch_stats"] if b["batch_size"] > 1)
-    return {
-        "inferences": s["inference_count"],
-        "executions": s["execution_count"],
-        "multi_executions": multi,
-        "batch_sizes": sorted(b["batch_size"] for b in s["batch_stats"]),
-    }
 
 
 # --------------------------------------------------------------------------- offline
@@ -256,7 +229,7 @@ def test_find_tritonserver():
 @needs_server
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_server_live_both_protocols(server, protocol):
-    module, client = _client(protocol, server)
+    module, client = client_for(protocol, server)
     try:
         assert client.is_server_live() and client.is_server_ready()
         for model in ("multimix", "classifier"):
@@ -339,7 +312,7 @@ def test_multimix_parity(server, references, kind, protocol, batch):
         {k: v[:batch] for k, v in ref.items()},
         {k: v[:batch] for k, v in torch_ref.items()},
     )
-    module, client = _client(protocol, server)
+    module, client = client_for(protocol, server)
     try:
         r = _infer(module, client, "multimix", x)
     finally:
@@ -381,7 +354,7 @@ def test_multimix_parity(server, references, kind, protocol, batch):
 @pytest.mark.parametrize("kind", PARITY_KINDS)
 def test_classifier_parity(server, references, protocol, kind):
     x, ref, torch_ref = references(kind)
-    module, client = _client(protocol, server)
+    module, client = client_for(protocol, server)
     try:
         r = _infer(module, client, "classifier", x)
     finally:
@@ -409,7 +382,7 @@ def _run_concurrently(server, jobs):
     barrier = threading.Barrier(len(jobs), timeout=60)
 
     def worker(i, protocol, x):
-        module, client = _client(protocol, server)
+        module, client = client_for(protocol, server)
         try:
             barrier.wait()
             try:
@@ -438,7 +411,7 @@ def _assert_correct(out, ort_ref, x):
 
 @needs_server
 def test_concurrent_clients_are_batched(server, ort_ref):
-    before = _stats(server, "multimix")
+    before = model_statistics(server, "multimix")
     jobs = [("http" if i % 2 else "grpc", _images(1, seed=100 + i)) for i in range(8)]
     first = None
     for _round in range(2):
@@ -451,7 +424,7 @@ def test_concurrent_clients_are_batched(server, ort_ref):
                 for k in ("probs", "mask", "saliency"):
                     np.testing.assert_allclose(out[k], first[i][0][k], rtol=1e-5, atol=1e-5)
         first = first or results
-    after = _stats(server, "multimix")
+    after = model_statistics(server, "multimix")
     n = 2 * len(jobs)
     assert after["inferences"] - before["inferences"] == n
     assert after["executions"] - before["executions"] < n, (before, after)
@@ -488,7 +461,7 @@ def test_bad_input_gives_clear_error(server, protocol, case):
     from tritonclient.utils import InferenceServerException
 
     name, datatype, make, words = BAD_INPUTS[case]
-    module, client = _client(protocol, server)
+    module, client = client_for(protocol, server)
     try:
         with pytest.raises(InferenceServerException) as info:
             _infer(module, client, "multimix", np.ascontiguousarray(make()), name=name, datatype=datatype)
@@ -517,9 +490,9 @@ def test_nan_request_among_good_ones(server, ort_ref):
     jobs = [("grpc" if i % 2 else "http", _images(1 + (i == 3), seed=200 + i)) for i in range(6)]
     jobs[2] = ("http", nan)
     jobs[5] = ("grpc", inf)
-    before = _stats(server, "multimix")
+    before = model_statistics(server, "multimix")
     results = _run_concurrently(server, jobs)
-    after = _stats(server, "multimix")
+    after = model_statistics(server, "multimix")
     for i, ((out, err), (_, x)) in enumerate(zip(results, jobs)):
         if i in (2, 5):
             assert out is None and isinstance(err, InferenceServerException)
@@ -531,7 +504,7 @@ def test_nan_request_among_good_ones(server, ort_ref):
     # the requests met in shared executions (normally all 8 images in one)
     assert after["executions"] - before["executions"] < len(jobs), (before, after)
     assert after["multi_executions"] > before["multi_executions"], (before, after)
-    module, client = _client("http", server)
+    module, client = client_for("http", server)
     try:
         x = _images(4, seed=3)
         r = _infer(module, client, "multimix", x)

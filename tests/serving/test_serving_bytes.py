@@ -13,7 +13,6 @@ with small limits (2 MB, 4 million pixels) so that the oversize and bomb cases s
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 import re
@@ -28,7 +27,15 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
-from helpers import encoded, needs_server, ort_session, png_header_only
+from helpers import (
+    client_for,
+    encoded,
+    model_statistics,
+    needs_server,
+    ort_session,
+    png_header_only,
+    post_infer,
+)
 
 from mmtrt.cli import main
 from mmtrt.data import load_image, synth_xray
@@ -92,18 +99,8 @@ def _size(path: Path) -> tuple[int, int]:
         return img.height, img.width
 
 
-def _client(protocol, server):
-    if protocol == "http":
-        import tritonclient.http as module
-
-        return module, module.InferenceServerClient(server.http_url, network_timeout=120.0)
-    import tritonclient.grpc as module
-
-    return module, module.InferenceServerClient(server.grpc_url)
-
-
 def _send_files(protocol, server, datas, request_id=""):
-    module, client = _client(protocol, server)
+    module, client = client_for(protocol, server)
     try:
         inputs, outputs = file_request(module, datas, OUTPUTS)
         result = client.infer("multimix_image", inputs, outputs=outputs, request_id=request_id)
@@ -136,24 +133,13 @@ def test_files_decoded_in_the_server_answer_as_load_image_tensors(server, files,
     assert got["original_size"].dtype == np.int32 and got["original_size"].shape == (len(names), 2)
     for j, name in enumerate(names):
         _assert_answer(got, expected[name], name, j)
-    module, client = _client(protocol, server)
+    module, client = client_for(protocol, server)
     try:
         inputs, outputs = image_request(module, x, ("probs",))
         tensors = client.infer("multimix", inputs, outputs=outputs).as_numpy("probs")
     finally:
         client.close()
     np.testing.assert_allclose(got["probs"], tensors, rtol=1e-6, atol=1e-6)
-
-
-def _stats(server, model):
-    import tritonclient.http as httpclient
-
-    c = httpclient.InferenceServerClient(server.http_url)
-    try:
-        s = c.get_inference_statistics(model_name=model)["model_stats"][0]
-    finally:
-        c.close()
-    return s["inference_count"], s["execution_count"]
 
 
 def test_bad_files_fail_alone_among_good_ones(server, files, expected):
@@ -185,7 +171,7 @@ def test_bad_files_fail_alone_among_good_ones(server, files, expected):
         ),
         "constant": (encoded(np.full((300, 200), 128, np.uint8)), ["no contrast", "nearly constant"]),
     }
-    before = _stats(server, "file_decoder")
+    before = model_statistics(server, "file_decoder")
     results = {}
     barrier = threading.Barrier(len(jobs), timeout=60)
 
@@ -205,7 +191,7 @@ def test_bad_files_fail_alone_among_good_ones(server, files, expected):
         t.start()
     for t in threads:
         t.join(180)
-    after = _stats(server, "file_decoder")
+    after = model_statistics(server, "file_decoder")
     for i, (name, (_, words)) in enumerate(jobs.items()):
         protocol, got = results[name]
         if words is None:
@@ -220,23 +206,12 @@ def test_bad_files_fail_alone_among_good_ones(server, files, expected):
         assert f"model 'file_decoder': image 0 of request 'job-{i}': " in message
         for word in words:
             assert word in message, f"{name}: {word!r} not in {message!r}"
-    assert after[0] - before[0] == len(jobs)
-    assert after[1] - before[1] < len(jobs), (before, after)  # batched: fewer executions than requests
+    assert after["inferences"] - before["inferences"] == len(jobs)
+    assert after["executions"] - before["executions"] < len(jobs), (before, after)  # batched
     assert server.is_running() and server.dead_stubs() == []
 
 
 # --------------------------------------------------------------------------- plain HTTP
-
-
-def _post(server, body: bytes, headers: dict) -> tuple[int, dict]:
-    host, port = server.http_url.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    try:
-        conn.request("POST", "/v2/models/multimix_image/infer", body=body, headers=headers)
-        answer = conn.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        conn.close()
 
 
 def _outputs(answer: dict) -> dict[str, np.ndarray]:
@@ -264,8 +239,9 @@ def test_plain_http_client_sends_files_as_json_and_as_binary_data(server, files,
             "outputs": wanted,
         }
     ).encode()
-    status, answer = _post(
+    status, answer = post_infer(
         server,
+        "multimix_image",
         header + tensor,
         {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
     )
@@ -282,7 +258,9 @@ def test_plain_http_client_sends_files_as_json_and_as_binary_data(server, files,
         ],
         "outputs": [{"name": n} for n in ("probs", "label", "original_size")],
     }
-    status, answer = _post(server, json.dumps(as_json).encode(), {"Content-Type": "application/json"})
+    status, answer = post_infer(
+        server, "multimix_image", json.dumps(as_json).encode(), {"Content-Type": "application/json"}
+    )
     assert status == 200, answer
     text = _outputs(answer)
     for got in (binary, text):
@@ -291,7 +269,9 @@ def test_plain_http_client_sends_files_as_json_and_as_binary_data(server, files,
             assert tuple(got["original_size"][j]) == expected[name]["size"]
             assert got["label"][j, 0] == np.argmax(expected[name]["probs"])
     as_json["inputs"][0]["data"] = [base64.b64encode(d).decode() for d in (datas[0], b"%PDF-1.4 no image")]
-    status, answer = _post(server, json.dumps(as_json).encode(), {"Content-Type": "application/json"})
+    status, answer = post_infer(
+        server, "multimix_image", json.dumps(as_json).encode(), {"Content-Type": "application/json"}
+    )
     assert status == 400 and "image 1: not an image file" in answer["error"], answer
 
 
@@ -301,6 +281,7 @@ def _readme_curl() -> str:
         b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "curl" in b and "multimix_image/infer" in b
     ]
     assert len(blocks) == 1, "model_repository/README.md documents one curl command for multimix_image"
+    assert blocks[0] in (ROOT / "README.md").read_text(), "README.md shows the same command"
     return blocks[0]
 
 
