@@ -349,6 +349,25 @@ def test_infer_sends_files_or_tensors(server, files, tmp_path):
     assert r.exit_code == 2 and "--model classifier takes decoded images only" in r.output, r.output
 
 
+def test_infer_auto_sends_tensors_to_a_server_without_the_file_model(server, files, monkeypatch):
+    """`--send auto` and a server that lacks the file model (a repository built before it): said
+    once, then every file as a tensor; `--send bytes` fails naming the model."""
+    from mmtrt.serving import infer
+
+    monkeypatch.setitem(infer.FILE_MODELS, "multimix", "multimix_files_absent")
+    lines = []
+    module, client = client_for("http", server)
+    try:
+        results = infer.infer_files([files["ct.dcm"]], client=client, protocol="http", say=lines.append)
+        with pytest.raises(infer.InferError, match="model 'multimix_files_absent' is not ready"):
+            infer.infer_files([files["ct.dcm"]], client=client, protocol="http", send="bytes")
+    finally:
+        client.close()
+    assert results[0].ok and results[0].served_size is None
+    notes = [line for line in lines if line.startswith("note:")]
+    assert len(notes) == 1 and "sending the DICOM files as decoded images to 'multimix'" in notes[0], lines
+
+
 def test_load_generator_sends_files(server):
     """The load of `mmtrt bench`'s triton-bytes target: PNG files to multimix_image."""
     from mmtrt.bench.load import run_load
