@@ -95,10 +95,12 @@ def summarise(
 ) -> dict:
     """Figures from per-request records (protocol, t_start, t_end, latency_s, status, message[,
     pool index]; status ok, wrong, failed or invalid: rejected as invalid input) and memory samples (t, rss_bytes, n_processes); times relative to the start of the load."""
+    bad_requests = [r for r in records if r[4] in BAD_REQUEST_STATUSES]
+    records = [r for r in records if r[4] not in BAD_REQUEST_STATUSES]  # the valid requests
     ok = [r for r in records if r[4] == "ok"]
     failed = [r for r in records if r[4] == "failed"]
     wrong = [r for r in records if r[4] == "wrong"]
-    invalid = [r for r in records if r[4] == "invalid"]
+    invalid = [r for r in records if r[4] == "invalid"]  # a valid request rejected: lost too
     lat_ms = [1000 * r[3] for r in ok]
     windows = []
     n_windows = max(1, int(np.ceil(seconds / window_s - 1e-9)))
@@ -160,6 +162,7 @@ def summarise(
             "wrong": sum(r[4] == "wrong" for r in rs),
         }
     messages = sorted({r[5] for r in failed + wrong + invalid})[:10]
+    messages += sorted({r[5] for r in bad_requests if r[4] != "rejected"})[:10]
     return {
         "seconds": seconds,
         "window_s": window_s,
@@ -169,7 +172,8 @@ def summarise(
         "failed": len(failed),
         "wrong": len(wrong),
         "invalid": len(invalid),
-        "lost": len(failed) + len(wrong),
+        "lost": len(failed) + len(wrong) + len(invalid),
+        "bad_requests": _bad_request_figures(bad_requests),
         "error_messages": messages,
         "throughput_rps": len(ok) / seconds if seconds else None,
         "latency_ms": {
@@ -185,7 +189,43 @@ def summarise(
     }
 
 
+def _bad_request_figures(records: list[tuple]) -> dict:
+    """Per kind of bad request (the message field starts with it): sent, rejected as invalid input
+    (HTTP 400 / gRPC INVALID_ARGUMENT, as they must be), answered otherwise (an error of another
+    kind), accepted (served as if valid)."""
+    kinds: dict[str, dict] = {}
+    for r in records:
+        kind = r[5].split(":", 1)[0]
+        entry = kinds.setdefault(kind, {"sent": 0, "rejected": 0, "other_error": 0, "accepted": 0})
+        entry["sent"] += 1
+        entry[{"rejected": "rejected", "bad-accepted": "accepted"}.get(r[4], "other_error")] += 1
+    return dict(sorted(kinds.items()))
+
+
 # --------------------------------------------------------------------------- the load
+
+#: a bad request's outcome: rejected as invalid input (right), served (wrong), another error (wrong)
+BAD_REQUEST_STATUSES = ("rejected", "bad-accepted", "bad-other")
+
+
+def bad_requests(module, image: np.ndarray, max_batch: int = 8) -> dict[str, list]:
+    """kind -> the inputs of a request that is the client's own fault, one of each kind the
+    tensor model must answer as invalid input: wrong dtype, wrong image shape, a batch above
+    max_batch, non-finite values."""
+
+    def tensor(array, dtype="FP32"):
+        inp = module.InferInput("image", list(array.shape), dtype)
+        inp.set_data_from_numpy(array)
+        return [inp]
+
+    nan = image.copy()
+    nan[0, 0, :8, :8] = np.nan
+    return {
+        "dtype": tensor(image.astype(np.float64), "FP64"),
+        "shape": tensor(np.ascontiguousarray(image[:, :, :128, :128])),
+        "batch": tensor(np.repeat(image, max_batch + 1, axis=0)),
+        "non-finite": tensor(nan),
+    }
 
 
 def reference_outputs(onnx_path: Path, pool: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -229,11 +269,14 @@ def soak(
     warmup_s: float = 10.0,
     protocols=("http", "grpc"),
     progress=None,
+    bad_every: int = 0,
 ) -> dict:
     """``concurrency`` client threads (worker i uses ``protocols[i % len]``) each send batch-1
     requests of ``pool`` images back to back until ``seconds`` have passed; every answer is
     compared with ``references``; a request that failed transiently (mmtrt.serving.faults) is
-    sent again (the same image, after 0.1 s), one rejected as invalid input never is; the server's RSS is sampled once a second. Returns
+    sent again (the same image, after 0.1 s), one rejected as invalid input never is; the server's RSS is sampled once a second.
+    With ``bad_every`` N, every N-th request of a worker is a bad one (:func:`bad_requests`, the
+    kinds in turn), which must be rejected as invalid input and is never sent again. Returns
     :func:`summarise`'s figures. Bounded: no request starts after the deadline, and each has a
     client time-out of REQUEST_TIMEOUT_S."""
     import tritonclient.grpc as grpcclient
@@ -263,7 +306,23 @@ def soak(
         try:
             start_barrier.wait()
             k = index
+            sent = 0
             while time.monotonic() < deadline[0]:
+                sent += 1
+                if bad_every and sent % bad_every == 0:
+                    kinds = bad_requests(module, pool[:1])
+                    kind = list(kinds)[(sent // bad_every + index) % len(kinds)]
+                    begin = time.monotonic()
+                    try:
+                        client.infer(model, kinds[kind], outputs=outputs)
+                        status, message = "bad-accepted", f"{kind}: answered as if valid"
+                    except Exception as e:  # noqa: BLE001 - the answer is the point
+                        status = "rejected" if classify(e) == INVALID else "bad-other"
+                        message = f"{kind}: {type(e).__name__}: {str(e)[:200]}"
+                    end = time.monotonic()
+                    with lock:
+                        records.append((proto, begin - t0[0], end - t0[0], end - begin, status, message, -1))
+                    continue
                 i = k % len(pool)
                 k += concurrency
                 x = pool[i : i + 1]
@@ -300,7 +359,8 @@ def soak(
                 memory.append((time.monotonic() - t0[0], rss, n))
             if progress is not None:
                 with lock:
-                    done, bad = len(records), sum(r[4] != "ok" for r in records)
+                    done = len(records)
+                    bad = sum(r[4] not in ("ok", "rejected") for r in records)
                 progress(time.monotonic() - t0[0], done, bad, memory[-1][1] if memory else 0)
             stop_sampling.wait(1.0)
 
@@ -356,8 +416,8 @@ def markdown(figures: dict, *, command: str, environment: dict) -> str:
         "| figure | value |",
         "|---|---|",
         f"| requests | {f['requests']} ({per_protocol}) |",
-        f"| ok / failed / wrong answers | {f['ok']} / {f['failed']} / {f['wrong']} |",
-        f"| lost (failed + wrong) | {f['lost']} |",
+        f"| valid: ok / failed / wrong / rejected | {f['ok']} / {f['failed']} / {f['wrong']} / {f['invalid']} |",
+        f"| lost (valid requests failed, wrong or rejected) | {f['lost']} |",
         f"| clients still hanging at the end | {f['hung_clients']} |",
         f"| throughput | {num(f['throughput_rps'], '{:.2f}')} requests/s (batch 1) |",
         f"| latency p50 / p90 / p99 / max | {num(lat['p50'])} / {num(lat['p90'])} / {num(lat['p99'])} / {num(lat['max'])} ms |",
@@ -369,6 +429,7 @@ def markdown(figures: dict, *, command: str, environment: dict) -> str:
         "",
         f"Per {f['window_s']:.0f}-s window (by completion time):",
         "",
+        *_bad_request_lines(f.get("bad_requests") or {}),
         "| window | completed | failed | p50 ms | p99 ms | RSS MiB |",
         "|---|---|---|---|---|---|",
     ]
@@ -380,6 +441,23 @@ def markdown(figures: dict, *, command: str, environment: dict) -> str:
     if f["error_messages"]:
         lines += ["", "Errors (distinct, first 10):", ""] + [f"- `{m}`" for m in f["error_messages"]]
     return "\n".join(lines) + "\n"
+
+
+def _bad_request_lines(kinds: dict) -> list[str]:
+    if not kinds:
+        return []
+    lines = [
+        "Bad requests (the client's own fault, mixed in; each must be answered HTTP 400 / gRPC",
+        "INVALID_ARGUMENT and is never sent again):",
+        "",
+        "| kind | sent | rejected as invalid input | other error | served as if valid |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {kind} | {v['sent']} | {v['rejected']} | {v['other_error']} | {v['accepted']} |"
+        for kind, v in kinds.items()
+    ]
+    return lines + [""]
 
 
 def environment() -> dict:
@@ -431,6 +509,12 @@ def main(argv=None) -> int:
         "[default: mmtrt init + mmtrt export into a temp folder]",
     )
     ap.add_argument("--window", type=float, default=10.0, help="seconds per latency window")
+    ap.add_argument(
+        "--bad-every",
+        type=int,
+        default=10,
+        help="every N-th request of a client is a bad one (dtype, shape, batch, non-finite in turn); 0: none",
+    )
     ap.add_argument(
         "--warmup",
         type=float,
@@ -493,6 +577,7 @@ def main(argv=None) -> int:
                 window_s=args.window,
                 warmup_s=args.warmup,
                 progress=progress,
+                bad_every=args.bad_every,
             )
             figures["server_alive_after"] = server.is_running()
             figures["server_log_errors"] = server.log_errors()[:10]
@@ -504,11 +589,13 @@ def main(argv=None) -> int:
         text = markdown(figures, command=command, environment=env)
         args.out.with_suffix(".md").write_text(text)
         print(text)
-        ok = figures["lost"] == 0 and figures["hung_clients"] == 0
+        misanswered = sum(v["sent"] - v["rejected"] for v in figures["bad_requests"].values())
+        ok = figures["lost"] == 0 and figures["hung_clients"] == 0 and misanswered == 0
         growth = (figures["memory"] or {}).get("growth_after_warmup")
         print(
             f"{'PASS' if ok and (growth is None or growth < 0.10) else 'FAIL'}: "
-            f"{figures['ok']} served, {figures['lost']} lost, memory growth "
+            f"{figures['ok']} served, {figures['lost']} lost, {misanswered} bad requests not "
+            "rejected as invalid input, memory growth "
             f"{'-' if growth is None else f'{100 * growth:+.2f} %'}"
         )
         return 0 if ok else 1

@@ -4,8 +4,9 @@
     python benchmarks/train_bench.py --device cuda                                    # a CUDA host
 
 Variants (default: all that apply to the device):
-    eager-fp32, compiled-fp32, compiled-bf16            (CPU and CUDA)
-    eager-bf16, compiled-fp16 (GradScaler), eager-fp16  (CUDA only)
+    eager-fp32, compiled-fp32, eager-bf16, compiled-bf16  (CPU and CUDA; bf16 is fast on CPUs with
+                                                          AVX512_BF16 / AMX, emulated elsewhere)
+    compiled-fp16 (GradScaler), eager-fp16                (CUDA only)
 Each variant builds a fresh model (seed 0) and runs the full five-stream step of train.step
 (forward + losses + double-backward saliency + Adam step) on a fixed batch of synthetic X-rays
 (`--batch` images per stream, so 5 x batch images per step; data loading is not timed). The first
@@ -37,7 +38,7 @@ from mmtrt.model import MultiMix  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.step import TrainModule, compile_step, work_per_step  # noqa: E402
 
-CPU_VARIANTS = ("eager-fp32", "compiled-fp32", "compiled-bf16")
+CPU_VARIANTS = ("eager-fp32", "eager-bf16", "compiled-fp32", "compiled-bf16")
 CUDA_VARIANTS = ("eager-fp32", "compiled-fp32", "eager-bf16", "compiled-bf16", "eager-fp16", "compiled-fp16")
 
 

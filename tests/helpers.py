@@ -19,6 +19,7 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -309,3 +310,42 @@ def tiny_train_args(out: Path, cache: Path, *extra: str, epochs: int = 2, steps:
         "--compile", "off", "--progress", "off", "--log-every", "1", "--ckpt-every", "1",
         *extra,
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def tiny_saliency_graph(opset=18, *, saliency=True):
+    """An ONNX model of a forward pass, its backward half and a decoder, in miniature:
+    image -> conv_f -> f -> probs (sigmoid of its mean);
+    (f > 0) gates image -> conv_g -> saliency (|.|): a backward half reading a forward gate;
+    image -> conv_b -> centred by its spatial mean -> mask."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), n) for n in ("wf", "wb")
+    ]
+    inits.append(numpy_helper.from_array(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), "wg"))
+    inits.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"))
+    inits.append(numpy_helper.from_array(np.zeros((), np.float32), "zero"))
+    nodes = [
+        helper.make_node("Conv", ["image", "wf"], ["f"], name="conv_f", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["f", "axes"], ["f_mean"], name="f_mean", keepdims=0),
+        helper.make_node("Sigmoid", ["f_mean"], ["probs"], name="probs"),
+        helper.make_node("Greater", ["f", "zero"], ["gate_bool"], name="gate"),
+        helper.make_node("Cast", ["gate_bool"], ["gate_f"], name="gate_cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["gate_f", "image"], ["gated"], name="gated"),
+        helper.make_node("Conv", ["gated", "wg"], ["g"], name="conv_g", pads=[1, 1, 1, 1]),
+        helper.make_node("Abs", ["g"], ["saliency"], name="abs"),
+        helper.make_node("Conv", ["image", "wb"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["b", "axes"], ["b_mean"], name="mean", keepdims=1),
+        helper.make_node("Sub", ["b", "b_mean"], ["b_centered"], name="sub"),
+        helper.make_node("Sigmoid", ["b_centered"], ["mask"], name="sigmoid"),
+    ]
+    value = lambda n, *shape: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *shape])
+    outputs = [value("probs", 2), value("mask", 2, 64, 64)]
+    if saliency:
+        outputs.insert(1, value("saliency", 2, 64, 64))
+    graph = helper.make_graph(nodes, "tiny", [value("image", 1, 64, 64)], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

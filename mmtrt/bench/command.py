@@ -24,10 +24,12 @@ def _ints(text: str) -> list[int]:
 # bfloat16 arithmetic (about 30x slower than float32 on this project's CPU machine).
 ANY_DEVICE = ("reference", "eager", "compiled", "ort-fused", "ort-split", "ort-encoder", "ort-saliency")
 CUDA_ONLY = ("cuda-graphs", "eager-fp16", "compiled-fp16", "eager-bf16", "tensorrt")
-# OpenVINO's CPU plugin (f32 explicitly); triton-ov: the cpu repository served with OpenVINO;
-# triton-bytes: the same server as triton, sent PNG files (multimix_image) instead of tensors
-CPU_ONLY = ("ov-fused", "ov-split", "ov-encoder", "ov-saliency")
-TRITON = ("triton", "triton-bytes", "triton-ov")
+# OpenVINO's CPU plugin (precision hint f32); -bf16: over the export's bf16 copies (an export made
+# with --precision bf16, on a CPU with bf16 hardware); triton-ov(-bf16): the cpu repository served
+# with OpenVINO (mmtrt repo --runtime openvino [--precision bf16]); triton-bytes: the same server as
+# triton, sent PNG files (multimix_image) instead of tensors
+CPU_ONLY = tuple(f"ov-{t}{p}" for p in ("", "-bf16") for t in ("fused", "split", "encoder", "saliency"))
+TRITON = ("triton", "triton-bytes", "triton-ov", "triton-ov-bf16")
 DEFAULT_TARGETS = {
     "cpu": "reference,eager,ort-fused,ort-split,ort-encoder,ort-saliency,"
     "ov-fused,ov-split,ov-encoder,ov-saliency,triton,triton-bytes,triton-ov",

@@ -68,7 +68,7 @@ def export_model(
     from mmtrt.export.precision import MIN_OPSET, PRECISIONS, mixed_precision, policy, reduced_convolutions
     from mmtrt.export.validate import format_table, installed_runtimes, serving_runners, validate
     from mmtrt.graphs import GRAPHS
-    from mmtrt.runtimes import ort
+    from mmtrt.runtimes import openvino, ort
 
     started = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
@@ -95,6 +95,10 @@ def export_model(
     for line in _policy_lines(policy(precision)):
         echo("  " + line)
 
+    # OpenVINO runs a mixed copy's reduced convolutions natively where the CPU has the hardware
+    native_reduced, note = openvino.reduced_precision_native(precision)
+    if note:
+        echo(f"  {note}")
     staging = _staging_folder(out)
     try:
         protos, files, runners, graphs, fp32_files = {}, {}, {}, {}, {}
@@ -136,6 +140,8 @@ def export_model(
                     else mixed_precision(protos[name], precision, emulate=True).SerializeToString()
                 )
                 runners[(f"{name}.{precision}", name, precision)] = ort.runner(source)
+                if native_reduced:  # what `mmtrt repo --precision` serves on CPU
+                    runners[(f"{name}.{precision}.openvino", name, precision)] = openvino.runner(mixed_path)
             echo(f"  {time.perf_counter() - t0:.1f} s")
 
         # every CPU runtime the graphs may be served with (mmtrt repo --runtime) is validated

@@ -1,18 +1,24 @@
 """Reduced precision (fp16 / bf16): which parts of a graph may leave float32, and the ONNX copy
-in which they do (what a strongly typed TensorRT 11 build takes its precision from).
+in which they do (what a strongly typed TensorRT 11 build and OpenVINO's CPU plugin take their
+precision from).
 
-The policy, one rule for every graph: a convolution may run in the reduced type when the saliency
-output does not depend on it; everything else stays float32. So:
+The policy, one rule for every graph: in a graph that computes the saliency, its forward pass
+(everything the class outputs depend on) stays float32; every other convolution may run in the
+reduced type. So:
 
+* the encoder forward of the saliency and fused graphs stays float32: the saliency is decided by
+  the LeakyReLU and max-pool gates of that pass, and a reduced-precision forward flips enough of
+  them to move it by 18% (fp16) to 45-61% (bf16) (docs/deployment-notes.md);
+* the convolutions of the saliency's backward half run reduced: their gates are read from the
+  float32 forward, so their rounding error stays smooth (no gate flips);
+* the decoder and the encoder graph (classification only, no saliency) run their convolutions
+  reduced;
 * instance-norm statistics, every reduction (ReduceMean), softmax/sigmoid, resize and the graph
-  inputs/outputs stay float32 (reduced-precision variance is a well-known source of wrong results);
-* the saliency graph stays float32 entirely, and so does the encoder half of the fused graph: the
-  saliency is decided by LeakyReLU and max-pool gates in the forward pass, and a reduced-precision
-  forward flips enough of them to move it by 18% (fp16) to 45% (bf16) (docs/deployment-notes.md);
-* the encoder graph (classification only) and the decoder run their convolutions in fp16/bf16.
+  inputs/outputs stay float32 (reduced-precision variance is a well-known source of wrong results).
 
 A reduced convolution reads a cast copy of its float32 input, holds its weights in the reduced
-type and hands a float32 result on (TensorRT fuses such casts into the convolution kernels).
+type and hands a float32 result on (TensorRT fuses such casts into the convolution kernels;
+OpenVINO's CPU plugin, compiled with a float32 hint, runs exactly these convolutions in bf16).
 """
 
 from __future__ import annotations
@@ -26,28 +32,39 @@ _LOW_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 # ONNX Conv accepts bfloat16 only from opset 22 on.
 MIN_OPSET = {"fp32": 18, "fp16": 18, "bf16": 22}
 
+#: the outputs of the forward pass: in a graph that also computes the saliency, all they depend on
+#: stays float32
+FORWARD_OUTPUTS = ("logits", "probs")
 KEPT_FP32 = (
+    "the forward pass of every graph that computes the saliency (the saliency and fused graphs' "
+    "encoder: a reduced-precision forward flips saliency gates, 18% (fp16) to 45% (bf16) error "
+    "measured)",
     "instance-norm statistics and every reduction (ReduceMean)",
     "LeakyReLU / max-pool gates, softmax, sigmoid, resize, graph inputs and outputs",
-    "every operation the saliency output depends on: the whole saliency graph and the encoder "
-    "half of the fused graph (a reduced-precision forward flips saliency gates: 18% (fp16) to "
-    "45% (bf16) error measured)",
 )
 
 
 def reduced_convolutions(proto: onnx.ModelProto) -> list[str]:
-    """Names of the Conv nodes that may run in reduced precision: those the `saliency` output (if
-    the graph has one) does not depend on, in graph order."""
+    """Names of the Conv nodes that may run in reduced precision, in graph order: all of them,
+    except, in a graph with a ``saliency`` output, those its class outputs (the forward pass)
+    depend on."""
+    outputs = {o.name for o in proto.graph.output}
+    protected = _ancestors(proto, outputs & set(FORWARD_OUTPUTS)) if "saliency" in outputs else set()
+    return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.name not in protected]
+
+
+def _ancestors(proto: onnx.ModelProto, tensors) -> set[str]:
+    """Names of the nodes that `tensors` depend on."""
     producers = {out: node for node in proto.graph.node for out in node.output}
-    protected: set[str] = set()
-    stack = [o.name for o in proto.graph.output if o.name == "saliency"]
+    found: set[str] = set()
+    stack = list(tensors)
     while stack:
         node = producers.get(stack.pop())
-        if node is None or node.name in protected:
+        if node is None or node.name in found:
             continue
-        protected.add(node.name)
+        found.add(node.name)
         stack.extend(i for i in node.input if i)
-    return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.name not in protected]
+    return found
 
 
 def policy(precision: str) -> dict:
@@ -56,8 +73,8 @@ def policy(precision: str) -> dict:
         return {"precision": "fp32", "rule": "everything in float32"}
     return {
         "precision": precision,
-        "rule": f"a convolution runs in {precision} when the saliency output does not depend on it; "
-        "everything else stays float32",
+        "rule": f"convolutions run in {precision} except in the forward pass of a graph that "
+        "computes the saliency; everything else stays float32",
         "reduced": f"Conv inputs, weights and outputs ({precision}, accumulation as the runtime does it)",
         "kept_fp32": list(KEPT_FP32),
     }
@@ -80,13 +97,15 @@ def mixed_precision(proto: onnx.ModelProto, precision: str, *, emulate: bool = F
     nodes = []
 
     def lowered(name: str) -> str:
-        """The reduced-type copy of `name` (an initializer is converted, an activation cast)."""
+        """The reduced-type copy of `name`: a constant (an initializer, or computed from
+        initializers only, like the backward half's flipped weights) is rounded here, an
+        activation is cast in the graph."""
         if name in added:
             return added[name]
         target = f"{name}__{precision}"
-        if name in initializers:
-            values = _round(numpy_helper.to_array(initializers[name]), precision, emulate)
-            graph.initializer.append(numpy_helper.from_array(values, target))
+        values = _constant_value(model, name, initializers)
+        if values is not None:
+            graph.initializer.append(numpy_helper.from_array(_round(values, precision, emulate), target))
         else:
             nodes.append(
                 helper.make_node(
@@ -131,12 +150,54 @@ def mixed_precision(proto: onnx.ModelProto, precision: str, *, emulate: bool = F
             helper.make_node("Cast", [source], [out], name=f"{node.name}__to_float32", to=TensorProto.FLOAT)
         )
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(_live(nodes, {o.name for o in graph.output}))
     used = {i for n in graph.node for i in n.input}
     keep = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return model
+
+
+def _live(nodes: list, outputs: set[str]) -> list:
+    """`nodes` without those nothing reads (a weight transform replaced by its folded value)."""
+    needed, live = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed.update(i for i in node.input if i)
+    return live[::-1]
+
+
+def _constant_value(model: onnx.ModelProto, name: str, initializers: dict) -> np.ndarray | None:
+    """The value of `name` if it depends on initializers only (None otherwise), computed with
+    ONNX's reference evaluator. Rounding such a weight here, to nearest even, rather than casting
+    it in the graph matters: OpenVINO folds a weight's Cast to bf16 by truncation, which moved the
+    saliency of a bf16 backward half by 2.7% instead of 0.8%."""
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    producers = {out: node for node in model.graph.node for out in node.output}
+    needed, stack, used = {}, [name], set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in initializers:
+            used.add(tensor)
+            continue
+        node = producers.get(tensor)
+        if node is None:  # a graph input
+            return None
+        if id(node) not in needed:
+            needed[id(node)] = node
+            stack.extend(i for i in node.input if i)
+    from onnx.reference import ReferenceEvaluator
+
+    sub = helper.make_graph(
+        [n for n in model.graph.node if id(n) in needed],
+        "constant",
+        [],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)],
+        [initializers[i] for i in sorted(used)],
+    )
+    return ReferenceEvaluator(helper.make_model(sub, opset_imports=model.opset_import)).run(None, {})[0]
 
 
 def _round(values: np.ndarray, precision: str, emulate: bool) -> np.ndarray:

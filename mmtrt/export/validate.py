@@ -73,10 +73,17 @@ class Tolerances:
     saliency_ratio: float  # saliency error vs float64 <= ratio x PyTorch float32's own error
     saliency_cosine: float
     class_agreement: float = 1.0
+    # reduced precision: the backward half of the saliency runs reduced, so its error is judged
+    # by itself (mean per-image relative error against float64) instead of the float32 ratio
+    saliency_rel: float | None = None
 
 
-# fp32: the issue's tolerances. fp16/bf16 apply to the mixed-precision copies (their saliency
-# parts run in float32, so the saliency rule is the float32 one). Measured on the random-initialised
+# fp32: the issue's tolerances. fp16/bf16 apply to the mixed-precision copies, whose saliency
+# backward half runs reduced (mmtrt.export.precision): its saliency is judged by its mean per-image
+# error against float64 (<= 0.5% fp16, <= 2% bf16) and per-image cosine (>= 0.999). Measured
+# (30 validation images, demo checkpoint and random weights, mean / worst image): fp16 emulated
+# 0.10% / 0.12%, bf16 emulated 0.8% / 0.9%, bf16 in OpenVINO (native bf16 convolutions) 1.7% /
+# 1.8%, cosine >= 0.99995 everywhere. Other outputs, measured on the random-initialised
 # checkpoint of `mmtrt init` (worst kind of 30 images; mmtrt/export/README.md): fp16 in onnxruntime
 # logits 2.1e-4, skips 2.4e-3, mask 7.1e-4 max abs, Dice 0.9991; fp16 emulated (fp16 storage,
 # float32 accumulation, closer to a GPU) logits 8.5e-4, skips 7.8e-3, mask 1.1e-3, mask logits
@@ -100,6 +107,7 @@ TOLERANCES = {
         mask_dice=0.995,
         saliency_ratio=2.0,
         saliency_cosine=0.999,
+        saliency_rel=5e-3,
     ),
     "bf16": Tolerances(
         class_rel=2e-2,
@@ -109,6 +117,7 @@ TOLERANCES = {
         mask_dice=0.98,
         saliency_ratio=2.0,
         saliency_cosine=0.999,
+        saliency_rel=2e-2,
     ),
 }
 # A TensorRT engine is checked against onnxruntime, not float64: two runtimes that each stay
@@ -336,7 +345,12 @@ class ParityCheck:
                     limit, versus = ENGINE_SALIENCY_RATIO, "(against onnxruntime) PyTorch float32's own"
                 row["pytorch_rel"] = pytorch
                 row["ratio"] = rel / pytorch if pytorch else (0.0 if rel == 0 else math.inf)
-                if kind == ALL and row["ratio"] > limit:
+                if tol.saliency_rel is not None:
+                    if kind == ALL and rel > tol.saliency_rel:
+                        problems.append(
+                            f"mean error {rel:.2e} > {tol.saliency_rel:g} ({precision} backward half)"
+                        )
+                elif kind == ALL and row["ratio"] > limit:
                     problems.append(
                         f"mean error {rel:.2e} is {row['ratio']:.2f}x {versus} {pytorch:.2e} (limit {limit:g}x)"
                     )
@@ -376,10 +390,10 @@ def runtime_label(graph: str, runtime: str) -> str:
 def serving_runners(files: dict[str, object], runtimes: Iterable[str]) -> dict[tuple[str, str, str], Runner]:
     """(label, graph, "fp32") -> a runner of each graph's float32 ONNX file (`files`: graph ->
     path or serialized model) in each of `runtimes`: onnxruntime labelled by the graph's name,
-    OpenVINO (compiled in f32 explicitly) `<graph>.openvino`."""
+    OpenVINO (precision hint f32) `<graph>.openvino`."""
     from mmtrt.runtimes import openvino, ort
 
-    make = {"onnxruntime": ort.runner, "openvino": lambda source: openvino.runner(source, precision="f32")}
+    make = {"onnxruntime": ort.runner, "openvino": openvino.runner}
     unknown = sorted(set(runtimes) - set(SERVING_RUNTIMES))
     if unknown:
         raise ValueError(f"unknown runtime(s) {unknown}: choose from {', '.join(SERVING_RUNTIMES)}")

@@ -2,10 +2,12 @@
 
 OpenVINO reads the exported ONNX files unchanged. Its CPU plugin runs bf16 BY DEFAULT on CPUs
 with native bf16 (AVX512_BF16 / AMX) unless told otherwise, which moved the fused graph's
-saliency by 61% (docs: deployment notes, "CPU runtimes besides onnxruntime"), so every model
-compiled here is given its precision explicitly (``INFERENCE_PRECISION_HINT``): ``f32`` unless
-``bf16`` is asked for AND the host has bf16 hardware (:func:`host_has_bf16`); a bf16 request on
-a host without it compiles in f32 and says so (:func:`effective_precision`).
+saliency by 61% (docs: deployment notes, "CPU runtimes besides onnxruntime"), so every model is
+compiled with ``INFERENCE_PRECISION_HINT`` f32: the file's own types decide. A mixed-precision
+copy of the export (``<graph>.bf16.onnx``, :mod:`mmtrt.export.precision`) then runs exactly its
+reduced convolutions in bf16 and everything else in f32. :func:`reduced_precision_native` says
+whether this host can run them natively (a bf16 / fp16 CPU flag, or the CPU plugin's
+``OPTIMIZATION_CAPABILITIES``); without the hardware OpenVINO would emulate them, far slower.
 
 Threads: ``INFERENCE_NUM_THREADS`` (0: OpenVINO's default, one per core); streams:
 ``NUM_STREAMS`` (default 1: one request at a time, like the onnxruntime sessions with one
@@ -15,22 +17,18 @@ compile of the same file with the same properties loads the blob instead.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
 DEVICE = "CPU"
-#: the precisions a model may be compiled in (OpenVINO's names for INFERENCE_PRECISION_HINT)
-PRECISIONS = ("f32", "bf16")
-DEFAULT_PRECISION = "f32"
 DEFAULT_STREAMS = 1
-#: lscpu / /proc/cpuinfo flags of native bf16 arithmetic
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: reduced precision -> the lscpu / /proc/cpuinfo flags of its native arithmetic, and the CPU
+#: plugin's name for it in OPTIMIZATION_CAPABILITIES
+NATIVE_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 
 
 class OpenVINOUnavailable(RuntimeError):
@@ -90,42 +88,46 @@ def openvino_capabilities() -> tuple[str, ...]:
     return tuple(str(c) for c in ov.Core().get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
 
 
-def host_has_bf16(flags: set[str] | None = None, capabilities: Sequence[str] | None = None) -> bool:
-    """Whether this host has bf16 hardware: a CPU flag of :data:`BF16_FLAGS`, or OpenVINO's CPU
-    plugin listing BF16 among its optimisation capabilities."""
+def host_has(
+    precision: str, flags: set[str] | None = None, capabilities: Sequence[str] | None = None
+) -> bool:
+    """Whether this host has native ``precision`` (bf16 / fp16) arithmetic: a CPU flag of
+    :data:`NATIVE_FLAGS`, or OpenVINO's CPU plugin listing it among its optimisation capabilities."""
     flags = cpu_flags() if flags is None else flags
-    if any(f in flags for f in BF16_FLAGS):
+    if any(f in flags for f in NATIVE_FLAGS[precision]):
         return True
     capabilities = openvino_capabilities() if capabilities is None else capabilities
-    return "BF16" in {str(c).upper() for c in capabilities}
+    return CAPABILITY[precision] in {str(c).upper() for c in capabilities}
 
 
-def effective_precision(requested: str, *, has_bf16: bool | None = None) -> tuple[str, str | None]:
-    """(the precision to compile in, a message when it differs from ``requested``). bf16 on a host
-    without bf16 hardware falls back to f32 (OpenVINO would emulate it, far slower)."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"unknown OpenVINO precision {requested!r}: choose from {', '.join(PRECISIONS)}")
-    if requested == "bf16" and not (host_has_bf16() if has_bf16 is None else has_bf16):
-        return "f32", (
-            "bf16 requested but this host has no bf16 hardware (no avx512_bf16 / amx_bf16 CPU "
-            "flag, no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES): compiling in f32"
+def reduced_precision_native(precision: str, *, has_hardware: bool | None = None) -> tuple[bool, str | None]:
+    """(whether OpenVINO runs the ``precision`` copies of an export natively here, a message
+    when it does not). fp32: (False, None)."""
+    if precision == "fp32":
+        return False, None
+    if precision not in NATIVE_FLAGS:
+        raise ValueError(f"unknown precision {precision!r}: choose from fp32, {', '.join(NATIVE_FLAGS)}")
+    if not available():
+        return False, f"OpenVINO is not installed: the {precision} copies run in onnxruntime only"
+    if not (host_has(precision) if has_hardware is None else has_hardware):
+        return False, (
+            f"this host has no {precision} hardware (no {' / '.join(NATIVE_FLAGS[precision])} CPU flag, "
+            f"no {CAPABILITY[precision]} in OpenVINO's OPTIMIZATION_CAPABILITIES): the {precision} "
+            "copies are checked in onnxruntime only, and CPU serving runs float32"
         )
-    return requested, None
+    return True, None
 
 
 # --------------------------------------------------------------------------- compiling
 
 
-def properties(
-    precision: str = DEFAULT_PRECISION, *, threads: int = 0, streams: int = DEFAULT_STREAMS
-) -> dict[str, str]:
-    """The CPU plugin properties every model is compiled with: the precision always explicit."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown OpenVINO precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+def properties(*, threads: int = 0, streams: int = DEFAULT_STREAMS) -> dict[str, str]:
+    """The CPU plugin properties every model is compiled with: precision hint f32 always (the
+    file's own types decide where bf16 runs)."""
     if int(threads) < 0 or int(streams) < 1:
         raise ValueError(f"threads must be >= 0 and streams >= 1, got {threads} and {streams}")
     props = {
-        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_PRECISION_HINT": "f32",
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": str(int(streams)),
     }
@@ -135,20 +137,11 @@ def properties(
 
 
 def compile_model(
-    source,
-    *,
-    precision: str = DEFAULT_PRECISION,
-    threads: int = 0,
-    streams: int = DEFAULT_STREAMS,
-    cache_dir: Path | str | None = None,
+    source, *, threads: int = 0, streams: int = DEFAULT_STREAMS, cache_dir: Path | str | None = None
 ):
     """An OpenVINO ``CompiledModel`` of ``source`` (an ONNX file, or a serialized ONNX model as
-    bytes) on the CPU, in ``precision`` (f32 / bf16; bf16 falls back to f32 without bf16
-    hardware, with a warning). ``cache_dir``: OpenVINO's compiled-blob cache (files only)."""
+    bytes) on the CPU. ``cache_dir``: OpenVINO's compiled-blob cache (files only)."""
     ov = require_openvino()
-    precision, note = effective_precision(precision)
-    if note:
-        log.warning(note)
     core = ov.Core()
     if cache_dir is not None and not isinstance(source, bytes):
         os.makedirs(cache_dir, exist_ok=True)
@@ -157,26 +150,17 @@ def compile_model(
         model = core.read_model(source, b"")  # ONNX bytes, no weights file
     else:
         model = str(source)
-    return core.compile_model(model, DEVICE, properties(precision, threads=threads, streams=streams))
+    return core.compile_model(model, DEVICE, properties(threads=threads, streams=streams))
 
 
 def output_names(compiled) -> list[str]:
     return [o.get_any_name() for o in compiled.outputs]
 
 
-def runner(
-    source,
-    *,
-    precision: str = DEFAULT_PRECISION,
-    threads: int = 0,
-    streams: int = DEFAULT_STREAMS,
-    cache_dir: Path | str | None = None,
-):
+def runner(source, *, threads: int = 0, streams: int = DEFAULT_STREAMS, cache_dir: Path | str | None = None):
     """A :data:`mmtrt.graphs.Runner` over an OpenVINO compiled model of ``source``: float32 arrays
     in, every output of the graph out, by name (copies: they stay valid after the next call)."""
-    compiled = compile_model(
-        source, precision=precision, threads=threads, streams=streams, cache_dir=cache_dir
-    )
+    compiled = compile_model(source, threads=threads, streams=streams, cache_dir=cache_dir)
     request = compiled.create_infer_request()
     names = output_names(compiled)
 
@@ -189,6 +173,13 @@ def runner(
     return run
 
 
-def runners(export_dir: Path, graphs: Sequence[str], **options) -> dict:
-    """graph -> :func:`runner` of ``<export_dir>/<graph>.onnx``."""
-    return {graph: runner(Path(export_dir) / f"{graph}.onnx", **options) for graph in graphs}
+def runners(export_dir: Path, graphs: Sequence[str], precision: str = "fp32", **options) -> dict:
+    """graph -> :func:`runner` of ``<export_dir>/<graph>.onnx``, or of its ``precision`` copy
+    ``<graph>.<precision>.onnx`` where the export has one."""
+    folder = Path(export_dir)
+
+    def source(graph):
+        reduced = folder / f"{graph}.{precision}.onnx"
+        return reduced if precision != "fp32" and reduced.is_file() else folder / f"{graph}.onnx"
+
+    return {graph: runner(source(graph), **options) for graph in graphs}

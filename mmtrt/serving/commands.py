@@ -65,12 +65,13 @@ from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S
     "served graphs (batch 2) and takes the faster (OpenVINO only when >= 5% faster).",
 )
 @click.option(
-    "--ov-precision",
-    type=click.Choice(["f32", "bf16"]),
-    default="f32",
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
     show_default=True,
-    help="cpu + openvino: INFERENCE_PRECISION_HINT, always set (bf16: classifier only, and f32 "
-    "where the host has no bf16 hardware).",
+    help="cpu: serve the export's mixed-precision copies (saliency forward float32; its backward "
+    "half and the decoder reduced) with OpenVINO; needs an export of that precision, and runs "
+    "float32 where this host has no such hardware.",
 )
 @click.option(
     "--ov-threads",
@@ -117,7 +118,7 @@ def repo(
     max_queue_delay_us: int,
     ort_threads: int,
     runtime: str,
-    ov_precision: str,
+    precision: str,
     ov_threads: int,
     ov_streams: int,
     ov_cache_dir: Path | None,
@@ -146,9 +147,10 @@ def repo(
             ort_threads=ort_threads,
             runtime=runtime,
             openvino=OpenVINOSettings(
-                ov_precision, ov_threads, ov_streams, str(ov_cache_dir.resolve()) if ov_cache_dir else ""
+                ov_threads, ov_streams, str(ov_cache_dir.resolve()) if ov_cache_dir else ""
             ),
             image_limits=ImageLimits(max_image_bytes, max_image_pixels),
+            precision=precision,
             overwrite=overwrite,
         )
     except (ServingError, ValueError) as e:
@@ -158,12 +160,15 @@ def repo(
     configs = sorted(p.parent.name for p in built.glob("*/config.pbtxt"))
     click.echo(f"wrote {built} ({flavour} flavour): models {', '.join(configs)}")
     if flavour == "cpu":
-        params = parse_config((built / configs[0] / "config.pbtxt").read_text()).parameters
+        graph_model = next(c for c in configs if c in ("multimix", "classifier"))  # (runs a graph)
+        params = parse_config((built / graph_model / "config.pbtxt").read_text()).parameters
         click.echo(f"runtime {params['runtime'].string_value}: {params['runtime_choice'].string_value}")
-        if ov_precision != params["ov_inference_precision"].string_value:
-            from mmtrt.runtimes.openvino import effective_precision
+        served = params["precision"].string_value
+        click.echo(f"precision {served}")
+        if served != precision:
+            from mmtrt.runtimes.openvino import reduced_precision_native
 
-            click.echo(f"warning: {effective_precision(ov_precision)[1]}", err=True)
+            click.echo(f"warning: {reduced_precision_native(precision)[1]}", err=True)
     missing = missing_plan_files(built)
     if missing:
         click.echo(

@@ -21,10 +21,10 @@ CPU_RUNTIMES = ("onnxruntime", "openvino")
 
 @dataclass(frozen=True)
 class OpenVINOSettings:
-    """The cpu flavour's OpenVINO parameters (`ov_*` in config.pbtxt): the precision is always
-    rendered explicitly (f32 unless bf16), threads 0 is OpenVINO's default, cache_dir "" none."""
+    """The cpu flavour's OpenVINO parameters (`ov_*` in config.pbtxt): threads 0 is OpenVINO's
+    default, cache_dir "" none. (Its precision hint is always f32: the served file's own types
+    decide, see mmtrt.runtimes.openvino.)"""
 
-    precision: str = "f32"
     threads: int = 0
     streams: int = 1
     cache_dir: str = ""
@@ -220,14 +220,17 @@ def render_config(
     openvino: OpenVINOSettings = DEFAULT_OPENVINO,
     image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
     decoder_package: str = "",
+    onnx_file: str = "",
+    precision: str = "fp32",
 ) -> str:
     """Fill the ``${...}`` fields of a config.pbtxt template (fields a template does not use are
     ignored; an unknown field in the template is an error). ``tensors`` fills ``${tensors}``
     (the input and output blocks) and ``${model_warmup}`` (a zero batch of 1); ``steps`` fills
     ``${ensemble_scheduling}``; ``runtime``, ``runtime_choice`` (why that runtime, for the
-    reader) and ``openvino`` the cpu flavour's runtime parameters; ``image_limits`` and
-    ``decoder_package`` (the folder of ``1/`` holding the copied image decoder) those of its
-    ``file_decoder``."""
+    reader), ``openvino``, ``onnx_file`` (the served graph file) and ``precision`` (fp32, or
+    that of the export's mixed-precision copy it is) the cpu flavour's parameters;
+    ``image_limits`` and ``decoder_package`` (the folder of ``1/`` holding the copied image
+    decoder) those of its ``file_decoder``."""
     if runtime not in CPU_RUNTIMES:
         raise ServingError(f"unknown runtime {runtime!r}: choose from {', '.join(CPU_RUNTIMES)}")
     # Only the full batch is preferred: with smaller preferred sizes the batcher dispatches as
@@ -249,7 +252,8 @@ def render_config(
         "ensemble_scheduling": _ensemble_scheduling(steps),
         "runtime": runtime,
         "runtime_choice": runtime_choice.replace("\\", "/").replace('"', "'"),
-        "ov_inference_precision": openvino.precision,
+        "onnx_file": onnx_file,
+        "precision": precision,
         "ov_num_threads": str(openvino.threads),
         "ov_num_streams": str(openvino.streams),
         "ov_cache_dir": openvino.cache_dir,

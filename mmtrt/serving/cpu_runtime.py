@@ -95,9 +95,7 @@ def measure(
     images = np.random.default_rng(0).random((batch, 1, 256, 256), dtype=np.float32)
     makers = {
         "onnxruntime": lambda f: ort.runner(f, threads=ort_threads),
-        "openvino": lambda f: ov_runtime.runner(
-            f, precision=openvino.precision, threads=openvino.threads, streams=openvino.streams
-        ),
+        "openvino": lambda f: ov_runtime.runner(f, threads=openvino.threads, streams=openvino.streams),
     }
     return {
         runtime: {Path(f).name: _time_runner(make(f), images, AUTO_CALLS) for f in files}
@@ -114,9 +112,11 @@ def choose_runtime(
     openvino: OpenVINOSettings = DEFAULT_OPENVINO,
     batch: int = AUTO_BATCH,
     measure_fn: Callable[..., dict] = measure,
+    precision: str = "fp32",
 ) -> RuntimeChoice:
     """The runtime serving the repository. An explicit ``openvino`` that cannot serve this export
-    here raises :class:`ServingError`; ``auto`` measures (see the module docstring)."""
+    here raises :class:`ServingError`; ``auto`` measures (see the module docstring), except for
+    reduced ``precision``, which only OpenVINO runs natively."""
     check_runtime(requested)
     if requested == "onnxruntime":
         return RuntimeChoice("onnxruntime", "asked for")
@@ -125,6 +125,12 @@ def choose_runtime(
         if problem:
             raise ServingError(f"--runtime openvino: {problem}")
         return RuntimeChoice("openvino", "asked for")
+    if precision != "fp32":
+        if problem:
+            raise ServingError(f"{precision} is served by OpenVINO: {problem}")
+        return RuntimeChoice(
+            "openvino", f"auto: openvino, the CPU runtime that runs {precision} convolutions natively"
+        )
     if problem:
         return RuntimeChoice("onnxruntime", f"auto: onnxruntime, since {problem}")
     timings = measure_fn(files, ort_threads=ort_threads, openvino=openvino, batch=batch)

@@ -333,34 +333,59 @@ def _engine_profile_max(manifest: dict) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _openvino_settings(settings: OpenVINOSettings, runtime: str, specs: dict) -> OpenVINOSettings:
-    """Check the OpenVINO settings; a bf16 request on a host without bf16 hardware becomes f32
-    (with a warning), and one for a model serving the saliency is refused."""
-    from mmtrt.runtimes import openvino
-
-    if settings.precision not in openvino.PRECISIONS:
-        raise ValueError(
-            f"unknown OpenVINO precision {settings.precision!r}: choose from {', '.join(openvino.PRECISIONS)}"
-        )
+def _check_openvino_settings(settings: OpenVINOSettings) -> None:
     if int(settings.threads) < 0 or int(settings.streams) < 1:
         raise ValueError(
             f"OpenVINO threads must be >= 0 and streams >= 1, got {settings.threads} and {settings.streams}"
         )
     if any(c in settings.cache_dir for c in '"\\\n'):
         raise ValueError(f"OpenVINO cache folder {settings.cache_dir!r}: no quotes, backslashes or newlines")
-    if settings.precision != "bf16" or runtime == "onnxruntime":
-        return settings
-    salient = [name for name, spec in specs.items() if spec.outputs and "saliency" in spec.outputs]
-    if salient:
-        raise ServingError(
-            f"OpenVINO bf16 refused for {', '.join(salient)}: its saliency is decided by forward-pass "
-            "gates that bf16 flips (the fused graph's saliency moved by 61%); serve it in f32, or "
-            "build a repository of the classifier alone (models=('classifier',)) in bf16"
+
+
+def served_precision(precision: str, flavour: str, runtime: str, manifest: dict, export_dir: Path) -> str:
+    """The precision the cpu flavour serves: ``precision``'s mixed copies of the export
+    (``<graph>.<precision>.onnx``, :mod:`mmtrt.export.precision`), run by OpenVINO, where this
+    host has the hardware; float32, with a warning, where it has not."""
+    from mmtrt.export.precision import PRECISIONS
+    from mmtrt.runtimes import openvino
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return precision
+    if flavour != "cpu":
+        raise ValueError(
+            "precision applies to the cpu flavour: a gpu repository serves the engines `mmtrt build-engines` built"
         )
-    precision, note = openvino.effective_precision("bf16")
-    if note:
+    exported = manifest.get("precision", "fp32")
+    if exported != precision:
+        raise ServingError(
+            f"the export in {export_dir} is {exported}: it has no {precision} copies of its graphs; "
+            f"export with `mmtrt export --precision {precision}`"
+        )
+    if runtime == "onnxruntime":
+        raise ServingError(
+            f"{precision} on CPU is served by OpenVINO (onnxruntime's CPU provider has no bf16 "
+            "convolutions and emulates fp16 ones): pass --runtime openvino (or auto)"
+        )
+    native, note = openvino.reduced_precision_native(precision)
+    if not native:
         log.warning("%s", note)
-    return OpenVINOSettings(precision, int(settings.threads), int(settings.streams), settings.cache_dir)
+        return "fp32"
+    checked = {row.get("graph") for row in (manifest.get("parity") or {}).get("rows", [])}
+    if not any(str(label).endswith(f".{precision}.openvino") for label in checked):
+        raise ServingError(
+            f"the export's {precision} copies were not checked in OpenVINO (exported where OpenVINO "
+            f"or {precision} hardware was missing): export again on a host like this one"
+        )
+    return precision
+
+
+def _served_file(spec: ModelSpec, manifest: dict, precision: str) -> str:
+    """The export file a cpu model serves: its graph's ONNX file, or its mixed copy."""
+    if precision == "fp32":
+        return spec.onnx_file
+    return manifest["graphs"][spec.graph].get("reduced_precision_file") or spec.onnx_file
 
 
 def _copy_decoder(package: Path) -> None:
@@ -395,6 +420,7 @@ def build_repository(
     runtime: str = "onnxruntime",
     openvino: OpenVINOSettings = DEFAULT_OPENVINO,
     image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+    precision: str = "fp32",
     overwrite: bool = False,
 ) -> Path:
     """Build a Triton model repository at ``out`` from the export folder ``export_dir``.
@@ -419,11 +445,13 @@ def build_repository(
     missing files and the ``mmtrt build-engines`` command (:func:`missing_plan_files` lists them
     again later). Every config is compared with the export's ONNX graphs.
 
-    ``runtime`` (cpu): ``onnxruntime``, ``openvino`` (compiled with ``openvino``'s settings, its
-    precision always explicit: f32 unless bf16, which falls back to f32 on a host without bf16
-    hardware and is refused for a model serving the saliency) or ``auto`` (measured here, see
-    :mod:`.cpu_runtime`); the choice and its reason are rendered into each config
-    (``runtime``, ``runtime_choice``).
+    ``runtime`` (cpu): ``onnxruntime``, ``openvino`` (compiled with ``openvino``'s settings,
+    precision hint f32) or ``auto`` (measured here, see :mod:`.cpu_runtime`); the choice and its
+    reason are rendered into each config (``runtime``, ``runtime_choice``).
+
+    ``precision`` (cpu): ``fp32``, or ``bf16`` / ``fp16`` to serve the export's mixed-precision
+    copies (forward pass of the saliency float32, backward half and decoder reduced) with
+    OpenVINO; float32 where this host has no such hardware (:func:`served_precision`).
 
     ``max_batch`` defaults to the manifest's ``max_batch``; for ``gpu``, to the engines'
     optimisation-profile maximum (``engines.profile.max``) when the manifest records one, and
@@ -460,16 +488,20 @@ def build_repository(
     check_runtime(runtime)
     if flavour != "cpu" and runtime != "onnxruntime":
         raise ValueError(f"runtime {runtime!r} applies to the cpu flavour only (gpu runs TensorRT engines)")
-    openvino = _openvino_settings(openvino, runtime, specs)
+    _check_openvino_settings(openvino)
+    precision = served_precision(precision, flavour, runtime, manifest, export_dir)
+    files = {
+        name: _served_file(spec, manifest, precision) for name, spec in specs.items() if spec.kind == "onnx"
+    }
 
     # check every input before writing anything
     plans: dict[str, _Plans] = {}
     for name, spec in specs.items():
         if spec.kind == "onnx":
-            onnx = export_dir / spec.onnx_file
+            onnx = export_dir / files[name]
             if not onnx.is_file():
                 raise ServingError(
-                    f"export folder {export_dir} has no {spec.onnx_file} (needed by model '{name}')"
+                    f"export folder {export_dir} has no {files[name]} (needed by model '{name}')"
                 )
             _check_sha256(onnx, manifest, export_dir, required=True)
         elif spec.kind == "plan":
@@ -484,9 +516,10 @@ def build_repository(
         choice = choose_runtime(
             runtime,
             manifest,
-            [export_dir / spec.onnx_file for spec in specs.values() if spec.kind == "onnx"],
+            [export_dir / f for f in files.values()],
             ort_threads=int(ort_threads),
             openvino=openvino,
+            precision=precision,
             batch=min(2, max_batch),
         )
         log.info("%s: runtime %s (%s)", out, choice.runtime, choice.reason)
@@ -522,11 +555,13 @@ def build_repository(
                 openvino=openvino,
                 image_limits=image_limits,
                 decoder_package=DECODER_PACKAGE,
+                onnx_file=files.get(name, ""),
+                precision=precision,
             )
             (dst / "config.pbtxt").write_text(text)
             if spec.kind == "onnx":
                 shutil.copy2(templates / SHARED_MODEL_FILE, dst / VERSION / SHARED_MODEL_FILE)
-                shutil.copy2(export_dir / spec.onnx_file, dst / VERSION / spec.onnx_file)
+                shutil.copy2(export_dir / files[name], dst / VERSION / files[name])
                 shutil.copy2(export_dir / "manifest.json", dst / VERSION / "manifest.json")
             elif spec.kind == "decode":
                 shutil.copy2(templates / name / SHARED_MODEL_FILE, dst / VERSION / SHARED_MODEL_FILE)

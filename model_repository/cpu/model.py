@@ -9,10 +9,13 @@ between the models lives in their ``config.pbtxt``:
   manifest or the model refuses to load;
 - parameter ``runtime``: ``onnxruntime`` (the default when absent) or ``openvino``;
 - parameter ``ort_intra_op_threads``: onnxruntime's intra-op threads (0: its default);
-- parameters ``ov_inference_precision`` (``f32`` unless ``bf16``; always set explicitly, since
-  OpenVINO's CPU plugin runs bf16 by default on bf16 hardware; bf16 on a host without bf16
-  hardware falls back to f32 with a log message), ``ov_num_threads`` (0: OpenVINO's default),
-  ``ov_num_streams`` and ``ov_cache_dir`` (compiled-blob cache; empty: none) for OpenVINO;
+- parameter ``precision``: ``fp32``, or ``bf16`` / ``fp16`` when ``onnx_file`` is the export's
+  mixed-precision copy (its reduced convolutions typed so in the file); OpenVINO is always
+  compiled with precision hint f32, since its CPU plugin otherwise runs bf16 by default on bf16
+  hardware, and the file's own types decide; a reduced copy on a host without that hardware
+  loads with a warning (OpenVINO emulates it, slowly);
+- parameters ``ov_num_threads`` (0: OpenVINO's default), ``ov_num_streams`` and ``ov_cache_dir``
+  (compiled-blob cache; empty: none) for OpenVINO;
 - the ``input`` (one image tensor) and the ``output`` list: each output is the ONNX output of the
   same name, except ``label`` when the graph has none: the argmax of ``probs`` (INT64 [n, 1]).
   The ONNX graph may have more outputs than the config lists (e.g. the encoder's skips): they are
@@ -131,28 +134,25 @@ class _OnnxRuntime:
 
 
 class _OpenVINO:
-    """An OpenVINO CPU compiled model, its precision always explicit (INFERENCE_PRECISION_HINT)."""
+    """An OpenVINO CPU compiled model, precision hint f32 (the file's own types decide)."""
 
     def __init__(self, path, params, model_name):
         import openvino as ov
 
         core = ov.Core()
-        precision = _param(params, "ov_inference_precision") or "f32"
-        if precision not in ("f32", "bf16"):
-            raise pb_utils.TritonModelException(
-                f"model '{model_name}': ov_inference_precision {precision!r}: use f32 or bf16"
-            )
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        precision = _param(params, "precision") or "fp32"
+        capability = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
+        if capability and capability not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             pb_utils.Logger.log_warn(
-                f"model '{model_name}': bf16 requested but this host has no bf16 hardware "
-                "(no BF16 in OpenVINO's OPTIMIZATION_CAPABILITIES): running in f32"
+                f"model '{model_name}': {os.path.basename(path)} is a {precision} copy but this host "
+                f"has no {precision} hardware ({capability} missing from OpenVINO's "
+                "OPTIMIZATION_CAPABILITIES): OpenVINO emulates it, slowly; serve the fp32 graph here"
             )
-            precision = "f32"
         cache_dir = _param(params, "ov_cache_dir")
         if cache_dir:
             core.set_property({"CACHE_DIR": cache_dir})
         props = {
-            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_PRECISION_HINT": "f32",
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": str(int(_param(params, "ov_num_streams") or 1)),
         }

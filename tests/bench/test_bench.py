@@ -203,6 +203,35 @@ def test_openvino_targets_chain_the_split_graphs_by_name(sum_export):
     assert not none and notes == ["ov-fused not measured: OpenVINO targets run on the CPU (--device cpu)"]
 
 
+def test_openvino_bf16_targets_run_the_exports_bf16_copies(sum_export, tmp_path):
+    ov_runtime = pytest.importorskip("mmtrt.runtimes.openvino")
+    from mmtrt.export.manifest import write_manifest
+
+    images = torch.rand(2, 1, 256, 256)
+    fp32_only, notes = openvino_targets(sum_export, ["ov-fused-bf16"], torch.device("cpu"))
+    assert not fp32_only and notes == [
+        "ov-fused-bf16 not measured: the export is fp32 (mmtrt export --precision bf16 makes the copies)"
+    ]
+    folder = tmp_path / "bf16-export"
+    folder.mkdir()
+    for graph in GRAPHS:  # the "bf16 copy" of a sum graph adds 100 more, to tell the files apart
+        onnx.save(sum_graph(graph), str(folder / f"{graph}.onnx"))
+        copy = sum_graph(graph)
+        for init in copy.graph.initializer:
+            init.CopyFrom(
+                numpy_helper.from_array((numpy_helper.to_array(init) + 100).astype(np.float32), init.name)
+            )
+        onnx.save(copy, str(folder / f"{graph}.bf16.onnx"))
+    write_manifest(folder, {"precision": "bf16", "max_batch": 8, "files": {}, "graphs": {}})
+    targets, notes = openvino_targets(folder, ["ov-fused", "ov-fused-bf16"], torch.device("cpu"))
+    if not ov_runtime.host_has("bf16"):
+        assert list(targets) == ["ov-fused"] and "no bf16 hardware" in notes[0]
+        return
+    assert list(targets) == ["ov-fused", "ov-fused-bf16"] and not notes
+    np.testing.assert_allclose(targets["ov-fused"](images)[0], (images + 1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(targets["ov-fused-bf16"](images)[0], (images + 101).numpy(), rtol=1e-6)
+
+
 def test_cpu_only_openvino_targets_are_refused_on_cuda(tmp_path):
     checkpoint = tmp_path / "any.pt"
     checkpoint.write_bytes(b"")

@@ -21,6 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fake_tensorrt import NO_TENSORRT, FakeTensorRT
+from helpers import tiny_saliency_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from mmtrt.checkpoint import FORMAT, FORMAT_VERSION, file_sha256, read_checkpoint
@@ -368,51 +369,34 @@ def test_a_failed_parity_check_leaves_no_complete_looking_folder(tmp_path, check
 # --------------------------------------------------------------------------- reduced precision
 
 
-def _tiny_graph(opset=18):
-    """image -> conv_a -> saliency (Abs), image -> conv_b -> centred by its spatial mean -> mask."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), n) for n in ("wa", "wb")
-    ]
-    inits.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"))
-    nodes = [
-        helper.make_node("Conv", ["image", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
-        helper.make_node("Abs", ["a"], ["saliency"], name="abs"),
-        helper.make_node("Conv", ["image", "wb"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
-        helper.make_node("ReduceMean", ["b", "axes"], ["b_mean"], name="mean", keepdims=1),
-        helper.make_node("Sub", ["b", "b_mean"], ["b_centered"], name="sub"),
-        helper.make_node("Sigmoid", ["b_centered"], ["mask"], name="sigmoid"),
-    ]
-    value = lambda n, c: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", c, 64, 64])
-    graph = helper.make_graph(
-        nodes, "tiny", [value("image", 1)], [value("saliency", 2), value("mask", 2)], inits
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
 def _run(proto, image):
-    session = ort.session(proto.SerializeToString())
-    return dict(zip(["saliency", "mask"], session.run(["saliency", "mask"], {"image": image})))
+    names = [o.name for o in proto.graph.output]
+    return dict(zip(names, ort.session(proto.SerializeToString()).run(names, {"image": image})))
 
 
-def test_reduced_precision_leaves_everything_the_saliency_depends_on_in_float32():
-    proto = _tiny_graph()
-    assert reduced_convolutions(proto) == ["conv_b"]
-    image = np.random.default_rng(2).random((3, 1, 64, 64), dtype=np.float32)
+def test_reduced_precision_keeps_the_forward_pass_of_a_saliency_graph_in_float32():
+    proto = tiny_saliency_graph()
+    assert reduced_convolutions(proto) == ["conv_g", "conv_b"]  # not conv_f: the class output's
+    assert reduced_convolutions(tiny_saliency_graph(saliency=False)) == ["conv_f", "conv_g", "conv_b"]
+    image = np.random.default_rng(2).random((3, 1, 64, 64), dtype=np.float32) - 0.5
     reference = _run(proto, image)
     for precision, opset, emulate in (("fp16", 18, False), ("bf16", 22, True)):
-        mixed = mixed_precision(_tiny_graph(opset), precision, emulate=emulate)
+        mixed = mixed_precision(tiny_saliency_graph(opset), precision, emulate=emulate)
         onnx.checker.check_model(mixed, full_check=True)
         convs = {n.name: n for n in mixed.graph.node if n.op_type == "Conv"}
-        assert convs["conv_a"].input[:] == ["image", "wa"]  # untouched: the saliency depends on it
-        assert convs["conv_b"].input[0] != "image"  # reads a cast copy
+        assert convs["conv_f"].input[:] == ["image", "wf"]  # untouched: the forward pass
+        assert convs["conv_g"].input[0] != "gated" and convs["conv_b"].input[0] != "image"
         out = _run(mixed, image)
-        np.testing.assert_array_equal(out["saliency"], reference["saliency"])
+        np.testing.assert_array_equal(out["probs"], reference["probs"])
+        # the backward half's error is smooth: rounding-sized, with the same gates
+        rel = np.linalg.norm(out["saliency"] - reference["saliency"]) / np.linalg.norm(reference["saliency"])
+        assert 0 < rel < {"fp16": 2e-3, "bf16": 1e-2}[precision], rel
         np.testing.assert_allclose(out["mask"], reference["mask"], atol=2e-2)
-    real_bf16 = mixed_precision(_tiny_graph(22), "bf16")
+    real_bf16 = mixed_precision(tiny_saliency_graph(22), "bf16")
     onnx.checker.check_model(real_bf16, full_check=True)
     weights = {i.name: i.data_type for i in real_bf16.graph.initializer}
-    assert weights["wb__bf16"] == TensorProto.BFLOAT16 and weights["wa"] == TensorProto.FLOAT
+    assert weights["wb__bf16"] == TensorProto.BFLOAT16 and weights["wg__bf16"] == TensorProto.BFLOAT16
+    assert weights["wf"] == TensorProto.FLOAT
 
 
 # --------------------------------------------------------------------------- TensorRT logic
@@ -451,7 +435,7 @@ def test_engine_specs_use_builder_flags_on_tensorrt_10_and_typed_graphs_on_11():
 @pytest.mark.parametrize("version", ["10.13.0", "11.4.0"])
 def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, version):
     trt = FakeTensorRT(version)
-    onnx.save(_tiny_graph(), str(tmp_path / "tiny.onnx"))
+    onnx.save(tiny_saliency_graph(), str(tmp_path / "tiny.onnx"))
     manifest = {
         "precision": "fp16",
         "graphs": {"tiny": {"file": "tiny.onnx", "reduced_precision_file": "tiny.onnx"}},
@@ -465,7 +449,7 @@ def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, versi
             tmp_path / "tiny.onnx",
             max_batch=8,
             timing_cache=cache,
-            reduced_layers=frozenset({"conv_b"}) if spec.builder_flag else frozenset(),
+            reduced_layers=frozenset({"conv_g", "conv_b"}) if spec.builder_flag else frozenset(),
         )
         assert plan == b"engine"
     r = trt.record
@@ -474,15 +458,16 @@ def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, versi
     assert cache.read_bytes().startswith(b"timings:") and r["cache_in"] == b"timings:"  # reused
     if version.startswith("10."):
         assert r["network_flags"] == 0 and r["flags"] == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
-        assert "conv_b" not in r["constrained"] and r["constrained"]["conv_a"] == "float32"
-        assert set(r["constrained"]) == {"conv_a", "abs", "mean", "sub", "sigmoid"}
+        assert r["constrained"]["conv_f"] == "float32"  # the forward pass
+        every_node = {n.name for n in tiny_saliency_graph().graph.node}
+        assert set(r["constrained"]) == every_node - {"conv_g", "conv_b"}
     else:
         assert r["network_flags"] == 1 << 5 and not r["flags"] and not r["constrained"]
 
 
 def test_precision_constraints_refuse_to_build_when_no_layer_name_matches(tmp_path):
     trt = FakeTensorRT("10.13.0")
-    onnx.save(_tiny_graph(), str(tmp_path / "tiny.onnx"))
+    onnx.save(tiny_saliency_graph(), str(tmp_path / "tiny.onnx"))
     spec = trt_code.EngineSpec("tiny", "tiny.onnx", "fp16", False, "FP16", "tiny.plan")
     with pytest.raises(trt_code.EngineBuildError, match="matched a TensorRT layer name"):
         trt_code.build_engine(

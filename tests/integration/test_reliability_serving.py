@@ -282,8 +282,10 @@ def _wait_for_json(folder: Path, run: InferRun, timeout: float = 180.0) -> None:
 
 
 def test_soak_concurrency_16(server, pool, references):
-    """60 s of the fused model under 16 concurrent clients: zero failed or wrong answers, p99
-    stable over 10-s windows, memory growth < 10 % after a 10-s warm-up."""
+    """60 s of the fused model under 16 concurrent clients, every 10th request a bad one (wrong
+    dtype, shape, batch, non-finite values): zero valid requests failed or wrong, every bad one
+    rejected as invalid input, p99 stable over 10-s windows, memory growth < 10 % after a 10-s
+    warm-up."""
     figures = soak_module.soak(
         server.http_url,
         server.grpc_url,
@@ -294,6 +296,7 @@ def test_soak_concurrency_16(server, pool, references):
         server_pid=server.pid,
         window_s=10.0,
         warmup_s=10.0,
+        bad_every=10,
     )
     env = soak_module.environment()
     env["server"] = f"tritonserver pid {server.pid}, cpu flavour, ort_intra_op_threads 1"
@@ -305,7 +308,10 @@ def test_soak_concurrency_16(server, pool, references):
     print("\n" + text)
     stab, mem = figures["p99_stability"], figures["memory"]
     assert figures["hung_clients"] == 0
-    assert figures["failed"] == 0 and figures["wrong"] == 0, figures["error_messages"]
+    assert figures["failed"] == figures["wrong"] == figures["invalid"] == 0, figures["error_messages"]
+    bad = figures["bad_requests"]
+    assert set(bad) == {"dtype", "shape", "batch", "non-finite"}, bad
+    assert all(v["rejected"] == v["sent"] > 0 for v in bad.values()), (bad, figures["error_messages"])
     assert figures["ok"] >= CONCURRENCY, "the load did not run"
     assert set(figures["by_protocol"]) == {"http", "grpc"}
     # p99 stable: no 10-s window far above the others, no upward drift (the machine is shared,

@@ -1,15 +1,14 @@
 """mmtrt.runtimes.openvino: the real graphs compiled by OpenVINO's CPU plugin, against onnxruntime
 and PyTorch on fresh random, flat-border and synthetic X-ray images at batch 1, 3 and 8; the
-precision always explicit on the compiled model; bf16 detection and its fallback; the compiled
-blob cache; the same runners through run_pipeline and the export's parity check."""
+precision hint f32 on every compiled model, and a mixed-precision copy running exactly its
+reduced convolutions in bf16; bf16 / fp16 hardware detection; the compiled blob cache; the same
+runners through run_pipeline and the export's parity check."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
-from helpers import BATCH_SIZES, IMAGE_KINDS, real_export
+from helpers import IMAGE_KINDS, real_export, tiny_saliency_graph
 
 from mmtrt.export.validate import TOLERANCES, installed_runtimes, serving_runners, validate
 from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, run_pipeline
@@ -53,8 +52,8 @@ def _close(name, actual, expected, where):
         assert relative_error(actual, expected) <= limit, f"{where}: {relative_error(actual, expected):.2e}"
 
 
-@pytest.mark.parametrize("kind", list(IMAGE_KINDS))
-@pytest.mark.parametrize("batch", BATCH_SIZES)
+# every image kind and every batch size, each pair once (the export's parity check runs the full grid)
+@pytest.mark.parametrize(("kind", "batch"), [("random", 1), ("flat", 3), ("xray", 8)])
 def test_every_graph_matches_onnxruntime(ov_runners, ort_runners, kind, batch):
     images = IMAGE_KINDS[kind](batch, seed=8_100_000 + batch).numpy()
     expected = run_pipeline(ort_runners, images, "joint")
@@ -96,37 +95,63 @@ def test_the_precision_is_set_explicitly_on_the_compiled_model(export_dir):
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     assert int(compiled.get_property("NUM_STREAMS")) == 1
     assert ov_runtime.properties()["INFERENCE_PRECISION_HINT"] == "f32"
-    assert ov_runtime.properties("bf16")["INFERENCE_PRECISION_HINT"] == "bf16"
-    with pytest.raises(ValueError, match="unknown OpenVINO precision 'fp16'"):
-        ov_runtime.properties("fp16")
+    with pytest.raises(ValueError, match="threads must be >= 0 and streams >= 1"):
+        ov_runtime.properties(streams=0)
 
 
-def test_bf16_detection_from_cpu_flags_and_openvino_capabilities():
-    assert ov_runtime.host_has_bf16({"avx2", "avx512_bf16"}, ())
-    assert ov_runtime.host_has_bf16({"amx_bf16"}, ())
-    assert ov_runtime.host_has_bf16({"avx2"}, ("FP32", "BF16"))
-    assert not ov_runtime.host_has_bf16({"avx2", "avx512f"}, ("FP32", "INT8"))
+def test_reduced_precision_hardware_detection_from_cpu_flags_and_openvino_capabilities():
+    assert ov_runtime.host_has("bf16", {"avx2", "avx512_bf16"}, ())
+    assert ov_runtime.host_has("bf16", {"amx_bf16"}, ())
+    assert ov_runtime.host_has("bf16", {"avx2"}, ("FP32", "BF16"))
+    assert not ov_runtime.host_has("bf16", {"avx2", "avx512f"}, ("FP32", "INT8"))
+    assert ov_runtime.host_has("fp16", {"avx512_fp16"}, ())
+    assert not ov_runtime.host_has("fp16", {"avx512_bf16"}, ("BF16",))
     flags = ov_runtime.cpu_flags("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n")
     assert flags == {"fpu", "avx2", "avx512_bf16"}
-    assert ov_runtime.effective_precision("bf16", has_bf16=True) == ("bf16", None)
-    precision, note = ov_runtime.effective_precision("bf16", has_bf16=False)
-    assert precision == "f32" and "no bf16 hardware" in note
-    assert ov_runtime.effective_precision("f32", has_bf16=True) == ("f32", None)
+    assert ov_runtime.reduced_precision_native("bf16", has_hardware=True) == (True, None)
+    native, note = ov_runtime.reduced_precision_native("bf16", has_hardware=False)
+    assert not native and "no bf16 hardware" in note and "CPU serving runs float32" in note
+    assert ov_runtime.reduced_precision_native("fp32") == (False, None)
+    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+        ov_runtime.reduced_precision_native("int8")
     # what this host says: lscpu's flags and the plugin agree
-    assert ov_runtime.host_has_bf16() == (
-        bool(ov_runtime.cpu_flags() & set(ov_runtime.BF16_FLAGS))
+    assert ov_runtime.host_has("bf16") == (
+        bool(ov_runtime.cpu_flags() & set(ov_runtime.NATIVE_FLAGS["bf16"]))
         or "BF16" in ov_runtime.openvino_capabilities()
     )
 
 
-def test_bf16_without_bf16_hardware_compiles_in_f32_with_a_message(export_dir, caplog, monkeypatch):
-    import openvino as ov
+def _runtime_precisions(compiled) -> dict[str, list[str]]:
+    """Runtime-model layer type -> the precisions its layers ran in."""
+    found: dict[str, list[str]] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        found.setdefault(info["layerType"].astype(str), []).append(info["runtimePrecision"].astype(str))
+    return found
 
-    monkeypatch.setattr(ov_runtime, "host_has_bf16", lambda *a, **k: False)
-    with caplog.at_level(logging.WARNING, logger="mmtrt.runtimes.openvino"):
-        compiled = ov_runtime.compile_model(export_dir / "encoder.onnx", precision="bf16", threads=1)
-    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
-    assert "bf16 requested but this host has no bf16 hardware" in caplog.text
+
+@pytest.mark.skipif(
+    not ov_runtime.host_has("bf16"), reason="this host has no bf16 hardware (avx512_bf16 / amx_bf16)"
+)
+def test_a_bf16_copy_runs_exactly_its_reduced_convolutions_in_bf16(tmp_path):
+    """With the f32 hint, OpenVINO runs the file's types: the forward convolution of a saliency
+    graph stays f32, the backward-half and decoder convolutions run bf16."""
+    import onnx
+
+    from mmtrt.export.precision import mixed_precision
+
+    path = tmp_path / "tiny.bf16.onnx"
+    onnx.save(mixed_precision(tiny_saliency_graph(22), "bf16"), str(path))
+    compiled = ov_runtime.compile_model(path, threads=1)
+    assert sorted(_runtime_precisions(compiled)["Convolution"]) == ["bf16", "bf16", "f32"]
+    fp32 = tmp_path / "tiny.onnx"
+    onnx.save(tiny_saliency_graph(22), str(fp32))
+    assert _runtime_precisions(ov_runtime.compile_model(fp32, threads=1))["Convolution"] == ["f32"] * 3
+    image = np.random.default_rng(4).random((2, 1, 64, 64), dtype=np.float32) - 0.5
+    reduced = ov_runtime.runner(path, threads=1)({"image": image})
+    full = ov_runtime.runner(fp32, threads=1)({"image": image})
+    np.testing.assert_array_equal(reduced["probs"], full["probs"])  # the forward pass: f32
+    assert 0 < relative_error(reduced["saliency"], full["saliency"]) < 1e-2
 
 
 def test_the_blob_cache_is_written_and_reused(export_dir, tmp_path):

@@ -1,7 +1,8 @@
 """The cpu flavour served with OpenVINO (`mmtrt repo --runtime openvino`) by the real Triton
 server over HTTP and gRPC, against the same graph compiled in-process by mmtrt.runtimes.openvino;
-the runtime choice (`auto`, bad names, bf16) of the repository builder and `mmtrt repo`. The
-server is conftest's, over this module's `repo` (the OpenVINO one)."""
+the runtime choice (`auto`, bad names) and the precision (`--precision bf16`: the export's bf16
+copies, served for real where this host has bf16 hardware) of the repository builder and
+`mmtrt repo`. The server is conftest's, over this module's `repo` (the OpenVINO one)."""
 
 from __future__ import annotations
 
@@ -51,13 +52,14 @@ def _client(protocol, server):
     return module, module.InferenceServerClient(server.grpc_url)
 
 
-def test_configs_name_openvino_with_an_explicit_precision(repo, export_dir):
+def test_configs_name_openvino_its_file_and_precision(repo, export_dir):
     validate_repository(repo, onnx_dir=export_dir)
-    for name in ("multimix", "classifier"):
+    for name, graph in (("multimix", "multimix"), ("classifier", "encoder")):
         params = validate_config(repo / name / "config.pbtxt").parameters
         assert params["runtime"].string_value == "openvino"
         assert params["runtime_choice"].string_value == "asked for"
-        assert params["ov_inference_precision"].string_value == "f32"
+        assert params["onnx_file"].string_value == f"{graph}.onnx"
+        assert params["precision"].string_value == "fp32"
         assert params["ov_num_threads"].string_value == "1"
         assert params["ov_num_streams"].string_value == "1"
 
@@ -98,7 +100,7 @@ def test_served_model_config_says_openvino(server):
     finally:
         client.close()
     assert config["parameters"]["runtime"]["string_value"] == "openvino"
-    assert config["parameters"]["ov_inference_precision"]["string_value"] == "f32"
+    assert config["parameters"]["precision"]["string_value"] == "fp32"
 
 
 # --------------------------------------------------------------------------- choosing the runtime
@@ -150,23 +152,107 @@ def test_openvino_needs_an_export_validated_in_openvino(export_dir, tmp_path):
     assert auto.runtime == "onnxruntime" and "covered onnxruntime only" in auto.reason
 
 
-def test_bf16_is_refused_for_the_saliency_and_falls_back_without_bf16_hardware(export_dir, tmp_path, caplog):
-    with pytest.raises(ServingError, match="bf16 refused for multimix"):
-        build_repository(
-            export_dir, tmp_path / "r1", runtime="openvino", openvino=OpenVINOSettings(precision="bf16")
-        )
-    assert not (tmp_path / "r1").exists()
-    built = build_repository(
-        export_dir,
-        tmp_path / "r2",
-        models=("classifier",),
-        runtime="openvino",
-        openvino=OpenVINOSettings(precision="bf16", threads=1),
+@pytest.fixture(scope="module")
+def bf16_export(export_dir, tmp_path_factory):
+    """The real export plus bf16 copies of its graphs made by mmtrt.export.precision (at opset 22,
+    which bf16 convolutions need), with a manifest saying so as `mmtrt export --precision bf16`
+    writes it (its parity rows name the OpenVINO check of the copies)."""
+    import shutil
+
+    import onnx
+
+    from mmtrt.export.manifest import file_entry, read_manifest, write_manifest
+    from mmtrt.export.precision import mixed_precision
+
+    folder = tmp_path_factory.mktemp("bf16-export")
+    manifest = read_manifest(export_dir, check_files=False)
+    rows = []
+    for graph in ("multimix", "encoder"):
+        shutil.copy2(export_dir / f"{graph}.onnx", folder / f"{graph}.onnx")
+        proto = onnx.load(str(export_dir / f"{graph}.onnx"))
+        proto.opset_import[0].version = 22
+        onnx.save(mixed_precision(proto, "bf16"), str(folder / f"{graph}.bf16.onnx"))
+        manifest["graphs"][graph]["reduced_precision_file"] = f"{graph}.bf16.onnx"
+        rows.append({"graph": f"{graph}.bf16.openvino", "precision": "bf16", "ok": True})
+    manifest["files"] = {p.name: file_entry(p) for p in sorted(folder.glob("*.onnx"))}
+    write_manifest(
+        folder,
+        {
+            **manifest,
+            "precision": "bf16",
+            "parity": {"passed": True, "runtimes": ["onnxruntime", "openvino"], "rows": rows},
+        },
     )
-    rendered = validate_config(built / "classifier" / "config.pbtxt").parameters["ov_inference_precision"]
-    assert rendered.string_value == ("bf16" if ov_runtime.host_has_bf16() else "f32")
-    if not ov_runtime.host_has_bf16():
-        assert "no bf16 hardware" in caplog.text
+    return folder
+
+
+def test_bf16_needs_a_bf16_export_and_openvino(export_dir, bf16_export, tmp_path):
+    with pytest.raises(
+        ServingError, match=r"is fp32: it has no bf16 copies .*`mmtrt export --precision bf16`"
+    ):
+        build_repository(export_dir, tmp_path / "r1", runtime="openvino", precision="bf16")
+    with pytest.raises(ServingError, match="bf16 on CPU is served by OpenVINO"):
+        build_repository(bf16_export, tmp_path / "r2", runtime="onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="precision applies to the cpu flavour"):
+        build_repository(bf16_export, tmp_path / "r3", flavour="gpu", precision="bf16")
+    assert not any(tmp_path.iterdir())
+
+
+def test_bf16_without_bf16_hardware_serves_float32_with_a_message(bf16_export, tmp_path, caplog, monkeypatch):
+    # (the hardware's absence stands in for a host without avx512_bf16 / amx_bf16)
+    monkeypatch.setattr(ov_runtime, "host_has", lambda precision, *a, **k: False)
+    built = build_repository(
+        bf16_export, tmp_path / "repo", models=("classifier",), runtime="auto", precision="bf16"
+    )
+    params = validate_config(built / "classifier" / "config.pbtxt").parameters
+    assert params["precision"].string_value == "fp32" and params["onnx_file"].string_value == "encoder.onnx"
+    assert "no bf16 hardware" in caplog.text and "CPU serving runs float32" in caplog.text
+
+
+@needs_server
+@pytest.mark.skipif(
+    not ov_runtime.host_has("bf16"), reason="this host has no bf16 hardware (avx512_bf16 / amx_bf16)"
+)
+def test_served_bf16_copies_answer_as_in_process_openvino(bf16_export, tmp_path):
+    """`mmtrt repo --precision bf16` serves the bf16 copies (auto picks OpenVINO, the runtime
+    that runs them natively); the server's answers are the in-process OpenVINO runner's of the
+    same file, and the copy's convolutions really run in bf16 there."""
+    import tritonclient.grpc as grpcclient
+    from helpers import start_server
+
+    built = build_repository(
+        bf16_export, tmp_path / "repo", runtime="auto", precision="bf16", openvino=OpenVINOSettings(threads=1)
+    )
+    params = validate_config(built / "multimix" / "config.pbtxt").parameters
+    assert params["runtime"].string_value == "openvino" and "runs bf16 convolutions natively" in (
+        params["runtime_choice"].string_value
+    )
+    assert (
+        params["onnx_file"].string_value == "multimix.bf16.onnx"
+        and params["precision"].string_value == "bf16"
+    )
+    assert (built / "multimix" / "1" / "multimix.bf16.onnx").is_file()
+    expected_runner = ov_runtime.runner(bf16_export / "multimix.bf16.onnx", threads=1)
+    precisions = {
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in expected_runner.compiled.get_runtime_model().get_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    }
+    assert precisions == {"f32", "bf16"}  # the forward in f32, the backward half and decoder in bf16
+    srv = start_server(built, tmp_path / "triton.log")
+    try:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        for kind, batch in (("flat", 1), ("xray", 3)):
+            images = IMAGE_KINDS[kind](batch, seed=9300 + batch).numpy()
+            inp = grpcclient.InferInput("image", list(images.shape), "FP32")
+            inp.set_data_from_numpy(images)
+            result = client.infer("multimix", [inp])
+            expected = expected_runner({"image": images})
+            for name in ("probs", "mask", "saliency"):
+                np.testing.assert_allclose(result.as_numpy(name), expected[name], rtol=1e-5, atol=1e-6)
+        client.close()
+    finally:
+        srv.stop()
 
 
 def test_repo_command_runtime_options(export_dir, tmp_path):
@@ -174,17 +260,17 @@ def test_repo_command_runtime_options(export_dir, tmp_path):
     r = runner.invoke(main, ["repo", str(export_dir), str(tmp_path / "r1"), "--runtime", "tensorflow"])
     assert r.exit_code == 2 and "Invalid value for '--runtime'" in r.stderr and "tensorflow" in r.stderr
     assert not (tmp_path / "r1").exists()
-    r = runner.invoke(main, ["repo", str(export_dir), str(tmp_path / "r2"), "--ov-precision", "fp8"])
-    assert r.exit_code == 2 and "--ov-precision" in r.stderr
+    r = runner.invoke(main, ["repo", str(export_dir), str(tmp_path / "r2"), "--precision", "fp8"])
+    assert r.exit_code == 2 and "--precision" in r.stderr
     r = runner.invoke(
         main, ["repo", str(export_dir), str(tmp_path / "r3"), "--flavour", "gpu", "--runtime", "openvino"]
     )
     assert r.exit_code == 1 and "applies to the cpu flavour only" in r.stderr
     r = runner.invoke(
         main,
-        ["repo", str(export_dir), str(tmp_path / "r4"), "--runtime", "openvino", "--ov-precision", "bf16"],
+        ["repo", str(export_dir), str(tmp_path / "r4"), "--runtime", "openvino", "--precision", "bf16"],
     )
-    assert r.exit_code == 1 and "Error: OpenVINO bf16 refused for multimix" in r.stderr
+    assert r.exit_code == 1 and "Error: the export in" in r.stderr and "has no bf16 copies" in r.stderr
     cache = tmp_path / "ov-cache"
     r = runner.invoke(
         main,
@@ -209,7 +295,7 @@ def test_repo_command_runtime_options(export_dir, tmp_path):
     assert r.exit_code == 0 and "runtime onnxruntime: asked for" in r.stdout
     params = validate_config(tmp_path / "r6" / "multimix" / "config.pbtxt").parameters
     assert params["runtime"].string_value == "onnxruntime"
-    assert params["ov_inference_precision"].string_value == "f32"  # rendered even when unused
+    assert params["precision"].string_value == "fp32"
 
 
 @needs_server
