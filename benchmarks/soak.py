@@ -208,15 +208,63 @@ def _bad_request_figures(records: list[tuple]) -> dict:
 BAD_REQUEST_STATUSES = ("rejected", "bad-accepted", "bad-other")
 
 
-def bad_requests(module, image: np.ndarray, max_batch: int = 8) -> dict[str, list]:
-    """kind -> the inputs of a request that is the client's own fault, one of each kind the
-    tensor model must answer as invalid input: wrong dtype, wrong image shape, a batch above
-    max_batch, non-finite values."""
+#: the image-file model's limit in the soak's repository: small, so that an oversize file is cheap
+SOAK_MAX_IMAGE_BYTES = 2 * 2**20
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _bomb_png(side: int = 20_000) -> bytes:
+    """A real PNG of side x side black pixels: a few hundred kB on the wire, 400 million pixels
+    once decoded (a decompression bomb to any limit below that)."""
+    import io
+    import zlib
+
+    row = b"\x00" + bytes(side)  # filter byte + one row of 8-bit grey
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    import struct
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    out = io.BytesIO()
+    out.write(b"\x89PNG\r\n\x1a\n")
+    out.write(chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)))
+    out.write(chunk(b"IDAT", idat))
+    out.write(chunk(b"IEND", b""))
+    return out.getvalue()
+
+
+def bad_requests(module, image: np.ndarray, max_batch: int = 8) -> dict[str, tuple[str, list]]:
+    """kind -> (model, inputs) of a request that is the client's own fault, one of each kind the
+    server must answer as invalid input: to the tensor model ``multimix`` a wrong dtype, a wrong
+    image shape, a batch above max_batch, non-finite values; to the image-file model
+    ``multimix_image`` undecodable bytes, a degenerate (flat) image, a file above its size limit
+    and a decompression bomb."""
 
     def tensor(array, dtype="FP32"):
         inp = module.InferInput("image", list(array.shape), dtype)
         inp.set_data_from_numpy(array)
-        return [inp]
+        return "multimix", [inp]
+
+    def file(data: bytes):
+        inp = module.InferInput("file", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[data]], dtype=object))
+        return "multimix_image", [inp]
 
     nan = image.copy()
     nan[0, 0, :8, :8] = np.nan
@@ -225,7 +273,22 @@ def bad_requests(module, image: np.ndarray, max_batch: int = 8) -> dict[str, lis
         "shape": tensor(np.ascontiguousarray(image[:, :, :128, :128])),
         "batch": tensor(np.repeat(image, max_batch + 1, axis=0)),
         "non-finite": tensor(nan),
+        "undecodable": file(b"%PDF-1.7 not an image " * 64),
+        "degenerate": file(_BAD_FILES["flat"]),
+        "oversize": file(_BAD_FILES["oversize"]),
+        "bomb": file(_BAD_FILES["bomb"]),
     }
+
+
+_BAD_FILES: dict[str, bytes] = {}
+
+
+def _make_bad_files() -> None:
+    rng = np.random.default_rng(0)
+    _BAD_FILES["flat"] = _png(np.full((256, 256), 128, np.uint8))
+    _BAD_FILES["oversize"] = _png(rng.integers(0, 256, (1600, 1600), dtype=np.uint8))  # ~2.4 MiB
+    assert len(_BAD_FILES["oversize"]) > SOAK_MAX_IMAGE_BYTES
+    _BAD_FILES["bomb"] = _bomb_png()
 
 
 def reference_outputs(onnx_path: Path, pool: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -284,6 +347,9 @@ def soak(
 
     from mmtrt.serving.faults import INVALID, TRANSIENT, classify
 
+    if bad_every and not _BAD_FILES:
+        _make_bad_files()
+
     records: list[tuple] = []
     memory: list[tuple] = []
     lock = threading.Lock()
@@ -312,9 +378,10 @@ def soak(
                 if bad_every and sent % bad_every == 0:
                     kinds = bad_requests(module, pool[:1])
                     kind = list(kinds)[(sent // bad_every + index) % len(kinds)]
+                    bad_model, bad_inputs = kinds[kind]
                     begin = time.monotonic()
                     try:
-                        client.infer(model, kinds[kind], outputs=outputs)
+                        client.infer(bad_model, bad_inputs, outputs=outputs)
                         status, message = "bad-accepted", f"{kind}: answered as if valid"
                     except Exception as e:  # noqa: BLE001 - the answer is the point
                         status = "rejected" if classify(e) == INVALID else "bad-other"
@@ -513,7 +580,7 @@ def main(argv=None) -> int:
         "--bad-every",
         type=int,
         default=10,
-        help="every N-th request of a client is a bad one (dtype, shape, batch, non-finite in turn); 0: none",
+        help="every N-th request of a client is a bad one (the kinds of bad_requests in turn); 0: none",
     )
     ap.add_argument(
         "--warmup",
@@ -533,6 +600,7 @@ def main(argv=None) -> int:
 
     from mmtrt.bench.runner import xray_pool
     from mmtrt.serving import TritonServer, build_repository
+    from mmtrt.serving.config import ImageLimits
 
     work = Path(tempfile.mkdtemp(prefix="mmtrt-soak-"))
     try:
@@ -542,6 +610,7 @@ def main(argv=None) -> int:
             work / "repo",
             ort_threads=args.ort_threads,
             max_queue_delay_us=args.max_queue_delay_us,
+            image_limits=ImageLimits(max_bytes=SOAK_MAX_IMAGE_BYTES),
         )
         pool = xray_pool(16)
         refs = reference_outputs(export_dir / "multimix.onnx", pool)
@@ -551,7 +620,8 @@ def main(argv=None) -> int:
             env["server"] = (
                 f"tritonserver (bundled nvidia-pytriton 0.7.0 = Triton 2.51) pid "
                 f"{server.pid}, cpu flavour, ort_intra_op_threads {args.ort_threads}, "
-                f"max_batch 8, max_queue_delay {args.max_queue_delay_us} us"
+                f"max_batch 8, max_queue_delay {args.max_queue_delay_us} us, multimix_image limits "
+                f"{SOAK_MAX_IMAGE_BYTES // 2**20} MiB a file, 36 million pixels"
             )
             print(
                 f"server ready (pid {server.pid}); {args.concurrency} clients for {seconds:.0f} s", flush=True

@@ -168,8 +168,9 @@ class TrainConfig:
         "torch.compile the training step (forward + losses; AOT autograd compiles the "
         "backward, double-backward saliency included). auto: on for CUDA, falling back "
         "to eager with a warning if compilation fails; eager on CPU, where the compiled "
-        "step was no faster and compiling takes minutes (benchmarks/results/"
-        "train_bench_cpu.md); on: compile on any device and fail on errors; off: eager.",
+        "step was no faster, with or without bf16 hardware, and compiling takes minutes "
+        "(benchmarks/results/train_bench_cpu.md, train_bench_cpu_bf16.md); on: compile on any "
+        "device and fail on errors; off: eager.",
         choices=COMPILE_MODES,
     )
     ckpt_every: int = _f(

@@ -54,6 +54,20 @@ def _load_soak():
 soak_module = _load_soak()
 
 
+@pytest.fixture(scope="module")
+def repo(export_dir, tmp_path_factory) -> Path:
+    """The module server's repository: conftest's, with the soak's small file-size limit for the
+    image-file model (its oversize requests stay cheap)."""
+    from mmtrt.serving.config import ImageLimits
+
+    return build_repository(
+        export_dir,
+        tmp_path_factory.mktemp("built") / "repo",
+        ort_threads=1,
+        image_limits=ImageLimits(max_bytes=soak_module.SOAK_MAX_IMAGE_BYTES),
+    )
+
+
 @pytest.fixture
 def own_repo(export_dir, tmp_path) -> Path:
     """A repository of its own, for a test that starts its own server (so that its processes
@@ -282,10 +296,10 @@ def _wait_for_json(folder: Path, run: InferRun, timeout: float = 180.0) -> None:
 
 
 def test_soak_concurrency_16(server, pool, references):
-    """60 s of the fused model under 16 concurrent clients, every 10th request a bad one (wrong
-    dtype, shape, batch, non-finite values): zero valid requests failed or wrong, every bad one
-    rejected as invalid input, p99 stable over 10-s windows, memory growth < 10 % after a 10-s
-    warm-up."""
+    """60 s of the fused model under 16 concurrent clients, every 5th request a bad one (wrong
+    dtype, shape, batch, non-finite values; undecodable, flat, oversize and bomb files): zero valid
+    requests failed or wrong, every bad one rejected as invalid input, p99 stable over 10-s
+    windows, memory growth < 10 % after a 10-s warm-up."""
     figures = soak_module.soak(
         server.http_url,
         server.grpc_url,
@@ -296,7 +310,7 @@ def test_soak_concurrency_16(server, pool, references):
         server_pid=server.pid,
         window_s=10.0,
         warmup_s=10.0,
-        bad_every=10,
+        bad_every=5,
     )
     env = soak_module.environment()
     env["server"] = f"tritonserver pid {server.pid}, cpu flavour, ort_intra_op_threads 1"
@@ -310,7 +324,16 @@ def test_soak_concurrency_16(server, pool, references):
     assert figures["hung_clients"] == 0
     assert figures["failed"] == figures["wrong"] == figures["invalid"] == 0, figures["error_messages"]
     bad = figures["bad_requests"]
-    assert set(bad) == {"dtype", "shape", "batch", "non-finite"}, bad
+    assert set(bad) == {
+        "dtype",
+        "shape",
+        "batch",
+        "non-finite",
+        "undecodable",
+        "degenerate",
+        "oversize",
+        "bomb",
+    }, bad
     assert all(v["rejected"] == v["sent"] > 0 for v in bad.values()), (bad, figures["error_messages"])
     assert figures["ok"] >= CONCURRENCY, "the load did not run"
     assert set(figures["by_protocol"]) == {"http", "grpc"}
