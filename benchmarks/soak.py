@@ -494,9 +494,9 @@ def markdown(figures: dict, *, command: str, environment: dict) -> str:
         f"| memory growth after warm-up | {num(None if mem.get('growth_after_warmup') is None else 100 * mem['growth_after_warmup'], '{:+.2f}')} % |",
         f"| memory growth over the second half | {num(None if mem.get('growth_second_half') is None else 100 * mem['growth_second_half'], '{:+.2f}')} % |",
         "",
+        *_bad_request_lines(f.get("bad_requests") or {}),
         f"Per {f['window_s']:.0f}-s window (by completion time):",
         "",
-        *_bad_request_lines(f.get("bad_requests") or {}),
         "| window | completed | failed | p50 ms | p99 ms | RSS MiB |",
         "|---|---|---|---|---|---|",
     ]
