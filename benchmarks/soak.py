@@ -339,7 +339,9 @@ def soak(
     compared with ``references``; a request that failed transiently (mmtrt.serving.faults) is
     sent again (the same image, after 0.1 s), one rejected as invalid input never is; the server's RSS is sampled once a second.
     With ``bad_every`` N, every N-th request of a worker is a bad one (:func:`bad_requests`, the
-    kinds in turn), which must be rejected as invalid input and is never sent again. Returns
+    kinds in turn), which must be rejected as invalid input and is never sent again; before the
+    timed load each worker sends each kind once, uncounted (the server's first large request and
+    the decoder's first files grow its memory: part of the warm-up). Returns
     :func:`summarise`'s figures. Bounded: no request starts after the deadline, and each has a
     client time-out of REQUEST_TIMEOUT_S."""
     import tritonclient.grpc as grpcclient
@@ -354,6 +356,7 @@ def soak(
     memory: list[tuple] = []
     lock = threading.Lock()
     start_barrier = threading.Barrier(concurrency + 1, timeout=120)
+    go = threading.Event()  # set once the deadline is set: the timed load starts
     t0 = [0.0]
     deadline = [0.0]
     stop_sampling = threading.Event()
@@ -370,7 +373,14 @@ def soak(
             client = grpcclient.InferenceServerClient(grpc_url)
         outputs = [module.InferRequestedOutput(o) for o in OUTPUTS]
         try:
+            if bad_every:  # warm-up: each kind of bad request once (server buffers, the decoder), not counted
+                for bad_model, bad_inputs in bad_requests(module, pool[:1]).values():
+                    try:
+                        client.infer(bad_model, bad_inputs, outputs=outputs)
+                    except Exception:  # noqa: BLE001, S110 - rejected, as expected; counted in the timed load
+                        pass
             start_barrier.wait()
+            go.wait()
             k = index
             sent = 0
             while time.monotonic() < deadline[0]:
@@ -434,9 +444,10 @@ def soak(
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
     for t in threads:
         t.start()
+    start_barrier.wait()  # every worker connected (and warmed up)
     t0[0] = time.monotonic()
     deadline[0] = t0[0] + seconds
-    start_barrier.wait()
+    go.set()
     sampling = threading.Thread(target=sampler, daemon=True)
     sampling.start()
     for t in threads:
