@@ -172,10 +172,11 @@ def _constant_value(model: onnx.ModelProto, name: str, initializers: dict) -> np
     """The value of `name` if it depends on initializers only (None otherwise), computed with
     ONNX's reference evaluator. Rounding such a weight here, to nearest even, rather than casting
     it in the graph matters: OpenVINO folds a weight's Cast to bf16 by truncation, which moved the
-    saliency of a bf16 backward half by 2.7% instead of 0.8%."""
+    saliency of a bf16 backward half by 2.7% instead of 1.8%."""
     if name in initializers:
         return numpy_helper.to_array(initializers[name])
-    producers = {out: node for node in model.graph.node for out in node.output}
+    nodes = list(model.graph.node)  # (one list: its items are the ones compared below)
+    producers = {out: node for node in nodes for out in node.output}
     needed, stack, used = {}, [name], set()
     while stack:
         tensor = stack.pop()
@@ -191,7 +192,7 @@ def _constant_value(model: onnx.ModelProto, name: str, initializers: dict) -> np
     from onnx.reference import ReferenceEvaluator
 
     sub = helper.make_graph(
-        [n for n in model.graph.node if id(n) in needed],
+        [n for n in nodes if id(n) in needed],
         "constant",
         [],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)],
