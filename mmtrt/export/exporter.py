@@ -130,6 +130,8 @@ def export_model(
                     "precision": precision,
                     "kind": "onnx",
                     "reduced_convolutions": len(reduced),
+                    # the runtimes its parity check ran it in (`mmtrt repo --precision` needs openvino)
+                    "checked_in": ["onnxruntime", *(["openvino"] if native_reduced else [])],
                 }
                 graphs[name]["reduced_precision_file"] = mixed_path.name
                 # onnxruntime's CPU provider has fp16 convolutions but no bf16 ones: a bf16 graph is

@@ -342,10 +342,12 @@ def _check_openvino_settings(settings: OpenVINOSettings) -> None:
         raise ValueError(f"OpenVINO cache folder {settings.cache_dir!r}: no quotes, backslashes or newlines")
 
 
-def served_precision(precision: str, flavour: str, runtime: str, manifest: dict, export_dir: Path) -> str:
-    """The precision the cpu flavour serves: ``precision``'s mixed copies of the export
-    (``<graph>.<precision>.onnx``, :mod:`mmtrt.export.precision`), run by OpenVINO, where this
-    host has the hardware; float32, with a warning, where it has not."""
+def served_precision(
+    precision: str, flavour: str, runtime: str, manifest: dict, export_dir: Path, graphs: Sequence[str]
+) -> str:
+    """The precision the cpu flavour serves: ``precision``'s mixed copies of the export's
+    ``graphs`` (``<graph>.<precision>.onnx``, :mod:`mmtrt.export.precision`), run by OpenVINO,
+    where this host has the hardware; float32, with a warning, where it has not."""
     from mmtrt.export.precision import PRECISIONS
     from mmtrt.runtimes import openvino
 
@@ -372,11 +374,16 @@ def served_precision(precision: str, flavour: str, runtime: str, manifest: dict,
     if not native:
         log.warning("%s", note)
         return "fp32"
-    checked = {row.get("graph") for row in (manifest.get("parity") or {}).get("rows", [])}
-    if not any(str(label).endswith(f".{precision}.openvino") for label in checked):
+    copies = [manifest["graphs"][graph].get("reduced_precision_file") for graph in graphs]
+    unchecked = [
+        str(copy)
+        for copy in copies
+        if "openvino" not in ((manifest.get("files") or {}).get(copy) or {}).get("checked_in", [])
+    ]
+    if unchecked:
         raise ServingError(
-            f"the export's {precision} copies were not checked in OpenVINO (exported where OpenVINO "
-            f"or {precision} hardware was missing): export again on a host like this one"
+            f"the export's {precision} copies {', '.join(unchecked)} were not checked in OpenVINO "
+            f"(exported where OpenVINO or {precision} hardware was missing): export again on a host like this one"
         )
     return precision
 
@@ -489,7 +496,8 @@ def build_repository(
     if flavour != "cpu" and runtime != "onnxruntime":
         raise ValueError(f"runtime {runtime!r} applies to the cpu flavour only (gpu runs TensorRT engines)")
     _check_openvino_settings(openvino)
-    precision = served_precision(precision, flavour, runtime, manifest, export_dir)
+    served_graphs = [spec.graph for spec in specs.values() if spec.kind == "onnx"]
+    precision = served_precision(precision, flavour, runtime, manifest, export_dir, served_graphs)
     files = {
         name: _served_file(spec, manifest, precision) for name, spec in specs.items() if spec.kind == "onnx"
     }

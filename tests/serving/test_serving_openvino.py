@@ -156,7 +156,7 @@ def test_openvino_needs_an_export_validated_in_openvino(export_dir, tmp_path):
 def bf16_export(export_dir, tmp_path_factory):
     """The real export plus bf16 copies of its graphs made by mmtrt.export.precision (at opset 22,
     which bf16 convolutions need), with a manifest saying so as `mmtrt export --precision bf16`
-    writes it (its parity rows name the OpenVINO check of the copies)."""
+    writes it (each copy's file entry names the runtimes its parity check ran it in)."""
     import shutil
 
     import onnx
@@ -166,21 +166,22 @@ def bf16_export(export_dir, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("bf16-export")
     manifest = read_manifest(export_dir, check_files=False)
-    rows = []
     for graph in ("multimix", "encoder"):
         shutil.copy2(export_dir / f"{graph}.onnx", folder / f"{graph}.onnx")
         proto = onnx.load(str(export_dir / f"{graph}.onnx"))
         proto.opset_import[0].version = 22
         onnx.save(mixed_precision(proto, "bf16"), str(folder / f"{graph}.bf16.onnx"))
         manifest["graphs"][graph]["reduced_precision_file"] = f"{graph}.bf16.onnx"
-        rows.append({"graph": f"{graph}.bf16.openvino", "precision": "bf16", "ok": True})
-    manifest["files"] = {p.name: file_entry(p) for p in sorted(folder.glob("*.onnx"))}
+    manifest["files"] = {
+        p.name: file_entry(p, **({"checked_in": ["onnxruntime", "openvino"]} if ".bf16." in p.name else {}))
+        for p in sorted(folder.glob("*.onnx"))
+    }
     write_manifest(
         folder,
         {
             **manifest,
             "precision": "bf16",
-            "parity": {"passed": True, "runtimes": ["onnxruntime", "openvino"], "rows": rows},
+            "parity": {"passed": True, "runtimes": ["onnxruntime", "openvino"]},
         },
     )
     return folder
@@ -196,6 +197,21 @@ def test_bf16_needs_a_bf16_export_and_openvino(export_dir, bf16_export, tmp_path
     with pytest.raises(ValueError, match="precision applies to the cpu flavour"):
         build_repository(bf16_export, tmp_path / "r3", flavour="gpu", precision="bf16")
     assert not any(tmp_path.iterdir())
+    if ov_runtime.host_has("bf16"):  # (without the hardware it falls back to fp32 before this check)
+        import shutil
+
+        from mmtrt.export.manifest import read_manifest, write_manifest
+
+        unchecked = tmp_path / "unchecked-export"
+        shutil.copytree(bf16_export, unchecked)
+        manifest = read_manifest(unchecked, check_files=False)
+        manifest["files"]["encoder.bf16.onnx"]["checked_in"] = ["onnxruntime"]
+        write_manifest(unchecked, manifest)
+        with pytest.raises(ServingError, match=r"copies encoder.bf16.onnx were not checked in OpenVINO"):
+            build_repository(
+                unchecked, tmp_path / "r4", models=("classifier",), runtime="openvino", precision="bf16"
+            )
+        assert not (tmp_path / "r4").exists()
 
 
 def test_bf16_without_bf16_hardware_serves_float32_with_a_message(bf16_export, tmp_path, caplog, monkeypatch):
