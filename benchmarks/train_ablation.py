@@ -1,7 +1,8 @@
-"""Ablation of MultiMix on synthetic data at 10 segmentation / 100 classification labels.
+"""Ablation of MultiMix: six models, at one or more label budgets, several seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/train_ablation.py     # the committed table (see its .md for timing)
+    python benchmarks/train_ablation.py --jobs 2     # the default generator, 10 seg / 100 cls labels
     python benchmarks/train_ablation.py --seeds 0 --steps-per-epoch 5 --epochs 2   # a smoke run
+    python benchmarks/eval_ablation.py               # the committed study (sources, two budgets)
 
 Models (all trained by `train.trainer.train` with the same data, schedule and seeds; only the
 loss weights and the bridge differ):
@@ -14,9 +15,10 @@ loss weights and the bridge differ):
     multimix      full MultiMix: CE + Dice + L_u + KL_seg, saliency bridge
 
 Each run picks its best checkpoint on the validation split; the table reports that checkpoint's
-metrics on the held-out test split, mean +- std over the seeds. Runs go to --runs (default
-runs/ablation/), a run whose metrics.json exists is reused, and the table is written to
-benchmarks/results/train_ablation.{json,md}.
+metrics on the held-out test split, mean +- std over the seeds. Runs go to
+--runs/<model>-seg<S>-cls<C>-s<seed> (default runs/ablation/), a run whose metrics.json exists is
+reused, and the table is written to --out.{json,md}. --jobs N trains N runs at once, one torch
+thread each (longest first).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -55,7 +58,7 @@ NAMES = {
     "multimix": "MultiMix (full)",
 }
 CLS_KEYS = ("accuracy", "f1_normal", "f1_pneumonia", "auroc")
-SEG_KEYS = ("dice", "jaccard", "ssim", "avg_hausdorff", "precision", "recall")
+SEG_KEYS = ("dice", "jaccard", "hd95", "assd", "precision", "recall")
 
 
 def fmt(vals: list[float]) -> str:
@@ -63,6 +66,45 @@ def fmt(vals: list[float]) -> str:
         return "-"
     a = np.asarray(vals, dtype=float)
     return f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else 0:.3f}"
+
+
+def cpu_name() -> str:
+    """lscpu's model name and its vector flags (the CPU changes between machines)."""
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    vector = sorted(f for f in flags if f.startswith(("avx", "amx")))
+    return f"{fields.get('Model name', '?').strip()} ({' '.join(vector)})"
+
+
+def parse_budgets(text: str) -> list[tuple[int, int]]:
+    """'10:100,50:1000' -> [(10, 100), (50, 1000)] (segmentation labels : classification labels)."""
+    out = []
+    for item in text.split(","):
+        seg, _, cls = item.partition(":")
+        out.append((int(seg), int(cls)))
+    return out
+
+
+def run_dir(runs: Path, model: str, budget: tuple[int, int], seed: int) -> Path:
+    return Path(runs) / f"{model}-seg{budget[0]}-cls{budget[1]}-s{seed}"
+
+
+# relative cost of a step (measured at 64 px, 1 thread): longest first keeps --jobs busy to the end
+COST = {"multimix": 4.0, "mt_bridge": 3.0, "encoder_ssl": 2.0, "unet_mt": 1.5, "unet": 1.0, "encoder": 0.8}
+
+
+def _train_one(job: tuple[dict, str]) -> str:
+    import torch
+
+    cfg_kwargs, label = job
+    torch.set_num_threads(1)
+    t0 = time.time()
+    train(TrainConfig(**cfg_kwargs))
+    return f"{label}: {time.time() - t0:.0f} s"
 
 
 def main(argv=None) -> int:
@@ -75,8 +117,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-epoch", type=int, default=25)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-step", type=int, default=8)
-    p.add_argument("--seg-labels", type=int, default=10)
-    p.add_argument("--cls-labels", type=int, default=100)
+    p.add_argument(
+        "--budgets",
+        default="10:100",
+        help="label budgets, seg:cls[,seg:cls...] (the papers': 10:100,50:1000)",
+    )
+    p.add_argument("--cls-data", default=None, help="classification root (default: the synthetic generator)")
+    p.add_argument("--seg-data", default=None, help="segmentation root (default: the synthetic generator)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one torch thread each")
     p.add_argument("--synth-cls", default="400,100,200")
     p.add_argument("--synth-seg", default="60,20,40")
     p.add_argument(
@@ -96,25 +144,27 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
+    budgets = parse_budgets(args.budgets)
     started = time.time()
-    rows: dict[str, list[dict]] = {m: [] for m in models}
-    for seed in seeds:
-        for m in models:
-            out = Path(args.runs) / f"{m}-s{seed}"
-            mfile = out / "metrics.json"
-            if not mfile.is_file() and args.collect_only:
-                continue
-            if not mfile.is_file():
-                cfg = TrainConfig(
+    jobs = []
+    for budget in budgets:
+        for seed in seeds:
+            for m in models:
+                out = run_dir(args.runs, m, budget, seed)
+                if (out / "metrics.json").is_file() or args.collect_only:
+                    continue
+                cfg = dict(
                     out=str(out),
+                    cls_data=args.cls_data,
+                    seg_data=args.seg_data,
                     image_size=args.image_size,
                     batch=args.batch,
                     epochs=args.epochs,
                     steps_per_epoch=args.steps_per_epoch,
                     lr=args.lr,
                     lr_step=args.lr_step,
-                    seg_labels=args.seg_labels,
-                    cls_labels=args.cls_labels,
+                    seg_labels=budget[0],
+                    cls_labels=budget[1],
                     synth_cls=args.synth_cls,
                     synth_seg=args.synth_seg,
                     synth_difficulty=args.difficulty,
@@ -126,44 +176,60 @@ def main(argv=None) -> int:
                     log_every=25,
                     **MODELS[m],
                 )
-                t0 = time.time()
-                train(cfg)
-                print(f"{m} seed {seed}: {time.time() - t0:.0f} s", flush=True)
-            res = json.loads(mfile.read_text())
-            rows[m].append(
-                {
-                    "seed": seed,
-                    "test": res["test"] or {},
-                    "val": (res["best"] or {}).get("val", {}),
-                    "best_epoch": (res["best"] or {}).get("epoch"),
-                    "images_per_s": res["timing"]["images_per_s"],
-                    "wall_s": res["timing"]["wall_s"],
-                }
-            )
+                jobs.append((cfg, f"{m} seg {budget[0]} cls {budget[1]} seed {seed}"))
+    jobs.sort(key=lambda j: -COST[j[1].split()[0]])
+    if args.jobs > 1 and jobs:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+            for i, line in enumerate(pool.imap_unordered(_train_one, jobs), 1):
+                print(f"[{i}/{len(jobs)}] {line} ({time.time() - started:.0f} s so far)", flush=True)
+    else:
+        for i, job in enumerate(jobs, 1):
+            print(f"[{i}/{len(jobs)}] {_train_one(job)}", flush=True)
+    rows: dict[str, list[dict]] = {f"{m}@{b[0]}:{b[1]}": [] for b in budgets for m in models}
+    for budget in budgets:
+        for seed in seeds:
+            for m in models:
+                mfile = run_dir(args.runs, m, budget, seed) / "metrics.json"
+                if not mfile.is_file():
+                    continue
+                res = json.loads(mfile.read_text())
+                rows[f"{m}@{budget[0]}:{budget[1]}"].append(
+                    {
+                        "seed": seed,
+                        "test": res["test"] or {},
+                        "val": (res["best"] or {}).get("val", {}),
+                        "best_epoch": (res["best"] or {}).get("epoch"),
+                        "images_per_s": res["timing"]["images_per_s"],
+                        "wall_s": res["timing"]["wall_s"],
+                    }
+                )
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/train_ablation.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out", "synth_cache")},
         "wall_s_this_invocation": time.time() - started,
         "runs": rows,
     }
     lines = [
-        "# MultiMix ablation on synthetic data (10 seg / 100 cls labels)",
+        "# MultiMix ablation (test split of the training data)",
         "",
-        f"- date: {report['date']}",
+        f"- date: {report['date']}; machine: {report['machine']['cpu']}, {report['machine']['cpu_count']} cores",
         f"- command: `{report['command'].strip()}`",
         f"- settings: {json.dumps(report['settings'])}",
         "- metrics: test split, checkpoint chosen on validation; mean ± std over seeds " + str(seeds),
         "",
-        "| model | n | " + " | ".join(CLS_KEYS + SEG_KEYS) + " | train s/run |",
-        "|---|---|" + "---|" * (len(CLS_KEYS) + len(SEG_KEYS) + 1),
+        "| model | labels seg:cls | n | " + " | ".join(CLS_KEYS + SEG_KEYS) + " | train s/run |",
+        "|---|---|---|" + "---|" * (len(CLS_KEYS) + len(SEG_KEYS) + 1),
     ]
-    for m in models:
-        cells = [fmt([r["test"][k] for r in rows[m] if k in r["test"]]) for k in CLS_KEYS + SEG_KEYS]
-        wall = np.mean([r["wall_s"] for r in rows[m]]) if rows[m] else float("nan")
-        lines.append(f"| {NAMES[m]} | {len(rows[m])} | " + " | ".join(cells) + f" | {wall:.0f} |")
+    for key, runs in rows.items():
+        m, budget = key.split("@")
+        cells = [fmt([r["test"][k] for r in runs if k in r["test"]]) for k in CLS_KEYS + SEG_KEYS]
+        wall = np.mean([r["wall_s"] for r in runs]) if runs else float("nan")
+        lines.append(f"| {NAMES[m]} | {budget} | {len(runs)} | " + " | ".join(cells) + f" | {wall:.0f} |")
     md = "\n".join(lines) + "\n"
     print(md)
     out = Path(args.out)

@@ -12,7 +12,7 @@ METRICS_PORT=${METRICS_PORT:-18002}
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s  [%d s]\n' "$*" "$SECONDS"; }
 server_pid=
 stop_server() { [ -z "$server_pid" ] || { kill -TERM "$server_pid" 2>/dev/null; wait "$server_pid" || true; }; }
 trap stop_server EXIT
@@ -59,8 +59,9 @@ mmtrt evaluate "$WORK/train/best.pt" --name best.pt --url "127.0.0.1:$GRPC_PORT"
 stop_server
 server_pid=
 
-step "8/8 benchmark: PyTorch reference vs shared pass vs onnxruntime vs Triton, same images"
-mmtrt bench "$WORK/train/best.pt" "$WORK/export" --out "$WORK/bench" --batches 8 --concurrency 1,8 --seconds 3
+step "8/8 benchmark: PyTorch reference vs onnxruntime vs OpenVINO vs Triton (tensors and PNG files), same images"
+mmtrt bench "$WORK/train/best.pt" "$WORK/export" --out "$WORK/bench" --batches 8 --concurrency 1,8 --seconds 3 \
+    --targets reference,ort-fused,ov-fused,triton,triton-bytes
 
 python - "$WORK/evaluate/metrics.json" <<'PY'
 import json, sys
