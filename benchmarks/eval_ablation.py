@@ -4,7 +4,8 @@ evaluate` in-domain (their test splits) and cross-domain (NIH-style classificati
 Montgomery-style segmentation with left/right masks).
 
     python benchmarks/eval_ablation.py            # data, training (~1 h on 2 cores), evaluation, figures
-    python benchmarks/eval_ablation.py --smoke    # the same pipeline with 2 x 5 steps, one seed
+    python benchmarks/eval_ablation.py --smoke    # the same pipeline with 2 x 5 steps
+    python benchmarks/eval_ablation.py --difficulty 0.5 --budgets 10:100   # subtler pneumonia, one budget
 
 Writes, under --out (default benchmarks/results/ablation/):
     train.{md,json}                       each run's test-split metrics (benchmarks/train_ablation.py)
@@ -48,7 +49,7 @@ DATA = {  # source -> images per split; one fixed seed, so every model sees the 
     "nih": {"test": 200},
     "montgomery": {"test": 40},
 }
-DATA_SEED, DIFFICULTY = 9, 0.0
+DATA_SEED = 9
 TRAIN = ["--image-size", "64", "--batch", "4", "--epochs", "16", "--steps-per-epoch", "50", "--lr", "1e-3",
          "--lr-step", "12"]  # fmt: skip
 SMOKE = ["--image-size", "64", "--batch", "4", "--epochs", "2", "--steps-per-epoch", "5"]
@@ -57,12 +58,12 @@ SEG_MODELS = ("unet", "unet_mt", "mt_bridge", "multimix")
 DOMAINS = ("in-domain", "cross-domain")
 
 
-def write_data(root: Path) -> None:
+def write_data(root: Path, difficulty: float) -> None:
     from mmtrt.data.sources import write_source_dataset
 
     for source, counts in DATA.items():
         if not (root / source / "source.json").is_file():
-            write_source_dataset(root / source, source, counts, seed=DATA_SEED, difficulty=DIFFICULTY)
+            write_source_dataset(root / source, source, counts, seed=DATA_SEED, difficulty=difficulty)
 
 
 def evaluate(runs: Path, data: Path, budget: str, seed: int, dest: Path) -> dict | None:
@@ -239,31 +240,39 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument(
-        "--data", default=str(ROOT / "runs" / "ablation" / "data"), help="the sources (written if missing)"
+        "--budgets", default=BUDGETS, help="label budgets seg:cls[,seg:cls]; the first is the low one"
     )
-    p.add_argument("--runs", default=None, help="training runs [runs/ablation, --smoke: runs/ablation-smoke]")
     p.add_argument(
-        "--out", default=None, help="results [benchmarks/results/ablation, --smoke: <runs>/results]"
+        "--difficulty", type=float, default=0.0, help="pneumonia subtlety of the sources (0 obvious)"
+    )
+    p.add_argument("--runs", default=None, help="training runs [runs/ablation(-d<difficulty>|-smoke)]")
+    p.add_argument("--data", default=None, help="the sources, written if missing [<runs>/data]")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results [benchmarks/results/ablation(-d<difficulty>), --smoke: <runs>/results]",
     )
     p.add_argument("--jobs", type=int, default=2, help="training runs at once, one thread each")
     p.add_argument(
         "--smoke", action="store_true", help="2 x 5 training steps: checks the pipeline, not the models"
     )
     args = p.parse_args(argv)
-    runs = Path(args.runs or ROOT / "runs" / ("ablation-smoke" if args.smoke else "ablation"))
-    out = Path(args.out or (runs / "results" if args.smoke else ROOT / "benchmarks" / "results" / "ablation"))
-    data = Path(args.data)
-    write_data(data)
+    name = "ablation" + (f"-d{args.difficulty:g}" if args.difficulty else "")
+    runs = Path(args.runs or ROOT / "runs" / ("ablation-smoke" if args.smoke else name))
+    out = Path(args.out or (runs / "results" if args.smoke else ROOT / "benchmarks" / "results" / name))
+    data = Path(args.data or runs / "data")
+    write_data(data, args.difficulty)
+    budgets = args.budgets.split(",")
     out.mkdir(parents=True, exist_ok=True)
     train_ablation.main(
-        ["--seeds", args.seeds, "--budgets", BUDGETS, *(SMOKE if args.smoke else TRAIN), "--jobs", str(args.jobs),
+        ["--seeds", args.seeds, "--budgets", args.budgets, *(SMOKE if args.smoke else TRAIN), "--jobs", str(args.jobs),
          "--cls-data", str(data / "kermany" / "cls"), "--seg-data", str(data / "jsrt" / "seg"),
          "--runs", str(runs), "--out", str(out / "train")]
     )  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     evals: dict[str, dict[int, dict]] = {}
     folders: dict[str, dict[int, Path]] = {}
-    for i, budget in enumerate(BUDGETS.split(",")):
+    for i, budget in enumerate(budgets):
         for seed in seeds:
             where = Path(f"seg{budget.replace(':', '-cls')}") / f"seed{seed}"
             res = evaluate(runs, data, budget, seed, runs / "evaluate" / where)
@@ -275,22 +284,27 @@ def main(argv=None) -> int:
     figures(out, evals, folders)
     first = next(iter(folders.values()))[seeds[0]]
     print(screenshot(first / "report.html", out / "report_screenshot.png"))
-    b_lo, b_hi = BUDGETS.split(",")
+    (seg_lo, cls_lo), (seg_hi, cls_hi) = (tuple(b.split(":")) for b in (budgets[0], budgets[-1]))
     claims = [
-        ("bridge lifts Dice at 10 labels (multi-task + bridge - multi-task)", "mt_bridge", "unet_mt", b_lo, "dice in-domain"),
-        ("... and against the U-Net alone", "mt_bridge", "unet", b_lo, "dice in-domain"),
-        ("MultiMix - U-Net alone, Dice at 10 labels", "multimix", "unet", b_lo, "dice in-domain"),
-        ("SSL lifts accuracy at 100 labels (encoder + SSL - encoder)", "encoder_ssl", "encoder", b_lo, "accuracy in-domain"),
-        ("... AUROC", "encoder_ssl", "encoder", b_lo, "auroc in-domain"),
-        ("MultiMix - encoder, cross-domain accuracy, 100 labels", "multimix", "encoder", b_lo, "accuracy cross-domain"),
-        ("MultiMix - encoder, cross-domain accuracy, 1000 labels", "multimix", "encoder", b_hi, "accuracy cross-domain"),
-        ("MultiMix - U-Net alone, cross-domain Dice, 10 labels", "multimix", "unet", b_lo, "dice cross-domain"),
-        ("MultiMix - U-Net alone, cross-domain Dice, 50 labels", "multimix", "unet", b_hi, "dice cross-domain"),
+        (f"bridge lifts Dice at {seg_lo} labels (multi-task + bridge - multi-task)", "mt_bridge", "unet_mt", budgets[0], "dice in-domain"),
+        ("... and against the U-Net alone", "mt_bridge", "unet", budgets[0], "dice in-domain"),
+        (f"MultiMix - U-Net alone, Dice at {seg_lo} labels", "multimix", "unet", budgets[0], "dice in-domain"),
+        (f"SSL lifts accuracy at {cls_lo} labels (encoder + SSL - encoder)", "encoder_ssl", "encoder", budgets[0], "accuracy in-domain"),
+        ("... AUROC", "encoder_ssl", "encoder", budgets[0], "auroc in-domain"),
     ]  # fmt: skip
+    for budget, (seg, cls) in dict.fromkeys(
+        [(budgets[0], (seg_lo, cls_lo)), (budgets[-1], (seg_hi, cls_hi))]
+    ):
+        claims += [
+            (f"MultiMix - encoder, cross-domain accuracy, {cls} labels", "multimix", "encoder", budget, "accuracy cross-domain"),
+            (f"MultiMix - U-Net alone, cross-domain Dice, {seg} labels", "multimix", "unet", budget, "dice cross-domain"),
+        ]  # fmt: skip
     md = [
         "# Ablation: six models, two label budgets, in- and cross-domain",
         "",
         f"- command: `python benchmarks/eval_ablation.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- sources at difficulty {args.difficulty:g} (seed {DATA_SEED}): "
+        + ", ".join(f"{src} {counts}" for src, counts in DATA.items()),
         "- training: see train.md (settings, machine, each run's time); evaluation: `mmtrt evaluate` per budget"
         " and seed (seg*-cls*/seed*/report.html)",
         "- in-domain: Kermany-style (classification) and JSRT-style (segmentation) test splits; cross-domain:"
