@@ -135,7 +135,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--runs", default=str(ROOT / "runs" / "ablation"))
     p.add_argument("--synth-cache", default=None)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_ablation"))
+    p.add_argument(
+        "--out", default=str(ROOT / "runs" / "ablation" / "train_ablation"), help="table: OUT.md, OUT.json"
+    )
     p.add_argument(
         "--collect-only",
         action="store_true",
