@@ -67,8 +67,10 @@ def write_data(root: Path, difficulty: float) -> None:
 
 
 def evaluate(runs: Path, data: Path, budget: str, seed: int, dest: Path) -> dict | None:
-    seg, cls = budget.split(":")
-    ckpts = [(m, runs / f"{m}-seg{seg}-cls{cls}-s{seed}" / "best.pt") for m in MODELS]
+    ckpts = [
+        (m, train_ablation.run_dir(runs, m, train_ablation.parse_budgets(budget)[0], seed) / "best.pt")
+        for m in MODELS
+    ]
     ckpts = [(m, c) for m, c in ckpts if c.is_file()]
     if not ckpts:
         return None

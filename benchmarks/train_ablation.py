@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -69,15 +68,12 @@ def fmt(vals: list[float]) -> str:
 
 
 def cpu_name() -> str:
-    """lscpu's model name and its vector flags (the CPU changes between machines)."""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor()
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    vector = sorted(f for f in flags if f.startswith(("avx", "amx")))
-    return f"{fields.get('Model name', '?').strip()} ({' '.join(vector)})"
+    """The CPU's model name and its vector flags (the CPU changes between machines)."""
+    from mmtrt.bench.report import cpu_model
+    from mmtrt.runtimes.openvino import cpu_flags
+
+    vector = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
+    return f"{cpu_model()} ({' '.join(vector)})"
 
 
 def parse_budgets(text: str) -> list[tuple[int, int]]:
@@ -97,10 +93,10 @@ def run_dir(runs: Path, model: str, budget: tuple[int, int], seed: int) -> Path:
 COST = {"multimix": 4.0, "mt_bridge": 3.0, "encoder_ssl": 2.0, "unet_mt": 1.5, "unet": 1.0, "encoder": 0.8}
 
 
-def _train_one(job: tuple[dict, str]) -> str:
+def _train_one(job: tuple[str, dict, str]) -> str:
     import torch
 
-    cfg_kwargs, label = job
+    _, cfg_kwargs, label = job
     torch.set_num_threads(1)
     t0 = time.time()
     train(TrainConfig(**cfg_kwargs))
@@ -178,8 +174,8 @@ def main(argv=None) -> int:
                     log_every=25,
                     **MODELS[m],
                 )
-                jobs.append((cfg, f"{m} seg {budget[0]} cls {budget[1]} seed {seed}"))
-    jobs.sort(key=lambda j: -COST[j[1].split()[0]])
+                jobs.append((m, cfg, f"{m} seg {budget[0]} cls {budget[1]} seed {seed}"))
+    jobs.sort(key=lambda job: -COST[job[0]])
     if args.jobs > 1 and jobs:
         import multiprocessing
 
