@@ -35,6 +35,7 @@ Modality is not CR or DX.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,7 @@ def _check_image(ds, path: Path | EncodedFile) -> list[str]:
         raise _err(path, f"Bits Stored {bits} is not supported (radiographs: 8..16)")
     if int(ds.BitsAllocated) not in (8, 16):
         raise _err(path, f"Bits Allocated {int(ds.BitsAllocated)} is not supported (8 or 16)")
+    _check_grayscale_transform(ds, path)
     notes = []
     modality = str(ds.get("Modality", "")).strip().upper()
     if modality not in RADIOGRAPH_MODALITIES:
@@ -240,9 +242,68 @@ def _stored_range(ds) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+#: LUT Descriptor bounds (PS3.3 C.11.1.1): up to 2**16 entries (0 means 2**16), the first mapped
+#: value a 16-bit stored value (signed or not), entries of 8 to 16 bits
+_LUT_ENTRIES_MAX = 65536
+_LUT_FIRST_RANGE = (-32768, 65535)
+_LUT_BITS_RANGE = (8, 16)
+
+
 def _lut_bits(item) -> int:
-    descriptor = list(item.LUTDescriptor)
-    return int(descriptor[2])
+    return int(item.LUTDescriptor[2])  # checked by _check_lut before any use
+
+
+def _check_lut(item, what: str, path: Path | EncodedFile) -> None:
+    """Refuse a LUT whose descriptor or data a hostile file could make expensive: every value is
+    bounded here, before ``2 ** bits`` or an array of ``entries`` is computed from it."""
+    try:
+        descriptor = [int(v) for v in item.LUTDescriptor]
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+        raise _err(path, f"{what}: invalid or missing LUT Descriptor") from None
+    if len(descriptor) != 3:
+        raise _err(path, f"{what}: LUT Descriptor has {len(descriptor)} values, expected 3")
+    entries, first, bits = descriptor
+    entries = entries or _LUT_ENTRIES_MAX
+    if not 1 <= entries <= _LUT_ENTRIES_MAX:
+        raise _err(path, f"{what}: LUT Descriptor entries {entries} outside 1..{_LUT_ENTRIES_MAX}")
+    if not _LUT_FIRST_RANGE[0] <= first <= _LUT_FIRST_RANGE[1]:
+        raise _err(path, f"{what}: LUT Descriptor first mapped value {first} outside {_LUT_FIRST_RANGE}")
+    if not _LUT_BITS_RANGE[0] <= bits <= _LUT_BITS_RANGE[1]:
+        raise _err(
+            path, f"{what}: LUT Descriptor bits {bits} outside {_LUT_BITS_RANGE[0]}..{_LUT_BITS_RANGE[1]}"
+        )
+    if "LUTData" not in item:
+        raise _err(path, f"{what}: no LUT Data")
+    data = item["LUTData"].value
+    count = len(data) // 2 if isinstance(data, bytes) else len(data) if isinstance(data, list) else 1
+    if not 1 <= count <= 2 * _LUT_ENTRIES_MAX:
+        raise _err(path, f"{what}: LUT Data has {count} entries (descriptor: {entries})")
+
+
+def _finite_values(ds, key: str, path: Path | EncodedFile) -> list[float]:
+    """The numeric values of ``key`` (VM 1..n), refused unless each is a finite number."""
+    raw = ds[key].value
+    values = list(raw) if isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) else [raw]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError, OverflowError):
+        raise _err(path, f"invalid {key} {raw!r}") from None
+    if not numbers or not all(np.isfinite(numbers)) or max(abs(x) for x in numbers) > 1e12:
+        raise _err(path, f"invalid {key} {raw!r} (not a finite number of a sane size)")
+    return numbers
+
+
+def _check_grayscale_transform(ds, path: Path | EncodedFile) -> None:
+    """Bound every value the grayscale pipeline computes with (LUTs, rescale, window) before use."""
+    for key, what in (("ModalityLUTSequence", "Modality LUT"), ("VOILUTSequence", "VOI LUT")):
+        sequence = ds.get(key)
+        if sequence:
+            _check_lut(sequence[0], what, path)
+    for key in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if ds.get(key) not in (None, ""):
+            _finite_values(ds, key, path)
+    if ds.get("WindowWidth") not in (None, "") and _finite_values(ds, "WindowWidth", path)[0] <= 0:
+        raise _err(path, f"invalid Window Width {ds.WindowWidth!r} (must be > 0)")
 
 
 def voi_output_range(ds) -> tuple[float, float]:

@@ -6,6 +6,7 @@ encoded by Pillow and encapsulated), and pydicom's own test files accepted or re
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -439,3 +440,65 @@ def test_bytes_in_memory_decode_as_the_file(tmp_path, twelve):
         got = read_image(EncodedFile(path.read_bytes(), name))
         np.testing.assert_array_equal(got.pixels, want.pixels, err_msg=name)
         assert got.meta == want.meta and got.meta.format == "DICOM", name
+
+
+def _lut_item(descriptor_vr: str, descriptor: list, lut_entries: int = 4096) -> Dataset:
+    item = Dataset()
+    item.add_new(0x00283002, descriptor_vr, descriptor)  # LUT Descriptor
+    item.add_new(0x00283006, "US", list(range(lut_entries)))  # LUT Data
+    return item
+
+
+@pytest.mark.parametrize(
+    "sequence,descriptor_vr,descriptor,problem",
+    [
+        ("VOILUTSequence", "UL", [4096, 0, 4_000_000_000], "VOI LUT: LUT Descriptor bits 4000000000"),
+        ("ModalityLUTSequence", "UL", [4096, 0, 4_000_000_000], "Modality LUT: LUT Descriptor bits"),
+        ("VOILUTSequence", "UV", [4096, 0, 2**40], "VOI LUT: LUT Descriptor bits 1099511627776"),
+        ("VOILUTSequence", "IS", ["4096", "0", "4000000000"], "VOI LUT: LUT Descriptor bits"),
+        ("ModalityLUTSequence", "IS", ["4096", "0", "99999999999"], "Modality LUT: LUT Descriptor bits"),
+        ("VOILUTSequence", "UL", [4_000_000_000, 0, 12], "VOI LUT: LUT Descriptor entries 4000000000"),
+        ("VOILUTSequence", "SL", [4096, -2_000_000_000, 12], "VOI LUT: LUT Descriptor first mapped value"),
+        ("VOILUTSequence", "US", [4096, 0], "VOI LUT: LUT Descriptor has 2 values"),
+        ("ModalityLUTSequence", "US", [4096, 0, 4], "Modality LUT: LUT Descriptor bits 4 outside 8..16"),
+    ],
+)
+def test_hostile_lut_descriptors_are_refused_at_once(
+    tmp_path, twelve, sequence, descriptor_vr, descriptor, problem
+):
+    """A LUT Descriptor is bounded before anything is computed from it (a bits value of 4e9 used to
+    reach ``2 ** bits``: seconds of CPU and gigabytes), from disk and from memory alike."""
+    import time
+
+    ds = xray_dataset(twelve)
+    setattr(ds, sequence, [_lut_item(descriptor_vr, descriptor)])
+    path = save(ds, tmp_path / "lut.dcm")
+    for source in (path, EncodedFile(path.read_bytes(), "image 0")):
+        start = time.perf_counter()
+        with pytest.raises(DataError, match=re.escape(problem)) as e:
+            load_image(source)
+        assert str(e.value).startswith(f"{source}: ")
+        assert time.perf_counter() - start < 2.0, "refused, but only after real work"
+
+
+@pytest.mark.parametrize(
+    "attributes,problem",
+    [
+        ({"RescaleSlope": "nan"}, "invalid RescaleSlope"),
+        ({"RescaleIntercept": "1e300"}, "invalid RescaleIntercept"),
+        ({"WindowCenter": "inf", "WindowWidth": 100}, "invalid WindowCenter"),
+        ({"WindowCenter": 2048, "WindowWidth": 0}, "invalid Window Width"),
+    ],
+)
+def test_invalid_rescale_and_window_values_are_refused(tmp_path, twelve, attributes, problem):
+    ds = xray_dataset(twelve, **attributes)
+    with pytest.raises(DataError, match=re.escape(problem)):
+        load_image(save(ds, tmp_path / "bad.dcm"))
+
+
+def test_a_valid_modality_lut_sequence_still_reads(tmp_path, twelve):
+    ds = xray_dataset(twelve)
+    ds.ModalityLUTSequence = [_lut_item("US", [4096, 0, 16])]  # identity, 16-bit entries
+    ds.ModalityLUTSequence[0].ModalityLUTType = "US"
+    x = _load(ds, tmp_path, "mlut.dcm")
+    np.testing.assert_allclose(x, twelve / 65535.0, atol=1e-6)  # its output range: [0, 2**16 - 1]
