@@ -176,6 +176,9 @@ def make_overlay_capture(source, overlay_rgb: np.ndarray, info: ResultInfo):
     )
     sc.DerivationDescription = f"Rendered by mmtrt infer. {NOT_FOR_CLINICAL_USE}."
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    # The picture carries text (the source's file name, the class): an archive must treat it as
+    # possibly identifying, e.g. before de-identified export.
+    sc.BurnedInAnnotation = "YES"
     sc.SourceImageSequence = [_reference(source)]
     return sc
 

@@ -128,6 +128,7 @@ def read_manifest(folder: Path, *, check_files: bool = True) -> dict:
         raise ExportError(f"{path} is not an mmtrt export manifest (no '{FORMAT}' format tag)")
     if not isinstance(manifest.get("files"), dict):
         raise ExportError(f"{path} has no 'files' table")
+    _check_file_names(manifest, path)
     for name, entry in manifest["files"].items() if check_files else ():
         if name == TIMING_CACHE:  # rewritten by every engine build, even a failed one
             continue
@@ -138,3 +139,30 @@ def read_manifest(folder: Path, *, check_files: bool = True) -> dict:
                 f"{folder / name} differs from the file the manifest describes (sha256 mismatch)"
             )
     return manifest
+
+
+def _check_file_names(manifest: dict, path: Path) -> None:
+    """Every file a manifest names is a plain name inside the export folder: readers join these
+    names to the folder and copy or load them, so a path (``../x``, ``/etc/x``) is refused."""
+    names = [("files", name) for name in manifest["files"]]
+    for graph, info in (manifest.get("graphs") or {}).items():
+        for key in ("file", "reduced_precision_file"):
+            if isinstance(info, dict) and info.get(key) is not None:
+                names.append((f"graphs.{graph}.{key}", info[key]))
+    for graph, plan in ((manifest.get("engines") or {}).get("plans") or {}).items():
+        if isinstance(plan, dict) and plan.get("file") is not None:
+            names.append((f"engines.plans.{graph}.file", plan["file"]))
+    for where, name in names:
+        if not _is_plain_file_name(name):
+            raise ExportError(f"{path}: {where} is {name!r}, not a plain file name in the export folder")
+
+
+def _is_plain_file_name(name) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and Path(name).name == name
+    )

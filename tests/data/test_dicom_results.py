@@ -124,6 +124,7 @@ def test_secondary_capture_round_trip(source, tmp_path):
         "NOT FOR CLINICAL USE" in back.SeriesDescription and "checkpoint sha256 unknown" in back.ImageComments
     )
     assert list(back.PatientOrientation) == ["L", "F"]
+    assert back.BurnedInAnnotation == "YES"  # the overlay carries the source's file name as text
 
 
 def test_writes_are_all_or_nothing(source, tmp_path):
