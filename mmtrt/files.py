@@ -74,9 +74,42 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return stale
 
 
-def move_folder_into_place(staging: Path, out: Path) -> None:
-    """Rename a completely written `staging` folder to `out`, replacing an existing `out` by a
-    swap: never a half-replaced folder."""
+#: The file mmtrt leaves in every folder it writes whole (an export, a repository, a failed export
+#: kept for inspection). Replacing a folder (`--overwrite`) is allowed only where it is present:
+#: a mistyped --out must not delete a folder mmtrt did not write.
+FOLDER_MARK = ".mmtrt-folder"
+
+
+class NotOurFolder(FileExistsError):
+    """A folder that would be replaced was not written by mmtrt (the message says which)."""
+
+
+def written_by_mmtrt(folder: Path) -> bool:
+    """True for a real folder (not a link) holding mmtrt's mark as a regular file."""
+    folder = Path(folder)
+    mark = folder / FOLDER_MARK
+    return folder.is_dir() and not folder.is_symlink() and mark.is_file() and not mark.is_symlink()
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise NotOurFolder unless ``out`` is absent, an empty folder, or one that mmtrt wrote."""
+    out = Path(out)
+    if out.is_symlink():
+        raise NotOurFolder(f"{out} is a symbolic link: not replaced (give the folder itself)")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())) or written_by_mmtrt(out):
+        return
+    raise NotOurFolder(
+        f"{out} was not written by mmtrt (it has no {FOLDER_MARK}): not replaced; "
+        "remove it yourself or choose another folder"
+    )
+
+
+def move_folder_into_place(staging: Path, out: Path, *, writer: str = "mmtrt") -> None:
+    """Mark a completely written ``staging`` folder as mmtrt's and rename it to ``out``,
+    replacing an existing ``out`` (only one mmtrt wrote, see check_replaceable) by a swap: never a
+    half-replaced folder."""
+    check_replaceable(out)
+    atomic_write(Path(staging) / FOLDER_MARK, lambda fh: fh.write(f"written by {writer}\n".encode()))
     os.chmod(staging, 0o755)  # mkdtemp makes it 0700
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

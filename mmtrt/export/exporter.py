@@ -15,7 +15,6 @@ Progress goes to the ``echo(message, nl=True)`` callback (default: standard outp
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -38,7 +37,7 @@ from mmtrt.export.manifest import (
     write_json,
     write_manifest,
 )
-from mmtrt.files import move_folder_into_place
+from mmtrt.files import NotOurFolder, check_replaceable, move_folder_into_place
 
 DEFAULT_MAX_BATCH = 8
 
@@ -87,6 +86,10 @@ def export_model(
         raise ExportError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"--out {out} already exists and is not empty (pass --overwrite to replace it)")
+    try:
+        check_replaceable(out)
+    except NotOurFolder as exc:
+        raise ExportError(f"--out: {exc}") from None
 
     model, meta = load_checkpoint(checkpoint)  # CheckpointError names the file and the problem
     checkpoint_sha = file_sha256(checkpoint)
@@ -333,8 +336,11 @@ def _staging_folder(out: Path) -> Path:
 
 def _keep_failed(staging: Path, out: Path) -> Path:
     failed = out.with_name(out.name + ".failed")
-    shutil.rmtree(failed, ignore_errors=True)
-    os.rename(staging, failed)
+    try:
+        move_folder_into_place(staging, failed, writer="mmtrt export (failed parity check)")
+    except NotOurFolder:  # a folder of that name that mmtrt did not write stays as it is
+        failed = Path(tempfile.mkdtemp(prefix=f"{out.name}.failed-", dir=out.parent))
+        move_folder_into_place(staging, failed, writer="mmtrt export (failed parity check)")
     return failed
 
 
