@@ -21,7 +21,7 @@ from mmtrt.model import MultiMix
 from train import augment, losses
 from train.command import help_text, parse_args
 from train.config import TrainConfig
-from train.data import Pools, StepBatches, split_budget
+from train.data import Pools, StepBatches, split_budget, steps_per_epoch
 from train.step import TrainModule, compile_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,16 +130,18 @@ def test_label_budget_split_is_deterministic_and_disjoint():
 
 
 class _ConstItems:
-    """Image i is the constant (i+1)/100: invariant to flips, crops and reflect padding."""
+    """Image i is the constant (i+1)/100: invariant to flips, crops and reflect padding; with
+    ``with_mask``, (image, mask) pairs like a segmentation set, else (image, class)."""
 
-    def __init__(self, n):
-        self.n = n
+    def __init__(self, n, with_mask=False):
+        self.n, self.with_mask = n, with_mask
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        return np.full((SIZE, SIZE), (i + 1) / 100, np.float32), i % 2
+        img = np.full((SIZE, SIZE), (i + 1) / 100, np.float32)
+        return (img, (img > 0).astype(np.float32)) if self.with_mask else (img, i % 2)
 
 
 def test_weak_and_strong_views_come_from_the_same_item_and_batches_are_reproducible():
@@ -155,6 +157,29 @@ def test_weak_and_strong_views_come_from_the_same_item_and_batches_are_reproduci
     r0, r1 = StepBatches(cfg, pools, 0, 2)[0], StepBatches(cfg, pools, 1, 2)[0]
     vals = torch.cat([r0["cls_w"][:, 0, 0, 0], r1["cls_w"][:, 0, 0, 0]])
     assert len(torch.unique(vals)) == 8
+
+
+def test_seg_batch_sizes_the_seg_streams_only():
+    """--seg-batch: the segmentation streams get their own batch size, the classification streams
+    keep --batch; steps per epoch count each stream's own batches."""
+    pools = Pools(
+        _ConstItems(10, with_mask=True),
+        _ConstItems(30),
+        np.arange(3),
+        np.arange(3, 10),
+        np.arange(6),
+        np.arange(6, 30),
+    )
+    cfg = tiny_cfg(batch=4, seg_batch=1, randaug_ops=0)
+    assert cfg.seg_batch_size == 1 and tiny_cfg(batch=4).seg_batch_size == 4
+    b = StepBatches(cfg, pools)[2]
+    assert b["seg_l_img"].shape[0] == b["seg_l_mask"].shape[0] == b["seg_u_img"].shape[0] == 1
+    assert b["cls_l_img"].shape[0] == b["cls_w"].shape[0] == b["cls_s"].shape[0] == 4
+    # one pass over the largest stream in its own batches: seg_u 7 / 1 = 7 steps, cls_u 24 / 4 = 6
+    assert steps_per_epoch(cfg, pools) == 7
+    assert steps_per_epoch(tiny_cfg(batch=4), pools) == 6
+    with pytest.raises(ValueError, match="seg-batch"):
+        tiny_cfg(seg_batch=-1)
 
 
 # ---- losses --------------------------------------------------------------------------------------
