@@ -99,7 +99,7 @@ def run_variant(name: str, args, device, batch) -> dict:
     cfg = TrainConfig(
         out="bench",
         image_size=args.size,
-        batch=args.batch,
+        batch_size=args.batch,
         precision=precision,
         amp_scope=args.amp_scope,
         device=device.type,
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as the trainer does on CPU
     batch = make_batch(args.size, args.batch, device)
-    cfg = TrainConfig(out="bench", image_size=args.size, batch=args.batch)
+    cfg = TrainConfig(out="bench", image_size=args.size, batch_size=args.batch)
     work = work_per_step(MultiMix().to(device), cfg, 2 * args.batch, 2 * args.batch, args.batch)
     args.machine = machine(device)  # (load average taken before the first variant)
     results = []

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(
         out="x",
         image_size=args.size,
-        batch=args.batch,
+        batch_size=args.batch,
         w_u=0.25 if args.streams == "all" else 0.0,
         w_ce=1.0 if args.streams == "all" else 0.0,
         saliency_bridge=not args.no_bridge,

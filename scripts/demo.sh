@@ -28,7 +28,7 @@ mmtrt synth "$WORK/cross_mcu" --source montgomery --n-seg 8 --seed 0 --difficult
 
 step "2/8 training: $SEG_LABELS seg labels (the rest unlabelled, KL_seg), every cls label, $((EPOCHS * STEPS)) steps"
 mmtrt train --out "$WORK/train" --cls-data "$WORK/data/cls" --seg-data "$WORK/data/seg" \
-    --seg-labels "$SEG_LABELS" --cls-labels -1 --batch 8 --seg-batch 2 --lr 3e-4 \
+    --seg-labels "$SEG_LABELS" --cls-labels -1 --batch-size 8 --seg-batch 2 --lr 3e-4 \
     --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --compile off
 
 step "3/8 export: ONNX graphs checked against PyTorch, manifest, TensorRT where available"

@@ -306,7 +306,7 @@ def tiny_train_args(out: Path, cache: Path, *extra: str, epochs: int = 2, steps:
     return [
         "--out", str(out), "--synth-cache", str(cache), "--image-size", "64",
         "--synth-cls", "24,8,4", "--synth-seg", "8,4,2", "--seg-labels", "3", "--cls-labels", "8",
-        "--batch", "1", "--epochs", str(epochs), "--steps-per-epoch", str(steps),
+        "--batch-size", "1", "--epochs", str(epochs), "--steps-per-epoch", str(steps),
         "--compile", "off", "--progress", "off", "--log-every", "1", "--ckpt-every", "1",
         *extra,
     ]  # fmt: skip

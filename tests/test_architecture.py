@@ -1,14 +1,17 @@
 """The package's structure: no import cycle inside mmtrt/ (imports inside functions included),
-and a client that loads nothing of the server side."""
+a client that loads nothing of the server side, test modules that mirror the layout, and no
+script that edits sys.path to find the packages."""
 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mmtrt"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mmtrt"
 
 
 def _module_name(path: Path) -> str:
@@ -124,4 +127,48 @@ def test_tests_import_helpers_not_other_tests():
             found += [
                 f"{path.relative_to(tests)} imports {n}" for n in names if n.startswith(("test_", "conftest"))
             ]
+    assert not found, found
+
+
+# Test folders that name no folder of the repository, and what they hold.
+TEST_FOLDERS_BEYOND_THE_LAYOUT = {
+    "model": "mmtrt's top-level modules (model, checkpoint, import_weights)",
+    "integration": "end-to-end runs across packages",
+}
+
+
+def test_test_modules_mirror_the_layout():
+    """tests/<folder>/test_*.py, where <folder> is a folder of mmtrt/ or of the repository (or one
+    of TEST_FOLDERS_BEYOND_THE_LAYOUT); only this module sits at the top of tests/."""
+    tests = ROOT / "tests"
+    folders = {p.name for p in [*PACKAGE.iterdir(), *ROOT.iterdir()] if p.is_dir()} - {"tests"}
+    misplaced = [
+        str(path.relative_to(tests))
+        for path in sorted(tests.rglob("test_*.py"))
+        if path != Path(__file__).resolve()
+        and (
+            len(path.relative_to(tests).parts) != 2
+            or path.parent.name not in folders | set(TEST_FOLDERS_BEYOND_THE_LAYOUT)
+        )
+    ]
+    assert not misplaced, misplaced
+
+
+def _source_files(root: Path):
+    """The repository's Python and shell files (not hidden folders, caches or run outputs)."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "runs", "build")]
+        yield from (Path(folder) / f for f in files if f.endswith((".py", ".sh")))
+
+
+def test_nothing_edits_sys_path():
+    """The packages are installed (pip install -e .): a script or test that inserts a folder into
+    sys.path hides a broken install and imports whatever copy that folder holds."""
+    needle = "sys.path." + "insert"  # (spelled so that this file does not match itself)
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in _source_files(ROOT)
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1)
+        if needle in line
+    ]
     assert not found, found

@@ -32,6 +32,9 @@ METRIC_NAMES = (
     "recall",
 )
 
+# Fields renamed since runs were saved (old name -> name now): older runs still resume.
+RENAMED_FIELDS = {"batch": "batch_size"}
+
 
 def _f(default: Any, help: str, **kw: Any):
     return field(default=default, metadata={"help": help, **kw})
@@ -83,7 +86,7 @@ class TrainConfig:
         "Classification label budget: labelled training images (-1 = all). The rest is "
         "used unlabelled (weak + strong views of the same image).",
     )
-    batch: int = _f(
+    batch_size: int = _f(
         10,
         "Images per stream per step (five streams: labelled seg, unlabelled seg, labelled cls, "
         "weak and strong views of unlabelled cls; the reference uses 10 -> 50 images).",
@@ -91,7 +94,7 @@ class TrainConfig:
     seg_batch: int = _f(
         0,
         "Images per segmentation stream (labelled and unlabelled seg) per step, when it should "
-        "differ from --batch (0 = --batch). A segmentation image costs about 4x a "
+        "differ from --batch-size (0 = --batch-size). A segmentation image costs about 4x a "
         "classification one (saliency graph, decoder, double backward).",
     )
     workers: int = _f(0, "DataLoader worker processes (0 = load in the training process).")
@@ -198,17 +201,17 @@ class TrainConfig:
 
     @property
     def seg_batch_size(self) -> int:
-        """Images per segmentation stream: --seg-batch, or --batch when that is 0."""
-        return self.seg_batch or self.batch
+        """Images per segmentation stream: --seg-batch, or --batch-size when that is 0."""
+        return self.seg_batch or self.batch_size
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         if self.image_size % 32 or self.image_size < 32:
             raise ValueError(f"--image-size must be a positive multiple of 32, got {self.image_size}")
-        if self.batch < 1:
-            raise ValueError("--batch must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
         if self.seg_batch < 0:
-            raise ValueError("--seg-batch must be >= 0 (0 = --batch)")
+            raise ValueError("--seg-batch must be >= 0 (0 = --batch-size)")
         if min(self.w_ce, self.w_dice, self.w_u, self.w_kl) < 0:
             raise ValueError("loss weights must be >= 0")
         if not any((self.w_ce, self.w_dice, self.w_u)):
@@ -256,10 +259,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def current_names(d: dict[str, Any]) -> dict[str, Any]:
+        """A saved config (a run's config.json) with the fields renamed since under their names now."""
+        return {RENAMED_FIELDS.get(k, k): v for k, v in d.items()}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in cls.current_names(d).items() if k in names})
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Data for training: where the data sets are, the label-budget split, and the five streams.
 
-Streams (one batch of ``cfg.batch`` images each per step):
+Streams (one batch of ``cfg.batch_size`` images each per step):
 
     seg_l   labelled segmentation pairs (image, mask), no augmentation (as the reference)
     seg_u   unlabelled segmentation images (the rest of the segmentation training set)
@@ -200,7 +200,7 @@ class StepBatches(Dataset):
         return self.total_steps
 
     def _indices(self, stream: str, pool: np.ndarray, step: int) -> list[int]:
-        b = self.cfg.seg_batch_size if stream.startswith("seg") else self.cfg.batch
+        b = self.cfg.seg_batch_size if stream.startswith("seg") else self.cfg.batch_size
         n = len(pool)
         out = []
         for j in range(b):
@@ -261,6 +261,6 @@ def steps_per_epoch(cfg: TrainConfig, pools: Pools, world: int = 1) -> int:
     largest = max(
         -(-len(pools.seg_l) // sb),
         -(-len(pools.seg_u) // sb),
-        *(-(-len(p) // cfg.batch) for p in (pools.cls_l, pools.cls_u)),
+        *(-(-len(p) // cfg.batch_size) for p in (pools.cls_l, pools.cls_u)),
     )
     return max(1, -(-largest // world))

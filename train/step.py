@@ -175,7 +175,7 @@ def work_per_step(model: MultiMix, cfg: TrainConfig, n_seg: int, n_cls_grad: int
         + (n_cls_grad + n_cls_nograd) * f["encoder"]
     )
     per_image_ref = 3 * f["encoder"] + f["decoder"]
-    ref_images = 5 * cfg.batch
+    ref_images = 5 * cfg.batch_size
     scale = (256 / cfg.image_size) ** 2
     return {
         "image_size": cfg.image_size,

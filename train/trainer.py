@@ -135,7 +135,7 @@ def load_resume_config(cfg: TrainConfig) -> TrainConfig:
     path = Path(cfg.out) / "config.json"
     if not path.is_file() or not (Path(cfg.out) / "last.pt").is_file():
         raise TrainError(f"--resume: no resumable run in {cfg.out} (config.json and last.pt are needed)")
-    saved = json.loads(path.read_text())
+    saved = TrainConfig.current_names(json.loads(path.read_text()))
     merged = {**saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES}}
     differing = sorted(
         k for k, v in cfg.to_dict().items() if k not in RESUME_OVERRIDES and k in saved and saved[k] != v
@@ -227,8 +227,8 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
         pin_memory=device.type == "cuda",
     )
     n_seg = cfg.seg_batch_size * ((len(pools.seg_l) > 0) + (len(pools.seg_u) > 0))
-    n_cls_grad = cfg.batch * ((len(pools.cls_l) > 0) + (len(pools.cls_u) > 0))
-    n_cls_nograd = cfg.batch * (len(pools.cls_u) > 0)
+    n_cls_grad = cfg.batch_size * ((len(pools.cls_l) > 0) + (len(pools.cls_u) > 0))
+    n_cls_nograd = cfg.batch_size * (len(pools.cls_u) > 0)
     work = work_per_step(model, cfg, n_seg, n_cls_grad, n_cls_nograd)
     images_per_step = work["images_per_step"]
     if not cfg.resume:

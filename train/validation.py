@@ -19,11 +19,13 @@ def validate(model: MultiMix, cfg: TrainConfig, cls_set, seg_set, device) -> dic
     was_training = model.training
     try:
         if cls_set is not None:
-            metrics.update(evaluate_classification(model, cls_set, device, batch_size=max(cfg.batch, 16)))
+            metrics.update(
+                evaluate_classification(model, cls_set, device, batch_size=max(cfg.batch_size, 16))
+            )
         if seg_set is not None:
             metrics.update(
                 evaluate_segmentation(
-                    model, seg_set, device, bridge=cfg.saliency_bridge, batch_size=max(cfg.batch, 8)
+                    model, seg_set, device, bridge=cfg.saliency_bridge, batch_size=max(cfg.batch_size, 8)
                 )
             )
     finally:

@@ -8,7 +8,9 @@ One job per module:
 - :mod:`.logs`        reading a tritonserver log (error lines, ports it could not bind);
 - :mod:`.server`      :class:`TritonServer`, the server's lifecycle (start, ready, restart, stop);
 - :mod:`.supervisor`  :class:`Supervisor`, the watchdog of ``mmtrt serve`` (restarts a crashed
-  server or one whose stub died);
+  server or one whose stub died, within a :class:`RestartPolicy`);
+- :mod:`.replicas`    ``mmtrt serve``: N >= 1 servers of one repository (:class:`ServeSettings`),
+  each under its supervisor, until a signal;
 - :mod:`.config`      config.pbtxt parse / validate / render;
 - :mod:`.checks`      offline checks of a whole repository (ensemble wiring, ONNX agreement, the
   image decoder of ``file_decoder``, engines);

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
-import sys
-import time
 from pathlib import Path
 
 import click
 
 from .config import DEFAULT_IMAGE_LIMITS
-from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S
+from .replicas import ServeSettings
+from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S, RestartPolicy
 
 # --------------------------------------------------------------------------- repo
 
@@ -184,83 +182,39 @@ def repo(
 # --------------------------------------------------------------------------- serve
 
 
-class _Stop(Exception):
-    """Raised in the main thread by the SIGINT / SIGTERM / SIGHUP handler."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class _StopOnSignals:
-    """While active, the first SIGINT / SIGTERM / SIGHUP raises :class:`_Stop` in the main
-    thread; later ones, and any after :meth:`stopping`, are ignored so the clean-up runs."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __enter__(self):
-        self._stopping = False
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, _frame):
-        if not self._stopping:
-            self._stopping = True
-            raise _Stop(signum)
-
-    def stopping(self) -> None:
-        self._stopping = True
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
-def _describe_models(server) -> list[str]:
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=10.0)
-    lines = []
-    try:
-        for entry in client.get_model_repository_index(headers=server.headers):
-            name = entry["name"]
-            try:
-                meta = client.get_model_metadata(name, headers=server.headers)
-                ins = ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in meta["inputs"])
-                outs = ", ".join(t["name"] for t in meta["outputs"])
-                detail = f"in: {ins}; out: {outs}"
-            except Exception as e:  # noqa: BLE001 - only for the listing
-                detail = f"(metadata unavailable: {e})"
-            lines.append(f"  model {name} v{entry.get('version', '?')} {entry.get('state', '?')}  {detail}")
-    finally:
-        client.close()
-    return lines
-
-
 @click.command("serve", context_settings={"ignore_unknown_options": True})
 @click.argument("repository", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--host",
-    default="127.0.0.1",
+    default=ServeSettings.host,
     show_default=True,
     help="Address the HTTP, gRPC and metrics endpoints bind to. The default is "
     "loopback only; see model_repository/README.md before exposing it.",
 )
 @click.option(
-    "--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port."
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=ServeSettings.http_port,
+    show_default=True,
+    help="0: any free port.",
 )
-@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True)
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True)
+@click.option(
+    "--grpc-port", type=click.IntRange(0, 65535), default=ServeSettings.grpc_port, show_default=True
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=ServeSettings.metrics_port, show_default=True
+)
 @click.option(
     "--log-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Where the server's own log goes [default: a file in the temp folder].",
+    help="Where the server's own log goes [default: a file in the temp folder]; with several "
+    "replicas, replica i's goes to <stem>.<i><suffix> beside it.",
 )
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
-    default=300,
+    default=ServeSettings.timeout,
     show_default=True,
     help="Seconds to wait for the models to load.",
 )
@@ -271,13 +225,13 @@ def _describe_models(server) -> list[str]:
     help="Restart tritonserver on the same ports when it exits on its own (a crash) "
     "or a model's python-backend stub process dies (Triton does not restart a "
     "stub: the model would fail every request while still reported ready). At "
-    f"most {MAX_RESTARTS} restarts in {RESTART_WINDOW_S // 60} minutes, then "
-    "mmtrt serve exits 1.",
+    f"most {MAX_RESTARTS} restarts in {RESTART_WINDOW_S // 60} minutes, then that "
+    "server is stopped; when none is left mmtrt serve exits 1.",
 )
 @click.option(
     "--replicas",
     type=click.IntRange(1, 32),
-    default=1,
+    default=ServeSettings.replicas,
     show_default=True,
     help="Run N servers of REPOSITORY on this host, replica i on each given port + 10*i "
     "(or free ports for 0), each with its own watchdog; use them all with "
@@ -302,98 +256,30 @@ def serve(
     Arguments after `--` go to tritonserver as they are, e.g.
     `mmtrt serve REPO -- --http-restricted-api=model-repository,shared-memory:admin-key=SECRET`.
     """
-    from .binary import find_tritonserver
     from .errors import ServingError
-    from .server import TritonServer
-    from .supervisor import Supervisor, exit_status
+    from .replicas import serve_replicas
 
     bad = [a for a in tritonserver_args if not a.startswith("--")]
     if bad:
         raise click.UsageError(
             f"unexpected argument(s) {list(bad)}: tritonserver flags go after `--` and start with `--`"
         )
-    if replicas > 1:
-        from .replicas import serve_replicas
-
-        try:
-            serve_replicas(
-                repository,
-                replicas,
-                host=host,
-                http_port=http_port,
-                grpc_port=grpc_port,
-                metrics_port=metrics_port,
-                log_file=log_file,
-                timeout=timeout,
-                watchdog=watchdog,
-                extra_args=tritonserver_args,
-                echo=click.echo,
-            )
-        except (ServingError, ValueError) as e:
-            raise click.ClickException(str(e)) from None
-        return
+    settings = ServeSettings(
+        repository,
+        replicas=replicas,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        log_file=log_file,
+        timeout=timeout,
+        restarts=RestartPolicy(enabled=watchdog),
+        extra_args=tritonserver_args,
+    )
     try:
-        server = TritonServer(
-            repository,
-            host=host,
-            http_port=http_port,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            log_file=log_file,
-            extra_args=tritonserver_args,
-        )
-        binary = find_tritonserver()
+        serve_replicas(settings, echo=click.echo)
     except (ServingError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-
-    error = None
-    with _StopOnSignals() as signals:
-        try:
-            click.echo(f"starting {binary} on {repository} (log: {server.log_path})")
-            t0 = time.monotonic()
-            server.start(timeout=timeout)
-            for line in _ready_lines(server, host):
-                click.echo(line, err=line.startswith("warning:"))
-            click.echo(
-                f"ready in {time.monotonic() - t0:.1f} s (pid {server.pid}); Ctrl-C or SIGTERM stops it"
-            )
-            sys.stdout.flush()
-            Supervisor(server, timeout=timeout, restart=watchdog, say=_say_flushed).run()
-            error = (
-                f"tritonserver exited on its own ({exit_status(server.exit_code)})"
-                f"\n--- tail of {server.log_path} ---\n{server.log_tail()}"
-            )
-        except _Stop as stop:
-            click.echo(f"{stop}: stopping the server")
-        except ServingError as e:
-            error = str(e)
-        finally:
-            signals.stopping()  # a second Ctrl-C must not interrupt the clean-up
-            server.stop()
-    if error:
-        raise click.ClickException(error)
-    click.echo("stopped")
-
-
-def _say_flushed(line: str, err: bool) -> None:
-    click.echo(line, err=err)
-    sys.stdout.flush()  # (a log file reader sees each restart as it happens)
-
-
-def _ready_lines(server, host: str) -> list[str]:
-    """What `mmtrt serve` prints once the server is ready: endpoints, models, exposure warning."""
-    lines = [
-        f"HTTP     http://{server.http_url}",
-        f"gRPC     {server.grpc_url}",
-        f"metrics  {server.metrics_url}",
-        *_describe_models(server),
-    ]
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        lines.append(
-            f"warning: bound to {host}: anyone who can reach this machine can use the "
-            "server; see 'Exposing the server' in model_repository/README.md"
-        )
-    return lines
 
 
 # --------------------------------------------------------------------------- infer

@@ -1,28 +1,51 @@
-"""`mmtrt serve --replicas N`: N independent tritonservers of one repository on one host.
+"""`mmtrt serve`: N independent tritonservers (replicas) of one repository on one host, N >= 1.
 
 Each replica is a :class:`~mmtrt.serving.server.TritonServer` with ports of its own: replica ``i``
 gets ``port + REPLICA_PORT_STEP * i`` for each port given (8000, 8010, 8020 ... for HTTP with the
-defaults), or free ports where a port is 0. Their endpoints are printed one line per replica, with
-the `mmtrt infer --url ... --url ...` line that uses all of them. Each replica has its own
+defaults), or free ports where a port is 0. Once all are ready their endpoints, models and the
+`mmtrt infer --url ...` line that uses all of them are printed. Each replica has its own
 :class:`~mmtrt.serving.supervisor.Supervisor` (a crashed server or a dead stub process: restart on
-the same ports, at most ``max_restarts`` in ``window_s``); a replica past that is stopped and the
-others go on; when none
-is left `mmtrt serve` exits 1. SIGINT / SIGTERM / SIGHUP stop every replica and exit 0.
+the same ports, within the :class:`~mmtrt.serving.supervisor.RestartPolicy`); a replica past that
+is stopped and the others go on; when none is left :func:`serve_replicas` raises ServingError
+(`mmtrt serve` exits 1). SIGINT / SIGTERM / SIGHUP stop every replica, even while they start, and
+it returns (exit 0); a second signal does not interrupt that clean-up.
+
+The messages name replicas ("replica 1: ...") only when there are several; one server is
+"the server", its endpoints a table.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .supervisor import MAX_RESTARTS, PERIOD_S, RESTART_WINDOW_S
+from .supervisor import RestartPolicy, exit_status
 
 REPLICA_PORT_STEP = 10
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-__all__ = ["REPLICA_PORT_STEP", "replica_ports", "serve_replicas"]
+__all__ = ["REPLICA_PORT_STEP", "ServeSettings", "replica_ports", "serve_replicas"]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `mmtrt serve` runs: ``replicas`` servers of ``repository`` bound to ``host``, the
+    first on the given ports; ``timeout`` seconds for the models to load; ``extra_args`` passed to
+    each tritonserver; ``log_file`` (one replica) or ``<stem>.<i><suffix>`` beside it (several)."""
+
+    repository: Path
+    replicas: int = 1
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log_file: Path | None = None
+    timeout: float = 300.0
+    restarts: RestartPolicy = RestartPolicy()
+    extra_args: tuple[str, ...] = ()
 
 
 def replica_ports(n: int, http_port: int, grpc_port: int, metrics_port: int) -> list[dict[str, int]]:
@@ -44,112 +67,181 @@ def replica_ports(n: int, http_port: int, grpc_port: int, metrics_port: int) -> 
     return ports
 
 
-def serve_replicas(
-    repository: Path,
-    n: int,
-    *,
-    host: str,
-    http_port: int,
-    grpc_port: int,
-    metrics_port: int,
-    log_file: Path | None,
-    timeout: float,
-    watchdog: bool,
-    extra_args: Sequence[str],
-    echo: Callable[..., None],
-    period_s: float = PERIOD_S,
-    max_restarts: int = MAX_RESTARTS,
-    window_s: float = RESTART_WINDOW_S,
-) -> None:
-    """Run ``n`` replicas until a signal; ServingError when none is left (or one fails to start)."""
+class _Stop(Exception):
+    """Raised in the main thread by the SIGINT / SIGTERM / SIGHUP handler."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+
+
+class _StopOnSignals:
+    """While active, the first SIGINT / SIGTERM / SIGHUP raises :class:`_Stop` in the main
+    thread (also inside a server's start-up); later ones, and any after :meth:`stopping`, are
+    ignored so the clean-up runs."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self):
+        self._stopping = False
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, _frame):
+        if not self._stopping:
+            self._stopping = True
+            raise _Stop(signum)
+
+    def stopping(self) -> None:
+        self._stopping = True
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def serve_replicas(settings: ServeSettings, echo: Callable[..., None]) -> None:
+    """Run the replicas until a signal (then return); ServingError when one fails to start or
+    none is left. ``echo(line, err=False)`` prints."""
+    from .binary import find_tritonserver
     from .errors import ServingError
     from .server import TritonServer
     from .supervisor import Supervisor
 
-    servers: list[TritonServer] = []
-    for i, ports in enumerate(replica_ports(n, http_port, grpc_port, metrics_port)):
-        log = None if log_file is None else log_file.with_name(f"{log_file.stem}.{i}{log_file.suffix}")
-        servers.append(
-            TritonServer(
-                repository,
-                host=host,
-                http_port=ports["http"],
-                grpc_port=ports["grpc"],
-                metrics_port=ports["metrics"],
-                log_file=log,
-                extra_args=extra_args,
-            )
+    s = settings
+    binary = find_tritonserver()
+    servers = [
+        TritonServer(
+            s.repository,
+            host=s.host,
+            http_port=ports["http"],
+            grpc_port=ports["grpc"],
+            metrics_port=ports["metrics"],
+            log_file=_log_file(s.log_file, i, s.replicas),
+            extra_args=s.extra_args,
+            tritonserver=binary,
         )
-
-    stopping = {"signal": None}
-
-    def handler(signum, _frame):
-        if stopping["signal"] is None:
-            stopping["signal"] = signum
-
-    handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    live: list[int] = []
-    try:
-        t0 = time.monotonic()
-        for i, server in enumerate(servers):
-            echo(f"starting replica {i} on {repository} (log: {server.log_path})")
-            server.start(timeout=timeout)
-            live.append(i)
-            echo(
-                f"replica {i}: HTTP http://{server.http_url}  gRPC {server.grpc_url}  "
-                f"metrics {server.metrics_url}  (pid {server.pid})"
-            )
-            if stopping["signal"] is not None:
-                break
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            echo(
-                f"warning: bound to {host}: anyone who can reach this machine can use the "
-                "servers; see 'Exposing the server' in model_repository/README.md",
-                err=True,
-            )
-        echo(
-            "clients: mmtrt infer "
-            + " ".join(f"--url {s.http_url}" for s in servers)
-            + "  (gRPC: --protocol grpc "
-            + " ".join(f"--url {s.grpc_url}" for s in servers)
-            + ")"
-        )
-        echo(f"{n} replicas ready in {time.monotonic() - t0:.1f} s; Ctrl-C or SIGTERM stops them")
-        sys.stdout.flush()
-        supervisors = {
-            i: Supervisor(
-                servers[i],
-                timeout=timeout,
-                restart=watchdog,
-                say=lambda line, err: (echo(line, err=err), sys.stdout.flush()),
-                name=f"replica {i}",
-                period_s=period_s,
-                max_restarts=max_restarts,
-                window_s=window_s,
-            )
-            for i in live
-        }
-        while stopping["signal"] is None and live:
-            time.sleep(period_s)
-            for i in list(live):
-                try:
-                    if supervisors[i].poll():
-                        continue
+        for i, ports in enumerate(replica_ports(s.replicas, s.http_port, s.grpc_port, s.metrics_port))
+    ]
+    names = ["" if s.replicas == 1 else f"replica {i}" for i in range(s.replicas)]
+    with _StopOnSignals() as signals:
+        try:
+            t0 = time.monotonic()
+            for name, server in zip(names, servers):
+                echo(
+                    f"starting {name + ': ' if name else ''}{binary} on {s.repository} (log: {server.log_path})"
+                )
+                server.start(timeout=s.timeout)
+                if name:
                     echo(
-                        f"Error: replica {i}: tritonserver exited on its own; not restarted (--no-watchdog)",
-                        err=True,
+                        f"{name}: HTTP http://{server.http_url}  gRPC {server.grpc_url}  "
+                        f"metrics {server.metrics_url}  (pid {server.pid})"
                     )
-                except ServingError as e:  # gave up, or it did not come back
-                    echo(f"Error: {e}\nstopping replica {i}; the others go on", err=True)
-                    servers[i].stop(grace=2.0)
-                live.remove(i)
-        if stopping["signal"] is None:
+            for line, err in _ready_lines(servers, s.host, time.monotonic() - t0):
+                echo(line, err=err)
+            supervisors = [
+                Supervisor(server, timeout=s.timeout, policy=s.restarts, say=echo, name=name)
+                for name, server in zip(names, servers)
+            ]
+            _supervise(supervisors, echo)
             raise ServingError("no replica left")
-        echo(f"{signal.Signals(stopping['signal']).name}: stopping {n} replicas")
-    finally:
-        stopping["signal"] = stopping["signal"] or signal.SIGTERM  # later signals: ignored
-        for server in servers:
-            server.stop()
-        for s, h in handlers.items():
-            signal.signal(s, h)
+        except _Stop as stop:
+            echo(f"{stop}: stopping {_them(len(servers))}")
+        finally:
+            signals.stopping()  # a second Ctrl-C must not interrupt the clean-up
+            for server in servers:
+                server.stop()
     echo("stopped")
+
+
+def _them(n: int) -> str:
+    return "the server" if n == 1 else f"{n} replicas"
+
+
+def _ready_lines(servers: list, host: str, elapsed_s: float) -> list[tuple[str, bool]]:
+    """(line, to stderr) once every replica is ready: one server's endpoints (several have had a
+    line each as they started), the models, an exposure warning, the client command line."""
+    one = len(servers) == 1
+    lines = []
+    if one:
+        server = servers[0]
+        lines += [
+            (f"HTTP     http://{server.http_url}", False),
+            (f"gRPC     {server.grpc_url}", False),
+            (f"metrics  {server.metrics_url}", False),
+        ]
+    lines += [(line, False) for line in _describe_models(servers[0])]  # (one repository for all)
+    if host not in LOOPBACK:
+        lines.append(
+            (
+                f"warning: bound to {host}: anyone who can reach this machine can use "
+                f"{_them(len(servers))}; see 'Exposing the server' in model_repository/README.md",
+                True,
+            )
+        )
+    http = " ".join(f"--url {server.http_url}" for server in servers)
+    grpc = " ".join(f"--url {server.grpc_url}" for server in servers)
+    pids = ", ".join(str(server.pid) for server in servers)
+    lines += [
+        (f"clients: mmtrt infer {http}  (gRPC: --protocol grpc {grpc})", False),
+        (
+            f"{'' if one else f'{len(servers)} replicas '}ready in {elapsed_s:.1f} s (pid {pids}); "
+            f"Ctrl-C or SIGTERM stops {'it' if one else 'them'}",
+            False,
+        ),
+    ]
+    return lines
+
+
+def _supervise(supervisors: list, echo: Callable[..., None]) -> None:
+    """Poll every replica's supervisor until none is left: a replica that exits with restarting
+    off, or that its supervisor gives up on, is stopped and the others go on."""
+    from .errors import ServingError
+
+    live = list(supervisors)
+    while live:
+        time.sleep(0.2)  # (an exit is seen within this; stubs are looked at every policy.period_s)
+        for supervisor in list(live):
+            server, name = supervisor.server, supervisor.name
+            who = f"{name}: " if name else ""
+            try:
+                if supervisor.poll():
+                    continue
+                error = (
+                    f"{who}tritonserver exited on its own ({exit_status(server.exit_code)}); not "
+                    f"restarted (--no-watchdog)\n--- tail of {server.log_path} ---\n{server.log_tail()}"
+                )
+            except ServingError as e:  # gave up, or it did not come back
+                error = str(e)
+            live.remove(supervisor)
+            echo(f"Error: {error}" + (f"\nstopping {name}; the others go on" if live else ""), err=True)
+            server.stop(grace=2.0)
+
+
+def _log_file(log_file: Path | None, i: int, n: int) -> Path | None:
+    """The log of replica ``i``: ``log_file`` itself for one replica, ``<stem>.<i><suffix>``
+    beside it for several (None: a temporary file each)."""
+    if log_file is None or n == 1:
+        return log_file
+    return log_file.with_name(f"{log_file.stem}.{i}{log_file.suffix}")
+
+
+def _describe_models(server) -> list[str]:
+    """The models ``server`` serves, one line each: name, version, state, inputs and outputs."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=10.0)
+    lines = []
+    try:
+        for entry in client.get_model_repository_index(headers=server.headers):
+            name = entry["name"]
+            try:
+                meta = client.get_model_metadata(name, headers=server.headers)
+                ins = ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in meta["inputs"])
+                outs = ", ".join(t["name"] for t in meta["outputs"])
+                detail = f"in: {ins}; out: {outs}"
+            except Exception as e:  # noqa: BLE001 - only for the listing
+                detail = f"(metadata unavailable: {e})"
+            lines.append(f"  model {name} v{entry.get('version', '?')} {entry.get('state', '?')}  {detail}")
+    finally:
+        client.close()
+    return lines

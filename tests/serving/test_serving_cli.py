@@ -123,6 +123,7 @@ def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
         assert re.search(r"^metrics +http://127\.0\.0\.1:\d+/metrics$", text, re.M)
         assert re.search(r"model multimix v1 READY .*out: probs, label, mask, saliency", text)
         assert re.search(r"model classifier v1 READY .*out: probs, label", text)
+        assert f"clients: mmtrt infer --url {http}  (gRPC: --protocol grpc --url {grpc})" in serve.lines
         assert processes_mentioning(str(repo)), "the server runs"
 
         x = np.random.default_rng(0).random((2, 1, 256, 256), dtype=np.float32)
@@ -174,6 +175,28 @@ def test_serve_command_ctrl_c_while_starting(export_dir, tmp_path):
         serve.stop()
     assert "SIGINT: stopping the server" in serve.lines, serve.lines
     assert not processes_mentioning(str(repo)), "a tritonserver or stub process is left"
+
+
+@needs_server
+def test_serve_command_without_watchdog_exits_1_when_its_server_dies(export_dir, tmp_path):
+    repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",))
+    log = tmp_path / "logs" / "triton.log"
+    serve = ServeCommand(
+        str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--no-watchdog",
+        "--log-file", str(log),
+    )  # fmt: skip
+    try:
+        serve.wait_for(rf"^starting .* \(log: {re.escape(str(log))}\)$")
+        pid = int(serve.wait_for(r"^ready in .* \(pid (\d+)\)").group(1))
+        os.killpg(pid, signal.SIGKILL)
+        assert serve.finish() == 1, "\n".join(serve.lines)
+    finally:
+        serve.stop()
+    text = "\n".join(serve.lines)
+    assert "Error: tritonserver exited on its own (killed by SIGKILL); not restarted (--no-watchdog)" in text
+    assert f"--- tail of {log} ---" in text and serve.lines[-1] == "Error: no replica left"
+    assert "=== mmtrt: " in log.read_text()  # the server's own log went to --log-file
+    assert not processes_mentioning(str(repo))
 
 
 @needs_server

@@ -9,8 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -21,8 +23,9 @@ from mmtrt.model import MultiMix
 from train import augment, losses
 from train.command import help_text, parse_args
 from train.config import TrainConfig
-from train.data import Pools, StepBatches, split_budget
+from train.data import Pools, StepBatches, split_budget, steps_per_epoch
 from train.step import TrainModule, compile_step
+from train.trainer import load_resume_config
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -33,7 +36,7 @@ def tiny_args(out: Path, cache: Path, *extra: str) -> list[str]:
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(out="unused", image_size=SIZE, batch=2)
+    base = dict(out="unused", image_size=SIZE, batch_size=2)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -103,6 +106,25 @@ def test_help_documents_every_option():
     assert cfg.saliency_bridge and not cfg.detach_saliency and cfg.compile == "auto"
 
 
+def test_batch_size_option_and_runs_saved_with_its_old_name_resume(tmp_path):
+    """--batch-size, as in `mmtrt infer` (no --batch any more); a run whose config.json has the
+    field's old name "batch" resumes with its own value."""
+    assert parse_args(["--out", "x", "--batch-size", "3"]).batch_size == 3
+    with pytest.raises(click.NoSuchOption) as refused:
+        parse_args(["--out", "x", "--batch", "3"])
+    assert "'--batch-size'" in refused.value.format_message()  # (click suggests it)
+    old = TrainConfig(out=str(tmp_path), batch_size=3, seg_batch=1).to_dict()
+    old["batch"] = old.pop("batch_size")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "last.pt").write_bytes(b"")  # (only its presence is checked here)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same values: nothing to warn about
+        cfg = load_resume_config(TrainConfig(out=str(tmp_path), resume=True, batch_size=3, seg_batch=1))
+    assert (cfg.batch_size, cfg.seg_batch_size) == (3, 1)
+    with pytest.warns(UserWarning, match="batch_size"):
+        load_resume_config(TrainConfig(out=str(tmp_path), resume=True, batch_size=5))
+
+
 # ---- augmentation and data streams --------------------------------------------------------------
 def test_augmentations_are_seeded_and_in_range():
     img = images(1, 5)[0, 0].numpy()
@@ -130,20 +152,22 @@ def test_label_budget_split_is_deterministic_and_disjoint():
 
 
 class _ConstItems:
-    """Image i is the constant (i+1)/100: invariant to flips, crops and reflect padding."""
+    """Image i is the constant (i+1)/100: invariant to flips, crops and reflect padding; with
+    ``with_mask``, (image, mask) pairs like a segmentation set, else (image, class)."""
 
-    def __init__(self, n):
-        self.n = n
+    def __init__(self, n, with_mask=False):
+        self.n, self.with_mask = n, with_mask
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        return np.full((SIZE, SIZE), (i + 1) / 100, np.float32), i % 2
+        img = np.full((SIZE, SIZE), (i + 1) / 100, np.float32)
+        return (img, (img > 0).astype(np.float32)) if self.with_mask else (img, i % 2)
 
 
 def test_weak_and_strong_views_come_from_the_same_item_and_batches_are_reproducible():
-    cfg = tiny_cfg(batch=4, randaug_ops=0, cutout=0.0)
+    cfg = tiny_cfg(batch_size=4, randaug_ops=0, cutout=0.0)
     pools = Pools(None, _ConstItems(30), np.arange(0), np.arange(0), np.arange(5), np.arange(5, 30))
     sb = StepBatches(cfg, pools)
     b = sb[7]
@@ -155,6 +179,29 @@ def test_weak_and_strong_views_come_from_the_same_item_and_batches_are_reproduci
     r0, r1 = StepBatches(cfg, pools, 0, 2)[0], StepBatches(cfg, pools, 1, 2)[0]
     vals = torch.cat([r0["cls_w"][:, 0, 0, 0], r1["cls_w"][:, 0, 0, 0]])
     assert len(torch.unique(vals)) == 8
+
+
+def test_seg_batch_sizes_the_seg_streams_only():
+    """--seg-batch: the segmentation streams get their own batch size, the classification streams
+    keep --batch-size; steps per epoch count each stream's own batches."""
+    pools = Pools(
+        _ConstItems(10, with_mask=True),
+        _ConstItems(30),
+        np.arange(3),
+        np.arange(3, 10),
+        np.arange(6),
+        np.arange(6, 30),
+    )
+    cfg = tiny_cfg(batch_size=4, seg_batch=1, randaug_ops=0)
+    assert cfg.seg_batch_size == 1 and tiny_cfg(batch_size=4).seg_batch_size == 4
+    b = StepBatches(cfg, pools)[2]
+    assert b["seg_l_img"].shape[0] == b["seg_l_mask"].shape[0] == b["seg_u_img"].shape[0] == 1
+    assert b["cls_l_img"].shape[0] == b["cls_w"].shape[0] == b["cls_s"].shape[0] == 4
+    # one pass over the largest stream in its own batches: seg_u 7 / 1 = 7 steps, cls_u 24 / 4 = 6
+    assert steps_per_epoch(cfg, pools) == 7
+    assert steps_per_epoch(tiny_cfg(batch_size=4), pools) == 6
+    with pytest.raises(ValueError, match="seg-batch"):
+        tiny_cfg(seg_batch=-1)
 
 
 # ---- losses --------------------------------------------------------------------------------------
@@ -370,7 +417,7 @@ def test_compiled_step_matches_eager():
     Inductor on every device, through train.step.compile_step as the trainer compiles (a cold
     build takes about 2 minutes on 2 cores)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = tiny_cfg(batch=1)
+    cfg = tiny_cfg(batch_size=1)
     batch = {k: v.to(device) for k, v in full_batch(b=1).items()}
 
     def step(compiled: bool):
