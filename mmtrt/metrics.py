@@ -42,14 +42,21 @@ Empty masks (no foreground in the prediction P, the target T, or both) are defin
                     the image diagonal (the largest distance possible on the grid; MONAI gives
                     inf or NaN there, which would poison every mean)
 
+The overlap ratios are computed here, in float64, from the pixel counts: MONAI's and
+torchmetrics' versions are float32 (they differ from these in the 7th digit) and give NaN, not
+the values above, for precision and recall of empty masks.
+
 Classification (:func:`classification_metrics`), class 0 = NORMAL, 1 = PNEUMONIA, prediction =
 argmax of the probabilities: accuracy, f1_normal, f1_pneumonia (F1 of each class as the positive
 one, 0 when a class is neither present nor predicted), auroc (ROC AUC of P(PNEUMONIA), ties
-counted half: the Mann-Whitney statistic, equal to the trapezoidal area under the ROC curve; NaN
-when the labels hold a single class).
+counted half: the trapezoidal area under the ROC curve, equal to the Mann-Whitney statistic;
+NaN when the labels hold a single class). The ROC curve and its area are scikit-learn's
+(``roc_curve``, ``auc``); accuracy and F1 are ratios of the confusion counts, as scikit-learn's
+``accuracy_score`` and ``f1_score`` (``zero_division=0``) define them.
 
-Confidence intervals (:func:`bootstrap_ci`): percentile bootstrap over images, 95 % by default,
-seeded (the same data and seed give the same interval).
+Confidence intervals (:func:`classification_ci`, :func:`mean_ci`): scipy's percentile bootstrap
+(``scipy.stats.bootstrap``) over images, 95 % by default, seeded (the same data and seed give the
+same interval).
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ __all__ = [
     "confusion_matrix",
     "roc_curve",
     "auroc",
-    "bootstrap_ci",
+    "classification_ci",
     "mean_ci",
 ]
 
@@ -211,46 +218,62 @@ def _labels_scores(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return y, score, pred
 
 
+def _confusion_counts(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """[[TN, FP], [FN, TP]] of each row of ``y``, ``pred`` [R, N]: [2, 2, R]."""
+    return np.array([[np.count_nonzero((y == t) & (pred == p), axis=-1) for p in (0, 1)] for t in (0, 1)])
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """2 TP / (2 TP + FP + FN), 0 where a class is neither present nor predicted."""
+    d = 2 * tp + fp + fn
+    return np.divide(2.0 * tp, d, out=np.zeros(d.shape), where=d > 0)
+
+
+def _classification_rows(y: np.ndarray, score: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics of each row of ``y``, ``score``, ``pred`` [R, N]: the test set (R = 1), or
+    every bootstrap resample at once. Accuracy and F1 are the ratios of the confusion counts that
+    scikit-learn's accuracy_score and f1_score compute (the tests check they agree), taken here
+    for all rows at once: those functions spend ~2 ms a call checking their inputs, which would
+    make the bootstrap several times slower."""
+    (tn, fp), (fn, tp) = _confusion_counts(y, pred)
+    return {
+        "accuracy": (tp + tn) / y.shape[-1],
+        "f1_normal": _f1(tn, fn, fp),  # NORMAL as the positive class
+        "f1_pneumonia": _f1(tp, fp, fn),
+        "auroc": np.array([auroc(y_r, s_r) for y_r, s_r in zip(y, score)]),
+    }
+
+
 def confusion_matrix(labels, pred) -> np.ndarray:
     """[[TN, FP], [FN, TP]]: rows = true class (NORMAL, PNEUMONIA), columns = predicted."""
-    y, p = np.asarray(labels, dtype=np.int64), np.asarray(pred, dtype=np.int64)
-    cm = np.zeros((2, 2), dtype=np.int64)
-    np.add.at(cm, (y, p), 1)
-    return cm
-
-
-def _f1(tp: int, fp: int, fn: int) -> float:
-    d = 2 * tp + fp + fn
-    return 2.0 * tp / d if d else 0.0
-
-
-def auroc(labels, scores) -> float:
-    """ROC AUC of ``scores`` for the positive class 1, ties counted half; NaN for one class."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    ranks = stats.rankdata(s)
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+    return _confusion_counts(np.asarray(labels)[None], np.asarray(pred)[None])[..., 0]
 
 
 def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate, thresholds), from (0, 0) to (1, 1); one point
-    per distinct score (predicted positive = score >= threshold)."""
+    per distinct score (predicted positive = score >= threshold), the first threshold infinite:
+    scikit-learn's ``roc_curve``. The rate over a class the labels lack is 0 (scikit-learn: NaN,
+    which a figure cannot draw)."""
+    from sklearn import metrics as skm
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, thr = skm.roc_curve(np.asarray(labels).astype(bool), scores, drop_intermediate=False)
+    return np.nan_to_num(fpr), np.nan_to_num(tpr), thr
+
+
+def auroc(labels, scores) -> float:
+    """ROC AUC of ``scores`` for the positive class 1: the area under :func:`roc_curve` (ties
+    counted half), what scikit-learn's ``roc_auc_score`` computes, without its input checks
+    (they would triple the bootstrap's time); NaN for one class."""
+    from sklearn import metrics as skm
+
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], y.size - 1] if y.size else np.array([], dtype=int)
-    tps = np.cumsum(y)[last]
-    fps = (last + 1) - tps
-    n1, n0 = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    fpr = np.r_[0.0, fps / n0]
-    tpr = np.r_[0.0, tps / n1]
-    thr = np.r_[np.inf, s[last]]
-    return fpr, tpr, thr
+    if y.all() or not y.any():
+        return float("nan")  # undefined (scikit-learn raises)
+    fpr, tpr, _ = roc_curve(y, scores)
+    return float(skm.auc(fpr, tpr))
 
 
 def classification_metrics(labels, probs) -> dict[str, float]:
@@ -259,13 +282,7 @@ def classification_metrics(labels, probs) -> dict[str, float]:
     y, score, pred = _labels_scores(labels, probs)
     if y.size == 0:
         raise ValueError("no classification predictions")
-    (tn, fp), (fn, tp) = confusion_matrix(y, pred)
-    return {
-        "accuracy": float((tp + tn) / y.size),
-        "f1_normal": _f1(int(tn), int(fn), int(fp)),  # NORMAL as the positive class
-        "f1_pneumonia": _f1(int(tp), int(fp), int(fn)),
-        "auroc": auroc(y, score),
-    }
+    return {k: float(v[0]) for k, v in _classification_rows(y[None], score[None], pred[None]).items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,41 +290,61 @@ def classification_metrics(labels, probs) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 
 
-def bootstrap_ci(
-    fn: Callable[..., float],
-    *arrays,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``fn(*arrays)``: the arrays are resampled together, with
-    replacement, along their first axis (images), ``n_boot`` times from a generator seeded with
-    ``seed``. Resamples where ``fn`` is NaN (e.g. an AUROC over one class) are left out; all NaN
-    gives (NaN, NaN)."""
-    arrays = [np.asarray(a) for a in arrays]
-    n = arrays[0].shape[0]
-    if any(a.shape[0] != n for a in arrays):
-        raise ValueError("arrays differ in length")
+def _percentile_bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int, seed: int, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(low [K], high [K]) of ``statistic(i)`` [K, R] over R = ``n_boot`` resamples ``i``
+    [R, n] of the image indices: scipy's percentile bootstrap of the indices, so that all that is
+    known of an image is drawn together (as scipy's ``paired=True``). Resamples where a value is
+    NaN are left out of its interval; all NaN gives (NaN, NaN)."""
     if n == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    vals = np.array([fn(*(a[i] for a in arrays)) for i in idx], dtype=np.float64)
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return float("nan"), float("nan")
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(vals, [a, 1.0 - a])
-    return float(lo), float(hi)
+        raise ValueError("no images to resample")
+    if n == 1:  # scipy needs two images; one resamples only to itself
+        v = statistic(np.zeros((1, 1), dtype=np.int64))[:, 0]
+        return v, v.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # NaN resamples, below
+        res = stats.bootstrap(
+            (np.arange(n),),
+            lambda i, axis=-1: statistic(i),
+            n_resamples=n_boot,
+            vectorized=True,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    low, high = (np.array(v, dtype=np.float64) for v in res.confidence_interval)
+    # A value undefined on some resamples (an AUROC over one class) is NaN there, and so is
+    # scipy's interval of it: take the percentiles over the resamples where it is defined.
+    undefined = np.isnan(low)
+    if undefined.any():
+        a = (1.0 - level) / 2.0
+        q = stats.quantile(
+            res.bootstrap_distribution[undefined], np.array([a, 1.0 - a]), axis=-1, nan_policy="omit"
+        )
+        low[undefined], high[undefined] = q[:, 0], q[:, 1]
+    return low, high
+
+
+def classification_ci(
+    labels, probs, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of :func:`classification_metrics`: the images (label and
+    prediction together) resampled with replacement, ``n_boot`` times, from a generator seeded
+    with ``seed``. Resamples where a metric is NaN (an AUROC over one class) are left out of its
+    interval; all NaN gives (NaN, NaN)."""
+    y, score, pred = _labels_scores(labels, probs)
+
+    def rows(i: np.ndarray) -> np.ndarray:
+        m = _classification_rows(y[i], score[i], pred[i])
+        return np.stack([m[k] for k in CLS_KEYS])
+
+    low, high = _percentile_bootstrap(rows, y.size, n_boot, seed, level)
+    return {k: (float(lo), float(hi)) for k, lo, hi in zip(CLS_KEYS, low, high)}
 
 
 def mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """:func:`bootstrap_ci` of the mean, vectorised (per-image metrics)."""
+    """Percentile bootstrap interval of the mean of per-image values (resampled as above)."""
     v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [a, 1.0 - a])
-    return float(lo), float(hi)
+    low, high = _percentile_bootstrap(lambda i: v[i].mean(axis=-1)[None], v.size, n_boot, seed, level)
+    return float(low[0]), float(high[0])

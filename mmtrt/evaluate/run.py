@@ -23,7 +23,7 @@ import numpy as np
 from mmtrt.metrics import (
     CLS_KEYS,
     SEG_KEYS,
-    bootstrap_ci,
+    classification_ci,
     classification_metrics,
     confusion_matrix,
     mean_ci,
@@ -209,12 +209,11 @@ def _summarise(c: Collected, n_boot: int, seed: int) -> dict:
     res: dict = {}
     if c.cls_labels is not None:
         m = classification_metrics(c.cls_labels, c.cls_probs)
+        ci = classification_ci(c.cls_labels, c.cls_probs, n_boot=n_boot, seed=seed)
         pred = np.argmax(c.cls_probs, 1)
         cls = {"n": int(len(c.cls_labels))}
         for k in CLS_KEYS:
-            fn = lambda y, p, k=k: classification_metrics(y, p)[k]  # noqa: E731
-            lo, hi = bootstrap_ci(fn, c.cls_labels, c.cls_probs, n_boot=n_boot, seed=seed)
-            cls[k] = {"value": m[k], "ci95": [lo, hi]}
+            cls[k] = {"value": m[k], "ci95": list(ci[k])}
         cls["confusion"] = confusion_matrix(c.cls_labels, pred).tolist()
         fpr, tpr, _ = roc_curve(c.cls_labels, c.cls_probs[:, 1])
         cls["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}

@@ -1,11 +1,15 @@
 """mmtrt.metrics against MONAI called directly, a direct scipy computation and closed forms, on
 masks made here (discs, squares), with and without pixel spacing; the empty-mask cases; the
-classification metrics against torchmetrics; the seeded bootstrap."""
+classification metrics against scikit-learn and torchmetrics; the seeded bootstrap; and every
+metric and interval against metrics_reference.json, the values the earlier hand-written
+implementation (Mann-Whitney ranks, its own ROC and bootstrap loops) gave on fixed inputs."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +17,9 @@ import torch
 from scipy import ndimage
 
 from mmtrt.metrics import (
+    CLS_KEYS,
     average_hausdorff,
-    bootstrap_ci,
+    classification_ci,
     classification_metrics,
     confusion_matrix,
     mean_ci,
@@ -142,7 +147,8 @@ def test_bad_inputs():
         segmentation_metrics(np.zeros((4, 4)), np.zeros((4, 4)), spacing=(1, 2, 3))
 
 
-def test_classification_metrics_match_torchmetrics():
+def test_classification_metrics_match_scikit_learn_and_torchmetrics():
+    from sklearn import metrics as skm
     from torchmetrics.functional.classification import binary_auroc, multiclass_f1_score
 
     rng = np.random.default_rng(0)
@@ -163,6 +169,21 @@ def test_classification_metrics_match_torchmetrics():
     assert confusion_matrix(y, pred).sum() == 200
     assert confusion_matrix([0, 0, 1, 1, 1], [0, 1, 1, 1, 0]).tolist() == [[1, 1], [1, 2]]
     assert math.isnan(classification_metrics([1, 1], [[0.2, 0.8], [0.6, 0.4]])["auroc"])
+    # the ratios of the confusion counts are scikit-learn's, on the data and on resamples of it,
+    # a class absent from some of them (zero_division=0)
+    right_pneumonia = np.flatnonzero((y == 1) & (pred == 1))[:10]  # NORMAL neither present nor predicted
+    for i in [np.arange(200), *rng.integers(0, 200, (30, 200)), np.flatnonzero(y == 1)[:15], right_pneumonia]:
+        yi, pi = y[i], probs[i]
+        m, pred_i = classification_metrics(yi, pi), pi.argmax(1)
+        f1_normal, f1_pneumonia = skm.f1_score(yi, pred_i, labels=[0, 1], average=None, zero_division=0)
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(yi, pred_i), abs=1e-15)
+        assert m["f1_normal"] == pytest.approx(f1_normal, abs=1e-15)
+        assert m["f1_pneumonia"] == pytest.approx(f1_pneumonia, abs=1e-15)
+        assert (
+            confusion_matrix(yi, pred_i).tolist() == skm.confusion_matrix(yi, pred_i, labels=[0, 1]).tolist()
+        )
+        if 0 < yi.sum() < yi.size:
+            assert m["auroc"] == pytest.approx(skm.roc_auc_score(yi, pi[:, 1]), abs=1e-12)
 
 
 def test_bootstrap_is_seeded_and_brackets_the_estimate():
@@ -172,6 +193,101 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     assert lo < v.mean() < hi and hi - lo < 0.05
     y = np.array([0, 1] * 30)
     p = np.clip(y * 0.3 + np.random.default_rng(2).uniform(0, 0.7, 60), 0, 1)
-    acc = lambda yy, pp: float(((pp > 0.5) == yy).mean())
-    lo, hi = bootstrap_ci(acc, y, p, n_boot=500, seed=0)
-    assert lo <= acc(y, p) <= hi and (lo, hi) == bootstrap_ci(acc, y, p, n_boot=500, seed=0)
+    acc = float(((p > 0.5) == y).mean())
+    ci = classification_ci(y, p, n_boot=300, seed=0)
+    assert ci == classification_ci(y, p, n_boot=300, seed=0) and ci != classification_ci(
+        y, p, n_boot=300, seed=1
+    )
+    lo, hi = ci["accuracy"]
+    assert lo <= acc <= hi and lo < hi
+    assert all(lo <= classification_metrics(y, p)[k] <= hi for k, (lo, hi) in ci.items())
+    with pytest.raises(ValueError, match="no images"):
+        mean_ci([])
+
+
+# ------------------------------------------------------------------------------------------------
+# The recorded values of the earlier implementation
+# ------------------------------------------------------------------------------------------------
+
+REFERENCE = json.loads(Path(__file__).with_name("metrics_reference.json").read_text())
+# The bootstrap draws the same resamples as before (scipy takes them from the same seeded
+# generator, in the same order), so its interval ends agree as closely as the point estimates.
+TOL = 1e-12
+
+
+def _close(actual, expected, tol=TOL):
+    np.testing.assert_allclose(
+        np.asarray(actual, dtype=float), np.asarray(expected, dtype=float), rtol=0, atol=tol
+    )
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE["classification"]))
+def test_classification_matches_the_recorded_values(name):
+    ref = REFERENCE["classification"][name]
+    y, probs = np.array(ref["labels"]), np.array(ref["probs"])
+    score = probs[:, 1] if probs.ndim == 2 else probs
+    pred = probs.argmax(1) if probs.ndim == 2 else (probs > 0.5).astype(int)
+    m = classification_metrics(y, probs)
+    assert list(m) == list(CLS_KEYS)
+    _close([m[k] for k in CLS_KEYS], [ref["metrics"][k] for k in CLS_KEYS])
+    assert confusion_matrix(y, pred).tolist() == ref["confusion"]
+    for got, key in zip(roc_curve(y, score), ("fpr", "tpr", "thresholds")):
+        _close(got, ref["roc"][key])
+    ci = classification_ci(y, probs, **REFERENCE["classification_bootstrap"])
+    for k in CLS_KEYS:
+        _close(ci[k], ref["ci"][k])
+
+
+def test_classification_intervals_at_the_default_resamples_match_the_recorded_values():
+    ref = REFERENCE["classification_ci_1000_resamples_seed_3"]
+    case = REFERENCE["classification"][ref["case"]]
+    ci = classification_ci(np.array(case["labels"]), np.array(case["probs"]), n_boot=1000, seed=3)
+    for k in CLS_KEYS:
+        _close(ci[k], ref["ci"][k])
+
+
+def test_an_auroc_undefined_on_some_resamples_leaves_them_out():
+    # 2 NORMAL images of 20: about one resample in eight draws no NORMAL image
+    case = REFERENCE["classification"]["2 normal of 20"]
+    lo, hi = classification_ci(np.array(case["labels"]), np.array(case["probs"]), n_boot=300)["auroc"]
+    assert math.isfinite(lo) and math.isfinite(hi)
+    case = REFERENCE["classification"]["one class (normal)"]
+    ci = classification_ci(np.array(case["labels"]), np.array(case["probs"]), n_boot=300)
+    assert all(math.isnan(v) for v in ci["auroc"]) and all(math.isfinite(v) for v in ci["accuracy"])
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE["mean_ci"]))
+def test_mean_intervals_match_the_recorded_values(name):
+    ref = REFERENCE["mean_ci"][name]
+    for s in (0, 3):
+        for level in (0.95, 0.9):
+            _close(
+                mean_ci(ref["values"], n_boot=1000, seed=s, level=level),
+                ref["ci"][f"seed {s}, level {level}"],
+            )
+
+
+def test_segmentation_matches_the_recorded_values():
+    irregular = [
+        np.array([[c == "1" for c in row] for row in REFERENCE["irregular_masks"][k]])
+        for k in ("pred", "target")
+    ]
+    pairs = {
+        "concentric discs": (disc(48, 48, 20), disc(48, 48, 25)),
+        "shifted discs": (disc(45, 50, 22), disc(50, 44, 20)),
+        "squares": (square(20, 20, 40), square(26, 23, 36)),
+        "disc in square": (disc(48, 48, 18), square(28, 28, 40)),
+        "identical": (disc(48, 48, 20), disc(48, 48, 20)),
+        "disjoint": (square(5, 5, 10), square(70, 70, 12)),
+        "both empty": (np.zeros((N, N), bool), np.zeros((N, N), bool)),
+        "empty prediction": (np.zeros((N, N), bool), disc(48, 48, 20)),
+        "empty target": (disc(48, 48, 20), np.zeros((N, N), bool)),
+        "irregular": tuple(irregular),
+    }
+    for name, (pred, target) in pairs.items():
+        prob = ndimage.gaussian_filter(pred.astype(np.float64), 1.5)
+        for spacing in (None, 0.7, (0.5, 1.25)):
+            ref = REFERENCE["segmentation"][f"{name}, spacing {spacing}"]
+            m = segmentation_metrics(pred, target, spacing=spacing, prob=prob)
+            assert sorted(m) == sorted(ref)
+            _close([m[k] for k in ref], list(ref.values()))
