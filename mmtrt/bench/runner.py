@@ -265,9 +265,8 @@ def run_bench(
     notes += ov_notes
     if "tensorrt" in targets:
         try:
-            in_process["tensorrt"], largest_batch["tensorrt"] = engine_pipeline(
-                require_tensorrt(), export_dir
-            )
+            require_tensorrt()
+            in_process["tensorrt"], largest_batch["tensorrt"] = engine_pipeline(export_dir)
         except (TensorRTUnavailable, EngineBuildError, ExportError) as exc:
             if tensorrt_required:
                 raise

@@ -266,7 +266,6 @@ def build_engines(folder: Path, *, echo=_print, progress=None) -> dict:
         echo(f"  {spec.plan} from {spec.onnx} ({mode})", nl=False)
         try:
             plans[spec.plan] = build_engine(
-                trt,
                 spec,
                 folder / spec.onnx,
                 max_batch=manifest["max_batch"],
@@ -276,7 +275,7 @@ def build_engines(folder: Path, *, echo=_print, progress=None) -> dict:
         except EngineBuildError as exc:
             raise ExportError(f"building the {spec.graph} engine failed: {exc}") from exc
         precision = spec.precision if manifest["graphs"][spec.graph].get("reduced_precision_file") else "fp32"
-        runners[(f"{spec.graph}.plan", spec.graph, precision)] = EngineRunner(trt, plans[spec.plan])
+        runners[(f"{spec.graph}.plan", spec.graph, precision)] = EngineRunner(plans[spec.plan])
         echo(f"  {time.perf_counter() - t0:.1f} s")
 
     references = {graph: ort.runner(folder / info["file"]) for graph, info in manifest["graphs"].items()}

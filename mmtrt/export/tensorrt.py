@@ -1,8 +1,9 @@
 """TensorRT engines from an export folder's ONNX graphs, for TensorRT 10 and 11.
 
-Written against the documented Python API (TensorRT cannot be installed on the machines this
-project is developed on): `tensorrt` is imported only here and only when engines are built or
-run, and every function takes the module as an argument so the logic around it can be tested.
+TensorRT cannot be installed on the machines this project is developed on: `tensorrt` is imported
+only here (and in tensorrt10.py), inside the functions that build or run engines, so tests can put
+a stand-in in its place. The calls are type-checked against the real API of each version
+(`python scripts/tensorrt_api.py check`, stubs made from TensorRT's own bindings; README.md).
 
 Per graph, one engine `<graph>.<precision>.sm<XY>.plan` (plans are tied to the GPU's compute
 capability and the TensorRT version), with one optimization profile on the batch axis:
@@ -12,17 +13,18 @@ Precision:
 * fp32: the float32 graph; TF32 is switched off (it rounds convolution inputs to 10 bits, far
   outside the float32 tolerances).
 * TensorRT 10, fp16/bf16: the float32 graph, the builder flag FP16/BF16, and per-layer
-  constraints (OBEY_PRECISION_CONSTRAINTS) that keep every layer in float32 except the
-  convolutions the precision policy lets go (mmtrt.export.precision).
-* TensorRT 11 removed those flags: networks are strongly typed and the precision comes from the
-  graph, so the engine is built from the mixed-precision copy `<graph>.<precision>.onnx`
-  (graphs without one, the saliency graph, run in float32).
+  constraints that keep every layer in float32 except the convolutions the precision policy lets
+  go (mmtrt.export.precision); tensorrt10.py, the one part written for TensorRT 10 only.
+* TensorRT 11 removed those flags and constraints: networks are strongly typed and the precision
+  comes from the graph, so the engine is built from the mixed-precision copy
+  `<graph>.<precision>.onnx` (graphs without one, the saliency graph, run in float32).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -37,7 +39,7 @@ class EngineBuildError(RuntimeError):
     pass
 
 
-def require_tensorrt():
+def require_tensorrt() -> ModuleType:
     """The tensorrt module, or TensorRTUnavailable naming what is missing (module or GPU)."""
     try:
         import tensorrt as trt
@@ -61,7 +63,7 @@ def require_tensorrt():
     return trt
 
 
-def major_version(trt) -> int:
+def major_version(trt: ModuleType) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
@@ -103,7 +105,6 @@ def engine_specs(manifest: dict, trt_major: int, capability: tuple[int, int]) ->
 
 
 def build_engine(
-    trt,
     spec: EngineSpec,
     onnx_path: Path,
     *,
@@ -112,22 +113,30 @@ def build_engine(
     reduced_layers: frozenset[str] = frozenset(),
 ) -> bytes:
     """Build one serialized engine; the timing cache file is read first and written back after."""
+    import tensorrt as trt
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if spec.strongly_typed else 0
-    network = builder.create_network(flags)
+    # No creation flags: TensorRT 11's networks are always strongly typed (its STRONGLY_TYPED flag
+    # is deprecated and ignored); TensorRT 10's are weakly typed, as its precision flags need.
+    network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
 
     config = builder.create_builder_config()
-    if hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
+    config.clear_flag(trt.BuilderFlag.TF32)
     if spec.builder_flag:  # TensorRT 10 weak typing: allow the type, then pin everything else
-        config.set_flag(getattr(trt.BuilderFlag, spec.builder_flag))
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        keep_float32_except(trt, network, reduced_layers)
+        from mmtrt.export.tensorrt10 import allow_reduced_precision
+
+        free = allow_reduced_precision(config, network, spec.builder_flag, reduced_layers)
+        if reduced_layers and not free:  # an fp32 engine that would call itself fp16
+            raise EngineBuildError(
+                f"none of the {len(reduced_layers)} convolutions chosen for reduced precision "
+                "matched a TensorRT layer name; refusing to build a float32 engine under a "
+                "reduced-precision name"
+            )
 
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
@@ -151,37 +160,13 @@ def build_engine(
     return bytes(serialized)
 
 
-def keep_float32_except(trt, network, reduced_layers: frozenset[str]) -> int:
-    """Constrain every layer with float outputs to float32, except the convolutions named in
-    `reduced_layers` (TensorRT's ONNX parser names a layer after its ONNX node). Returns how many
-    convolutions were left free; none while some were asked for is an error, not an fp32 engine
-    that calls itself fp16."""
-    free = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type == trt.LayerType.CONVOLUTION and layer.name in reduced_layers:
-            free += 1
-            continue
-        floats = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype == trt.float32]
-        if floats:
-            layer.precision = trt.float32
-            for j in floats:
-                layer.set_output_type(j, trt.float32)
-    if reduced_layers and not free:
-        raise EngineBuildError(
-            f"none of the {len(reduced_layers)} convolutions chosen for reduced precision "
-            "matched a TensorRT layer name; refusing to build a float32 engine under a "
-            "reduced-precision name"
-        )
-    return free
-
-
 class EngineRunner:
     """Runs a serialized engine on the GPU. `run_device` takes and returns CUDA tensors with no host
     copy (what `mmtrt bench` times); calling the runner with numpy arrays returns float32 numpy
     arrays (what the engine check against onnxruntime compares)."""
 
-    def __init__(self, trt, plan: bytes):
+    def __init__(self, plan: bytes):
+        import tensorrt as trt
         import torch
 
         self.torch = torch
@@ -243,7 +228,7 @@ class EngineRunner:
         return {name: t.float().cpu().numpy() for name, t in self.run_device(tensors).items()}
 
 
-def engine_pipeline(trt, folder: Path):
+def engine_pipeline(folder: Path):
     """The joint pipeline (images -> probs, mask, saliency, all on the GPU) over the engines that
     `mmtrt build-engines` recorded in the manifest of the export `folder`: the fused multimix
     engine when there is one, else the saliency engine then the decoder engine (as the split ONNX
@@ -264,7 +249,7 @@ def engine_pipeline(trt, folder: Path):
             raise TensorRTUnavailable(f"{folder} has no {graph} engine; {build}")
         path = folder / engines["plans"][graph]["file"]
         try:
-            return EngineRunner(trt, path.read_bytes())
+            return EngineRunner(path.read_bytes())
         except EngineBuildError as exc:
             raise EngineBuildError(
                 f"{path.name}: {exc}; rebuild the engines with: mmtrt build-engines {folder}"

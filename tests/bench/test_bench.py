@@ -3,7 +3,7 @@
 
 The bench runs here on the CPU over exports whose graphs are small stand-ins with the real tensor
 names: every output is the sum of the inputs plus its position (1, 2, ...), as the engines of
-`FakeTensorRT` (tests/export/test_export.py) compute, so a test can tell which tensor went where. The
+`FakeTensorRT` (tests/fake_tensorrt.py) compute, so a test can tell which tensor went where. The
 TensorRT runner's device logic runs against FakeTensorRT on CPU tensors; the real engines and the
 GPU bench are `gpu` tests that skip with the reason.
 """
@@ -19,7 +19,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from fake_tensorrt import NO_TENSORRT, FakeTensorRT
+from fake_tensorrt import NO_TENSORRT, FakeTensorRT, use_fake_tensorrt
 from helpers import flat_region_images, relative_error
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
@@ -327,9 +327,9 @@ def no_gpu_streams(monkeypatch):
     return streams
 
 
-def test_engine_runner_runs_on_its_own_stream_into_buffers_kept_per_batch_size(no_gpu_streams):
-    trt = FakeTensorRT("10.13.0")
-    runner = trt_code.EngineRunner(trt, FakeTensorRT.fake_plan("decoder", max_batch=4))
+def test_engine_runner_runs_on_its_own_stream_into_buffers_kept_per_batch_size(no_gpu_streams, monkeypatch):
+    trt = use_fake_tensorrt(monkeypatch, 10)
+    runner = trt_code.EngineRunner(FakeTensorRT.fake_plan("decoder", max_batch=4))
     assert runner.inputs == list(GRAPHS["decoder"].inputs) and runner.outputs == ["mask_logits", "mask"]
 
     def inputs(batch, seed):
@@ -378,10 +378,10 @@ def engine_export(folder: Path, graphs: list[str], state: str = "built", max_bat
     ids=["fused", "split"],
 )
 def test_the_tensorrt_target_runs_the_fused_engine_or_chains_saliency_and_decoder(
-    tmp_path, no_gpu_streams, graphs, split
+    tmp_path, no_gpu_streams, monkeypatch, graphs, split
 ):
-    trt = FakeTensorRT("11.4.0")
-    run, largest = trt_code.engine_pipeline(trt, engine_export(tmp_path / "export", graphs, max_batch=4))
+    trt = use_fake_tensorrt(monkeypatch, 11)
+    run, largest = trt_code.engine_pipeline(engine_export(tmp_path / "export", graphs, max_batch=4))
     assert largest == 4 and trt.record["loaded"] == (["saliency", "decoder"] if split else ["multimix"])
     images = torch.rand(2, 1, 8, 8)
     for got, want in zip(run(images), expected_joint(images, split)):
@@ -394,7 +394,7 @@ def test_the_tensorrt_target_without_engines_says_how_to_build_them(tmp_path):
         trt_code.TensorRTUnavailable,
         match=f"has no TensorRT engines .state: not built.; build them on this host with: mmtrt build-engines {folder}",
     ):
-        trt_code.engine_pipeline(FakeTensorRT("10.13.0"), folder)
+        trt_code.engine_pipeline(folder)
 
 
 # --------------------------------------------------------------------------- on a GPU
@@ -436,10 +436,10 @@ def test_engines_on_a_tensorrt_host(tmp_path, sum_export):  # pragma: no cover -
         manifest, trt_code.major_version(trt), torch.cuda.get_device_capability()
     ):
         plans[spec.graph] = trt_code.build_engine(
-            trt, spec, sum_export / spec.onnx, max_batch=4, timing_cache=tmp_path / "timing.cache"
+            spec, sum_export / spec.onnx, max_batch=4, timing_cache=tmp_path / "timing.cache"
         )
     images = torch.rand(3, 1, 256, 256)
-    saliency = trt_code.EngineRunner(trt, plans["saliency"])
+    saliency = trt_code.EngineRunner(plans["saliency"])
     on_host = saliency({"image": images.numpy()})
     np.testing.assert_allclose(on_host["saliency"], (images + 8).numpy(), rtol=1e-6)
     on_device = saliency.run_device({"image": images.cuda()})
@@ -464,7 +464,7 @@ def test_engines_on_a_tensorrt_host(tmp_path, sum_export):  # pragma: no cover -
             },
         },
     )
-    run, largest = trt_code.engine_pipeline(trt, folder)
+    run, largest = trt_code.engine_pipeline(folder)
     images = images.cuda()
     for got, want in zip(run(images), expected_joint(images, split=True)):
         torch.testing.assert_close(got, want)

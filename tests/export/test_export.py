@@ -20,7 +20,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from fake_tensorrt import NO_TENSORRT, FakeTensorRT
+from fake_tensorrt import NO_TENSORRT, use_fake_tensorrt
 from helpers import tiny_saliency_graph
 from onnx import TensorProto, helper, numpy_helper
 
@@ -432,9 +432,9 @@ def test_engine_specs_use_builder_flags_on_tensorrt_10_and_typed_graphs_on_11():
     assert all(s.builder_flag is None and s.onnx == f"{s.graph}.onnx" for s in fp32)
 
 
-@pytest.mark.parametrize("version", ["10.13.0", "11.4.0"])
-def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, version):
-    trt = FakeTensorRT(version)
+@pytest.mark.parametrize("major", [10, 11])
+def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, monkeypatch, major):
+    trt = use_fake_tensorrt(monkeypatch, major)
     onnx.save(tiny_saliency_graph(), str(tmp_path / "tiny.onnx"))
     manifest = {
         "precision": "fp16",
@@ -444,7 +444,6 @@ def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, versi
     cache = tmp_path / "timing.cache"
     for _build in range(2):
         plan = trt_code.build_engine(
-            trt,
             spec,
             tmp_path / "tiny.onnx",
             max_batch=8,
@@ -454,24 +453,26 @@ def test_build_engine_profile_flags_constraints_and_timing_cache(tmp_path, versi
         assert plan == b"engine"
     r = trt.record
     assert r["profiles"][-1] == {"image": ((1, 1, 64, 64), (8, 1, 64, 64), (8, 1, 64, 64))}
-    assert "TF32" in r["cleared"]
+    assert trt.BuilderFlag.TF32 in r["cleared"]
     assert cache.read_bytes().startswith(b"timings:") and r["cache_in"] == b"timings:"  # reused
-    if version.startswith("10."):
-        assert r["network_flags"] == 0 and r["flags"] == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
-        assert r["constrained"]["conv_f"] == "float32"  # the forward pass
+    # no network creation flags: TensorRT 10's networks are weakly typed (as its precision flags
+    # need), TensorRT 11's strongly typed whatever the flags (its STRONGLY_TYPED is deprecated)
+    assert r["network_flags"] == 0
+    if major == 10:
+        assert r["flags"] == {trt.BuilderFlag.FP16, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS}
+        assert r["constrained"]["conv_f"] == trt.float32  # the forward pass
         every_node = {n.name for n in tiny_saliency_graph().graph.node}
         assert set(r["constrained"]) == every_node - {"conv_g", "conv_b"}
     else:
-        assert r["network_flags"] == 1 << 5 and not r["flags"] and not r["constrained"]
+        assert not r["flags"] and not r["constrained"]
 
 
-def test_precision_constraints_refuse_to_build_when_no_layer_name_matches(tmp_path):
-    trt = FakeTensorRT("10.13.0")
+def test_precision_constraints_refuse_to_build_when_no_layer_name_matches(tmp_path, monkeypatch):
+    use_fake_tensorrt(monkeypatch, 10)
     onnx.save(tiny_saliency_graph(), str(tmp_path / "tiny.onnx"))
     spec = trt_code.EngineSpec("tiny", "tiny.onnx", "fp16", False, "FP16", "tiny.plan")
     with pytest.raises(trt_code.EngineBuildError, match="matched a TensorRT layer name"):
         trt_code.build_engine(
-            trt,
             spec,
             tmp_path / "tiny.onnx",
             max_batch=4,
@@ -480,11 +481,20 @@ def test_precision_constraints_refuse_to_build_when_no_layer_name_matches(tmp_pa
         )
 
 
+def test_tensorrt_10_reduced_precision_with_no_convolution_let_go_pins_every_layer(tmp_path, monkeypatch):
+    trt = use_fake_tensorrt(monkeypatch, 10)
+    onnx.save(tiny_saliency_graph(), str(tmp_path / "tiny.onnx"))
+    spec = trt_code.EngineSpec("tiny", "tiny.onnx", "fp16", False, "FP16", "tiny.plan")
+    trt_code.build_engine(spec, tmp_path / "tiny.onnx", max_batch=4, timing_cache=tmp_path / "c")
+    assert trt.record["flags"] == {trt.BuilderFlag.FP16, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS}
+    assert set(trt.record["constrained"]) == {n.name for n in tiny_saliency_graph().graph.node}
+
+
 def test_tensorrt_unavailable_names_what_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails
     with pytest.raises(trt_code.TensorRTUnavailable, match="tensorrt Python module is not installed"):
         trt_code.require_tensorrt()
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("10.13.0"))
+    use_fake_tensorrt(monkeypatch, 10)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(trt_code.TensorRTUnavailable, match="no CUDA GPU"):
         trt_code.require_tensorrt()
