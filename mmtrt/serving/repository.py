@@ -437,7 +437,6 @@ def served_model(
     """Model ``name`` of ``settings.flavour`` as it is served with ``settings``: its tensors from
     the export ``manifest``, ``max_batch`` (resolved by the build), a graph model's runtime (and
     why) and served ``precision``, an engine model's files per architecture."""
-    _check_flavour(settings.flavour)
     spec = FLAVOUR_MODELS[settings.flavour][name]
     parameters = None
     if spec.kind == "onnx":
