@@ -611,7 +611,7 @@ def main(argv=None) -> int:
 
     from mmtrt.bench.runner import xray_pool
     from mmtrt.serving import TritonServer, build_repository
-    from mmtrt.serving.config import ImageLimits
+    from mmtrt.serving.settings import ImageLimits
 
     work = Path(tempfile.mkdtemp(prefix="mmtrt-soak-"))
     try:

@@ -10,6 +10,7 @@ same way for every runtime:
   hardware);
 - :mod:`mmtrt.export.tensorrt` TensorRT engines (:class:`~mmtrt.export.tensorrt.EngineRunner`).
 
-The Triton python-backend model (model_repository/cpu/model.py) makes its own onnxruntime
-session or OpenVINO compiled model (the same properties): it is copied into model repositories that run without mmtrt installed.
+The Triton python-backend model (model_repository/cpu/model.py) runs its graph with the runners of
+:mod:`.ort` and :mod:`.openvino` themselves: `mmtrt repo` copies both modules beside it (they
+import numpy and their runtime only, never torch), so a repository runs without mmtrt installed.
 """

@@ -157,20 +157,33 @@ def output_names(compiled) -> list[str]:
     return [o.get_any_name() for o in compiled.outputs]
 
 
-def runner(source, *, threads: int = 0, streams: int = DEFAULT_STREAMS, cache_dir: Path | str | None = None):
-    """A :data:`mmtrt.graphs.Runner` over an OpenVINO compiled model of ``source``: float32 arrays
-    in, every output of the graph out, by name (copies: they stay valid after the next call)."""
-    compiled = compile_model(source, threads=threads, streams=streams, cache_dir=cache_dir)
-    request = compiled.create_infer_request()
-    names = output_names(compiled)
+class GraphRunner:
+    """A :data:`mmtrt.graphs.Runner` over an OpenVINO compiled model (``compiled``): float32
+    arrays in, the graph's outputs out by name (all of them, or those asked for; copies: they
+    stay valid after the next call). ``inputs``: the graph's input names; ``output_shapes``:
+    output name -> shape (None for a dynamic dim)."""
 
-    def run(inputs) -> dict[str, np.ndarray]:
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.inputs = [i.get_any_name() for i in compiled.inputs]
+        self.ports = dict(zip(output_names(compiled), compiled.outputs))
+        self.output_shapes = {
+            name: [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+            for name, port in self.ports.items()
+        }
+
+    def __call__(self, inputs, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         feed = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
-        results = request.infer(feed, share_inputs=False, share_outputs=False)
-        return {name: np.asarray(results[output]) for name, output in zip(names, compiled.outputs)}
+        results = self.request.infer(feed, share_inputs=False, share_outputs=False)
+        return {name: np.asarray(results[self.ports[name]]) for name in outputs or self.ports}
 
-    run.compiled = compiled  # for checks of its properties
-    return run
+
+def runner(
+    source, *, threads: int = 0, streams: int = DEFAULT_STREAMS, cache_dir: Path | str | None = None
+) -> GraphRunner:
+    """A :class:`GraphRunner` over :func:`compile_model` of ``source``."""
+    return GraphRunner(compile_model(source, threads=threads, streams=streams, cache_dir=cache_dir))
 
 
 def runners(export_dir: Path, graphs: Sequence[str], precision: str = "fp32", **options) -> dict:

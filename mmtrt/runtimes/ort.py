@@ -24,17 +24,25 @@ def session(source, *, threads: int = 0, providers: Sequence = CPU, log_severity
     return ort.InferenceSession(source, sess_options=options, providers=list(providers))
 
 
-def runner(source, *, threads: int = 0):
-    """A :data:`mmtrt.graphs.Runner` over a CPU session of ``source``: float32 arrays in, every
-    output of the graph out, by name."""
-    sess = session(source, threads=threads)
-    names = [o.name for o in sess.get_outputs()]
+class GraphRunner:
+    """A :data:`mmtrt.graphs.Runner` over an onnxruntime session: float32 arrays in, the graph's
+    outputs out by name (all of them, or those asked for). ``inputs``: the graph's input names;
+    ``output_shapes``: output name -> shape (a symbolic dim as its name, or None)."""
 
-    def run(inputs) -> dict[str, np.ndarray]:
+    def __init__(self, sess):
+        self.session = sess
+        self.inputs = [i.name for i in sess.get_inputs()]
+        self.output_shapes = {o.name: list(o.shape) for o in sess.get_outputs()}
+
+    def __call__(self, inputs, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs or self.output_shapes)
         feed = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
-        return dict(zip(names, sess.run(names, feed)))
+        return dict(zip(names, self.session.run(names, feed)))
 
-    return run
+
+def runner(source, *, threads: int = 0) -> GraphRunner:
+    """A :class:`GraphRunner` over a CPU session of ``source`` (:func:`session`)."""
+    return GraphRunner(session(source, threads=threads))
 
 
 def runners(export_dir: Path, graphs: Sequence[str], *, threads: int = 0) -> dict:

@@ -11,10 +11,14 @@ One job per module:
   server or one whose stub died, within a :class:`RestartPolicy`);
 - :mod:`.replicas`    ``mmtrt serve``: N >= 1 servers of one repository (:class:`ServeSettings`),
   each under its supervisor, until a signal;
-- :mod:`.config`      config.pbtxt parse / validate / render;
+- :mod:`.settings`    what a repository and each served model are configured with
+  (:class:`RepositorySettings`, the python models' parameters), one place per setting;
+- :mod:`.config`      config.pbtxt: :class:`ServedModel` and its rendering, parse, validate;
 - :mod:`.checks`      offline checks of a whole repository (ensemble wiring, ONNX agreement, the
-  image decoder of ``file_decoder``, engines);
+  copy of mmtrt beside its python models, engines);
+- :mod:`.cpu_runtime` the cpu flavour's runtime (``auto``: a fixed rule) and precision;
 - :mod:`.repository`  building a repository from an export folder (its manifest is the spec);
+- :mod:`.python_backend` what the python models share (runs inside Triton's stub only);
 - :mod:`.infer`       the client of ``mmtrt infer`` (decoded images, or the files to ``multimix_image``);
 - :mod:`.commands`    the click commands ``mmtrt repo``, ``mmtrt serve`` and ``mmtrt infer``.
 """
@@ -29,7 +33,7 @@ _EXPORTS = {
     "missing_plan_files": "checks",
     "onnx_signature": "checks",
     "validate_repository": "checks",
-    "ImageLimits": "config",
+    "ServedModel": "config",
     "parse_config": "config",
     "render_config": "config",
     "validate_config": "config",
@@ -42,7 +46,13 @@ _EXPORTS = {
     "FLAVOURS": "repository",
     "MODELS": "repository",
     "build_repository": "repository",
-    "template_dir": "repository",
+    "python_model_file": "repository",
+    "served_model": "repository",
+    "GraphSettings": "settings",
+    "ImageLimits": "settings",
+    "OnnxRuntimeSettings": "settings",
+    "OpenVINOSettings": "settings",
+    "RepositorySettings": "settings",
     "TritonServer": "server",
     "restricted_headers": "server",
 }

@@ -1,6 +1,7 @@
 """Offline checks of a Triton model repository: every config valid, every ensemble wired,
-every model's tensors equal to the ONNX graph it serves, the image decoder of a model that
-decodes files present and its libraries importable, every TensorRT engine file present."""
+every model's tensors equal to the ONNX graph it serves, the copy of mmtrt beside every python
+model complete (and the image decoder's libraries importable), every TensorRT engine file
+present."""
 
 from __future__ import annotations
 
@@ -8,16 +9,28 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .config import dtype_name, parse_config, tensor_spec, tensors_of, validate_config
+from .config import PLAN_FILE, dtype_name, parse_config, tensor_spec, tensors_of, validate_config
 from .errors import ServingError
+from .settings import ImageLimits, to_parameters
 
 VERSION = "1"  # the one version folder of every model
-PLAN_FILE = "model.plan"
-# The image decoder of a model that decodes files (cpu: file_decoder): mmtrt/data's modules,
-# copied into 1/<DECODER_PACKAGE>/ (named by the model's decoder_package parameter), and the
-# libraries they import, as (module, pip name).
-DECODER_PACKAGE = "mmtrt_decoder"
-DECODER_MODULES = ("decoded", "dicom", "images")
+# What every python model of a repository imports of mmtrt: these modules (under mmtrt/), copied
+# unchanged by `mmtrt repo` into 1/<BACKEND_PACKAGE>/ beside its model.py, so that the server runs
+# the code of the mmtrt that built the repository without the rest of mmtrt (and its torch). The
+# modules that import each other are siblings in mmtrt too, so their relative imports hold.
+BACKEND_PACKAGE = "mmtrt_backend"
+BACKEND_MODULES = (
+    "serving/settings.py",
+    "serving/python_backend.py",
+    "files.py",
+    "runtimes/ort.py",
+    "runtimes/openvino.py",
+    "data/decoded.py",
+    "data/dicom.py",
+    "data/images.py",
+)
+# The libraries the image decoder (images, dicom, decoded) imports, as (module, pip name): needed
+# by a model that decodes files, one whose parameters are image limits (cpu: file_decoder).
 DECODER_REQUIREMENTS = (("numpy", "numpy"), ("PIL", "Pillow"), ("pydicom", "pydicom"))
 BUILD_ENGINES_HINT = (
     "build them on the serving GPU with `mmtrt build-engines {export}` and run "
@@ -158,22 +171,23 @@ def _ensemble_problems(name: str, config, configs: dict) -> list[str]:
     return problems
 
 
-def _decoder_problems(name: str, config, repository: Path) -> list[str]:
-    """A model that decodes image files (a python model with a ``decoder_package`` parameter):
-    the copied decoder modules are in its version folder, and the libraries they import are
-    importable by this Python, the one `mmtrt serve` runs the python backend with."""
-    if config.backend != "python" or "decoder_package" not in config.parameters:
+def _backend_problems(name: str, config, repository: Path) -> list[str]:
+    """A python model: the copied mmtrt modules are in its version folder; one that decodes image
+    files (its parameters are image limits): the libraries the decoder imports are importable by
+    this Python, the one `mmtrt serve` runs the python backend with."""
+    if config.backend != "python":
         return []
-    package = config.parameters["decoder_package"].string_value
-    folder = repository / name / VERSION / package
+    folder = repository / name / VERSION / BACKEND_PACKAGE
     problems = []
-    files = [f"{m}.py" for m in ("__init__", *DECODER_MODULES)]
-    missing = [f for f in files if not package or not (folder / f).is_file()]
+    files = ["__init__.py", *(Path(m).name for m in BACKEND_MODULES)]
+    missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         problems.append(
-            f"{name}: its image decoder is not there: {folder} lacks {', '.join(missing)} (`mmtrt repo` "
-            "copies mmtrt/data's decoder into the version folder)"
+            f"{name}: its copy of mmtrt is incomplete: {folder} lacks {', '.join(missing)} (`mmtrt repo` "
+            "copies the mmtrt modules the served models run into their version folders)"
         )
+    if not set(to_parameters(ImageLimits())) <= set(config.parameters):
+        return problems
     absent = [pip for module, pip in DECODER_REQUIREMENTS if importlib.util.find_spec(module) is None]
     if absent:
         problems.append(
@@ -213,8 +227,9 @@ def validate_repository(repository: Path, *, onnx_dir: Path | None = None) -> di
     Every ``config.pbtxt`` passes :func:`validate_config` and has a version folder; every
     ensemble step names a model of the repository, maps tensors that model has, and the
     ensemble's tensors agree in data type and dims with the models that produce and read them;
-    a model that decodes image files has the decoder modules in its version folder, and this
-    Python can import the libraries they need (numpy, Pillow, pydicom). With ``onnx_dir`` (an export folder), every model is also compared with the ONNX graph it
+    every python model has the copied mmtrt modules in its version folder, and for a model that
+    decodes image files this Python can import the libraries they need (numpy, Pillow, pydicom).
+    With ``onnx_dir`` (an export folder), every model is also compared with the ONNX graph it
     runs or was built from (``<graph>.onnx``, when that file is there): tensor names, data types
     and dims. Missing engine files are not an error here (see :func:`missing_plan_files`).
     Raises ServingError listing every problem.
@@ -236,7 +251,7 @@ def validate_repository(repository: Path, *, onnx_dir: Path | None = None) -> di
     for name, config in configs.items():
         if config.platform == "ensemble":
             problems += _ensemble_problems(name, config, configs)
-        problems += _decoder_problems(name, config, repository)
+        problems += _backend_problems(name, config, repository)
         if onnx_dir is None:
             continue
         graph = _graph_of(name, config, repository)

@@ -7,31 +7,43 @@ from pathlib import Path
 
 import click
 
-from .config import DEFAULT_IMAGE_LIMITS
 from .replicas import ServeSettings
+from .settings import Option, RepositorySettings, from_options, options
 from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S, RestartPolicy
 
 # --------------------------------------------------------------------------- repo
 
 
+def _setting_option(option: Option):
+    """The click option of one setting of :class:`RepositorySettings` (mmtrt.serving.settings)."""
+    if option.choices is not None:
+        kind = click.Choice(list(option.choices))
+    elif option.path:  # made absolute here: the server reads it from another working folder
+        kind = click.Path(file_okay=False, resolve_path=True)
+    elif option.kind is int:
+        kind = click.IntRange(min=option.minimum)
+    else:
+        kind = option.kind
+    given = option.default not in (None, "")
+    return click.option(
+        option.flag,
+        option.name,
+        type=kind,
+        default=option.default if given else None,
+        show_default=given,
+        help=option.help,
+    )
+
+
+def _with_setting_options(fn):
+    for option in reversed(options(RepositorySettings)):
+        fn = _setting_option(option)(fn)
+    return fn
+
+
 @click.command("repo")
 @click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--flavour",
-    type=click.Choice(["cpu", "gpu"]),
-    default="cpu",
-    show_default=True,
-    help="cpu: python backend + onnxruntime (runs anywhere, also on the bundled "
-    "server); gpu: TensorRT engines + ensembles (NVIDIA's Triton container).",
-)
-@click.option(
-    "--max-batch",
-    type=click.IntRange(min=1),
-    default=None,
-    help="max_batch_size of the models [default: the manifest's max_batch, i.e. the "
-    "engines' profile maximum].",
-)
 @click.option(
     "--engines",
     "engines_dir",
@@ -40,121 +52,27 @@ from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S, RestartPolicy
     help="gpu: folder with the engines of `mmtrt build-engines` "
     "(<graph>[.<precision>][.smXY].plan) [default: EXPORT_DIR].",
 )
-@click.option(
-    "--max-queue-delay-us",
-    type=click.IntRange(min=0),
-    default=2000,
-    show_default=True,
-    help="How long the dynamic batcher waits to fill a batch.",
-)
-@click.option(
-    "--ort-threads",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="cpu: onnxruntime intra-op threads per model (0: one per core).",
-)
-@click.option(
-    "--runtime",
-    type=click.Choice(["onnxruntime", "openvino", "auto"]),
-    default="onnxruntime",
-    show_default=True,
-    help="cpu: what the python backend runs the graphs with; auto measures both here on the "
-    "served graphs (batch 2) and takes the faster (OpenVINO only when >= 5% faster).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="cpu: serve the export's mixed-precision copies (saliency forward float32; its backward "
-    "half and the decoder reduced) with OpenVINO; needs an export of that precision, and runs "
-    "float32 where this host has no such hardware.",
-)
-@click.option(
-    "--ov-threads",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="OpenVINO threads per model (0: one per core).",
-)
-@click.option(
-    "--ov-streams",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="OpenVINO streams per model.",
-)
-@click.option(
-    "--ov-cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="OpenVINO compiled-blob cache folder (CACHE_DIR) the served models use [default: none].",
-)
-@click.option(
-    "--max-image-bytes",
-    type=click.IntRange(min=1),
-    default=DEFAULT_IMAGE_LIMITS.max_bytes,
-    show_default=True,
-    help="cpu: the largest image file multimix_image decodes (its file_decoder's max_image_bytes).",
-)
-@click.option(
-    "--max-image-pixels",
-    type=click.IntRange(min=1),
-    default=DEFAULT_IMAGE_LIMITS.max_pixels,
-    show_default=True,
-    help="cpu: the most pixels (rows x columns) of an image multimix_image decodes; above: refused "
-    "as a possible decompression bomb (max_image_pixels).",
-)
+@_with_setting_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def repo(
-    export_dir: Path,
-    out: Path,
-    flavour: str,
-    max_batch: int | None,
-    engines_dir: Path | None,
-    max_queue_delay_us: int,
-    ort_threads: int,
-    runtime: str,
-    precision: str,
-    ov_threads: int,
-    ov_streams: int,
-    ov_cache_dir: Path | None,
-    max_image_bytes: int,
-    max_image_pixels: int,
-    overwrite: bool,
-):
+def repo(export_dir: Path, out: Path, engines_dir: Path | None, overwrite: bool, **settings):
     """Build a Triton model repository OUT from the export folder EXPORT_DIR (ONNX files and
     manifest.json written by `mmtrt export`)."""
     from .checks import BUILD_ENGINES_HINT, missing_plan_files
-    from .config import ImageLimits, OpenVINOSettings, parse_config
+    from .config import parse_config
     from .errors import ServingError
     from .repository import build_repository
 
-    repository_log = logging.getLogger("mmtrt.serving.repository")
-    level = repository_log.level
-    repository_log.setLevel(logging.ERROR)  # its warnings are said below instead
+    serving_log = logging.getLogger("mmtrt.serving")
+    level = serving_log.level
+    serving_log.setLevel(logging.ERROR)  # the build's warnings are said below instead
     try:
-        built = build_repository(
-            export_dir,
-            out,
-            flavour=flavour,
-            max_batch=max_batch,
-            engines_dir=engines_dir,
-            max_queue_delay_us=max_queue_delay_us,
-            ort_threads=ort_threads,
-            runtime=runtime,
-            openvino=OpenVINOSettings(
-                ov_threads, ov_streams, str(ov_cache_dir.resolve()) if ov_cache_dir else ""
-            ),
-            image_limits=ImageLimits(max_image_bytes, max_image_pixels),
-            precision=precision,
-            overwrite=overwrite,
-        )
+        asked = from_options(RepositorySettings, {k: v for k, v in settings.items() if v is not None})
+        built = build_repository(export_dir, out, asked, engines_dir=engines_dir, overwrite=overwrite)
     except (ServingError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     finally:  # (the level is process-wide: put it back for whoever logs next in this process)
-        repository_log.setLevel(level)
+        serving_log.setLevel(level)
+    flavour = asked.flavour
     configs = sorted(p.parent.name for p in built.glob("*/config.pbtxt"))
     click.echo(f"wrote {built} ({flavour} flavour): models {', '.join(configs)}")
     if flavour == "cpu":
@@ -163,10 +81,10 @@ def repo(
         click.echo(f"runtime {params['runtime'].string_value}: {params['runtime_choice'].string_value}")
         served = params["precision"].string_value
         click.echo(f"precision {served}")
-        if served != precision:
+        if served != asked.precision:
             from mmtrt.runtimes.openvino import reduced_precision_native
 
-            click.echo(f"warning: {reduced_precision_native(precision)[1]}", err=True)
+            click.echo(f"warning: {reduced_precision_native(asked.precision)[1]}", err=True)
     missing = missing_plan_files(built)
     if missing:
         click.echo(

@@ -1,4 +1,4 @@
-"""Triton ``config.pbtxt`` files: parse, check offline, render from a template.
+"""Triton ``config.pbtxt`` files: render one from a :class:`ServedModel`, parse, check offline.
 
 Parsing uses the protobuf ``ModelConfig`` message of tritonclient, so syntax errors, unknown
 fields and bad enum values are caught before tritonserver ever sees the file.
@@ -6,51 +6,17 @@ fields and bad enum values are caught before tritonserver ever sees the file.
 
 from __future__ import annotations
 
-import string
-from collections.abc import Sequence
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ServingError
+from .settings import DEFAULT_MAX_QUEUE_DELAY_US, GraphSettings, ImageLimits, to_parameters
 
-DEFAULT_ORT_THREADS = 0  # onnxruntime's default (one thread per core)
-DEFAULT_GPU_INSTANCES = 1
-#: the runtimes the cpu flavour's python model runs a graph with (its `runtime` parameter)
-CPU_RUNTIMES = ("onnxruntime", "openvino")
-
-
-@dataclass(frozen=True)
-class OpenVINOSettings:
-    """The cpu flavour's OpenVINO parameters (`ov_*` in config.pbtxt): threads 0 is OpenVINO's
-    default, cache_dir "" none. (Its precision hint is always f32: the served file's own types
-    decide, see mmtrt.runtimes.openvino.)"""
-
-    threads: int = 0
-    streams: int = 1
-    cache_dir: str = ""
-
-
-DEFAULT_OPENVINO = OpenVINOSettings()
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What the cpu flavour's ``file_decoder`` accepts per file (parameters ``max_image_bytes``,
-    ``max_image_pixels``). 64 MiB holds an uncompressed 16-bit DICOM of 5600 x 5600; 36 million
-    pixels (6000 x 6000) is twice the largest chest detector (43 x 43 cm at 0.1 mm: 4300 x 4300)
-    and keeps one decode within about 1 GB (DICOM windowing runs in float64)."""
-
-    max_bytes: int = 64 * 2**20
-    max_pixels: int = 36_000_000
-
-    def __post_init__(self):
-        for name in ("max_bytes", "max_pixels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"image limit {name} must be a positive integer, got {value!r}")
-
-
-DEFAULT_IMAGE_LIMITS = ImageLimits()
+#: what serves a model: the python backend, a TensorRT engine, or an ensemble of other models
+PYTHON, TENSORRT_PLAN, ENSEMBLE = "python", "tensorrt_plan", "ensemble"
+PLATFORMS = (PYTHON, TENSORRT_PLAN, ENSEMBLE)
+PLAN_FILE = "model.plan"  # an engine model's default_model_filename
 
 
 #: numpy dtype names (as the export manifest records them) -> Triton data types
@@ -114,21 +80,6 @@ class EnsembleStep:
     model: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-
-
-def _ensemble_scheduling(steps: Sequence[EnsembleStep]) -> str:
-    if not steps:
-        return ""
-    rendered = []
-    for step in steps:
-        maps = [f'      input_map {{ key: "{t}" value: "{t}" }}' for t in step.inputs]
-        maps += [f'      output_map {{ key: "{t}" value: "{t}" }}' for t in step.outputs]
-        rendered.append(
-            f'    {{\n      model_name: "{step.model}"\n      model_version: -1\n'
-            + "\n".join(maps)
-            + "\n    }"
-        )
-    return "ensemble_scheduling {\n  step [\n" + ",\n".join(rendered) + "\n  ]\n}"
 
 
 def parse_config(text: str, *, source: str = "<config>"):
@@ -205,66 +156,92 @@ def validate_config(path: Path):
     return config
 
 
-def render_config(
-    template: str,
-    *,
-    max_batch: int,
-    max_queue_delay_us: int,
-    ort_threads: int = DEFAULT_ORT_THREADS,
-    cc_model_filenames: dict[str, str] | None = None,
-    gpu_instances: int = DEFAULT_GPU_INSTANCES,
-    tensors: ModelTensors | None = None,
-    steps: Sequence[EnsembleStep] = (),
-    runtime: str = "onnxruntime",
-    runtime_choice: str = "",
-    openvino: OpenVINOSettings = DEFAULT_OPENVINO,
-    image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
-    decoder_package: str = "",
-    onnx_file: str = "",
-    precision: str = "fp32",
-) -> str:
-    """Fill the ``${...}`` fields of a config.pbtxt template (fields a template does not use are
-    ignored; an unknown field in the template is an error). ``tensors`` fills ``${tensors}``
-    (the input and output blocks) and ``${model_warmup}`` (a zero batch of 1); ``steps`` fills
-    ``${ensemble_scheduling}``; ``runtime``, ``runtime_choice`` (why that runtime, for the
-    reader), ``openvino``, ``onnx_file`` (the served graph file) and ``precision`` (fp32, or
-    that of the export's mixed-precision copy it is) the cpu flavour's parameters;
-    ``image_limits`` and ``decoder_package`` (the folder of ``1/`` holding the copied image
-    decoder) those of its ``file_decoder``."""
-    if runtime not in CPU_RUNTIMES:
-        raise ServingError(f"unknown runtime {runtime!r}: choose from {', '.join(CPU_RUNTIMES)}")
-    # Only the full batch is preferred: with smaller preferred sizes the batcher dispatches as
-    # soon as one of them forms (e.g. 2 of 8 concurrent requests); waiting up to
-    # max_queue_delay for a full batch is what pays on CPU and with a TensorRT profile alike.
-    cc_lines = "".join(
-        f'cc_model_filenames {{ key: "{cc}" value: "{name}" }}\n'
-        for cc, name in sorted((cc_model_filenames or {}).items())
-    )
-    values = {
-        "max_batch_size": str(max_batch),
-        "preferred_batch_sizes": str(max_batch),
-        "max_queue_delay_us": str(max_queue_delay_us),
-        "ort_intra_op_threads": str(ort_threads),
-        "cc_model_filenames": cc_lines,
-        "gpu_instances": str(gpu_instances),
-        "tensors": tensors.blocks() if tensors else "",
-        "model_warmup": tensors.warmup() if tensors else "",
-        "ensemble_scheduling": _ensemble_scheduling(steps),
-        "runtime": runtime,
-        "runtime_choice": runtime_choice.replace("\\", "/").replace('"', "'"),
-        "onnx_file": onnx_file,
-        "precision": precision,
-        "ov_num_threads": str(openvino.threads),
-        "ov_num_streams": str(openvino.streams),
-        "ov_cache_dir": openvino.cache_dir,
-        "max_image_bytes": str(image_limits.max_bytes),
-        "max_image_pixels": str(image_limits.max_pixels),
-        "decoder_package": decoder_package,
-    }
-    try:
-        return string.Template(template).substitute(values)
-    except (KeyError, ValueError) as e:
-        raise ServingError(f"config template has an unknown or malformed field: {e}") from None
+@dataclass(frozen=True)
+class ServedModel:
+    """One model of a repository: everything its config.pbtxt says (:func:`render_config`).
+
+    ``platform``: :data:`PYTHON` (a python-backend model: ``parameters`` is what its model.py
+    reads), :data:`TENSORRT_PLAN` (an engine; ``cc_model_filenames``: compute capability ->
+    its engine file) or :data:`ENSEMBLE` (``steps``; its steps batch, so it has no batcher or
+    instances of its own). Only the full batch is preferred by the dynamic batcher: with smaller
+    preferred sizes it dispatches as soon as one of them forms (e.g. 2 of 8 concurrent
+    requests); waiting up to ``max_queue_delay_us`` for a full batch is what pays on CPU and with
+    a TensorRT profile alike. ``warmup``: a request of zeros at load (batch 1), so that the first
+    real request pays no set-up (not for a model to which zeros are no valid input)."""
+
+    name: str
+    platform: str
+    tensors: ModelTensors
+    max_batch: int
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+    instances: int = 1
+    parameters: GraphSettings | ImageLimits | None = None
+    steps: tuple[EnsembleStep, ...] = ()
+    cc_model_filenames: tuple[tuple[str, str], ...] = ()
+    warmup: bool = False
+    description: str = ""
+
+    def __post_init__(self):
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"unknown platform {self.platform!r}: choose from {', '.join(PLATFORMS)}")
+        for name in ("max_batch", "instances"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{self.name}: {name} must be a positive integer, got {value!r}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"{self.name}: max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+
+
+def _quoted(text: str) -> str:
+    from google.protobuf import text_encoding
+
+    return '"' + text_encoding.CEscape(text, as_utf8=True) + '"'
+
+
+def _ensemble_scheduling(steps: tuple[EnsembleStep, ...]) -> str:
+    rendered = []
+    for step in steps:
+        maps = [f'      input_map {{ key: "{t}" value: "{t}" }}' for t in step.inputs]
+        maps += [f'      output_map {{ key: "{t}" value: "{t}" }}' for t in step.outputs]
+        rendered.append(
+            f'    {{\n      model_name: "{step.model}"\n      model_version: -1\n'
+            + "\n".join(maps)
+            + "\n    }"
+        )
+    return "ensemble_scheduling {\n  step [\n" + ",\n".join(rendered) + "\n  ]\n}"
+
+
+def render_config(model: ServedModel) -> str:
+    """The config.pbtxt of ``model``, in the layout of Triton's documentation."""
+    about = f"{model.name}: {model.description} " if model.description else ""
+    about += "Written by `mmtrt repo` from the model's settings (mmtrt/serving/settings.py)."
+    head = [f"# {line}" for line in textwrap.wrap(about, 96)]
+    head.append(f'name: "{model.name}"')
+    head.append('backend: "python"' if model.platform == PYTHON else f'platform: "{model.platform}"')
+    head.append(f"max_batch_size: {model.max_batch}")
+    if model.platform == TENSORRT_PLAN:
+        head.append(f'default_model_filename: "{PLAN_FILE}"')
+        head += [f'cc_model_filenames {{ key: "{cc}" value: "{f}" }}' for cc, f in model.cc_model_filenames]
+    blocks = ["\n".join(head), model.tensors.blocks()]
+    if model.platform != ENSEMBLE:
+        kind = "KIND_CPU" if model.platform == PYTHON else "KIND_GPU"
+        blocks.append(
+            f"dynamic_batching {{\n  preferred_batch_size: [ {model.max_batch} ]\n"
+            f"  max_queue_delay_microseconds: {model.max_queue_delay_us}\n}}"
+        )
+        blocks.append(f"instance_group [\n  {{\n    kind: {kind}\n    count: {model.instances}\n  }}\n]")
+    if model.parameters is not None:
+        blocks.append(
+            "\n".join(
+                f"parameters {{\n  key: {_quoted(key)}\n  value: {{ string_value: {_quoted(value)} }}\n}}"
+                for key, value in to_parameters(model.parameters).items()
+            )
+        )
+    if model.warmup:
+        blocks.append(model.tensors.warmup())
+    if model.steps:
+        blocks.append(_ensemble_scheduling(model.steps))
+    return "\n\n".join(blocks) + "\n"
 
 
 def tensors_of(tensors) -> dict[str, tuple[int, tuple[int, ...]]]:

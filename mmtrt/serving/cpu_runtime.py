@@ -1,50 +1,48 @@
-"""Which runtime the cpu flavour's python model runs the ONNX graphs with: onnxruntime, OpenVINO,
-or ``auto``.
+"""The runtime and the precision the cpu flavour's graph models serve with, by a fixed rule: the
+same export and settings build the same repository on any host of the same hardware.
 
-``auto`` measures, on this host, at repository-build time: each ONNX file the repository serves
-(multimix.onnx and encoder.onnx by default) is compiled in both runtimes with the thread
-settings the repository will use, run once to warm up and then :data:`AUTO_CALLS` times on a batch
-of :data:`AUTO_BATCH` fixed random images; the runtime with the smaller sum of the per-file
-medians serves every model, OpenVINO only when it is at least :data:`AUTO_MARGIN` faster
-(onnxruntime is the default; a difference within the noise of a busy host does not flip it).
-Why a measurement and not a fixed rule: which one is faster depends on the CPU (vendor,
-AVX-512 or not, core count) and on the thread settings, and the difference is a few tens of
-percent either way; a fixed rule would be wrong on some hosts. The cost is a few seconds per
-served graph at build time, once. OpenVINO is left out of ``auto`` (with the reason) when it is
-not installed, or when the export's parity report does not cover it (an export validates the
-runtimes installed where it ran: ``manifest.parity.runtimes``).
+Runtime (`mmtrt repo --runtime`):
+
+- ``onnxruntime`` / ``openvino``: as asked; OpenVINO only where it can serve the export
+  (installed here, and the export's parity check covered it: ``manifest.parity.runtimes``, an
+  export validates the runtimes installed where it ran);
+- ``auto``: OpenVINO for a reduced precision (bf16 / fp16: the CPU runtime that runs those
+  convolutions natively; onnxruntime's CPU provider has no bf16 convolutions and emulates fp16
+  ones), onnxruntime for fp32 (always installed with mmtrt). For fp32 neither runtime is the
+  faster on every CPU, so none is assumed: on a 2-core Zen 4 at batch 8
+  (benchmarks/results/openvino_cpu_bf16/bench.md) onnxruntime ran the fused graph at 12.1
+  images/s in process against OpenVINO's 10.7, while served by Triton OpenVINO gave 12.7 against
+  onnxruntime's 11.6. ``mmtrt bench`` measures both on a given host; ``--runtime openvino``
+  serves fp32 with OpenVINO.
+
+The choice and its reason are written into each graph model's config (parameters ``runtime``
+and ``runtime_choice``) and printed by `mmtrt repo`.
+
+Precision (`mmtrt repo --precision`): fp32, or the export's bf16 / fp16 copies run by OpenVINO
+where this host has the hardware (:func:`served_precision`; float32, with a warning, where not).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .config import CPU_RUNTIMES, DEFAULT_OPENVINO, OpenVINOSettings
 from .errors import ServingError
+from .settings import PRECISIONS, RUNTIME_CHOICES
 
-RUNTIME_CHOICES = (*CPU_RUNTIMES, "auto")
-AUTO_BATCH = 2
-AUTO_CALLS = 3
-AUTO_MARGIN = 0.05  # OpenVINO must be at least 5% faster to be chosen
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RuntimeChoice:
     runtime: str
     reason: str
-    timings_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # runtime -> file -> ms
 
 
-def check_runtime(name: str) -> str:
-    if name not in RUNTIME_CHOICES:
-        raise ValueError(f"unknown runtime {name!r}: choose from {', '.join(RUNTIME_CHOICES)}")
-    return name
+#: the default, and what the gpu flavour's build takes (it has no graph models)
+ONNXRUNTIME_ASKED_FOR = RuntimeChoice("onnxruntime", "asked for")
 
 
 def validated_runtimes(manifest: dict) -> list[str] | None:
@@ -75,71 +73,69 @@ def openvino_problem(manifest: dict) -> str | None:
     return None
 
 
-def _time_runner(run: Callable, images: np.ndarray, calls: int) -> float:
-    run({"image": images})  # warm-up
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        run({"image": images})
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def measure(
-    files: Sequence[Path], *, ort_threads: int, openvino: OpenVINOSettings, batch: int = AUTO_BATCH
-) -> dict[str, dict[str, float]]:
-    """runtime -> file name -> median ms of one call at ``batch``, for both runtimes."""
-    from mmtrt.runtimes import openvino as ov_runtime
-    from mmtrt.runtimes import ort
-
-    images = np.random.default_rng(0).random((batch, 1, 256, 256), dtype=np.float32)
-    makers = {
-        "onnxruntime": lambda f: ort.runner(f, threads=ort_threads),
-        "openvino": lambda f: ov_runtime.runner(f, threads=openvino.threads, streams=openvino.streams),
-    }
-    return {
-        runtime: {Path(f).name: _time_runner(make(f), images, AUTO_CALLS) for f in files}
-        for runtime, make in makers.items()
-    }
-
-
-def choose_runtime(
-    requested: str,
-    manifest: dict,
-    files: Sequence[Path],
-    *,
-    ort_threads: int = 0,
-    openvino: OpenVINOSettings = DEFAULT_OPENVINO,
-    batch: int = AUTO_BATCH,
-    measure_fn: Callable[..., dict] = measure,
-    precision: str = "fp32",
-) -> RuntimeChoice:
-    """The runtime serving the repository. An explicit ``openvino`` that cannot serve this export
-    here raises :class:`ServingError`; ``auto`` measures (see the module docstring), except for
-    reduced ``precision``, which only OpenVINO runs natively."""
-    check_runtime(requested)
+def choose_runtime(requested: str, manifest: dict, precision: str = "fp32") -> RuntimeChoice:
+    """The runtime serving the repository's graphs (``precision``: the one they are served in),
+    by the rule of the module docstring. ServingError when OpenVINO is needed and cannot serve
+    this export here."""
+    if requested not in RUNTIME_CHOICES:
+        raise ValueError(f"unknown runtime {requested!r}: choose from {', '.join(RUNTIME_CHOICES)}")
     if requested == "onnxruntime":
-        return RuntimeChoice("onnxruntime", "asked for")
-    problem = openvino_problem(manifest)
-    if requested == "openvino":
-        if problem:
-            raise ServingError(f"--runtime openvino: {problem}")
-        return RuntimeChoice("openvino", "asked for")
-    if precision != "fp32":
-        if problem:
-            raise ServingError(f"{precision} is served by OpenVINO: {problem}")
+        return ONNXRUNTIME_ASKED_FOR
+    if requested == "auto" and precision == "fp32":
         return RuntimeChoice(
-            "openvino", f"auto: openvino, the CPU runtime that runs {precision} convolutions natively"
+            "onnxruntime",
+            "auto: onnxruntime for fp32 (openvino for bf16 / fp16; --runtime openvino to serve fp32 with it)",
         )
+    problem = openvino_problem(manifest)
     if problem:
-        return RuntimeChoice("onnxruntime", f"auto: onnxruntime, since {problem}")
-    timings = measure_fn(files, ort_threads=ort_threads, openvino=openvino, batch=batch)
-    totals = {runtime: sum(per_file.values()) for runtime, per_file in timings.items()}
-    winner = "openvino" if totals["openvino"] < (1 - AUTO_MARGIN) * totals["onnxruntime"] else "onnxruntime"
-    names = "+".join(Path(f).name for f in files)
-    reason = (
-        f"auto: {winner} (measured here, {names} at batch {batch}, median of {AUTO_CALLS}: "
-        f"onnxruntime {totals['onnxruntime']:.1f} ms, openvino {totals['openvino']:.1f} ms; "
-        f"openvino is chosen when at least {AUTO_MARGIN:.0%} faster)"
+        raise ServingError(
+            f"--runtime openvino: {problem}"
+            if requested == "openvino"
+            else f"{precision} is served by OpenVINO: {problem}"
+        )
+    if requested == "openvino":
+        return RuntimeChoice("openvino", "asked for")
+    return RuntimeChoice(
+        "openvino", f"auto: openvino, the CPU runtime that runs {precision} convolutions natively"
     )
-    return RuntimeChoice(winner, reason, timings)
+
+
+def served_precision(
+    precision: str, runtime: str, manifest: dict, export_dir: Path, graphs: Sequence[str]
+) -> str:
+    """The precision the cpu flavour serves: ``precision``'s mixed copies of the export's
+    ``graphs`` (``<graph>.<precision>.onnx``, :mod:`mmtrt.export.precision`), run by OpenVINO,
+    where this host has the hardware; float32, with a warning, where it has not."""
+    from mmtrt.runtimes import openvino
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return precision
+    exported = manifest.get("precision", "fp32")
+    if exported != precision:
+        raise ServingError(
+            f"the export in {export_dir} is {exported}: it has no {precision} copies of its graphs; "
+            f"export with `mmtrt export --precision {precision}`"
+        )
+    if runtime == "onnxruntime":
+        raise ServingError(
+            f"{precision} on CPU is served by OpenVINO (onnxruntime's CPU provider has no bf16 "
+            "convolutions and emulates fp16 ones): pass --runtime openvino (or auto)"
+        )
+    native, note = openvino.reduced_precision_native(precision)
+    if not native:
+        log.warning("%s", note)
+        return "fp32"
+    copies = [manifest["graphs"][graph].get("reduced_precision_file") for graph in graphs]
+    unchecked = [
+        str(copy)
+        for copy in copies
+        if "openvino" not in ((manifest.get("files") or {}).get(copy) or {}).get("checked_in", [])
+    ]
+    if unchecked:
+        raise ServingError(
+            f"the export's {precision} copies {', '.join(unchecked)} were not checked in OpenVINO "
+            f"(exported where OpenVINO or {precision} hardware was missing): export again on a host like this one"
+        )
+    return precision

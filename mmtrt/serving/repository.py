@@ -1,20 +1,22 @@
 """Build a Triton model repository from an export folder, and validate it offline.
 
-The templates live in ``model_repository/<flavour>/`` at the repository root (see
-``model_repository/README.md``). Two flavours:
+Two flavours:
 
-``cpu``  python backend running onnxruntime or OpenVINO (``runtime``; ``auto`` measures both
-         here, :mod:`.cpu_runtime`): ``multimix`` (multimix.onnx) and ``classifier``
-         (encoder.onnx), both run by the one shared ``model_repository/cpu/model.py``; and
-         ``multimix_image``, an ensemble of ``file_decoder`` (image files as BYTES -> images,
-         with mmtrt's decoder copied into it) and ``multimix``.
+``cpu``  python backend running onnxruntime or OpenVINO (the ``runtime`` setting, chosen by
+         :mod:`.cpu_runtime`'s fixed rule for ``auto``): ``multimix`` (multimix.onnx) and
+         ``classifier`` (encoder.onnx), both run by the one shared
+         ``model_repository/cpu/model.py``; and ``multimix_image``, an ensemble of
+         ``file_decoder`` (image files as BYTES -> images, ``model_repository/cpu/file_decoder/
+         model.py``) and ``multimix``.
 ``gpu``  TensorRT engines ``encoder``, ``saliency`` and ``decoder`` (``tensorrt_plan``, built by
          ``mmtrt build-engines``) plus the ensembles ``multimix`` (saliency -> decoder) and
          ``classifier`` (encoder -> probs).
 
-``build_repository`` copies the templates, renders the ``${...}`` fields of each
-``config.pbtxt``, copies the files each model needs into its version folder ``1/``, and validates
-the result offline (:func:`validate_repository`) before renaming it into place.
+``build_repository`` resolves its :class:`~mmtrt.serving.settings.RepositorySettings` into one
+:class:`~mmtrt.serving.config.ServedModel` per model (tensors from the export manifest), writes
+each ``config.pbtxt`` from it, copies the files each model needs into its version folder ``1/``
+(a python model: its model.py and the mmtrt modules it imports, :data:`.checks.BACKEND_MODULES`),
+and validates the result offline (:func:`validate_repository`) before renaming it into place.
 """
 
 from __future__ import annotations
@@ -31,32 +33,32 @@ from mmtrt.files import file_sha256, move_folder_into_place
 from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, PIPELINES
 
 from .checks import (
+    BACKEND_MODULES,
+    BACKEND_PACKAGE,
     BUILD_ENGINES_HINT,
-    DECODER_MODULES,
-    DECODER_PACKAGE,
-    PLAN_FILE,
     VERSION,
     missing_plan_files,
     validate_repository,
 )
 from .config import (
-    DEFAULT_GPU_INSTANCES,
-    DEFAULT_IMAGE_LIMITS,
-    DEFAULT_OPENVINO,
-    DEFAULT_ORT_THREADS,
+    ENSEMBLE,
+    PLAN_FILE,
+    PYTHON,
+    TENSORRT_PLAN,
     EnsembleStep,
-    ImageLimits,
     ModelTensors,
-    OpenVINOSettings,
+    ServedModel,
     Tensor,
     render_config,
 )
-from .cpu_runtime import check_runtime, choose_runtime
+from .cpu_runtime import ONNXRUNTIME_ASKED_FOR, RuntimeChoice, choose_runtime, served_precision
 from .errors import ServingError
+from .settings import FLAVOURS, GraphSettings, RepositorySettings, from_options
 
 __all__ = [
     "build_repository",
-    "template_dir",
+    "python_model_file",
+    "served_model",
     "DEFAULT_MODELS",
     "IMAGE_MODEL",
     "default_models",
@@ -77,17 +79,23 @@ class ModelSpec:
     (an ensemble of the engine models of ``pipeline``, one of :data:`mmtrt.graphs.PIPELINES`,
     or of the models of ``steps``: (name, spec) pairs, in order). ``outputs``: the tensors it
     serves (default: all its graph's); ``label`` is derived by the python model (the argmax of
-    ``probs``). Its tensors' types and dims come from the export manifest's graphs."""
+    ``probs``). Its tensors' types and dims come from the export manifest's graphs.
+    ``description``: what it is, the first line of its config.pbtxt."""
 
     kind: str
     graph: str | None = None
     pipeline: str | None = None
     outputs: tuple[str, ...] | None = None
     steps: tuple[tuple[str, ModelSpec], ...] = ()
+    description: str = ""
 
     @property
     def onnx_file(self) -> str | None:
         return f"{self.graph}.onnx" if self.graph else None
+
+    @property
+    def platform(self) -> str:
+        return {"onnx": PYTHON, "decode": PYTHON, "plan": TENSORRT_PLAN, "ensemble": ENSEMBLE}[self.kind]
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -99,33 +107,73 @@ class ModelSpec:
 
 #: the served model that takes image files (BYTES) and decodes them in the server
 IMAGE_MODEL = "multimix_image"
-_CPU_MULTIMIX = ModelSpec("onnx", "multimix", outputs=("probs", "label", "mask", "saliency"))
-_FILE_DECODER = ModelSpec("decode")
+_CPU_MULTIMIX = ModelSpec(
+    "onnx",
+    "multimix",
+    outputs=("probs", "label", "mask", "saliency"),
+    description="MultiMix fused graph (classification + lung mask + saliency), cpu flavour: the "
+    "python model model.py runs the ONNX file of its parameter onnx_file with onnxruntime or OpenVINO.",
+)
+_FILE_DECODER = ModelSpec(
+    "decode",
+    description="image files (BYTES: PNG, JPEG, TIFF, 16-bit PNG, DICOM; one per batch item) -> "
+    "the network's input images and the files' native sizes, with mmtrt's decoder (the first "
+    "step of multimix_image). No warm-up request: a file of zeros is not an image.",
+)
 FILE = Tensor("file", "TYPE_STRING", (1,))  # one image file per batch item
 ORIGINAL_SIZE = Tensor("original_size", "TYPE_INT32", (2,))  # rows, columns of that file
+
+
+def _engine(graph: str) -> ModelSpec:
+    return ModelSpec(
+        "plan",
+        graph,
+        description=f"the TensorRT engine that `mmtrt build-engines` builds from {graph}.onnx, gpu "
+        "flavour (1/model.plan; other GPU architectures' engines listed in cc_model_filenames).",
+    )
+
 
 FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
     "cpu": {
         "multimix": _CPU_MULTIMIX,
-        "classifier": ModelSpec("onnx", "encoder", outputs=("probs", "label")),
+        "classifier": ModelSpec(
+            "onnx",
+            "encoder",
+            outputs=("probs", "label"),
+            description="MultiMix classification only (encoder graph; no mask, no saliency), cpu "
+            "flavour: the python model model.py runs the ONNX file of its parameter onnx_file.",
+        ),
         "file_decoder": _FILE_DECODER,
         IMAGE_MODEL: ModelSpec(
             "ensemble",
             steps=(("file_decoder", _FILE_DECODER), ("multimix", _CPU_MULTIMIX)),
             outputs=(*_CPU_MULTIMIX.outputs, ORIGINAL_SIZE.name),
+            description="MultiMix on encoded image files, cpu flavour: the ensemble file_decoder -> "
+            "multimix; a request whose file cannot be decoded fails alone, as invalid input.",
         ),
     },
     "gpu": {
-        "encoder": ModelSpec("plan", "encoder"),
-        "saliency": ModelSpec("plan", "saliency"),
-        "decoder": ModelSpec("plan", "decoder"),
+        "encoder": _engine("encoder"),
+        "saliency": _engine("saliency"),
+        "decoder": _engine("decoder"),
         # no `label`: it would need a python step between engines; clients take argmax(probs)
-        "multimix": ModelSpec("ensemble", pipeline="joint", outputs=JOINT_OUTPUTS),
-        "classifier": ModelSpec("ensemble", pipeline="classify", outputs=("probs",)),
+        "multimix": ModelSpec(
+            "ensemble",
+            pipeline="joint",
+            outputs=JOINT_OUTPUTS,
+            description="MultiMix joint pipeline, gpu flavour: the ensemble saliency -> decoder (no "
+            "label: clients take argmax(probs)).",
+        ),
+        "classifier": ModelSpec(
+            "ensemble",
+            pipeline="classify",
+            outputs=("probs",),
+            description="MultiMix classification only, gpu flavour: the encoder engine's probs.",
+        ),
     },
 }
+assert tuple(FLAVOUR_MODELS) == FLAVOURS
 LABEL = Tensor("label", "TYPE_INT64", (1,))  # derived by the python model: argmax of probs
-FLAVOURS: tuple[str, ...] = tuple(FLAVOUR_MODELS)
 #: CPU flavour: model name -> the ONNX file of the export it serves (the models that run one)
 MODELS: dict[str, str] = {
     name: spec.onnx_file for name, spec in FLAVOUR_MODELS["cpu"].items() if spec.onnx_file
@@ -134,6 +182,10 @@ MODELS: dict[str, str] = {
 DEFAULT_MODELS: tuple[str, ...] = ("multimix", "classifier")
 #: what a repository serves unless told otherwise: the cpu flavour adds the image-file model
 _FLAVOUR_DEFAULTS = {"cpu": (*DEFAULT_MODELS, IMAGE_MODEL), "gpu": DEFAULT_MODELS}
+#: the python-backend model of each python kind, under model_repository/ at the source root; it
+#: becomes 1/model.py of each model of that kind
+_PYTHON_MODELS = {"onnx": "cpu/model.py", "decode": "cpu/file_decoder/model.py"}
+MODEL_FILE = "model.py"
 
 
 def default_models(flavour: str) -> tuple[str, ...]:
@@ -141,8 +193,6 @@ def default_models(flavour: str) -> tuple[str, ...]:
     return _FLAVOUR_DEFAULTS[flavour]
 
 
-DEFAULT_MAX_QUEUE_DELAY_US = 2000
-SHARED_MODEL_FILE = "model.py"  # the cpu flavour's one python-backend model, beside its models
 # Engine files in the engines folder, as `mmtrt build-engines` names them:
 # "<graph>.<precision>.sm<major><minor>.plan" (saliency.fp32.sm90.plan: compute capability 9.0);
 # the precision and the architecture parts are optional (decoder.plan, encoder.sm86.plan).
@@ -152,15 +202,16 @@ _PLAN = re.compile(
 )
 
 
-def template_dir(flavour: str = "cpu") -> Path:
-    """Folder holding the templates of ``flavour`` (``<repo>/model_repository/<flavour>``)."""
-    _check_flavour(flavour)
-    for base in (Path(__file__).resolve().parents[2] / "model_repository", Path.cwd() / "model_repository"):
-        if (base / flavour).is_dir():
-            return base / flavour
+def python_model_file(kind: str) -> Path:
+    """The python-backend model of the models of ``kind`` ("onnx", "decode"):
+    ``model_repository/cpu/model.py`` or ``model_repository/cpu/file_decoder/model.py`` at the
+    mmtrt source root (or the current folder)."""
+    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
+        path = base / "model_repository" / _PYTHON_MODELS[kind]
+        if path.is_file():
+            return path
     raise ServingError(
-        f"templates of flavour {flavour!r} not found (expected the folder "
-        f"model_repository/{flavour} at the mmtrt source root)"
+        f"the python model model_repository/{_PYTHON_MODELS[kind]} was not found at the mmtrt source root"
     )
 
 
@@ -333,59 +384,18 @@ def _engine_profile_max(manifest: dict) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _check_openvino_settings(settings: OpenVINOSettings) -> None:
-    if int(settings.threads) < 0 or int(settings.streams) < 1:
-        raise ValueError(
-            f"OpenVINO threads must be >= 0 and streams >= 1, got {settings.threads} and {settings.streams}"
-        )
-    if any(c in settings.cache_dir for c in '"\\\n'):
-        raise ValueError(f"OpenVINO cache folder {settings.cache_dir!r}: no quotes, backslashes or newlines")
-
-
-def served_precision(
-    precision: str, flavour: str, runtime: str, manifest: dict, export_dir: Path, graphs: Sequence[str]
-) -> str:
-    """The precision the cpu flavour serves: ``precision``'s mixed copies of the export's
-    ``graphs`` (``<graph>.<precision>.onnx``, :mod:`mmtrt.export.precision`), run by OpenVINO,
-    where this host has the hardware; float32, with a warning, where it has not."""
-    from mmtrt.export.precision import PRECISIONS
-    from mmtrt.runtimes import openvino
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return precision
-    if flavour != "cpu":
-        raise ValueError(
-            "precision applies to the cpu flavour: a gpu repository serves the engines `mmtrt build-engines` built"
-        )
-    exported = manifest.get("precision", "fp32")
-    if exported != precision:
-        raise ServingError(
-            f"the export in {export_dir} is {exported}: it has no {precision} copies of its graphs; "
-            f"export with `mmtrt export --precision {precision}`"
-        )
-    if runtime == "onnxruntime":
-        raise ServingError(
-            f"{precision} on CPU is served by OpenVINO (onnxruntime's CPU provider has no bf16 "
-            "convolutions and emulates fp16 ones): pass --runtime openvino (or auto)"
-        )
-    native, note = openvino.reduced_precision_native(precision)
-    if not native:
-        log.warning("%s", note)
-        return "fp32"
-    copies = [manifest["graphs"][graph].get("reduced_precision_file") for graph in graphs]
-    unchecked = [
-        str(copy)
-        for copy in copies
-        if "openvino" not in ((manifest.get("files") or {}).get(copy) or {}).get("checked_in", [])
-    ]
-    if unchecked:
-        raise ServingError(
-            f"the export's {precision} copies {', '.join(unchecked)} were not checked in OpenVINO "
-            f"(exported where OpenVINO or {precision} hardware was missing): export again on a host like this one"
-        )
-    return precision
+def _plan_placement(plans: _Plans) -> tuple[dict[str, str], list[tuple[Path, str]]]:
+    """(compute capability -> engine file name in 1/, the (engine file, name in 1/) to copy): the
+    default engine is 1/model.plan, every other architecture's 1/model.smXY.plan."""
+    names: dict[str, str] = {}
+    copies = [(plans.default, PLAN_FILE)] if plans.default is not None else []
+    for cc, src in plans.per_cc.items():
+        if src == plans.default:  # the default engine is this architecture's
+            names[cc] = PLAN_FILE
+            continue
+        names[cc] = f"model.sm{cc.replace('.', '')}.plan"
+        copies.append((src, names[cc]))
+    return names, copies
 
 
 def _served_file(spec: ModelSpec, manifest: dict, precision: str) -> str:
@@ -395,88 +405,11 @@ def _served_file(spec: ModelSpec, manifest: dict, precision: str) -> str:
     return manifest["graphs"][spec.graph].get("reduced_precision_file") or spec.onnx_file
 
 
-def _copy_decoder(package: Path) -> None:
-    """mmtrt's image decoder as a package of its own (``package``): the modules of mmtrt/data it
-    consists of, unchanged (their relative imports hold), under an ``__init__`` saying where
-    they come from. The served model imports it without the rest of mmtrt (mmtrt.data's
-    ``__init__`` imports the datasets, hence torch)."""
-    from mmtrt import __version__
-
-    source = Path(__file__).resolve().parents[1] / "data"
-    package.mkdir()
-    for module in DECODER_MODULES:
-        shutil.copy2(source / f"{module}.py", package / f"{module}.py")
-    (package / "__init__.py").write_text(
-        f'"""mmtrt {__version__}\'s image decoder (mmtrt/data: {", ".join(f"{m}.py" for m in DECODER_MODULES)}), '
-        "copied here by `mmtrt repo`: the server decodes files with the code that training, "
-        'evaluation and `mmtrt infer` decode them with."""\n'
-    )
-
-
-def build_repository(
-    export_dir: Path,
-    out: Path,
-    *,
-    flavour: str = "cpu",
-    max_batch: int | None = None,
-    models: Sequence[str] | None = None,
-    engines_dir: Path | None = None,
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
-    ort_threads: int = DEFAULT_ORT_THREADS,
-    gpu_instances: int = DEFAULT_GPU_INSTANCES,
-    runtime: str = "onnxruntime",
-    openvino: OpenVINOSettings = DEFAULT_OPENVINO,
-    image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
-    precision: str = "fp32",
-    overwrite: bool = False,
-) -> Path:
-    """Build a Triton model repository at ``out`` from the export folder ``export_dir``.
-
-    ``models`` defaults to :func:`default_models` (cpu: multimix, classifier, multimix_image;
-    gpu: multimix, classifier); the models they are made of are added.
-
-    ``cpu``: each model gets its rendered config.pbtxt and, in ``1/``, the shared ``model.py``,
-    its ONNX file and the manifest.json (whose sha256 the model checks at load time; it is checked
-    here too). ``file_decoder`` (the first step of ``multimix_image``) gets its own ``model.py``
-    and mmtrt's image decoder (mmtrt/data: decoded.py, dicom.py, images.py) as the package
-    ``1/mmtrt_decoder``, and ``image_limits`` as its parameters ``max_image_bytes`` and
-    ``max_image_pixels``.
-
-    ``gpu``: the models of ``models`` plus the engines they are made of (``multimix`` needs
-    ``saliency`` and ``decoder``, ``classifier`` needs ``encoder``). Engine files are looked up
-    in ``engines_dir`` (default: ``export_dir``) as ``mmtrt build-engines`` names them,
-    ``<graph>[.<precision>][.smXY].plan``: the default one (``<graph>.plan``, else the one the
-    manifest records, else the only one) becomes ``1/model.plan``, every other architecture's
-    ``1/model.smXY.plan``, each architecture listed in ``cc_model_filenames``. Engines
-    that are not there yet do not stop the build: the configs are written, a warning names the
-    missing files and the ``mmtrt build-engines`` command (:func:`missing_plan_files` lists them
-    again later). Every config is compared with the export's ONNX graphs.
-
-    ``runtime`` (cpu): ``onnxruntime``, ``openvino`` (compiled with ``openvino``'s settings,
-    precision hint f32) or ``auto`` (measured here, see :mod:`.cpu_runtime`); the choice and its
-    reason are rendered into each config (``runtime``, ``runtime_choice``).
-
-    ``precision`` (cpu): ``fp32``, or ``bf16`` / ``fp16`` to serve the export's mixed-precision
-    copies (forward pass of the saliency float32, backward half and decoder reduced) with
-    OpenVINO; float32 where this host has no such hardware (:func:`served_precision`).
-
-    ``max_batch`` defaults to the manifest's ``max_batch``; for ``gpu``, to the engines'
-    optimisation-profile maximum (``engines.profile.max``) when the manifest records one, and
-    may not exceed it. The repository is assembled in a temporary folder beside ``out`` and
-    renamed into place at the end, so ``out`` is never left half built. An existing ``out`` is
-    an error unless ``overwrite``. Returns ``out``.
-    """
-    _check_flavour(flavour)
-    export_dir = Path(export_dir)
-    out = Path(out)
-    engines_dir = Path(engines_dir) if engines_dir is not None else export_dir
-    if not export_dir.is_dir():
-        raise ServingError(f"export folder {export_dir} does not exist")
-    names = _with_dependencies(flavour, default_models(flavour) if models is None else models)
-    specs = {name: FLAVOUR_MODELS[flavour][name] for name in names}
-    manifest = _read_manifest(export_dir)
-
-    profile_max = _engine_profile_max(manifest) if flavour == "gpu" else None
+def _max_batch(settings: RepositorySettings, manifest: dict, export_dir: Path) -> int:
+    """The settings' max_batch, else the manifest's; for ``gpu``, the engines' optimisation-profile
+    maximum when the manifest records one, and never above it."""
+    profile_max = _engine_profile_max(manifest) if settings.flavour == "gpu" else None
+    max_batch = settings.max_batch
     if max_batch is None:
         max_batch = profile_max if profile_max is not None else manifest.get("max_batch")
         if max_batch is None:
@@ -488,92 +421,181 @@ def build_repository(
             f"max_batch {max_batch} is above the TensorRT engines' optimisation "
             f"profile maximum {profile_max} (manifest.json engines.profile.max)"
         )
-    if int(max_queue_delay_us) < 0:
-        raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
-    if int(gpu_instances) < 1:
-        raise ValueError(f"gpu_instances must be >= 1, got {gpu_instances}")
-    check_runtime(runtime)
-    if flavour != "cpu" and runtime != "onnxruntime":
-        raise ValueError(f"runtime {runtime!r} applies to the cpu flavour only (gpu runs TensorRT engines)")
-    _check_openvino_settings(openvino)
-    served_graphs = [spec.graph for spec in specs.values() if spec.kind == "onnx"]
-    precision = served_precision(precision, flavour, runtime, manifest, export_dir, served_graphs)
-    files = {
-        name: _served_file(spec, manifest, precision) for name, spec in specs.items() if spec.kind == "onnx"
-    }
+    return max_batch
+
+
+def served_model(
+    name: str,
+    manifest: dict,
+    settings: RepositorySettings,
+    *,
+    max_batch: int,
+    runtime: RuntimeChoice = ONNXRUNTIME_ASKED_FOR,
+    precision: str = "fp32",
+    cc_model_filenames: dict[str, str] | None = None,
+) -> ServedModel:
+    """Model ``name`` of ``settings.flavour`` as it is served with ``settings``: its tensors from
+    the export ``manifest``, ``max_batch`` (resolved by the build), a graph model's runtime (and
+    why) and served ``precision``, an engine model's files per architecture."""
+    spec = FLAVOUR_MODELS[settings.flavour][name]
+    parameters = None
+    if spec.kind == "onnx":
+        parameters = GraphSettings(
+            onnx_file=_served_file(spec, manifest, precision),
+            runtime=runtime.runtime,
+            runtime_choice=runtime.reason,
+            precision=precision,
+            onnxruntime=settings.onnxruntime,
+            openvino=settings.openvino,
+        )
+    elif spec.kind == "decode":
+        parameters = settings.image_limits
+    return ServedModel(
+        name,
+        spec.platform,
+        model_tensors(spec, manifest),
+        max_batch,
+        max_queue_delay_us=settings.max_queue_delay_us,
+        instances=settings.gpu_instances if spec.kind == "plan" else 1,
+        parameters=parameters,
+        steps=tuple(ensemble_steps(spec, manifest)),
+        cc_model_filenames=tuple(sorted((cc_model_filenames or {}).items())),
+        warmup=spec.kind == "onnx",
+        description=spec.description,
+    )
+
+
+def _copy_backend(package: Path) -> None:
+    """The mmtrt modules the python models import (:data:`.checks.BACKEND_MODULES`), copied
+    unchanged into the package ``package``, under an ``__init__`` saying where they come from.
+    The served model imports them without the rest of mmtrt (no torch), and never the mmtrt
+    installed beside the server: the code is that of the mmtrt that built the repository."""
+    from mmtrt import __version__
+
+    source = Path(__file__).resolve().parents[1]
+    package.mkdir()
+    for module in BACKEND_MODULES:
+        shutil.copy2(source / module, package / Path(module).name)
+    (package / "__init__.py").write_text(
+        f'"""Modules of mmtrt {__version__} (mmtrt/{", mmtrt/".join(BACKEND_MODULES)}), copied here by '
+        "`mmtrt repo`: the server runs the graphs, reads its settings and decodes files with the "
+        'code that training, evaluation and `mmtrt infer` use."""\n'
+    )
+
+
+def build_repository(
+    export_dir: Path,
+    out: Path,
+    settings: RepositorySettings | None = None,
+    *,
+    engines_dir: Path | None = None,
+    overwrite: bool = False,
+    **changes,
+) -> Path:
+    """Build a Triton model repository at ``out`` from the export folder ``export_dir``, as
+    ``settings`` say (:class:`~mmtrt.serving.settings.RepositorySettings`; default: its
+    defaults). ``changes`` change settings by name, as the options of `mmtrt repo` name them
+    (``ort_threads=1``, ``max_image_bytes=...``) or whole (``openvino=OpenVINOSettings(threads=1)``).
+
+    ``settings.models`` defaults to :func:`default_models` (cpu: multimix, classifier,
+    multimix_image; gpu: multimix, classifier); the models they are made of are added. Each
+    model's config.pbtxt is rendered from its :func:`served_model`.
+
+    ``cpu``: each graph model gets, in ``1/``, the shared ``model.py``, its ONNX file and the
+    manifest.json (whose sha256 the model checks at load time; it is checked here too).
+    ``file_decoder`` (the first step of ``multimix_image``) gets its own ``model.py`` and
+    ``settings.image_limits`` as its parameters. Every python model gets the mmtrt modules it
+    imports as the package ``1/mmtrt_backend`` (:data:`.checks.BACKEND_MODULES`: the runtimes,
+    the settings, the image decoder). ``settings.runtime``: ``onnxruntime``, ``openvino``
+    (compiled with ``settings.openvino``, precision hint f32) or ``auto`` (a fixed rule, see
+    :mod:`.cpu_runtime`); the choice and its reason are each graph model's parameters
+    ``runtime`` and ``runtime_choice``. ``settings.precision``: ``fp32``, or ``bf16`` / ``fp16``
+    to serve the export's mixed-precision copies (forward pass of the saliency float32, backward
+    half and decoder reduced) with OpenVINO; float32 where this host has no such hardware
+    (:func:`~.cpu_runtime.served_precision`).
+
+    ``gpu``: the models plus the engines they are made of (``multimix`` needs ``saliency`` and
+    ``decoder``, ``classifier`` needs ``encoder``). Engine files are looked up in ``engines_dir``
+    (default: ``export_dir``) as ``mmtrt build-engines`` names them,
+    ``<graph>[.<precision>][.smXY].plan``: the default one (``<graph>.plan``, else the one the
+    manifest records, else the only one) becomes ``1/model.plan``, every other architecture's
+    ``1/model.smXY.plan``, each architecture listed in ``cc_model_filenames``. Engines that are
+    not there yet do not stop the build: the configs are written, a warning names the missing
+    files and the ``mmtrt build-engines`` command (:func:`missing_plan_files` lists them again
+    later). Every config is compared with the export's ONNX graphs.
+
+    ``max_batch`` defaults to the manifest's ``max_batch``; for ``gpu``, to the engines'
+    optimisation-profile maximum (``engines.profile.max``) when the manifest records one, and
+    may not exceed it. The repository is assembled in a temporary folder beside ``out`` and
+    renamed into place at the end, so ``out`` is never left half built. An existing ``out`` is
+    an error unless ``overwrite``. Returns ``out``.
+    """
+    settings = from_options(RepositorySettings, changes, base=settings or RepositorySettings())
+    flavour = settings.flavour
+    export_dir = Path(export_dir)
+    out = Path(out)
+    engines_dir = Path(engines_dir) if engines_dir is not None else export_dir
+    if not export_dir.is_dir():
+        raise ServingError(f"export folder {export_dir} does not exist")
+    names = _with_dependencies(
+        flavour, default_models(flavour) if settings.models is None else settings.models
+    )
+    specs = {name: FLAVOUR_MODELS[flavour][name] for name in names}
+    manifest = _read_manifest(export_dir)
+    max_batch = _max_batch(settings, manifest, export_dir)
+    runtime, precision = ONNXRUNTIME_ASKED_FOR, "fp32"
+    if flavour == "cpu":
+        graphs = [spec.graph for spec in specs.values() if spec.kind == "onnx"]
+        precision = served_precision(settings.precision, settings.runtime, manifest, export_dir, graphs)
+        runtime = choose_runtime(settings.runtime, manifest, precision)
 
     # check every input before writing anything
-    plans: dict[str, _Plans] = {}
+    copies: dict[str, list[tuple[Path, str]]] = {name: [] for name in specs}
+    cc_names: dict[str, dict[str, str]] = {}
     for name, spec in specs.items():
-        if spec.kind == "onnx":
-            onnx = export_dir / files[name]
+        if spec.kind == "plan":
+            plans = _find_plans(engines_dir, spec.graph, manifest)
+            for p in plans.files():
+                _check_sha256(p, manifest, export_dir, required=False)
+            cc_names[name], copies[name] = _plan_placement(plans)
+    models = [
+        served_model(
+            name,
+            manifest,
+            settings,
+            max_batch=max_batch,
+            runtime=runtime,
+            precision=precision,
+            cc_model_filenames=cc_names.get(name),
+        )
+        for name in specs
+    ]
+    for model in models:
+        if isinstance(model.parameters, GraphSettings):
+            onnx = export_dir / model.parameters.onnx_file
             if not onnx.is_file():
                 raise ServingError(
-                    f"export folder {export_dir} has no {files[name]} (needed by model '{name}')"
+                    f"export folder {export_dir} has no {onnx.name} (needed by model '{model.name}')"
                 )
             _check_sha256(onnx, manifest, export_dir, required=True)
-        elif spec.kind == "plan":
-            plans[name] = _find_plans(engines_dir, spec.graph, manifest)
-            for p in plans[name].files():
-                _check_sha256(p, manifest, export_dir, required=False)
+            copies[model.name] = [(onnx, onnx.name), (export_dir / "manifest.json", "manifest.json")]
 
     if out.exists() and not overwrite:
         raise ServingError(f"{out} already exists (pass overwrite=True to replace it)")
-    choice = None
     if flavour == "cpu":
-        choice = choose_runtime(
-            runtime,
-            manifest,
-            [export_dir / f for f in files.values()],
-            ort_threads=int(ort_threads),
-            openvino=openvino,
-            precision=precision,
-            batch=min(2, max_batch),
-        )
-        log.info("%s: runtime %s (%s)", out, choice.runtime, choice.reason)
-    templates = template_dir(flavour)
+        log.info("%s: runtime %s (%s)", out, runtime.runtime, runtime.reason)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        for name, spec in specs.items():
-            dst = staging / name
-            (dst / VERSION).mkdir(parents=True)
-            cc_names = {}
-            if spec.kind == "plan":
-                found = plans[name]
-                if found.default is not None:
-                    shutil.copy2(found.default, dst / VERSION / PLAN_FILE)
-                for cc, src in found.per_cc.items():
-                    if src == found.default:  # the default engine is this architecture's
-                        cc_names[cc] = PLAN_FILE
-                        continue
-                    cc_names[cc] = f"model.sm{cc.replace('.', '')}.plan"
-                    shutil.copy2(src, dst / VERSION / cc_names[cc])
-            text = render_config(
-                (templates / name / "config.pbtxt").read_text(),
-                max_batch=max_batch,
-                max_queue_delay_us=int(max_queue_delay_us),
-                ort_threads=int(ort_threads),
-                cc_model_filenames=cc_names,
-                gpu_instances=int(gpu_instances),
-                tensors=model_tensors(spec, manifest),
-                steps=ensemble_steps(spec, manifest),
-                runtime=choice.runtime if choice else "onnxruntime",
-                runtime_choice=choice.reason if choice else "",
-                openvino=openvino,
-                image_limits=image_limits,
-                decoder_package=DECODER_PACKAGE,
-                onnx_file=files.get(name, ""),
-                precision=precision,
-            )
-            (dst / "config.pbtxt").write_text(text)
-            if spec.kind == "onnx":
-                shutil.copy2(templates / SHARED_MODEL_FILE, dst / VERSION / SHARED_MODEL_FILE)
-                shutil.copy2(export_dir / files[name], dst / VERSION / files[name])
-                shutil.copy2(export_dir / "manifest.json", dst / VERSION / "manifest.json")
-            elif spec.kind == "decode":
-                shutil.copy2(templates / name / SHARED_MODEL_FILE, dst / VERSION / SHARED_MODEL_FILE)
-                _copy_decoder(dst / VERSION / DECODER_PACKAGE)
+        for model in models:
+            version = staging / model.name / VERSION
+            version.mkdir(parents=True)
+            (staging / model.name / "config.pbtxt").write_text(render_config(model))
+            for src, name in copies[model.name]:
+                shutil.copy2(src, version / name)
+            if model.platform == PYTHON:
+                shutil.copy2(python_model_file(specs[model.name].kind), version / MODEL_FILE)
+                _copy_backend(version / BACKEND_PACKAGE)
         validate_repository(staging, onnx_dir=export_dir)
         move_folder_into_place(staging, out)
     except BaseException:

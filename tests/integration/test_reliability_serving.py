@@ -58,7 +58,7 @@ soak_module = _load_soak()
 def repo(export_dir, tmp_path_factory) -> Path:
     """The module server's repository: conftest's, with the soak's small file-size limit for the
     image-file model (its oversize requests stay cheap)."""
-    from mmtrt.serving.config import ImageLimits
+    from mmtrt.serving.settings import ImageLimits
 
     return build_repository(
         export_dir,

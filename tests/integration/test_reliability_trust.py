@@ -2,7 +2,7 @@
 and no checkpoint reaches pickle, eval/exec or a shell.
 
 The served code path (mmtrt/serving, the python-backend model in model_repository, the image
-loader in mmtrt/data, mmtrt/checkpoint.py and the file helpers of mmtrt/files.py) must not
+loader in mmtrt/data, the runtimes, mmtrt/checkpoint.py and the file helpers of mmtrt/files.py) must not
 deserialise with pickle/marshal/shelve/dill, nor call eval, exec,
 compile or __import__, nor run a shell; every torch.load in the project (mmtrt/, train/) must pass
 weights_only=True, and numpy.load must not allow pickles.
@@ -32,6 +32,7 @@ SERVED = [
     ROOT / "mmtrt" / "data",
     ROOT / "mmtrt" / "checkpoint.py",
     ROOT / "mmtrt" / "files.py",
+    ROOT / "mmtrt" / "runtimes",  # the served graph model runs their copy
     ROOT / "mmtrt" / "dicom_results.py",
 ]
 CHECKPOINT_READERS = [ROOT / "mmtrt", ROOT / "train"]

@@ -87,6 +87,23 @@ def test_outputs_stay_valid_after_the_next_call(ov_runners):
         np.testing.assert_array_equal(first[name], value)
 
 
+def test_both_runners_name_their_tensors_and_compute_what_is_asked(ov_runners, ort_runners):
+    """What the served graph model uses: the graph's input names, its output shapes (the batch
+    axis dynamic), and a call computing only the outputs asked for, as a full call gives them."""
+    images = IMAGE_KINDS["xray"](2, seed=8_300_000).numpy()
+    for runners in (ov_runners, ort_runners):
+        runner = runners["encoder"]
+        assert runner.inputs == list(GRAPHS["encoder"].inputs)
+        assert list(runner.output_shapes) == list(GRAPHS["encoder"].outputs)
+        assert runner.output_shapes["probs"][1:] == [2] and not isinstance(
+            runner.output_shapes["probs"][0], int
+        )
+        full = runner({"image": images})
+        probs = runner({"image": images}, outputs=["probs"])
+        assert list(probs) == ["probs"]
+        np.testing.assert_array_equal(probs["probs"], full["probs"])
+
+
 def test_the_precision_is_set_explicitly_on_the_compiled_model(export_dir):
     import openvino as ov
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -22,14 +23,19 @@ from helpers import MAX_BATCH, client_for, model_statistics, needs_server, ort_s
 
 from mmtrt.files import file_sha256
 from mmtrt.serving import (
+    OnnxRuntimeSettings,
+    RepositorySettings,
     ServingError,
     TritonServer,
     build_repository,
     find_tritonserver,
+    python_model_file,
     render_config,
-    template_dir,
+    served_model,
     validate_config,
 )
+from mmtrt.serving.checks import BACKEND_MODULES, BACKEND_PACKAGE
+from mmtrt.serving.settings import from_parameters
 
 QUEUE_DELAY_US = 50_000  # long enough for concurrent batch-1 requests to meet in one batch
 
@@ -73,34 +79,53 @@ def _group_processes(pgid: int) -> list[str]:
 # --------------------------------------------------------------------------- offline
 
 
-def test_templates_render_and_parse(export_dir, tmp_path):
+def test_served_models_render_and_parse(export_dir, tmp_path):
+    """Each model's config.pbtxt comes from its ServedModel: what the settings say is what the
+    config says, and the parameters a python model reads give back its settings object."""
     from mmtrt.export.manifest import read_manifest
-    from mmtrt.serving.repository import FLAVOUR_MODELS, ensemble_steps, model_tensors
+    from mmtrt.serving.repository import FLAVOUR_MODELS
 
     manifest = read_manifest(export_dir)
-    names = sorted(p.name for p in template_dir("cpu").iterdir() if p.is_dir())
+    names = sorted(FLAVOUR_MODELS["cpu"])
     assert names == ["classifier", "file_decoder", "multimix", "multimix_image"]
+    settings = RepositorySettings(max_queue_delay_us=100, onnxruntime=OnnxRuntimeSettings(threads=2))
     for max_batch in (1, 3, 8, 32):
         for name in names:
             spec = FLAVOUR_MODELS["cpu"][name]
-            text = render_config(
-                (template_dir("cpu") / name / "config.pbtxt").read_text(),
-                max_batch=max_batch,
-                max_queue_delay_us=100,
-                ort_threads=2,
-                tensors=model_tensors(spec, manifest),
-                steps=ensemble_steps(spec, manifest),
-            )
+            model = served_model(name, manifest, settings, max_batch=max_batch)
             (tmp_path / name).mkdir(exist_ok=True)
-            (tmp_path / name / "config.pbtxt").write_text(text)
+            (tmp_path / name / "config.pbtxt").write_text(render_config(model))
             cfg = validate_config(tmp_path / name / "config.pbtxt")
             assert cfg.max_batch_size == max_batch
             if spec.kind == "ensemble":  # its steps batch
                 assert not cfg.HasField("dynamic_batching") and len(cfg.ensemble_scheduling.step) == 2
+                assert not cfg.parameters
                 continue
             assert list(cfg.dynamic_batching.preferred_batch_size) == [max_batch]
+            assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
+            params = {key: value.string_value for key, value in cfg.parameters.items()}
+            assert from_parameters(type(model.parameters), params) == model.parameters
             if spec.kind == "onnx":
                 assert cfg.parameters["ort_intra_op_threads"].string_value == "2"
+                assert len(cfg.model_warmup) == 1
+            else:
+                assert params == {"max_image_bytes": str(2**26), "max_image_pixels": "36000000"}
+                assert not cfg.model_warmup  # a file of zeros is no image
+
+
+def test_a_parameter_with_quotes_renders_escaped(export_dir, tmp_path):
+    from mmtrt.export.manifest import read_manifest
+    from mmtrt.serving.settings import OpenVINOSettings
+
+    odd = 'C:\\cache "blobs"\nnext'
+    settings = RepositorySettings(openvino=OpenVINOSettings(cache_dir=odd))
+    model = served_model("classifier", read_manifest(export_dir), settings, max_batch=2)
+    (tmp_path / "classifier").mkdir()
+    (tmp_path / "classifier" / "config.pbtxt").write_text(render_config(model))
+    assert (
+        validate_config(tmp_path / "classifier" / "config.pbtxt").parameters["ov_cache_dir"].string_value
+        == odd
+    )
 
 
 def test_built_configs_parse(repo, export_dir):
@@ -131,11 +156,42 @@ def test_built_configs_parse(repo, export_dir):
         assert len(cfg.model_warmup) == 1
         assert cfg.parameters["onnx_file"].string_value == onnx_name
         version = repo / name / "1"
-        assert sorted(p.name for p in version.iterdir()) == sorted(["model.py", "manifest.json", onnx_name])
+        assert sorted(p.name for p in version.iterdir()) == sorted(
+            ["model.py", "manifest.json", onnx_name, BACKEND_PACKAGE]
+        )
         assert file_sha256(version / onnx_name) == file_sha256(export_dir / onnx_name)
-        # one python-backend model file for every model: the flavour's shared template
-        assert (version / "model.py").read_bytes() == (template_dir("cpu") / "model.py").read_bytes()
-    assert not list(template_dir("cpu").glob("*/1/model.py")), "a per-model copy of model.py"
+        # one python-backend model file for every model: the flavour's shared one
+        assert (version / "model.py").read_bytes() == python_model_file("onnx").read_bytes()
+    assert not list(python_model_file("onnx").parent.glob("*/1/model.py")), "a per-model copy of model.py"
+    # every python model runs the mmtrt modules it imports as copied from this mmtrt, unchanged
+    root = Path(__file__).resolve().parents[2] / "mmtrt"
+    for name in ("multimix", "classifier", "file_decoder"):
+        package = repo / name / "1" / BACKEND_PACKAGE
+        assert sorted(p.name for p in package.glob("*.py")) == sorted(
+            ["__init__.py", *(Path(m).name for m in BACKEND_MODULES)]
+        )
+        for module in BACKEND_MODULES:
+            assert (package / Path(module).name).read_bytes() == (root / module).read_bytes()
+
+
+def test_the_copied_modules_import_neither_torch_nor_the_installed_mmtrt(repo):
+    """What a served model imports of mmtrt is its version folder's copy alone: in a fresh Python
+    with the version folder on its path (as the python-backend stub has it) the whole copy
+    imports without loading torch or any module of the mmtrt package."""
+    from mmtrt.serving import bundled_tritonserver_root
+
+    triton = bundled_tritonserver_root()
+    if triton is None:
+        pytest.skip("no bundled python backend (triton_python_backend_utils)")
+    modules = ", ".join(f"mmtrt_backend.{Path(m).stem}" for m in BACKEND_MODULES)
+    code = (
+        f"import sys; sys.path[:0] = [{str(repo / 'multimix' / '1')!r}, "
+        f"{str(triton / 'backends' / 'python')!r}]; import {modules}; "
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('mmtrt', 'torch')))"
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []
 
 
 @pytest.mark.parametrize(

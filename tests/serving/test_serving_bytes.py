@@ -40,9 +40,9 @@ from helpers import (
 from mmtrt.cli import main
 from mmtrt.data import load_image, synth_xray
 from mmtrt.serving import ServingError, build_repository, validate_repository
-from mmtrt.serving.config import ImageLimits
 from mmtrt.serving.faults import INVALID, classify
 from mmtrt.serving.infer import file_request, image_request
+from mmtrt.serving.settings import ImageLimits
 
 pytestmark = needs_server
 ROOT = Path(__file__).resolve().parents[2]
@@ -383,23 +383,23 @@ def test_load_generator_sends_files(server):
 
 def test_repository_renders_the_limits_and_checks_the_decoder(repo, tmp_path, monkeypatch):
     """file_decoder's limits come from build_repository; validate_repository refuses a copy
-    without the decoder modules, or where this Python lacks a library they need."""
+    of mmtrt without the decoder modules, or where this Python lacks a library they need."""
     from mmtrt.serving import checks
     from mmtrt.serving.config import parse_config
 
     params = parse_config((repo / "file_decoder" / "config.pbtxt").read_text()).parameters
     assert params["max_image_bytes"].string_value == "2000000"
     assert params["max_image_pixels"].string_value == "4000000"
-    package = repo / "file_decoder" / "1" / params["decoder_package"].string_value
+    package = repo / "file_decoder" / "1" / checks.BACKEND_PACKAGE
     for module in ("decoded", "dicom", "images"):
         assert (package / f"{module}.py").read_bytes() == (
             ROOT / "mmtrt" / "data" / f"{module}.py"
         ).read_bytes()
     validate_repository(repo)
     broken = shutil.copytree(repo, tmp_path / "broken")
-    (broken / "file_decoder" / "1" / "mmtrt_decoder" / "dicom.py").unlink()
+    (broken / "file_decoder" / "1" / checks.BACKEND_PACKAGE / "dicom.py").unlink()
     with pytest.raises(
-        ServingError, match=r"file_decoder: its image decoder is not there: .* lacks dicom\.py"
+        ServingError, match=r"file_decoder: its copy of mmtrt is incomplete: .* lacks dicom\.py"
     ):
         validate_repository(broken)
     monkeypatch.setattr(

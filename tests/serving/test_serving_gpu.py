@@ -20,13 +20,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from mmtrt.cli import main
 from mmtrt.serving import (
+    RepositorySettings,
     ServingError,
     TritonServer,
     build_repository,
     find_tritonserver,
     missing_plan_files,
     render_config,
-    template_dir,
+    served_model,
     validate_repository,
 )
 from mmtrt.serving.binary import bundled_root_of
@@ -75,33 +76,30 @@ def _io(tensors) -> dict:
 FP32 = (onnx.TensorProto.FLOAT, mc.TYPE_FP32)
 
 
-def test_templates_render_and_parse(export_dir, tmp_path):
+def test_served_models_render_and_parse(export_dir, tmp_path):
     from mmtrt.export.manifest import read_manifest
-    from mmtrt.serving.repository import FLAVOUR_MODELS, ensemble_steps, model_tensors
+    from mmtrt.serving.repository import FLAVOUR_MODELS
 
     manifest = read_manifest(export_dir)
-    names = sorted(p.name for p in template_dir("gpu").iterdir() if p.is_dir())
+    names = sorted(FLAVOUR_MODELS["gpu"])
     assert names == sorted(ENGINES + ENSEMBLES)
+    settings = RepositorySettings(flavour="gpu", max_queue_delay_us=100, gpu_instances=2)
     for max_batch in (1, 8, 32):
         for name in names:
-            text = render_config(
-                (template_dir("gpu") / name / "config.pbtxt").read_text(),
-                max_batch=max_batch,
-                max_queue_delay_us=100,
-                cc_model_filenames={"9.0": "model.sm90.plan"},
-                gpu_instances=2,
-                tensors=model_tensors(FLAVOUR_MODELS["gpu"][name], manifest),
-                steps=ensemble_steps(FLAVOUR_MODELS["gpu"][name]),
+            model = served_model(
+                name, manifest, settings, max_batch=max_batch, cc_model_filenames={"9.0": "model.sm90.plan"}
             )
             cfg = mc.ModelConfig()
-            text_format.Parse(text, cfg)
+            text_format.Parse(render_config(model), cfg)
             assert cfg.name == name and cfg.max_batch_size == max_batch
+            assert not cfg.parameters and not cfg.model_warmup
             if name in ENGINES:
                 assert cfg.platform == "tensorrt_plan"
                 assert [(g.kind, g.count) for g in cfg.instance_group] == [
                     (mc.ModelInstanceGroup.KIND_GPU, 2)
                 ]
                 assert list(cfg.dynamic_batching.preferred_batch_size) == [max_batch]
+                assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
                 assert cfg.default_model_filename == "model.plan"
                 assert dict(cfg.cc_model_filenames) == {"9.0": "model.sm90.plan"}
             else:

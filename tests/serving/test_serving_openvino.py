@@ -1,6 +1,6 @@
 """The cpu flavour served with OpenVINO (`mmtrt repo --runtime openvino`) by the real Triton
 server over HTTP and gRPC, against the same graph compiled in-process by mmtrt.runtimes.openvino;
-the runtime choice (`auto`, bad names) and the precision (`--precision bf16`: the export's bf16
+the runtime choice (`auto`: a fixed rule, the same repository every time; bad names) and the precision (`--precision bf16`: the export's bf16
 copies, served for real where this host has bf16 hardware) of the repository builder and
 `mmtrt repo`. The server is conftest's, over this module's `repo` (the OpenVINO one)."""
 
@@ -15,8 +15,8 @@ from helpers import IMAGE_KINDS, needs_server
 
 from mmtrt.cli import main
 from mmtrt.serving import ServingError, build_repository, validate_config, validate_repository
-from mmtrt.serving.config import OpenVINOSettings
-from mmtrt.serving.cpu_runtime import AUTO_MARGIN, choose_runtime, openvino_problem
+from mmtrt.serving.cpu_runtime import RuntimeChoice, choose_runtime, openvino_problem
+from mmtrt.serving.settings import OpenVINOSettings
 
 ov_runtime = pytest.importorskip("mmtrt.runtimes.openvino")
 if not ov_runtime.available():  # pragma: no cover - setup.sh installs it
@@ -106,38 +106,38 @@ def test_served_model_config_says_openvino(server):
 # --------------------------------------------------------------------------- choosing the runtime
 
 
-def test_auto_takes_the_faster_runtime_by_the_documented_margin(export_dir):
-    files = [export_dir / "multimix.onnx", export_dir / "encoder.onnx"]
-
-    def timed(ort_ms, ov_ms):
-        return lambda files, **_: {
-            "onnxruntime": {f.name: ort_ms for f in files},
-            "openvino": {f.name: ov_ms for f in files},
-        }
-
-    faster = choose_runtime("auto", {}, files, measure_fn=timed(100.0, 80.0))
-    assert faster.runtime == "openvino" and "openvino 160.0 ms" in faster.reason
-    within_margin = choose_runtime("auto", {}, files, measure_fn=timed(100.0, 100.0 * (1 - AUTO_MARGIN / 2)))
-    assert within_margin.runtime == "onnxruntime"
-    slower = choose_runtime("auto", {}, files, measure_fn=timed(80.0, 100.0))
-    assert slower.runtime == "onnxruntime" and slower.reason.startswith("auto: onnxruntime")
+def test_auto_is_a_fixed_rule_of_the_precision():
+    fp32 = choose_runtime("auto", {}, "fp32")
+    assert fp32.runtime == "onnxruntime" and fp32.reason.startswith("auto: onnxruntime for fp32")
+    for precision in ("bf16", "fp16"):
+        reduced = choose_runtime("auto", {}, precision)
+        assert reduced.runtime == "openvino"
+        assert (
+            reduced.reason == f"auto: openvino, the CPU runtime that runs {precision} convolutions natively"
+        )
+    assert choose_runtime("openvino", {}) == RuntimeChoice("openvino", "asked for")
+    assert choose_runtime("onnxruntime", {}, "bf16") == RuntimeChoice("onnxruntime", "asked for")
+    with pytest.raises(ValueError, match="unknown runtime 'tvm'"):
+        choose_runtime("tvm", {})
 
 
-def test_auto_measures_both_runtimes_for_real(export_dir, tmp_path):
-    built = build_repository(
-        export_dir,
-        tmp_path / "repo",
-        models=("classifier",),
-        runtime="auto",
-        ort_threads=1,
-        openvino=OpenVINOSettings(threads=1),
-    )
-    params = validate_config(built / "classifier" / "config.pbtxt").parameters
-    assert params["runtime"].string_value in ("onnxruntime", "openvino")
-    reason = params["runtime_choice"].string_value
-    assert reason.startswith(
-        f"auto: {params['runtime'].string_value} (measured here, encoder.onnx at batch 2"
-    )
+def test_the_same_settings_build_the_same_repository(export_dir, tmp_path):
+    """`auto` measures nothing: two builds are byte for byte the same, and say why the runtime."""
+
+    def build(out):
+        return build_repository(
+            export_dir, out, runtime="auto", ort_threads=1, openvino=OpenVINOSettings(threads=1)
+        )
+
+    first, again = build(tmp_path / "a"), build(tmp_path / "b")
+    params = validate_config(first / "classifier" / "config.pbtxt").parameters
+    assert params["runtime"].string_value == "onnxruntime"
+    assert params["runtime_choice"].string_value.startswith("auto: onnxruntime for fp32")
+
+    def contents(root):
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert contents(first) == contents(again)
 
 
 def test_openvino_needs_an_export_validated_in_openvino(export_dir, tmp_path):
@@ -147,9 +147,10 @@ def test_openvino_needs_an_export_validated_in_openvino(export_dir, tmp_path):
     assert "covered onnxruntime only" in openvino_problem(only_ort)
     assert "predates" in openvino_problem(dict(manifest, parity={"passed": True}))
     with pytest.raises(ServingError, match="--runtime openvino: the export's parity check covered"):
-        choose_runtime("openvino", only_ort, [export_dir / "encoder.onnx"])
-    auto = choose_runtime("auto", only_ort, [export_dir / "encoder.onnx"])
-    assert auto.runtime == "onnxruntime" and "covered onnxruntime only" in auto.reason
+        choose_runtime("openvino", only_ort)
+    with pytest.raises(ServingError, match="bf16 is served by OpenVINO: the export's parity check covered"):
+        choose_runtime("auto", only_ort, "bf16")
+    assert choose_runtime("auto", only_ort).runtime == "onnxruntime"  # fp32
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,15 @@ input images. The first step of the ensemble ``multimix_image`` (file_decoder ->
   ``original_size`` (INT32 ``[n, 2]``: the file's rows and columns).
 
 Decoding is mmtrt's one decoder, ``read_image`` of mmtrt/data/images.py (with dicom.py and
-decoded.py), which ``mmtrt repo`` copies into this version folder as the package named by the
-``decoder_package`` parameter: the server decodes with the code of the mmtrt that built the
-repository, as training, evaluation and ``mmtrt infer`` do, and imports none of the rest of mmtrt
-(no torch). It needs numpy, Pillow and pydicom (and pydicom's plugins for compressed DICOM) in
-the server's Python.
+decoded.py), which ``mmtrt repo`` copies into this version folder with the other mmtrt modules
+the served models run, as the package ``mmtrt_backend``: the server decodes with the code of the
+mmtrt that built the repository, as training, evaluation and ``mmtrt infer`` do, and imports none
+of the rest of mmtrt (no torch). It needs numpy, Pillow and pydicom (and pydicom's plugins for
+compressed DICOM) in the server's Python.
 
-Limits (parameters): ``max_image_bytes`` per file; ``max_image_pixels`` per image, set as
-Pillow's ``Image.MAX_IMAGE_PIXELS``, which the decoder applies to every format, DICOM Rows x
-Columns included (a possible decompression bomb above it).
+Limits (its parameters, an ``ImageLimits`` of mmtrt/serving/settings.py): ``max_image_bytes`` per
+file; ``max_image_pixels`` per image, set as Pillow's ``Image.MAX_IMAGE_PIXELS``, which the decoder
+applies to every format, DICOM Rows x Columns included (a possible decompression bomb above it).
 
 Every request is decoded on its own. A request with a file that is empty, too large, not an
 image, a decompression bomb, corrupt or without contrast gets its own error naming the image and
@@ -27,13 +27,14 @@ official python-backend examples (initialize / execute / finalize).
 """
 
 import base64
-import importlib
 import io
 import json
 import warnings
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from mmtrt_backend.python_backend import failed, invalid_input, load_error, read_settings
+from mmtrt_backend.settings import ImageLimits
 
 INPUT = "file"
 IMAGE = "image"
@@ -45,24 +46,6 @@ def _mib(n):
     return f"{n / 2**20:.1f} MiB"
 
 
-def _invalid(message):
-    """A request's own fault: HTTP 400 / gRPC INVALID_ARGUMENT, never sent again by clients."""
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
-
-
-def _int_param(params, key, model_name):
-    text = params.get(key, {}).get("string_value", "")
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise pb_utils.TritonModelException(
-            f"model '{model_name}': config.pbtxt parameter {key} is {text!r}: give a positive integer"
-        )
-    return value
-
-
 class TritonPythonModel:
     """Files (BYTES) -> images and their native sizes, with mmtrt's decoder."""
 
@@ -70,30 +53,30 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
         self.max_batch = int(config.get("max_batch_size", 0))
-        params = config.get("parameters", {})
-        self.max_bytes = _int_param(params, "max_image_bytes", self.model_name)
-        self.max_pixels = _int_param(params, "max_image_pixels", self.model_name)
-        package = params.get("decoder_package", {}).get("string_value", "")
+        limits = read_settings(ImageLimits, config, self.model_name)
+        self.max_bytes = limits.max_bytes
         outputs = {o["name"]: o for o in config["output"]}
         if [i["name"] for i in config["input"]] != [INPUT] or set(outputs) != {IMAGE, SIZE}:
-            raise pb_utils.TritonModelException(
-                f"model '{self.model_name}': config.pbtxt must have the input '{INPUT}' and the "
-                f"outputs '{IMAGE}' and '{SIZE}'"
+            raise load_error(
+                self.model_name,
+                f"config.pbtxt must have the input '{INPUT}' and the outputs '{IMAGE}' and '{SIZE}'",
             )
         self.size = int(outputs[IMAGE]["dims"][-1])
         try:  # the version folder is on the stub's sys.path; mmtrt repo copied the package there
-            self.images = importlib.import_module(f"{package}.images")
-            importlib.import_module("pydicom")
+            import pydicom  # noqa: F401 - the decoder imports it when it meets a DICOM file
+            from mmtrt_backend import images
             from PIL import Image
         except ImportError as e:
-            raise pb_utils.TritonModelException(
-                f"model '{self.model_name}': cannot import the image decoder (package "
-                f"{package!r} of its version folder, and numpy, Pillow, pydicom from the server's "
-                f"Python): {e}. Rebuild the repository with `mmtrt repo`, and install what is "
-                "missing into the Python the server runs (pip install numpy Pillow pydicom)"
+            raise load_error(
+                self.model_name,
+                "cannot import the image decoder (mmtrt_backend of its version folder, and numpy, "
+                f"Pillow, pydicom from the server's Python): {e}. Rebuild the repository with `mmtrt "
+                "repo`, and install what is missing into the Python the server runs (pip install "
+                "numpy Pillow pydicom)",
             ) from None
+        self.images = images
         # the decoder refuses any image above this size (DICOM Rows x Columns too)
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
+        Image.MAX_IMAGE_PIXELS = limits.max_pixels
         # decode one small image now, so that the first request pays no set-up
         buf = io.BytesIO()
         Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))).save(buf, format="PNG")
@@ -161,16 +144,10 @@ class TritonPythonModel:
             try:
                 result, problem = self._request(request)
             except Exception as e:  # noqa: BLE001 - the decoder failing, not the request: HTTP 500
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(
-                            f"model '{self.model_name}': decoding failed ({type(e).__name__}: {e})"
-                        )
-                    )
-                )
+                responses.append(failed(self.model_name, f"decoding failed ({type(e).__name__}: {e})"))
                 continue
             if problem:
-                responses.append(_invalid(f"model '{self.model_name}': {problem}"))
+                responses.append(invalid_input(self.model_name, problem))
                 continue
             images, sizes = result
             responses.append(
