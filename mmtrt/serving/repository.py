@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmtrt.files import file_sha256, move_folder_into_place
+from mmtrt.files import NotOurFolder, check_replaceable, file_sha256, move_folder_into_place
 from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, PIPELINES
 
 from .checks import (
@@ -582,6 +582,10 @@ def build_repository(
 
     if out.exists() and not overwrite:
         raise ServingError(f"{out} already exists (pass overwrite=True to replace it)")
+    try:
+        check_replaceable(out)
+    except NotOurFolder as exc:
+        raise ServingError(str(exc)) from None
     if flavour == "cpu":
         log.info("%s: runtime %s (%s)", out, runtime.runtime, runtime.reason)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,12 @@ def test_export_overwrite_refuses_a_foreign_folder_at_once(tmp_path):
     result = CliRunner().invoke(main, ["export", str(checkpoint), "--out", str(out), "--overwrite"])
     assert result.exit_code != 0 and "was not written by mmtrt" in result.output, result.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_repo_overwrite_refuses_a_foreign_folder_at_once(tmp_path, export_dir):
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["repo", str(export_dir), str(out), "--overwrite"])
+    assert result.exit_code != 0 and "was not written by mmtrt" in result.output, result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
