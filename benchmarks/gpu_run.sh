@@ -44,8 +44,8 @@ if python3 -c 'import click, tqdm, onnx, onnxscript, onnxruntime' 2>&1 | tee "$O
 else
     echo "mmtrt bench not run: see $OUT_DIR/gpu_bench.log" && status=1
 fi
-timeout "$(limit 260)" python3 benchmarks/torch_pipeline_bench.py --device cuda --batches 8,32 --seconds 1.0 \
+timeout "$(limit 260)" python3 -m benchmarks.torch_pipeline_bench --device cuda --batch-size 8,32 --seconds 1.0 \
     --out "$OUT_DIR/gpu_torch" 2>&1 | tee "$OUT_DIR/gpu_torch.log" || status=1
-timeout "$(limit 250)" python3 benchmarks/train_bench.py --device cuda --out "$OUT_DIR/gpu_train" 2>&1 \
+timeout "$(limit 250)" python3 -m benchmarks.train_bench --device cuda --out "$OUT_DIR/gpu_train" 2>&1 \
     | tee "$OUT_DIR/gpu_train.log" | grep -v " step " || status=1
 exit $status
