@@ -19,7 +19,7 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/load.txt"
 .venv/bin/mmtrt init "$WORK/multimix.pt" --seed 0
 .venv/bin/mmtrt export "$WORK/multimix.pt" --out "$WORK/export" --precision fp32 --max-batch 8 --no-engines
 .venv/bin/mmtrt bench "$WORK/multimix.pt" "$WORK/export" --out "$OUT" \
-    --targets triton,triton-bytes --triton-batch 8 --concurrency 1,2,4,8 --seconds 10 \
+    --targets triton,triton-bytes --triton-batch-size 8 --concurrency 1,2,4,8 --seconds 10 \
     --file-size "$FILE_SIZE" --no-perf-analyzer
 .venv/bin/python -m benchmarks.goals "$OUT/bench.json"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/load.txt"

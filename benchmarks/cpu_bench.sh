@@ -16,6 +16,6 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/load.txt"
 .venv/bin/mmtrt export "$WORK/multimix.pt" --out "$WORK/export" --precision fp32 --max-batch 8 --no-engines
 .venv/bin/mmtrt bench "$WORK/multimix.pt" "$WORK/export" --out "$OUT" \
     --targets reference,eager,compiled,ort-fused,ort-split,ort-encoder,ort-saliency,triton \
-    --batches 1,4,8 --concurrency 1,2,4,8 --triton-batch 8 --seconds 8
+    --batch-size 1,4,8 --concurrency 1,2,4,8 --triton-batch-size 8 --seconds 8
 .venv/bin/python -m benchmarks.goals "$OUT/bench.json"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/load.txt"

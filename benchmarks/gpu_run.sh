@@ -39,7 +39,7 @@ if python3 -c 'import click, tqdm, onnx, onnxscript, onnxruntime' 2>&1 | tee "$O
         echo "tensorrt does not import: mmtrt bench runs without the tensorrt target" | tee -a "$OUT_DIR/gpu_bench.log"
     fi
     timeout "$(limit 120)" "${MMTRT[@]}" bench "$WORK/multimix.pt" "$WORK/export" --device cuda --targets "$targets" \
-        --batches 1,8,32 --seconds 0.5 --out "$OUT_DIR/gpu_bench" 2>&1 | tee -a "$OUT_DIR/gpu_bench.log" || status=1
+        --batch-size 1,8,32 --seconds 0.5 --out "$OUT_DIR/gpu_bench" 2>&1 | tee -a "$OUT_DIR/gpu_bench.log" || status=1
     cp "$WORK/export/manifest.json" "$OUT_DIR/gpu_bench/export_manifest.json" 2>/dev/null
 else
     echo "mmtrt bench not run: see $OUT_DIR/gpu_bench.log" && status=1

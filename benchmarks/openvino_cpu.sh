@@ -42,6 +42,6 @@ if [ -z "$EXPORT" ]; then
     .venv/bin/mmtrt export "$CKPT" --out "$EXPORT" --precision "$PRECISION" --max-batch 8 --no-engines
 fi
 .venv/bin/mmtrt bench "$CKPT" "$EXPORT" --out "$OUT" --targets "$TARGETS" \
-    --batches 8 --concurrency 1,4,8 --triton-batch 8 --seconds "$SECONDS_PER" --no-perf-analyzer
+    --batch-size 8 --concurrency 1,4,8 --triton-batch-size 8 --seconds "$SECONDS_PER" --no-perf-analyzer
 .venv/bin/python -m benchmarks.goals "$OUT/bench.json"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/load.txt"

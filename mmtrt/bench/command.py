@@ -57,11 +57,23 @@ def _names(select) -> str:
     + ", leaving out with a note tensorrt and onnxruntime where they cannot run. "
     "'compiled' costs minutes of compile on a CPU.",
 )
-@click.option("--batches", default="1,4,8", show_default=True, help="Batch sizes of the in-process sweep.")
+@click.option(
+    "--batch-size",
+    "batch_sizes",
+    default="1,4,8",
+    show_default=True,
+    help="Batch sizes of the in-process sweep (comma-separated).",
+)
 @click.option(
     "--concurrency", default="1,2,4,8", show_default=True, help="Client counts of the Triton sweep."
 )
-@click.option("--triton-batch", default=8, show_default=True, help="Images per request in the Triton sweep.")
+@click.option(
+    "--triton-batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Images per request in the Triton sweep.",
+)
 @click.option(
     "--file-size",
     default=1024,
@@ -84,9 +96,9 @@ def bench(
     out,
     device,
     targets,
-    batches,
+    batch_sizes,
     concurrency,
-    triton_batch,
+    triton_batch_size,
     file_size,
     seconds,
     perf_analyzer,
@@ -115,7 +127,7 @@ def bench(
             ),
             param_hint="--targets",
         )
-    batch_sizes, clients = _ints(batches), _ints(concurrency)
+    batch_sizes, clients = _ints(batch_sizes), _ints(concurrency)
 
     import torch
 
@@ -142,7 +154,7 @@ def bench(
                 targets=wanted,
                 batch_sizes=batch_sizes,
                 concurrency=clients,
-                triton_batch=triton_batch,
+                triton_batch_size=triton_batch_size,
                 file_size=file_size,
                 seconds=seconds,
                 use_perf_analyzer=perf_analyzer,

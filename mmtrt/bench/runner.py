@@ -198,7 +198,7 @@ def run_bench(
     targets: list[str],
     batch_sizes: list[int],
     concurrency: list[int],
-    triton_batch: int,
+    triton_batch_size: int,
     seconds: float,
     use_perf_analyzer: bool,
     tensorrt_required: bool,
@@ -282,7 +282,7 @@ def run_bench(
                 )
             progress.update(1)
         # written after every batch size, so a run cut short still leaves its figures
-        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
+        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch_size)
 
     served = [t for t in chosen if t.served]
     for flavour in dict.fromkeys((t.runtime, t.precision) for t in served):  # one server each
@@ -301,11 +301,11 @@ def run_bench(
                 + (f"; {tensors} sends the same server 256 x 256 tensors" if tensors else "")
             )
         rows, triton_notes = _triton_sweep(
-            export_dir, pools, triton_batch, concurrency, seconds, use_perf_analyzer, progress
+            export_dir, pools, triton_batch_size, concurrency, seconds, use_perf_analyzer, progress
         )
         triton_rows += rows
         notes += triton_notes
-        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
+        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch_size)
     return report
 
 
@@ -315,7 +315,7 @@ def _write_report(
     notes: list[str],
     measurements: list[Measurement],
     triton_rows: list[Measurement],
-    triton_batch: int,
+    triton_batch_size: int,
 ) -> dict:
     rows = ratio_table(measurements, baseline="reference")
     reference_at = {m.batch: m.images_per_s for m in measurements if m.target == "reference"}
@@ -332,9 +332,9 @@ def _write_report(
         for m in triton_rows
     ]
     notes = notes + [
-        f"Decoding in the server ({protocol}, batch {triton_batch}): {ms:+.1f} ms per image, "
+        f"Decoding in the server ({protocol}, batch {triton_batch_size}): {ms:+.1f} ms per image, "
         f"{ratio:.3f}x the time per image of sending tensors"
-        for protocol, (ratio, ms) in decoding_cost(triton_table, triton_batch).items()
+        for protocol, (ratio, ms) in decoding_cost(triton_table, triton_batch_size).items()
     ]
     notes = notes + [
         "Every ratio is measured in this run against the reference path (autograd saliency + a second encoder pass, PyTorch eager fp32) at the same batch size.",
