@@ -1,6 +1,6 @@
 """Cost growth on this CPU: how time and memory grow with batch size and with the number of images.
 
-    python benchmarks/cost_growth.py [--checkpoint CKPT --export DIR] [--batches 1,2,4,8,16,32]
+    python -m benchmarks.cost_growth [--checkpoint CKPT --export DIR] [--batch-size 1,2,4,8,16,32]
         [--images 8,32,128,256] [--stream-batch 8] [--seconds 2] [--out benchmarks/results/cost_growth_cpu]
 
 Targets (2 threads each: torch.set_num_threads(2); onnxruntime intra_op_num_threads=2):
@@ -25,26 +25,25 @@ Writes <out>.json, <out>.md and <out>.png; --rebuild rewrites them from <out>.js
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import command_line
+from mmtrt.bench.measure import measure, peak_rss_mb, reset_peak_rss, resident_mb
+from mmtrt.bench.report import environment, markdown_table
+from mmtrt.bench.runner import POOL_SIZE, rotating_batches, xray_pool
 
-from mmtrt.bench.measure import measure, peak_rss_mb, reset_peak_rss, resident_mb  # noqa: E402
-from mmtrt.bench.report import environment, markdown_table  # noqa: E402
-from mmtrt.bench.runner import POOL_SIZE, rotating_batches, xray_pool  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = ("reference", "eager", "ort-fused")
 THREADS = 2
 LINEAR_R2 = 0.99  # a fit at or above this is called linear
@@ -80,7 +79,7 @@ def xray_batches(batch: int) -> list:
     return rotating_batches(torch.from_numpy(xray_pool(max(POOL_SIZE, 2 * batch))), batch)
 
 
-def worker(job: dict) -> dict:
+def measure_one(job: dict) -> dict:
     run = load_target(job["target"], Path(job["checkpoint"]), Path(job["export"]))
     batches = xray_batches(job["batch"])
     loaded = resident_mb()
@@ -145,14 +144,13 @@ def worker(job: dict) -> dict:
 # ----------------------------------------------------------------------------- study side
 
 
-def prepare(args) -> tuple[Path, Path, str]:
+def prepare(checkpoint: Path | None, export: Path | None) -> tuple[Path, Path, str]:
     """checkpoint, export folder, and a line saying where they came from."""
-    if args.checkpoint and args.export:
+    if checkpoint and export:
         from mmtrt.files import file_sha256
 
-        checkpoint, export = Path(args.checkpoint), Path(args.export)
         if not (export / "multimix.onnx").is_file():
-            raise SystemExit(f"{export} holds no multimix.onnx")
+            raise click.UsageError(f"{export} holds no multimix.onnx")
         manifest = export / "manifest.json"  # `mmtrt export` records the checkpoint's sha256 there
         made_from = (
             json.loads(manifest.read_text()).get("checkpoint", {}).get("sha256")
@@ -160,10 +158,10 @@ def prepare(args) -> tuple[Path, Path, str]:
             else None
         )
         if made_from and made_from != file_sha256(checkpoint):
-            raise SystemExit(f"{checkpoint} is not the checkpoint {export} was exported from")
+            raise click.UsageError(f"{checkpoint} is not the checkpoint {export} was exported from")
         return checkpoint, export, f"checkpoint {checkpoint}, export {export}"
-    if args.checkpoint or args.export:
-        raise SystemExit(
+    if checkpoint or export:
+        raise click.UsageError(
             "give both --checkpoint and --export (the checkpoint it was exported from), or neither"
         )
     import torch
@@ -192,7 +190,10 @@ def prepare(args) -> tuple[Path, Path, str]:
 
 def run_worker(job: dict) -> dict:
     done = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True
+        [sys.executable, "-m", "benchmarks.cost_growth", "--worker", json.dumps(job)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         raise RuntimeError(
@@ -443,40 +444,79 @@ def markdown(record: dict, png: str) -> str:
     return "\n".join(lines)
 
 
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="a checkpoint (with --export: the one it was exported from)")
-    parser.add_argument("--export", help="an `mmtrt export` folder holding multimix.onnx")
-    parser.add_argument("--targets", default=",".join(TARGETS))
-    parser.add_argument("--batches", default="1,2,4,8,16,32")
-    parser.add_argument(
-        "--images", default="8,32,128,256", help="N for the stream (multiples of --stream-batch)"
-    )
-    parser.add_argument("--stream-batch", type=int, default=8)
-    parser.add_argument(
-        "--seconds", type=float, default=2.0, help="minimum timed seconds per batch-sweep row"
-    )
-    parser.add_argument("--min-calls", type=int, default=3, help="minimum timed calls per batch-sweep row")
-    parser.add_argument(
-        "--max-seconds", type=float, default=60.0, help="timed seconds after which a row stops"
-    )
-    parser.add_argument("--out", default=str(RESULTS / "cost_growth_cpu"), help="results path without suffix")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--rebuild",
-        action="store_true",
-        help="measure nothing: rewrite the report (lines, findings, plot) from <out>.json",
-    )
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A checkpoint (with --export: the one it was exported from).",
+)
+@click.option(
+    "--export",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An `mmtrt export` folder holding multimix.onnx.",
+)
+@click.option("--targets", default=",".join(TARGETS), show_default=True)
+@click.option(
+    "--batch-size", "batch_sizes", default="1,2,4,8,16,32", show_default=True, help="The batch sweep."
+)
+@click.option(
+    "--images",
+    default="8,32,128,256",
+    show_default=True,
+    help="N for the stream (multiples of --stream-batch).",
+)
+@click.option("--stream-batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--seconds", type=float, default=2.0, show_default=True, help="Minimum timed seconds per batch-sweep row."
+)
+@click.option(
+    "--min-calls",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Minimum timed calls per row.",
+)
+@click.option(
+    "--max-seconds",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Timed seconds after which a row stops.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=RESULTS / "cost_growth_cpu",
+    help="Results path without suffix.",
+)
+@click.option("--worker", hidden=True, help="One measurement, as JSON (the study runs itself with it).")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Measure nothing: rewrite the report (lines, findings, plot) from <out>.json.",
+)
+def main(
+    checkpoint: Path | None,
+    export: Path | None,
+    targets: str,
+    batch_sizes: str,
+    images: str,
+    stream_batch: int,
+    seconds: float,
+    min_calls: int,
+    max_seconds: float,
+    out: Path,
+    worker: str | None,
+    rebuild: bool,
+) -> None:
+    if worker:
+        click.echo(json.dumps(measure_one(json.loads(worker))))
         return
-    if args.rebuild:
-        out = Path(args.out)
+    if rebuild:
         record = json.loads(out.with_suffix(".json").read_text())
         record["rebuilt"] = command_line()
         write(record, out)
@@ -484,36 +524,37 @@ def main(argv=None) -> None:
 
     from tqdm import tqdm
 
-    targets = [t for t in args.targets.split(",") if t]
+    targets = [t for t in targets.split(",") if t]
     unknown = set(targets) - set(TARGETS)
     if unknown:
-        raise SystemExit(f"unknown target(s) {sorted(unknown)}; known: {', '.join(TARGETS)}")
-    batches = [int(b) for b in args.batches.split(",")]
-    images = [int(n) for n in args.images.split(",")]
-    if any(n % args.stream_batch for n in images):
-        raise SystemExit(f"--images must be multiples of --stream-batch {args.stream_batch}")
+        raise click.BadParameter(
+            f"unknown target(s) {sorted(unknown)}; known: {', '.join(TARGETS)}", param_hint="--targets"
+        )
+    batches = _ints(batch_sizes)
+    images = _ints(images)
+    if any(n % stream_batch for n in images):
+        raise click.BadParameter(f"give multiples of --stream-batch {stream_batch}", param_hint="--images")
     load_start = os.getloadavg()
     env = environment()
     command = command_line()
-    checkpoint, export, model = prepare(args)
-    common = {"checkpoint": str(checkpoint), "export": str(export)}
+    checkpoint, export, model = prepare(checkpoint, export)
+    common = {"checkpoint": str(checkpoint.resolve()), "export": str(export.resolve())}  # workers run in ROOT
     # Targets interleaved within each batch size, so that load from other work drifts over all.
     jobs = [
         {
             "mode": "batch",
             "target": t,
             "batch": b,
-            "seconds": args.seconds,
-            "min_calls": args.min_calls,
-            "max_seconds": args.max_seconds,
+            "seconds": seconds,
+            "min_calls": min_calls,
+            "max_seconds": max_seconds,
             **common,
         }
         for b in batches
         for t in targets
     ]
     jobs += [
-        {"mode": "stream", "target": t, "batch": args.stream_batch, "images": images, **common}
-        for t in targets
+        {"mode": "stream", "target": t, "batch": stream_batch, "images": images, **common} for t in targets
     ]
     sweep, stream, cold = [], [], {}
     with tqdm(jobs, desc="cost growth", unit="worker") as bar:
@@ -542,16 +583,16 @@ def main(argv=None) -> None:
             "targets": targets,
             "batches": batches,
             "images": images,
-            "stream_batch": args.stream_batch,
-            "seconds": args.seconds,
-            "min_calls": args.min_calls,
-            "max_seconds": args.max_seconds,
+            "stream_batch": stream_batch,
+            "seconds": seconds,
+            "min_calls": min_calls,
+            "max_seconds": max_seconds,
         },
         "batch_sweep": sweep,
         "stream": stream,
         "cold_call_ms": cold,
     }
-    write(record, Path(args.out))
+    write(record, out)
 
 
 def write(record: dict, out: Path) -> None:
@@ -570,7 +611,7 @@ def write(record: dict, out: Path) -> None:
         f"(hollow markers: fewer than {STARVED_CORES} cores busy)",
     )
     out.with_suffix(".md").write_text(markdown(record, out.with_suffix(".png").name))
-    print(out.with_suffix(".md").read_text())
+    click.echo(out.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

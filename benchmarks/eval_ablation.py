@@ -3,12 +3,12 @@ on Kermany-style classification + JSRT-style segmentation sources and evaluated 
 evaluate` in-domain (their test splits) and cross-domain (NIH-style classification,
 Montgomery-style segmentation with left/right masks).
 
-    python benchmarks/eval_ablation.py            # data, training (~1 h on 2 cores), evaluation, figures
-    python benchmarks/eval_ablation.py --smoke    # the same pipeline with 2 x 5 steps
-    python benchmarks/eval_ablation.py --difficulty 0.5 --budgets 10:100   # subtler pneumonia, one budget
+    python -m benchmarks.eval_ablation            # data, training (~1 h on 2 cores), evaluation, figures
+    python -m benchmarks.eval_ablation --smoke    # the same pipeline with 2 x 5 steps
+    python -m benchmarks.eval_ablation --difficulty 0.5 --budgets 10:100   # subtler pneumonia, one budget
 
 Writes, under --out (default benchmarks/results/ablation/):
-    train.{md,json}                       each run's test-split metrics (benchmarks/train_ablation.py)
+    train.{md,json}                       each run's test-split metrics (benchmarks.train_ablation)
     seg<S>-cls<C>/seed<k>/                one `mmtrt evaluate` run of the six models (metrics.json,
                                           summary.csv, per_image.csv); seed 0 also its boundary panels
                                           and Dice box plot, and the first budget's seed 0 its
@@ -26,21 +26,21 @@ one thread each. The data are the named sources of mmtrt/data/sources.py at diff
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
+import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import click
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import command_line, train_ablation
+from benchmarks.train_ablation import MODELS, NAMES
+from mmtrt.bench.report import markdown_table
 
-from benchmarks import train_ablation  # noqa: E402
-from benchmarks.train_ablation import MODELS, NAMES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BUDGETS = "10:100,50:1000"  # segmentation labels : classification labels (the papers')
 DATA = {  # source -> images per split; one fixed seed, so every model sees the same images
@@ -50,9 +50,9 @@ DATA = {  # source -> images per split; one fixed seed, so every model sees the 
     "montgomery": {"test": 40},
 }
 DATA_SEED = 9
-TRAIN = ["--image-size", "64", "--batch", "4", "--epochs", "16", "--steps-per-epoch", "50", "--lr", "1e-3",
+TRAIN = ["--image-size", "64", "--batch-size", "4", "--epochs", "16", "--steps-per-epoch", "50", "--lr", "1e-3",
          "--lr-step", "12"]  # fmt: skip
-SMOKE = ["--image-size", "64", "--batch", "4", "--epochs", "2", "--steps-per-epoch", "5"]
+SMOKE = ["--image-size", "64", "--batch-size", "4", "--epochs", "2", "--steps-per-epoch", "5"]
 CLS_MODELS = ("encoder", "encoder_ssl", "unet_mt", "mt_bridge", "multimix")
 SEG_MODELS = ("unet", "unet_mt", "mt_bridge", "multimix")
 DOMAINS = ("in-domain", "cross-domain")
@@ -124,21 +124,24 @@ def mean_std(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.3f}"
 
 
-def table(evals: dict[str, dict[int, dict]]) -> tuple[list[str], dict]:
+def table(evals: dict[str, dict[int, dict]]) -> tuple[str, dict]:
     any_res = next(r for per in evals.values() for r in per.values())
     unit = {d: any_res["domains"][d]["distance_unit"] for d in DOMAINS if d in any_res["domains"]}
-    lines = [
-        f"| model | labels seg:cls | seeds | acc in | acc cross | AUROC in | AUROC cross | Dice in | Dice cross"
-        f" | HD95 in ({unit.get('in-domain', 'px')}) | HD95 cross ({unit.get('cross-domain', 'px')}) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    data: dict = {}
+    headers = {  # (metric, domain) -> column
+        **{
+            (k, d): f"{label} {d.split('-')[0]}"
+            for k, label in (("accuracy", "acc"), ("auroc", "AUROC"), ("dice", "Dice"))
+            for d in DOMAINS
+        },
+        **{("hd95", d): f"HD95 {d.split('-')[0]} ({unit.get(d, 'px')})" for d in DOMAINS},
+    }
+    table_rows, data = [], {}
     for budget, per_seed in evals.items():
         for m in MODELS:
             rows = [r for r in per_seed.values() if m in r["results"]]
             if not rows:
                 continue
-            cells, rec = [], {}
+            row, rec = {"model": NAMES[m], "labels seg:cls": budget, "seeds": len(rows)}, {}
             for task, key, models in (
                 ("classification", "accuracy", CLS_MODELS),
                 ("classification", "auroc", CLS_MODELS),
@@ -148,10 +151,10 @@ def table(evals: dict[str, dict[int, dict]]) -> tuple[list[str], dict]:
                 for dom in DOMAINS:
                     vals = [value(r, m, dom, task, key) for r in rows] if m in models else []
                     rec[f"{key} {dom}"] = vals
-                    cells.append(mean_std(vals))
+                    row[headers[key, dom]] = mean_std(vals)
             data[f"{m}@{budget}"] = rec
-            lines.append(f"| {NAMES[m]} | {budget} | {len(rows)} | " + " | ".join(cells) + " |")
-    return lines, data
+            table_rows.append(row)
+    return markdown_table(table_rows), data
 
 
 def paired(data: dict, a: str, b: str, budget: str, key: str) -> str:
@@ -238,64 +241,92 @@ def screenshot(report: Path, png: Path) -> str:
     return f"wrote {png}"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument(
-        "--budgets", default=BUDGETS, help="label budgets seg:cls[,seg:cls]; the first is the low one"
-    )
-    p.add_argument(
-        "--difficulty", type=float, default=0.0, help="pneumonia subtlety of the sources (0 obvious)"
-    )
-    p.add_argument("--runs", default=None, help="training runs [runs/ablation(-d<difficulty>|-smoke)]")
-    p.add_argument("--data", default=None, help="the sources, written if missing [<runs>/data]")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="results [benchmarks/results/ablation(-d<difficulty>), --smoke: <runs>/results]",
-    )
-    p.add_argument("--jobs", type=int, default=2, help="training runs at once, one thread each")
-    p.add_argument(
-        "--smoke", action="store_true", help="2 x 5 training steps: checks the pipeline, not the models"
-    )
-    args = p.parse_args(argv)
-    name = "ablation" + (f"-d{args.difficulty:g}" if args.difficulty else "")
-    runs = Path(args.runs or ROOT / "runs" / ("ablation-smoke" if args.smoke else name))
-    out = Path(args.out or (runs / "results" if args.smoke else ROOT / "benchmarks" / "results" / name))
-    data = Path(args.data or runs / "data")
-    write_data(data, args.difficulty)
-    budgets = args.budgets.split(",")
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option(
+    "--budgets",
+    default=BUDGETS,
+    show_default=True,
+    help="Label budgets seg:cls[,seg:cls]; the first is the low one.",
+)
+@click.option(
+    "--difficulty",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Pneumonia subtlety of the sources (0: obvious).",
+)
+@click.option("--runs", default=None, help="Training runs [runs/ablation(-d<difficulty>|-smoke)].")
+@click.option("--data", default=None, help="The sources, written if missing [<runs>/data].")
+@click.option(
+    "--out",
+    default=None,
+    help="Results [benchmarks/results/ablation(-d<difficulty>), --smoke: <runs>/results].",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Training runs at once, one thread each.",
+)
+@click.option("--smoke", is_flag=True, help="2 x 5 training steps: checks the pipeline, not the models.")
+def main(
+    seeds: str,
+    budgets: str,
+    difficulty: float,
+    runs: str | None,
+    data: str | None,
+    out: str | None,
+    jobs: int,
+    smoke: bool,
+) -> None:
+    name = "ablation" + (f"-d{difficulty:g}" if difficulty else "")
+    runs = Path(runs or ROOT / "runs" / ("ablation-smoke" if smoke else name))
+    out = Path(out or (runs / "results" if smoke else ROOT / "benchmarks" / "results" / name))
+    data = Path(data or runs / "data")
+    write_data(data, difficulty)
+    budget_list = budgets.split(",")
     out.mkdir(parents=True, exist_ok=True)
-    train_ablation.main(
-        ["--seeds", args.seeds, "--budgets", args.budgets, *(SMOKE if args.smoke else TRAIN), "--jobs", str(args.jobs),
-         "--cls-data", str(data / "kermany" / "cls"), "--seg-data", str(data / "jsrt" / "seg"),
-         "--runs", str(runs), "--out", str(out / "train")]
-    )  # fmt: skip
-    seeds = [int(s) for s in args.seeds.split(",")]
+    train_args = [
+        "--seeds", seeds, "--budgets", budgets, *(SMOKE if smoke else TRAIN), "--jobs", str(jobs),
+        "--cls-data", str(data / "kermany" / "cls"), "--seg-data", str(data / "jsrt" / "seg"),
+        "--runs", str(runs), "--out", str(out / "train"),
+    ]  # fmt: skip
+    with train_ablation.main.make_context("train_ablation", train_args) as ctx:  # the script's defaults
+        train_ablation.train_and_tabulate(
+            ctx.params, shlex.join(["python", "-m", "benchmarks.train_ablation", *train_args])
+        )
+    seed_list = [int(s) for s in seeds.split(",")]
     evals: dict[str, dict[int, dict]] = {}
     folders: dict[str, dict[int, Path]] = {}
-    for i, budget in enumerate(budgets):
-        for seed in seeds:
+    for i, budget in enumerate(budget_list):
+        for seed in seed_list:
             where = Path(f"seg{budget.replace(':', '-cls')}") / f"seed{seed}"
             res = evaluate(runs, data, budget, seed, runs / "evaluate" / where)
             if res is not None:
-                publish(runs / "evaluate" / where, out / where, seed == seeds[0], i == 0 and seed == seeds[0])
+                publish(
+                    runs / "evaluate" / where,
+                    out / where,
+                    seed == seed_list[0],
+                    i == 0 and seed == seed_list[0],
+                )
                 evals.setdefault(budget, {})[seed] = res
                 folders.setdefault(budget, {})[seed] = out / where
-    lines, cells = table(evals)
+    results_table, cells = table(evals)
     figures(out, evals, folders)
-    first = next(iter(folders.values()))[seeds[0]]
-    print(screenshot(first / "report.html", out / "report_screenshot.png"))
-    (seg_lo, cls_lo), (seg_hi, cls_hi) = (tuple(b.split(":")) for b in (budgets[0], budgets[-1]))
+    first = next(iter(folders.values()))[seed_list[0]]
+    click.echo(screenshot(first / "report.html", out / "report_screenshot.png"))
+    (seg_lo, cls_lo), (seg_hi, cls_hi) = (tuple(b.split(":")) for b in (budget_list[0], budget_list[-1]))
     claims = [
-        (f"bridge lifts Dice at {seg_lo} labels (multi-task + bridge - multi-task)", "mt_bridge", "unet_mt", budgets[0], "dice in-domain"),
-        ("... and against the U-Net alone", "mt_bridge", "unet", budgets[0], "dice in-domain"),
-        (f"MultiMix - U-Net alone, Dice at {seg_lo} labels", "multimix", "unet", budgets[0], "dice in-domain"),
-        (f"SSL lifts accuracy at {cls_lo} labels (encoder + SSL - encoder)", "encoder_ssl", "encoder", budgets[0], "accuracy in-domain"),
-        ("... AUROC", "encoder_ssl", "encoder", budgets[0], "auroc in-domain"),
+        (f"bridge lifts Dice at {seg_lo} labels (multi-task + bridge - multi-task)", "mt_bridge", "unet_mt", budget_list[0], "dice in-domain"),
+        ("... and against the U-Net alone", "mt_bridge", "unet", budget_list[0], "dice in-domain"),
+        (f"MultiMix - U-Net alone, Dice at {seg_lo} labels", "multimix", "unet", budget_list[0], "dice in-domain"),
+        (f"SSL lifts accuracy at {cls_lo} labels (encoder + SSL - encoder)", "encoder_ssl", "encoder", budget_list[0], "accuracy in-domain"),
+        ("... AUROC", "encoder_ssl", "encoder", budget_list[0], "auroc in-domain"),
     ]  # fmt: skip
     for budget, (seg, cls) in dict.fromkeys(
-        [(budgets[0], (seg_lo, cls_lo)), (budgets[-1], (seg_hi, cls_hi))]
+        [(budget_list[0], (seg_lo, cls_lo)), (budget_list[-1], (seg_hi, cls_hi))]
     ):
         claims += [
             (f"MultiMix - encoder, cross-domain accuracy, {cls} labels", "multimix", "encoder", budget, "accuracy cross-domain"),
@@ -304,21 +335,24 @@ def main(argv=None) -> int:
     md = [
         "# Ablation: six models, two label budgets, in- and cross-domain",
         "",
-        f"- command: `python benchmarks/eval_ablation.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-        f"- sources at difficulty {args.difficulty:g} (seed {DATA_SEED}): "
+        f"- command: `{command_line()}`",
+        f"- sources at difficulty {difficulty:g} (seed {DATA_SEED}): "
         + ", ".join(f"{src} {counts}" for src, counts in DATA.items()),
         "- training: see train.md (settings, machine, each run's time); evaluation: `mmtrt evaluate` per budget"
         " and seed (seg*-cls*/seed*/report.html)",
         "- in-domain: Kermany-style (classification) and JSRT-style (segmentation) test splits; cross-domain:"
         " NIH-style and Montgomery-style; each model only on the tasks it trains; mean ± std over seeds",
         "",
-        *lines,
+        results_table,
         "",
         "## Paired differences (same seed: same labelled subset, same initial weights)",
         "",
-        "| claim | difference, mean over seeds |",
-        "|---|---|",
-        *(f"| {c} | {paired(cells, a, b, bud, key)} |" for c, a, b, bud, key in claims),
+        markdown_table(
+            [
+                {"claim": c, "difference, mean over seeds": paired(cells, a, b, bud, key)}
+                for c, a, b, bud, key in claims
+            ]
+        ),
         "",
     ]
     (out / "ablation.json").write_text(json.dumps(cells, indent=2) + "\n")
@@ -328,9 +362,8 @@ def main(argv=None) -> int:
     if md_file.is_file() and "\n## Findings" in md_file.read_text():
         text += "\n## Findings" + md_file.read_text().split("\n## Findings", 1)[1]
     md_file.write_text(text)
-    print(text)
-    return 0
+    click.echo(text)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

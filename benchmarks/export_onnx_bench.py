@@ -1,6 +1,6 @@
 """Benchmark of the exported ONNX graphs in onnxruntime on this CPU, against PyTorch eager.
 
-    python benchmarks/export_onnx_bench.py [--export DIR] [--batches 1,8] [--repeats 7]
+    python -m benchmarks.export_onnx_bench [--export DIR --checkpoint CKPT] [--batch-size 1,8] [--repeats 7]
 
 Without --export, a random-initialised checkpoint (`mmtrt init`, the real architecture) is
 exported first (fp32, no engines). Every case runs in the same process, interleaved: each round
@@ -10,28 +10,29 @@ spreads over all cases instead of landing on one; the figures are medians over t
 Cases per batch size, on synthetic chest X-rays:
   onnxruntime: encoder, saliency, decoder, split (saliency then decoder), multimix (fused)
   PyTorch eager (no_grad, float32): the same graphs (mmtrt.graphs)
-Ratios: saliency / encoder (goal <= 2.2), fused / split, onnxruntime / eager per graph.
+Ratios: saliency / encoder (the goal of benchmarks/goals.py), fused / split, onnxruntime / eager
+per graph.
 
 Writes benchmarks/results/export_onnx_cpu.md and .json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import click
 import torch
 
-from mmtrt.bench.report import cpu_model
+from benchmarks import command_line
+from benchmarks.goals import SALIENCY_OVER_ENCODER
+from mmtrt.bench.report import cpu_model, markdown_table
 from mmtrt.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from mmtrt.export.manifest import read_manifest, versions
 from mmtrt.graphs import GRAPHS
@@ -40,22 +41,19 @@ from mmtrt.parity import make_image
 from mmtrt.runtimes import ort as ort_runtime
 
 RESULTS = Path(__file__).resolve().parent / "results"
-GOAL_SALIENCY_OVER_ENCODER = 2.2
 
 
-def prepare_export(args) -> tuple[Path, MultiMix]:
-    if args.export:
-        folder = Path(args.export)
-        manifest = read_manifest(folder)
-        if not args.checkpoint:
-            raise SystemExit(
+def prepare_export(export: Path | None, checkpoint: Path | None) -> tuple[Path, MultiMix]:
+    if export:
+        manifest = read_manifest(export)
+        if not checkpoint:
+            raise click.UsageError(
                 "--export needs --checkpoint (the checkpoint it was exported from) for the eager baseline"
             )
-        checkpoint = Path(args.checkpoint)
         model, _ = load_checkpoint(checkpoint)
         if manifest["checkpoint"]["sha256"] != file_sha256(checkpoint):
-            raise SystemExit(f"{checkpoint} is not the checkpoint {folder} was exported from")
-        return folder, model
+            raise click.UsageError(f"{checkpoint} is not the checkpoint {export} was exported from")
+        return export, model
     from mmtrt.export.exporter import export_model
 
     work = Path(tempfile.mkdtemp(prefix="mmtrt-bench-"))
@@ -116,23 +114,34 @@ def measure(cases: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]
     return times
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--export", help="an export folder (mmtrt export); default: export a random checkpoint"
-    )
-    parser.add_argument("--checkpoint", help="the checkpoint --export was made from")
-    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes [1,8]")
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per batch size [7]")
-    parser.add_argument("--out", default=str(RESULTS / "export_onnx_cpu"), help="results path without suffix")
-    args = parser.parse_args(argv)
-
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option(
+    "--export",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An export folder (mmtrt export); default: export a random checkpoint.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The checkpoint --export was made from.",
+)
+@click.option("--batch-size", "batch_sizes", default="1,8", show_default=True, help="Comma-separated.")
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=7, show_default=True, help="Timed rounds per batch size."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=RESULTS / "export_onnx_cpu",
+    help="Results path without suffix.",
+)
+def main(export: Path | None, checkpoint: Path | None, batch_sizes: str, repeats: int, out: Path) -> None:
     load_before = os.getloadavg()
-    folder, model = prepare_export(args)
+    folder, model = prepare_export(export, checkpoint)
     results = {}
-    for batch in (int(b) for b in args.batches.split(",")):
-        print(f"batch {batch}: {args.repeats} interleaved rounds", flush=True)
-        times = measure(build_cases(folder, model, batch), args.repeats)
+    for batch in (int(b) for b in batch_sizes.split(",")):
+        click.echo(f"batch {batch}: {repeats} interleaved rounds")
+        times = measure(build_cases(folder, model, batch), repeats)
         med = {name: statistics.median(t) for name, t in times.items()}
         results[batch] = {
             "median_s": med,
@@ -154,20 +163,19 @@ def main(argv=None):
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "command": command_line(),
         "versions": versions(),
         "threads": {"torch": torch.get_num_threads(), "onnxruntime": "default (one per core)"},
         "export": str(folder),
-        "repeats": args.repeats,
+        "repeats": repeats,
         "images": "synthetic chest X-rays, 1x256x256",
-        "goal": {"ort saliency / ort encoder": GOAL_SALIENCY_OVER_ENCODER},
+        "goal": {"ort saliency / ort encoder": SALIENCY_OVER_ENCODER},
         "results": results,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    click.echo(markdown(record))
 
 
 def markdown(record: dict) -> str:
@@ -186,21 +194,21 @@ def markdown(record: dict) -> str:
         "",
     ]
     for batch, r in record["results"].items():
-        lines += [
-            f"## batch {batch}",
-            "",
-            "| case | median ms | min ms | max ms |",
-            "| --- | ---: | ---: | ---: |",
+        cases = [
+            {
+                "case": name,
+                "median ms": f"{t * 1e3:.1f}",
+                "min ms": f"{r['min_s'][name] * 1e3:.1f}",
+                "max ms": f"{r['max_s'][name] * 1e3:.1f}",
+            }
+            for name, t in r["median_s"].items()
         ]
-        for name, t in r["median_s"].items():
-            lines.append(
-                f"| {name} | {t * 1e3:.1f} | {r['min_s'][name] * 1e3:.1f} | {r['max_s'][name] * 1e3:.1f} |"
-            )
-        lines += ["", "| ratio | value |", "| --- | ---: |"]
-        for name, v in r["ratios"].items():
-            goal = record["goal"].get(name)
-            lines.append(f"| {name}{f' (goal <= {goal})' if goal else ''} | {v:.2f} |")
-        lines.append("")
+        goals = record["goal"]
+        ratios = [
+            {"ratio": name + (f" (goal <= {goals[name]})" if name in goals else ""), "value": f"{v:.2f}"}
+            for name, v in r["ratios"].items()
+        ]
+        lines += [f"## batch {batch}", "", markdown_table(cases), "", markdown_table(ratios), ""]
     return "\n".join(lines)
 
 

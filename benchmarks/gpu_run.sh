@@ -39,13 +39,13 @@ if python3 -c 'import click, tqdm, onnx, onnxscript, onnxruntime' 2>&1 | tee "$O
         echo "tensorrt does not import: mmtrt bench runs without the tensorrt target" | tee -a "$OUT_DIR/gpu_bench.log"
     fi
     timeout "$(limit 120)" "${MMTRT[@]}" bench "$WORK/multimix.pt" "$WORK/export" --device cuda --targets "$targets" \
-        --batches 1,8,32 --seconds 0.5 --out "$OUT_DIR/gpu_bench" 2>&1 | tee -a "$OUT_DIR/gpu_bench.log" || status=1
+        --batch-size 1,8,32 --seconds 0.5 --out "$OUT_DIR/gpu_bench" 2>&1 | tee -a "$OUT_DIR/gpu_bench.log" || status=1
     cp "$WORK/export/manifest.json" "$OUT_DIR/gpu_bench/export_manifest.json" 2>/dev/null
 else
     echo "mmtrt bench not run: see $OUT_DIR/gpu_bench.log" && status=1
 fi
-timeout "$(limit 260)" python3 benchmarks/torch_pipeline_bench.py --device cuda --batches 8,32 --seconds 1.0 \
+timeout "$(limit 260)" python3 -m benchmarks.torch_pipeline_bench --device cuda --batch-size 8,32 --seconds 1.0 \
     --out "$OUT_DIR/gpu_torch" 2>&1 | tee "$OUT_DIR/gpu_torch.log" || status=1
-timeout "$(limit 250)" python3 benchmarks/train_bench.py --device cuda --out "$OUT_DIR/gpu_train" 2>&1 \
+timeout "$(limit 250)" python3 -m benchmarks.train_bench --device cuda --out "$OUT_DIR/gpu_train" 2>&1 \
     | tee "$OUT_DIR/gpu_train.log" | grep -v " step " || status=1
 exit $status

@@ -5,7 +5,8 @@
 # OpenVINO compiles with precision hint f32 (it would pick bf16 by itself on bf16 hardware). On a
 # CPU with bf16 hardware the export is made with --precision bf16 and the bf16 copies are measured
 # too (ov-*-bf16, triton-ov-bf16: the saliency's forward in f32, its backward half and the decoder
-# in bf16). Writes OUT_DIR/bench.{json,md} + plots, OUT_DIR/cpu.txt (lscpu: model, flags,
+# in bf16). Writes OUT_DIR/bench.{json,md} + plots, OUT_DIR/goals.md (the project's speed goals,
+# benchmarks/goals.py), OUT_DIR/cpu.txt (lscpu: model, flags,
 # whether the host has bf16 hardware) and OUT_DIR/load.txt (load average before and after): run
 # it on a quiet machine; figures from a loaded one mean nothing.
 #   bash benchmarks/openvino_cpu.sh [OUT_DIR] [SECONDS]     (default benchmarks/results/openvino_cpu, 8)
@@ -41,5 +42,6 @@ if [ -z "$EXPORT" ]; then
     .venv/bin/mmtrt export "$CKPT" --out "$EXPORT" --precision "$PRECISION" --max-batch 8 --no-engines
 fi
 .venv/bin/mmtrt bench "$CKPT" "$EXPORT" --out "$OUT" --targets "$TARGETS" \
-    --batches 8 --concurrency 1,4,8 --triton-batch 8 --seconds "$SECONDS_PER" --no-perf-analyzer
+    --batch-size 8 --concurrency 1,4,8 --triton-batch-size 8 --seconds "$SECONDS_PER" --no-perf-analyzer
+.venv/bin/python -m benchmarks.goals "$OUT/bench.json"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/load.txt"

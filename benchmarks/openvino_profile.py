@@ -1,30 +1,31 @@
 """Where the time of an exported graph goes in OpenVINO's CPU plugin: per-layer execution times
 (PERF_COUNT) of one batch, summed by layer type and precision.
 
-    .venv/bin/python benchmarks/openvino_profile.py EXPORT_DIR [--graphs saliency,encoder] \\
-        [--precision fp32|bf16] [--batch 8] [--threads 0] [--out benchmarks/results/openvino_profile]
+    python -m benchmarks.openvino_profile EXPORT_DIR [--graphs saliency,encoder] \\
+        [--precision fp32|bf16] [--batch-size 8] [--threads 0] [--out benchmarks/results/openvino_profile]
 
 Each graph (``<graph>.onnx``, or its ``<graph>.<precision>.onnx`` copy) is compiled as
 mmtrt.runtimes.openvino compiles it (precision hint f32, one stream) plus PERF_COUNT, run twice
 to warm up, then ``--calls`` times on a batch of synthetic X-rays; the per-layer real times of the
-last call are grouped. Writes OUT.json and OUT.md with the date, machine (lscpu) and command.
+last call are grouped. Writes OUT.json and OUT.md with the date, CPU and command.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+import click
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import command_line
+from mmtrt.bench.report import cpu_model, markdown_table
+from mmtrt.runtimes.openvino import cpu_flags
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def profile(path: Path, batch: int, threads: int, calls: int) -> dict:
@@ -76,37 +77,40 @@ def profile(path: Path, batch: int, threads: int, calls: int) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("export_dir", type=Path)
-    ap.add_argument("--graphs", default="encoder,saliency,decoder,multimix")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--calls", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "openvino_profile")
-    args = ap.parse_args(argv)
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = {
-        k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    }
+@click.command(help=__doc__.split("\n\n")[0])
+@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--graphs", default="encoder,saliency,decoder,multimix", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: OpenVINO's default."
+)
+@click.option("--calls", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=RESULTS / "openvino_profile",
+    help="Results path without suffix.",
+)
+def main(
+    export_dir: Path, graphs: str, precision: str, batch_size: int, threads: int, calls: int, out: Path
+) -> None:
     results = []
-    for graph in args.graphs.split(","):
-        path = args.export_dir / f"{graph}.{args.precision}.onnx"
-        if args.precision == "fp32" or not path.is_file():
-            path = args.export_dir / f"{graph}.onnx"
-        results.append(profile(path, args.batch, args.threads, args.calls))
-        print(f"{path.name}: {results[-1]['median_call_ms']:.0f} ms a call", flush=True)
+    for graph in graphs.split(","):
+        path = export_dir / f"{graph}.{precision}.onnx"
+        if precision == "fp32" or not path.is_file():
+            path = export_dir / f"{graph}.onnx"
+        results.append(profile(path, batch_size, threads, calls))
+        click.echo(f"{path.name}: {results[-1]['median_call_ms']:.0f} ms a call")
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/openvino_profile.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu": cpu.get("Model name"),
-        "flags": " ".join(f for f in cpu.get("Flags", "").split() if f.startswith(("avx", "amx"))),
+        "command": command_line(),
+        "cpu": cpu_model(),
+        "flags": " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Where the time goes: OpenVINO CPU plugin, per-layer times (PERF_COUNT)",
         "",
@@ -116,21 +120,24 @@ def main(argv=None) -> int:
         "",
     ]
     for r in results:
+        rows = [
+            {
+                "layer type (precision)": x["layer"],
+                "layers": x["layers"],
+                "ms": f"{x['ms']:.1f}",
+                "share": f"{100 * x['share']:.1f}%",
+            }
+            for x in r["rows"][:12]
+        ]
         lines += [
             f"## {r['file']}, batch {r['batch']}: {r['median_call_ms']:.0f} ms a call (layers sum {r['layers_ms']:.0f} ms)",
             "",
-            "| layer type (precision) | layers | ms | share |",
-            "|---|---|---|---|",
+            markdown_table(rows),
+            "",
         ]
-        lines += [
-            f"| {x['layer']} | {x['layers']} | {x['ms']:.1f} | {100 * x['share']:.1f}% |"
-            for x in r["rows"][:12]
-        ]
-        lines.append("")
-    args.out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    out.with_suffix(".md").write_text("\n".join(lines))
+    click.echo("\n".join(lines))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

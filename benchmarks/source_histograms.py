@@ -1,24 +1,30 @@
 """The synthetic sources side by side: one example per source (with its lung-mask contour) and
 their intensity histograms as the loaders see them (mmtrt.data.load_image: [0, 1], 256 x 256).
 
-    python benchmarks/source_histograms.py [--n 24] [--out benchmarks/results/sources.png]
+    python -m benchmarks.source_histograms [--n 24] [--out benchmarks/results/sources.png]
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
+import click
 import numpy as np
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=24, help="images per source")
-    ap.add_argument("--difficulty", type=float, default=0.3)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sources.png"))
-    args = ap.parse_args()
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--n", type=click.IntRange(min=2), default=24, show_default=True, help="Images per source.")
+@click.option(
+    "--difficulty", type=float, default=0.3, show_default=True, help="Pneumonia subtlety (0: obvious)."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("benchmarks/results/sources.png"),
+    show_default=True,
+)
+def main(n: int, difficulty: float, out: Path) -> None:
 
     import matplotlib
 
@@ -34,12 +40,10 @@ def main() -> None:
         for name in names:
             root = Path(tmp) / name
             if name == "default":
-                write_synthetic_datasets(
-                    root, n_cls={"test": 0}, n_seg={"test": args.n}, difficulty=args.difficulty
-                )
+                write_synthetic_datasets(root, n_cls={"test": 0}, n_seg={"test": n}, difficulty=difficulty)
                 task = "seg"
             else:
-                write_source_dataset(root, name, {"test": args.n}, difficulty=args.difficulty)
+                write_source_dataset(root, name, {"test": n}, difficulty=difficulty)
                 task = SOURCES[name].task
             ds = (
                 SegmentationPairs(root / "seg", "test")
@@ -74,10 +78,10 @@ def main() -> None:
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax.set_title(f"Intensity histograms ({args.n} test images per source, difficulty {args.difficulty})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80, bbox_inches="tight")
-    print(f"wrote {args.out}")
+    ax.set_title(f"Intensity histograms ({n} test images per source, difficulty {difficulty})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80, bbox_inches="tight")
+    click.echo(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """PyTorch joint pipeline on one device: saliency parity, accuracy of each target, throughput.
 
-    python benchmarks/torch_pipeline_bench.py --device cuda --batches 1,8,32 --out benchmarks/results/gpu_torch_h100
-    python benchmarks/torch_pipeline_bench.py --device cpu --batches 1,8 --out benchmarks/results/cpu_torch
+    python -m benchmarks.torch_pipeline_bench --device cuda --batch-size 1,8,32 --out benchmarks/results/gpu_torch_h100
+    python -m benchmarks.torch_pipeline_bench --device cpu --batch-size 1,8 --out benchmarks/results/cpu_torch
 
 Sections of the report:
   parity      the explicit saliency graph against autograd on this device (float32, TF32 off),
@@ -15,21 +15,19 @@ Random weights (a seeded `MultiMix()`), realistic synthetic X-rays rotated acros
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmtrt.bench.measure import measure  # noqa: E402
-from mmtrt.bench.report import environment, ratio_table, write_report  # noqa: E402
-from mmtrt.bench.torch_targets import torch_targets  # noqa: E402
-from mmtrt.data import synth_xray  # noqa: E402
-from mmtrt.model import MultiMix, reference_saliency  # noqa: E402
+from benchmarks import command_line
+from mmtrt.bench.measure import measure
+from mmtrt.bench.report import environment, ratio_table, write_report
+from mmtrt.bench.torch_targets import torch_targets
+from mmtrt.data import synth_xray
+from mmtrt.model import MultiMix, reference_saliency
 
 
 def xrays(n: int, seed: int) -> torch.Tensor:
@@ -90,18 +88,26 @@ def accuracy(targets: dict, images: torch.Tensor) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batches", default="1,8,32")
-    parser.add_argument("--targets", default="", help="comma-separated subset (default: all for the device)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per measurement")
-    parser.add_argument("--out", type=Path, required=True, help="report stem (writes .json, .md, .png)")
-    args = parser.parse_args()
-
-    device = torch.device(args.device)
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default=None,
+    help="[default: cuda where available, else cpu]",
+)
+@click.option("--batch-size", "batch_sizes", default="1,8,32", show_default=True, help="Comma-separated.")
+@click.option("--targets", default="", help="Comma-separated subset (default: all for the device).")
+@click.option(
+    "--seconds", type=float, default=2.0, show_default=True, help="Minimum timed seconds per measurement."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Report stem (writes .json, .md, .png).",
+)
+def main(device: str | None, batch_sizes: str, targets: str, seconds: float, out: Path) -> None:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Parity is judged in true float32: TF32 convolutions would add ~1e-3 of their own.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -110,7 +116,7 @@ def main() -> None:
 
     print("parity ...", flush=True)
     parity_rows = parity(model, device)
-    targets = torch_targets(model, device, [t for t in args.targets.split(",") if t] or None)
+    targets = torch_targets(model, device, [t for t in targets.split(",") if t] or None)
     print("accuracy ...", flush=True)
     accuracy_rows = accuracy(targets, xrays(8, seed=7).to(device))  # batch 8: compiled targets reuse it
 
@@ -121,11 +127,11 @@ def main() -> None:
     ]
     measurements = []
     pool = xrays(64, seed=0)
-    for batch in [int(b) for b in args.batches.split(",")]:
+    for batch in [int(b) for b in batch_sizes.split(",")]:
         batches = [pool[(i * batch) % 64 :][:batch].to(device) for i in range(4)]
         batches = [b if len(b) == batch else pool[:batch].to(device) for b in batches]
         for name, run in targets.items():
-            m = measure(name, run, batches, min_seconds=args.seconds)
+            m = measure(name, run, batches, min_seconds=seconds)
             print(
                 f"{name:>14} batch {batch:>3}: {m.images_per_s:8.1f} images/s, p50 {m.latency_ms['p50']:.2f} ms",
                 flush=True,
@@ -134,15 +140,15 @@ def main() -> None:
         # Written after every batch size, so a run cut short still leaves its figures.
         rows = ratio_table(measurements, baseline="reference")
         write_report(
-            args.out,
+            out,
             title=f"PyTorch joint pipeline on {env['gpu'] or env['cpu']}",
-            command="python " + " ".join(sys.argv),
+            command=command_line(),
             env=env,
             sections={"parity": parity_rows, "accuracy": accuracy_rows, "throughput": rows},
             notes=notes,
             plot_rows=rows,
         )
-    print(Path(args.out).with_suffix(".md").read_text())
+    click.echo(out.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Ablation of MultiMix: six models, at one or more label budgets, several seeds.
 
-    python benchmarks/train_ablation.py --jobs 2     # the default generator, 10 seg / 100 cls labels
-    python benchmarks/train_ablation.py --seeds 0 --steps-per-epoch 5 --epochs 2   # a smoke run
-    python benchmarks/eval_ablation.py               # the committed study (sources, two budgets)
+    python -m benchmarks.train_ablation --jobs 2     # the default generator, 10 seg / 100 cls labels
+    python -m benchmarks.train_ablation --seeds 0 --steps-per-epoch 5 --epochs 2   # a smoke run
+    python -m benchmarks.eval_ablation               # the committed study (sources, two budgets)
 
 Models (all trained by `train.trainer.train` with the same data, schedule and seeds; only the
 loss weights and the bridge differ):
@@ -23,22 +23,24 @@ thread each (longest first).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
+import click
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import command_line
+from mmtrt.bench.report import cpu_model, markdown_table
+from mmtrt.runtimes.openvino import cpu_flags
+from train.config import TrainConfig
+from train.trainer import train
 
-from train.config import TrainConfig  # noqa: E402
-from train.trainer import train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = {
     "unet": dict(w_ce=0.0, w_u=0.0, w_kl=0.0, saliency_bridge=False),
@@ -69,9 +71,6 @@ def fmt(vals: list[float]) -> str:
 
 def cpu_name() -> str:
     """The CPU's model name and its vector flags (the CPU changes between machines)."""
-    from mmtrt.bench.report import cpu_model
-    from mmtrt.runtimes.openvino import cpu_flags
-
     vector = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
     return f"{cpu_model()} ({' '.join(vector)})"
 
@@ -103,43 +102,62 @@ def _train_one(job: tuple[str, dict, str]) -> str:
     return f"{label}: {time.time() - t0:.0f} s"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch", type=int, default=4, help="images per stream")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--steps-per-epoch", type=int, default=25)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-step", type=int, default=8)
-    p.add_argument(
-        "--budgets",
-        default="10:100",
-        help="label budgets, seg:cls[,seg:cls...] (the papers': 10:100,50:1000)",
-    )
-    p.add_argument("--cls-data", default=None, help="classification root (default: the synthetic generator)")
-    p.add_argument("--seg-data", default=None, help="segmentation root (default: the synthetic generator)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one torch thread each")
-    p.add_argument("--synth-cls", default="400,100,200")
-    p.add_argument("--synth-seg", default="60,20,40")
-    p.add_argument(
-        "--difficulty",
-        type=float,
-        default=0.0,
-        help="synthetic pneumonia subtlety; at 0.25 and 0.5 no classifier left chance level in this budget",
-    )
-    p.add_argument("--runs", default=str(ROOT / "runs" / "ablation"))
-    p.add_argument("--synth-cache", default=None)
-    p.add_argument(
-        "--out", default=str(ROOT / "runs" / "ablation" / "train_ablation"), help="table: OUT.md, OUT.json"
-    )
-    p.add_argument(
-        "--collect-only",
-        action="store_true",
-        help="train nothing: tabulate the runs that exist under --runs (the n column says how many)",
-    )
-    args = p.parse_args(argv)
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--models", default=",".join(MODELS), show_default=True)
+@click.option("--image-size", type=click.IntRange(min=32), default=64, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Images per stream."
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr-step", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--budgets",
+    default="10:100",
+    show_default=True,
+    help="Label budgets, seg:cls[,seg:cls...] (the papers': 10:100,50:1000).",
+)
+@click.option("--cls-data", default=None, help="Classification root (default: the synthetic generator).")
+@click.option("--seg-data", default=None, help="Segmentation root (default: the synthetic generator).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs trained at once, one torch thread each.",
+)
+@click.option("--synth-cls", default="400,100,200", show_default=True)
+@click.option("--synth-seg", default="60,20,40", show_default=True)
+@click.option(
+    "--difficulty",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Synthetic pneumonia subtlety; at 0.25 and 0.5 no classifier left chance level in this budget.",
+)
+@click.option("--runs", default=str(ROOT / "runs" / "ablation"), show_default=True)
+@click.option("--synth-cache", default=None)
+@click.option(
+    "--out",
+    default=str(ROOT / "runs" / "ablation" / "train_ablation"),
+    show_default=True,
+    help="Table: OUT.md, OUT.json.",
+)
+@click.option(
+    "--collect-only",
+    is_flag=True,
+    help="Train nothing: tabulate the runs that exist under --runs (the n column says how many).",
+)
+def main(**settings) -> None:
+    train_and_tabulate(settings, command_line())
+
+
+def train_and_tabulate(settings: dict, command: str) -> None:
+    """Train the runs of ``settings`` (the options of this script, by name) that have no
+    metrics.json yet, then write the table; ``command``: how they were asked for."""
+    args = SimpleNamespace(**settings)
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
     budgets = parse_budgets(args.budgets)
@@ -156,7 +174,7 @@ def main(argv=None) -> int:
                     cls_data=args.cls_data,
                     seg_data=args.seg_data,
                     image_size=args.image_size,
-                    batch_size=args.batch,
+                    batch_size=args.batch_size,
                     epochs=args.epochs,
                     steps_per_epoch=args.steps_per_epoch,
                     lr=args.lr,
@@ -181,10 +199,10 @@ def main(argv=None) -> int:
 
         with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
             for i, line in enumerate(pool.imap_unordered(_train_one, jobs), 1):
-                print(f"[{i}/{len(jobs)}] {line} ({time.time() - started:.0f} s so far)", flush=True)
+                click.echo(f"[{i}/{len(jobs)}] {line} ({time.time() - started:.0f} s so far)")
     else:
         for i, job in enumerate(jobs, 1):
-            print(f"[{i}/{len(jobs)}] {_train_one(job)}", flush=True)
+            click.echo(f"[{i}/{len(jobs)}] {_train_one(job)}")
     rows: dict[str, list[dict]] = {f"{m}@{b[0]}:{b[1]}": [] for b in budgets for m in models}
     for budget in budgets:
         for seed in seeds:
@@ -205,10 +223,9 @@ def main(argv=None) -> int:
                 )
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/train_ablation.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out", "synth_cache")},
+        "settings": {k: v for k, v in settings.items() if k not in ("runs", "out", "synth_cache")},
         "wall_s_this_invocation": time.time() - started,
         "runs": rows,
     }
@@ -220,16 +237,23 @@ def main(argv=None) -> int:
         f"- settings: {json.dumps(report['settings'])}",
         "- metrics: test split, checkpoint chosen on validation; mean ± std over seeds " + str(seeds),
         "",
-        "| model | labels seg:cls | n | " + " | ".join(CLS_KEYS + SEG_KEYS) + " | train s/run |",
-        "|---|---|---|" + "---|" * (len(CLS_KEYS) + len(SEG_KEYS) + 1),
     ]
+    table = []
     for key, runs in rows.items():
         m, budget = key.split("@")
-        cells = [fmt([r["test"][k] for r in runs if k in r["test"]]) for k in CLS_KEYS + SEG_KEYS]
         wall = np.mean([r["wall_s"] for r in runs]) if runs else float("nan")
-        lines.append(f"| {NAMES[m]} | {budget} | {len(runs)} | " + " | ".join(cells) + f" | {wall:.0f} |")
+        table.append(
+            {
+                "model": NAMES[m],
+                "labels seg:cls": budget,
+                "n": len(runs),
+                **{k: fmt([r["test"][k] for r in runs if k in r["test"]]) for k in CLS_KEYS + SEG_KEYS},
+                "train s/run": f"{wall:.0f}",
+            }
+        )
+    lines.append(markdown_table(table))
     md = "\n".join(lines) + "\n"
-    print(md)
+    click.echo(md)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -238,8 +262,7 @@ def main(argv=None) -> int:
     if md_file.is_file() and "\n## " in md_file.read_text():
         md += "\n## " + md_file.read_text().split("\n## ", 1)[1]
     md_file.write_text(md)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

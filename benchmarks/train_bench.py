@@ -1,7 +1,7 @@
 """Training-step benchmark: steps/s and images/s of the MultiMix training step, per variant.
 
-    python benchmarks/train_bench.py --device cpu --size 256 --batch 2 --steps 3     # this CPU
-    python benchmarks/train_bench.py --device cuda                                    # a CUDA host
+    python -m benchmarks.train_bench --device cpu --size 256 --batch-size 2 --steps 3     # this CPU
+    python -m benchmarks.train_bench --device cuda                                         # a CUDA host
 
 Variants (default: all that apply to the device):
     eager-fp32, compiled-fp32, eager-bf16, compiled-bf16  (CPU and CUDA; bf16 is fast on CPUs with
@@ -9,34 +9,35 @@ Variants (default: all that apply to the device):
     compiled-fp16 (GradScaler), eager-fp16                (CUDA only)
 Each variant builds a fresh model (seed 0) and runs the full five-stream step of train.step
 (forward + losses + double-backward saliency + Adam step) on a fixed batch of synthetic X-rays
-(`--batch` images per stream, so 5 x batch images per step; data loading is not timed). The first
+(`--batch-size` images per stream, so 5 x batch images per step; data loading is not timed). The first
 step is timed on its own: for a compiled variant, compile_s = first step - median step. Results
 go to benchmarks/results/train_bench_<device>.json and .md with the date, machine and command.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
+import click
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import command_line
+from mmtrt.bench.report import cpu_model, markdown_table
+from mmtrt.data import synth_xray
+from mmtrt.model import MultiMix
+from train.config import TrainConfig
+from train.step import TrainModule, compile_step, work_per_step
 
-from mmtrt.data import synth_xray  # noqa: E402
-from mmtrt.model import MultiMix  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
-from train.step import TrainModule, compile_step, work_per_step  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CPU_VARIANTS = ("eager-fp32", "eager-bf16", "compiled-fp32", "compiled-bf16")
 CUDA_VARIANTS = ("eager-fp32", "compiled-fp32", "eager-bf16", "compiled-bf16", "eager-fp16", "compiled-fp16")
@@ -49,14 +50,8 @@ def machine(device: torch.device) -> dict:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         info.update(
@@ -99,7 +94,7 @@ def run_variant(name: str, args, device, batch) -> dict:
     cfg = TrainConfig(
         out="bench",
         image_size=args.size,
-        batch_size=args.batch,
+        batch_size=args.batch_size,
         precision=precision,
         amp_scope=args.amp_scope,
         device=device.type,
@@ -136,7 +131,7 @@ def run_variant(name: str, args, device, batch) -> dict:
             times.append(dt)
         print(f"  {name} step {i}: {dt:.3f} s loss {losses[-1]:.4f}", flush=True)
     med = statistics.median(times)
-    images = 5 * args.batch
+    images = 5 * args.batch_size
     res = {
         "variant": name,
         "first_step_s": first,
@@ -167,49 +162,68 @@ def to_markdown(report: dict) -> str:
         f"forward {w['forward_gflop_per_step']:.1f} GFLOP/step (reference pipeline, same images: "
         f"{w['reference_forward_gflop_per_step']:.1f}); amp scope {report['amp_scope']}",
         "",
-        "| variant | steps/s | images/s | median step (s) | first step (s) | compile (s) | finite |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['variant']} | failed: {r['error'][:80]} | | | | | |")
+            rows.append({"variant": r["variant"], "steps/s": f"failed: {r['error'][:80]}"})
             continue
-        comp = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
-        lines.append(
-            f"| {r['variant']} | {r['steps_per_s']:.3f} | {r['images_per_s']:.1f} | "
-            f"{r['median_step_s']:.3f} | {r['first_step_s']:.1f} | {comp} | {r['losses_finite']} |"
+        rows.append(
+            {
+                "variant": r["variant"],
+                "steps/s": f"{r['steps_per_s']:.3f}",
+                "images/s": f"{r['images_per_s']:.1f}",
+                "median step (s)": f"{r['median_step_s']:.3f}",
+                "first step (s)": f"{r['first_step_s']:.1f}",
+                "compile (s)": f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-",
+                "finite": r["losses_finite"],
+            }
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + markdown_table(rows) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--size", type=int, default=256, help="image side (multiple of 32)")
-    p.add_argument("--batch", type=int, default=None, help="images per stream (default 10 on CUDA, 2 on CPU)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 3 on CPU)")
-    p.add_argument(
-        "--warmup", type=int, default=None, help="untimed steps after the first (default 3 CUDA, 1 CPU)"
-    )
-    p.add_argument("--variants", default=None, help="comma-separated subset of: " + ", ".join(CUDA_VARIANTS))
-    p.add_argument("--amp-scope", default="full", choices=("full", "decoder"))
-    p.add_argument(
-        "--out", default=None, help="results file stem (default benchmarks/results/train_bench_<device>)"
-    )
-    p.add_argument("--no-write", action="store_true", help="print only")
-    args = p.parse_args(argv)
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--size", type=click.IntRange(min=32), default=256, show_default=True, help="Image side (multiple of 32)."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per stream [default: 10 on CUDA, 2 on CPU].",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="Timed steps [default: 20 on CUDA, 3 on CPU]."
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Untimed steps after the first [default: 3 on CUDA, 1 on CPU].",
+)
+@click.option("--variants", default=None, help="Comma-separated subset of: " + ", ".join(CUDA_VARIANTS) + ".")
+@click.option("--amp-scope", type=click.Choice(["full", "decoder"]), default="full", show_default=True)
+@click.option(
+    "--out", default=None, help="Results file stem [default: benchmarks/results/train_bench_<device>]."
+)
+@click.option("--no-write", is_flag=True, help="Print only.")
+def main(**options) -> None:
+    args = SimpleNamespace(**options)
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(dev)
     cuda = device.type == "cuda"
-    args.batch = args.batch or (10 if cuda else 2)
+    args.batch_size = args.batch_size or (10 if cuda else 2)
     args.steps = args.steps or (20 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     variants = args.variants.split(",") if args.variants else list(CUDA_VARIANTS if cuda else CPU_VARIANTS)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as the trainer does on CPU
-    batch = make_batch(args.size, args.batch, device)
-    cfg = TrainConfig(out="bench", image_size=args.size, batch_size=args.batch)
-    work = work_per_step(MultiMix().to(device), cfg, 2 * args.batch, 2 * args.batch, args.batch)
+    batch = make_batch(args.size, args.batch_size, device)
+    cfg = TrainConfig(out="bench", image_size=args.size, batch_size=args.batch_size)
+    work = work_per_step(
+        MultiMix().to(device), cfg, 2 * args.batch_size, 2 * args.batch_size, args.batch_size
+    )
     args.machine = machine(device)  # (load average taken before the first variant)
     results = []
     gpu_tag = ""
@@ -223,22 +237,18 @@ def main(argv=None) -> int:
             results.append({"variant": v, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
             print(f"  {v} failed: {results[-1]['error']}", flush=True)
         write_report(args, dev, gpu_tag, device, work, results, final=False)  # after each variant
-    return write_report(args, dev, gpu_tag, device, work, results, final=True)
+    if not write_report(args, dev, gpu_tag, device, work, results, final=True):
+        raise SystemExit(1)  # a variant failed (reported above)
 
 
-def write_report(args, dev, gpu_tag, device, work, results, final: bool) -> int:
+def write_report(args, dev, gpu_tag, device, work, results, final: bool) -> bool:
+    """Write (and when ``final``, print) the report; whether every variant ran."""
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": dev + gpu_tag,
-        "command": "python "
-        + " ".join(
-            [
-                str(Path(sys.argv[0]).relative_to(ROOT) if Path(sys.argv[0]).is_absolute() else sys.argv[0]),
-                *sys.argv[1:],
-            ]
-        ),
+        "command": command_line(),
         "size": args.size,
-        "batch": args.batch,
+        "batch": args.batch_size,
         "amp_scope": args.amp_scope,
         "machine": args.machine,
         "work": work,
@@ -263,8 +273,8 @@ def write_report(args, dev, gpu_tag, device, work, results, final: bool) -> int:
         stem.with_suffix(".md").write_text(md)
         if final:
             print(f"wrote {stem}.json and {stem}.md")
-    return 0 if all("error" not in r for r in results) else 1
+    return all("error" not in r for r in results)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,7 +1,7 @@
 """Does the torch.compile'd training step give the same loss and gradients as the eager one?
 
-    python benchmarks/train_compile_check.py --device cpu|cuda [--backend inductor|aot_eager]
-        [--size 64] [--batch 1] [--streams seg|all] [--no-bridge]
+    python -m benchmarks.train_compile_check --device cpu|cuda [--backend inductor|aot_eager]
+        [--size 64] [--batch-size 1] [--streams seg|all] [--no-bridge]
 
 Builds one model (seed 0, dropout off so both runs see the same network), runs one step of
 train.step.TrainModule eagerly and compiled on the same batch, and prints the loss and, for every
@@ -12,20 +12,16 @@ weight gradient differs by more than --tol.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
 
+import click
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmtrt.data import synth_xray  # noqa: E402
-from mmtrt.model import MultiMix  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
-from train.step import TrainModule, compile_step  # noqa: E402
+from mmtrt.data import synth_xray
+from mmtrt.model import MultiMix
+from train.config import TrainConfig
+from train.step import TrainModule, compile_step
 
 
 def batch_for(size: int, b: int, device, streams: str) -> dict[str, torch.Tensor]:
@@ -49,34 +45,44 @@ def batch_for(size: int, b: int, device, streams: str) -> dict[str, torch.Tensor
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="inductor")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--streams", default="seg", choices=("seg", "all"))
-    p.add_argument("--no-bridge", action="store_true")
-    p.add_argument("--tol", type=float, default=1e-2)
-    args = p.parse_args(argv)
-    device = torch.device(args.device)
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--backend",
+    default="inductor",
+    show_default=True,
+    help="torch.compile's backend (aot_eager: no codegen).",
+)
+@click.option("--size", type=click.IntRange(min=32), default=64, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Images per stream."
+)
+@click.option("--streams", type=click.Choice(["seg", "all"]), default="seg", show_default=True)
+@click.option("--no-bridge", is_flag=True, help="A plain U-Net step (no saliency into the decoder).")
+@click.option(
+    "--tol", type=float, default=1e-2, show_default=True, help="Largest weight-gradient relative difference."
+)
+def main(
+    device: str, backend: str, size: int, batch_size: int, streams: str, no_bridge: bool, tol: float
+) -> None:
+    device = torch.device(device)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     cfg = TrainConfig(
         out="x",
-        image_size=args.size,
-        batch_size=args.batch,
-        w_u=0.25 if args.streams == "all" else 0.0,
-        w_ce=1.0 if args.streams == "all" else 0.0,
-        saliency_bridge=not args.no_bridge,
+        image_size=size,
+        batch_size=batch_size,
+        w_u=0.25 if streams == "all" else 0.0,
+        w_ce=1.0 if streams == "all" else 0.0,
+        saliency_bridge=not no_bridge,
     )
-    batch = batch_for(args.size, args.batch, device, args.streams)
+    batch = batch_for(size, batch_size, device, streams)
 
     def step(compiled: bool):
         torch.manual_seed(0)
         model = MultiMix(dropout=0.0).to(device).train()
         module = TrainModule(model, cfg)
-        fn = compile_step(module, device, backend=args.backend) if compiled else module
+        fn = compile_step(module, device, backend=backend) if compiled else module
         loss, parts = fn(batch)
         loss.backward()
         return float(loss), {
@@ -91,13 +97,13 @@ def main(argv=None) -> int:
         if not (n.endswith(".bias") and ("conv" in n))
     }
     worst = max(rel.values())
-    print(
+    click.echo(
         json.dumps(
             {
                 "device": str(device),
-                "backend": args.backend,
-                "streams": args.streams,
-                "bridge": not args.no_bridge,
+                "backend": backend,
+                "streams": streams,
+                "bridge": not no_bridge,
                 "torch": torch.__version__,
                 "loss_compiled": loss_c,
                 "loss_eager": loss_e,
@@ -107,8 +113,9 @@ def main(argv=None) -> int:
             indent=1,
         )
     )
-    return 0 if worst < args.tol and abs(loss_c - loss_e) <= 1e-4 * abs(loss_e) else 1
+    if not (worst < tol and abs(loss_c - loss_e) <= 1e-4 * abs(loss_e)):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -60,7 +60,7 @@ stop_server
 server_pid=
 
 step "8/8 benchmark: PyTorch reference vs onnxruntime vs OpenVINO vs Triton (tensors and PNG files), same images"
-mmtrt bench "$WORK/train/best.pt" "$WORK/export" --out "$WORK/bench" --batches 8 --concurrency 4 --seconds 2 \
+mmtrt bench "$WORK/train/best.pt" "$WORK/export" --out "$WORK/bench" --batch-size 8 --concurrency 4 --seconds 2 \
     --targets reference,ort-fused,ov-fused,triton,triton-bytes --no-perf-analyzer
 
 python - "$WORK/evaluate/metrics.json" <<'PY'

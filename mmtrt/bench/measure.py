@@ -51,23 +51,21 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def _proc_status_mb(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
+def resident_mb() -> float:
+    import psutil  # (here: a GPU host running the bench from a checkout needs no psutil)
 
-
-def resident_mb() -> float | None:
-    return _proc_status_mb("VmRSS")
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def peak_rss_mb() -> float | None:
-    """The process's peak resident memory since it started or since `reset_peak_rss`."""
-    return _proc_status_mb("VmHWM")
+    """The process's peak resident memory since it started or since `reset_peak_rss` (VmHWM: psutil
+    has no peak, and getrusage's maximum cannot be reset)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    peak = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return None if peak is None else int(peak) / 1024  # kB
 
 
 def measure(

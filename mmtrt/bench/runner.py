@@ -12,53 +12,29 @@ import torch
 
 from mmtrt.bench.measure import Measurement, measure
 from mmtrt.bench.report import environment, ratio_table, write_report
+from mmtrt.bench.targets import TARGETS, Target
 from mmtrt.graphs import JOINT_OUTPUTS, PIPELINES, run_pipeline
 from mmtrt.runtimes import ort as ort_runtime
 
 POOL_SIZE = 32  # distinct synthetic X-rays rotated across calls (more when a batch is larger)
-# target -> the pipeline of mmtrt.graphs it runs (ort-saliency: the saliency graph alone)
-ORT_PIPELINES = {"ort-fused": "fused", "ort-split": "joint", "ort-encoder": "classify", "ort-saliency": None}
-
-
-# the same for OpenVINO (CPU plugin, precision hint f32; mmtrt.runtimes.openvino); "-bf16": over
-# the export's bf16 copies (forward of the saliency float32, its backward half and the decoder bf16)
-OV_PIPELINES = {
-    f"ov-{name}{suffix}": pipeline
-    for name, pipeline in (
-        ("fused", "fused"),
-        ("split", "joint"),
-        ("encoder", "classify"),
-        ("saliency", None),
-    )
-    for suffix in ("", "-bf16")
-}
-#: the Triton targets: the cpu repository flavour served with each (runtime, precision);
-#: triton-bytes is the server of triton sent image files (multimix_image: decoded in the server)
-#: instead of tensors
-TRITON_RUNTIMES = {
-    "triton": ("onnxruntime", "fp32"),
-    "triton-bytes": ("onnxruntime", "fp32"),
-    "triton-ov": ("openvino", "fp32"),
-    "triton-ov-bf16": ("openvino", "bf16"),
-}
-TRITON_MODELS = {name: "multimix_image" if name == "triton-bytes" else "multimix" for name in TRITON_RUNTIMES}
-#: a Triton target -> the in-process target running the same graphs in the same runtime
-TRITON_IN_PROCESS = {"triton": "ort-fused", "triton-ov": "ov-fused", "triton-ov-bf16": "ov-fused-bf16"}
 FILE_SIZE = 1024  # triton-bytes sends 8-bit PNGs of 1024 x 1024 (the NIH ChestX-ray14 format)
 
 
-def _precision_of(target: str) -> str:
-    return "bf16" if target.endswith("-bf16") else "fp32"
+def _wanted(names: list[str], runtime: str) -> list[Target]:
+    """The in-process targets of ``runtime`` among ``names``."""
+    return [
+        TARGETS[n] for n in names if n in TARGETS and TARGETS[n].runtime == runtime and not TARGETS[n].served
+    ]
 
 
-def _graphs_of(target: str) -> tuple[str, ...]:
-    pipeline = {**ORT_PIPELINES, **OV_PIPELINES}[target]
-    return PIPELINES[pipeline] if pipeline else ("saliency",)
+def _graphs_of(target: Target) -> tuple[str, ...]:
+    return PIPELINES.get(target.pipeline, (target.pipeline,))
 
 
-def _pipeline_target(runners: dict, pipeline: str | None):
-    """A callable(images) running `pipeline` (None: the saliency graph alone) over `runners`."""
-    if pipeline is None:
+def _pipeline_target(runners: dict, pipeline: str):
+    """A callable(images) running `pipeline` (a pipeline of mmtrt.graphs, or "saliency": that graph
+    alone) over `runners`."""
+    if pipeline == "saliency":
         return lambda images: runners["saliency"]({"image": images})
     if pipeline == "classify":
         return lambda images: run_pipeline(runners, images, pipeline)
@@ -71,22 +47,23 @@ def _pipeline_target(runners: dict, pipeline: str | None):
 
 
 def openvino_targets(export_dir: Path, names: list[str], device: torch.device) -> tuple[dict, list[str]]:
-    """name -> callable(images: torch.Tensor) over OpenVINO runners of the exported graphs (CPU,
-    precision hint f32, OpenVINO's default threads, one stream; the -bf16 targets over the
-    export's bf16 copies), and notes on those that cannot run."""
+    """name -> callable(images: torch.Tensor) over OpenVINO runners of the exported graphs for the
+    OpenVINO targets among `names` (CPU, precision hint f32, OpenVINO's default threads, one stream;
+    the bf16 targets over the export's bf16 copies), and notes on those that cannot run."""
     from mmtrt.export.manifest import read_manifest
     from mmtrt.runtimes import openvino
 
-    wanted = [name for name in names if name in OV_PIPELINES]
+    wanted = _wanted(names, "openvino")
     if not wanted:
         return {}, []
+    listed = ", ".join(t.name for t in wanted)
     if device.type != "cpu":
-        return {}, [f"{', '.join(wanted)} not measured: OpenVINO targets run on the CPU (--device cpu)"]
+        return {}, [f"{listed} not measured: OpenVINO targets run on the CPU (--device cpu)"]
     if not openvino.available():
-        return {}, [f"{', '.join(wanted)} not measured: OpenVINO is not installed here"]
+        return {}, [f"{listed} not measured: OpenVINO is not installed here"]
     targets, notes = {}, []
-    for precision in dict.fromkeys(_precision_of(name) for name in wanted):
-        group = [name for name in wanted if _precision_of(name) == precision]
+    for precision in dict.fromkeys(t.precision for t in wanted):
+        group = [t for t in wanted if t.precision == precision]
         if precision != "fp32":
             manifest = Path(export_dir) / "manifest.json"
             exported = (
@@ -99,14 +76,14 @@ def openvino_targets(export_dir: Path, names: list[str], device: torch.device) -
                     why_not
                     or f"the export is {exported} (mmtrt export --precision {precision} makes the copies)"
                 )
-                notes.append(f"{', '.join(group)} not measured: {why_not}")
+                notes.append(f"{', '.join(t.name for t in group)} not measured: {why_not}")
                 continue
         runners = openvino.runners(
-            export_dir, sorted({g for name in group for g in _graphs_of(name)}), precision=precision
+            export_dir, sorted({g for t in group for g in _graphs_of(t)}), precision=precision
         )
         # the pool is a CPU tensor: its numpy view is handed on without a copy
         as_arrays = {graph: _on_arrays(run) for graph, run in runners.items()}
-        targets.update({name: _pipeline_target(as_arrays, OV_PIPELINES[name]) for name in group})
+        targets.update({t.name: _pipeline_target(as_arrays, t.pipeline) for t in group})
     return targets, notes
 
 
@@ -150,19 +127,20 @@ def rotating_batches(pool, batch: int, count: int = 4) -> list:
 
 
 def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tuple[dict, list[str]]:
-    """name -> callable(images: torch.Tensor) over onnxruntime sessions of the exported graphs, and
-    notes on those that cannot run here. Each call reads the images where they lie and leaves its
+    """name -> callable(images: torch.Tensor) over onnxruntime sessions of the exported graphs for
+    the onnxruntime targets among `names`, and notes on those that cannot run here. Each call reads the images where they lie and leaves its
     outputs on the same device (I/O binding): on the GPU no call copies to or from the host."""
     import onnxruntime as ort
 
-    wanted = [name for name in names if name in ORT_PIPELINES]
+    wanted = _wanted(names, "onnxruntime")
     if not wanted:
         return {}, []
+    listed = ", ".join(t.name for t in wanted)
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return {}, [
-                f"{', '.join(wanted)} not measured: onnxruntime {ort.__version__} here has no "
+                f"{listed} not measured: onnxruntime {ort.__version__} here has no "
                 "CUDAExecutionProvider (the onnxruntime-gpu package has it)"
             ]
         # TF32 off, as for the PyTorch targets and the TensorRT engines: float32 means float32
@@ -172,13 +150,13 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
         ]
     sessions = {
         graph: ort_runtime.session(export_dir / f"{graph}.onnx", providers=providers, log_severity=2)
-        for graph in sorted({g for name in wanted for g in _graphs_of(name)})
+        for graph in sorted({g for t in wanted for g in _graphs_of(t)})
     }
     if device.type == "cuda" and any(
         s.get_providers()[0] != "CUDAExecutionProvider" for s in sessions.values()
     ):
         return {}, [
-            f"{', '.join(wanted)} not measured: onnxruntime could not start its CUDAExecutionProvider "
+            f"{listed} not measured: onnxruntime could not start its CUDAExecutionProvider "
             "(its log above says why; usually a CUDA or cuDNN library it needs is missing)"
         ]
 
@@ -208,7 +186,7 @@ def onnx_targets(export_dir: Path, names: list[str], device: torch.device) -> tu
         return run
 
     runners = {graph: runner(graph) for graph in sessions}
-    return {name: _pipeline_target(runners, ORT_PIPELINES[name]) for name in wanted}, []
+    return {t.name: _pipeline_target(runners, t.pipeline) for t in wanted}, []
 
 
 def run_bench(
@@ -220,7 +198,7 @@ def run_bench(
     targets: list[str],
     batch_sizes: list[int],
     concurrency: list[int],
-    triton_batch: int,
+    triton_batch_size: int,
     seconds: float,
     use_perf_analyzer: bool,
     tensorrt_required: bool,
@@ -228,14 +206,18 @@ def run_bench(
     command: str,
     file_size: int = FILE_SIZE,
 ) -> dict:
-    """Measure `targets` on `device`. A tensorrt target that cannot run (no TensorRT, no engines)
-    raises when `tensorrt_required`, else it is left out with a note in the report, as are
-    onnxruntime targets on a GPU that onnxruntime cannot use."""
+    """Measure `targets` (names of mmtrt.bench.targets.TARGETS) on `device`. A tensorrt target that
+    cannot run (no TensorRT, no engines) raises when `tensorrt_required`, else it is left out with a
+    note in the report, as are onnxruntime targets on a GPU that onnxruntime cannot use."""
     from mmtrt.bench.torch_targets import torch_targets
     from mmtrt.checkpoint import load_checkpoint
     from mmtrt.export.manifest import ExportError
     from mmtrt.export.tensorrt import EngineBuildError, TensorRTUnavailable, engine_pipeline, require_tensorrt
 
+    unknown = [name for name in targets if name not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown target(s) {unknown}; known: {', '.join(TARGETS)}")
+    chosen = [TARGETS[name] for name in targets]
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -250,11 +232,7 @@ def run_bench(
         )
     model, _ = load_checkpoint(checkpoint)
     in_process, largest_batch = {}, {}
-    torch_names = [
-        t
-        for t in targets
-        if t not in ORT_PIPELINES and t not in OV_PIPELINES and t != "tensorrt" and t not in TRITON_RUNTIMES
-    ]
+    torch_names = [t.name for t in chosen if t.runtime == "pytorch"]
     if torch_names:
         in_process.update(torch_targets(model, device, torch_names))
     ort_targets, ort_notes = onnx_targets(export_dir, targets, device)
@@ -263,14 +241,14 @@ def run_bench(
     ov_targets, ov_notes = openvino_targets(export_dir, targets, device)
     in_process.update(ov_targets)
     notes += ov_notes
-    if "tensorrt" in targets:
+    for target in [t for t in chosen if t.runtime == "tensorrt"]:
         try:
             require_tensorrt()
-            in_process["tensorrt"], largest_batch["tensorrt"] = engine_pipeline(export_dir)
+            in_process[target.name], largest_batch[target.name] = engine_pipeline(export_dir)
         except (TensorRTUnavailable, EngineBuildError, ExportError) as exc:
             if tensorrt_required:
                 raise
-            notes.append(f"tensorrt not measured: {exc}")
+            notes.append(f"{target.name} not measured: {exc}")
     for name, largest in largest_batch.items():
         if max(batch_sizes) > largest:
             notes.append(
@@ -303,35 +281,30 @@ def run_bench(
                 )
             progress.update(1)
         # written after every batch size, so a run cut short still leaves its figures
-        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
+        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch_size)
 
-    served = [t for t in targets if t in TRITON_RUNTIMES]
-    for flavour in dict.fromkeys(TRITON_RUNTIMES[t] for t in served):  # one server each
-        names = [t for t in served if TRITON_RUNTIMES[t] == flavour]
+    served = [t for t in chosen if t.served]
+    for flavour in dict.fromkeys((t.runtime, t.precision) for t in served):  # one server each
+        group = [t for t in served if (t.runtime, t.precision) == flavour]
         pools = {
-            name: file_pool(POOL_SIZE, file_size) if name == "triton-bytes" else pool.cpu().numpy()
-            for name in names
+            t: file_pool(POOL_SIZE, file_size) if t.transport == "triton-files" else pool.cpu().numpy()
+            for t in group
         }
-        if "triton-bytes" in names:
+        tensors = next((t.name for t in group if t.transport == "triton-tensors"), None)
+        for target in [t for t in group if t.transport == "triton-files"]:
             notes.append(
-                f"triton-bytes: {POOL_SIZE} synthetic X-rays as 8-bit PNG files of {file_size} x "
-                f"{file_size} ({np.mean([len(f) for f in pools['triton-bytes']]) / 1e3:.0f} kB on "
-                "average) sent to multimix_image, which decodes them in the server (file_decoder, "
-                "mmtrt.data.load_image) before multimix; triton sends the same server 256 x 256 tensors"
+                f"{target.name}: {POOL_SIZE} synthetic X-rays as 8-bit PNG files of {file_size} x "
+                f"{file_size} ({np.mean([len(f) for f in pools[target]]) / 1e3:.0f} kB on "
+                f"average) sent to {target.served_model}, which decodes them in the server (file_decoder, "
+                "mmtrt.data.load_image) before multimix"
+                + (f"; {tensors} sends the same server 256 x 256 tensors" if tensors else "")
             )
         rows, triton_notes = _triton_sweep(
-            export_dir,
-            pools,
-            triton_batch,
-            concurrency,
-            seconds,
-            use_perf_analyzer,
-            progress,
-            flavour=flavour,
+            export_dir, pools, triton_batch_size, concurrency, seconds, use_perf_analyzer, progress
         )
         triton_rows += rows
         notes += triton_notes
-        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch)
+        report = _write_report(out, command, notes, measurements, triton_rows, triton_batch_size)
     return report
 
 
@@ -341,7 +314,7 @@ def _write_report(
     notes: list[str],
     measurements: list[Measurement],
     triton_rows: list[Measurement],
-    triton_batch: int,
+    triton_batch_size: int,
 ) -> dict:
     rows = ratio_table(measurements, baseline="reference")
     reference_at = {m.batch: m.images_per_s for m in measurements if m.target == "reference"}
@@ -357,11 +330,10 @@ def _write_report(
         }
         for m in triton_rows
     ]
-    goals = _goals(measurements, triton_rows, triton_batch)
     notes = notes + [
-        f"Decoding in the server ({protocol}, batch {triton_batch}): {ms:+.1f} ms per image, "
+        f"Decoding in the server ({protocol}, batch {triton_batch_size}): {ms:+.1f} ms per image, "
         f"{ratio:.3f}x the time per image of sending tensors"
-        for protocol, (ratio, ms) in decoding_cost(triton_rows, triton_batch).items()
+        for protocol, (ratio, ms) in decoding_cost(triton_table, triton_batch_size).items()
     ]
     notes = notes + [
         "Every ratio is measured in this run against the reference path (autograd saliency + a second encoder pass, PyTorch eager fp32) at the same batch size.",
@@ -372,7 +344,7 @@ def _write_report(
         title="mmtrt bench",
         command=command,
         env=environment(),
-        sections={"goals": goals, "in_process": rows, "triton": triton_table},
+        sections={"in_process": rows, "triton": triton_table},
         notes=notes,
         plot_rows=rows,
     )
@@ -380,31 +352,32 @@ def _write_report(
         _plot_concurrency(triton_table, out / "bench_concurrency.png")
     if rows or triton_table:
         _plot_latency(rows + triton_table, out / "bench_latency.png")
-    return {"goals": goals, "in_process": rows, "triton": triton_table, "notes": notes}
+    return {"in_process": rows, "triton": triton_table, "notes": notes}
 
 
 def _triton_sweep(
-    export_dir,
-    pools,
-    batch,
-    concurrency,
-    seconds,
-    use_perf_analyzer,
+    export_dir: Path,
+    pools: dict[Target, np.ndarray],
+    batch: int,
+    concurrency: list[int],
+    seconds: float,
+    use_perf_analyzer: bool,
     progress,
-    flavour=("onnxruntime", "fp32"),
-):
-    """The Triton sweep over a cpu repository served with `flavour` (runtime, precision), for each
-    target of `pools` (target -> what its clients send: images, or image files for triton-bytes);
-    the rows are named <target>-<protocol> (triton-grpc, triton-bytes-http, triton-ov-bf16-grpc ...)."""
+) -> tuple[list[Measurement], list[str]]:
+    """The Triton sweep of the targets of `pools` (target -> what its clients send: images, or
+    image files), all served with one runtime and precision: one server of the cpu repository
+    flavour. The rows are named <target>-<protocol> (triton-grpc, triton-bytes-http,
+    triton-ov-bf16-grpc ...)."""
     from dataclasses import replace
 
     from mmtrt.bench import load
     from mmtrt.serving import TritonServer, build_repository
 
-    runtime, precision = flavour
+    first = next(iter(pools))
+    runtime, precision = first.runtime, first.precision
     notes = []
     rows: list[Measurement] = []
-    names = ", ".join(pools)
+    names = ", ".join(t.name for t in pools)
     with tempfile.TemporaryDirectory(prefix="mmtrt-bench-") as tmp:
         try:
             repo = build_repository(
@@ -419,125 +392,61 @@ def _triton_sweep(
                     f"the cpu repository flavour (python backend + {runtime} on the CPU, {precision}), "
                     "whatever --device says"
                 )
-            for name, pool in pools.items():
-                model = TRITON_MODELS[name]
+            for target, pool in pools.items():
                 for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
                     for clients in concurrency:
-                        progress.set_postfix_str(f"{name}-{protocol} c{clients}")
+                        progress.set_postfix_str(f"{target.name}-{protocol} c{clients}")
                         measured = load.run_load(
-                            protocol, url, model, pool, batch, clients, seconds, stats_url=server.http_url
+                            protocol,
+                            url,
+                            target.served_model,
+                            pool,
+                            batch,
+                            clients,
+                            seconds,
+                            stats_url=server.http_url,
                         )
-                        rows.append(replace(measured, target=f"{name}-{protocol}"))
+                        rows.append(replace(measured, target=f"{target.name}-{protocol}"))
                         progress.update(1)
-            tensor_target = next((name for name in pools if TRITON_MODELS[name] == "multimix"), None)
-            if use_perf_analyzer and tensor_target is not None:  # the tensor model
-                pool = pools[tensor_target]
+            tensors = next((t for t in pools if t.transport == "triton-tensors"), None)
+            if use_perf_analyzer and tensors is not None:
                 try:
                     measured = load.run_perf_analyzer(
-                        server.grpc_url, "multimix", pool, batch, concurrency, seconds, Path(tmp)
+                        server.grpc_url,
+                        tensors.served_model,
+                        pools[tensors],
+                        batch,
+                        concurrency,
+                        seconds,
+                        Path(tmp),
                     )
-                    suffix = tensor_target[len("triton") :]  # perf_analyzer-grpc -> perf_analyzer-ov-grpc
-                    measured = [replace(m, target=m.target.replace("-", f"{suffix}-", 1)) for m in measured]
-                    rows += measured
+                    # perf_analyzer-grpc for triton, perf_analyzer-ov-grpc for triton-ov ...
+                    named = f"perf_analyzer{tensors.name.removeprefix('triton')}-grpc"
+                    rows += [replace(m, target=named) for m in measured]
                 except Exception as exc:  # reported, not fatal: the built-in generator measured the same
                     notes.append(f"perf_analyzer not used: {exc}")
     return rows, notes
 
 
-def _goals(measurements: list[Measurement], triton_rows: list[Measurement], batch: int) -> list[dict]:
-    """The speed goals, each measured in this run: the served joint pipeline vs the reference
-    path (>= 4x on a CPU with bf16 hardware, >= 2.6x on one without; 3x on a GPU), the saliency
-    graph vs the encoder in each runtime (<= 2x, the encoder at its fastest there), and each
-    Triton flavour vs the same runtime in-process (>= 0.9x, both at their best)."""
-    from mmtrt.runtimes import openvino
-
-    def ips(target, b=batch):
-        return next((m.images_per_s for m in measurements if m.target == target and m.batch == b), None)
-
-    def p50(target, b=batch):
-        return next((m.latency_ms["p50"] for m in measurements if m.target == target and m.batch == b), None)
-
-    def fastest(*targets):
-        times = [t for t in map(p50, targets) if t]
-        return min(times) if times else None
-
-    served = [
-        m
-        for m in triton_rows
-        if m.target.startswith("triton") and "-bytes-" not in m.target and m.batch == batch
-    ]
-    best_served = max(served, key=lambda m: m.images_per_s, default=None)
-    goals = []
-
-    def goal(name, value, target, op):
-        met = None if value is None else (value >= target if op == ">=" else value <= target)
-        goals.append({"goal": name, "measured": value, "target": f"{op} {target}", "met": met})
-
-    on_cpu = not any(m.target in ("tensorrt", "cuda-graphs") for m in measurements)
-    bf16 = openvino.host_has("bf16")
-    floor = (4.0 if bf16 else 2.6) if on_cpu else 3.0
-    host = ("CPU with bf16 hardware" if bf16 else "CPU without bf16 hardware") if on_cpu else "GPU"
-    goal(
-        f"Triton joint pipeline vs reference, batch {batch}, best concurrency ({host}"
-        + (f": {best_served.target} c{best_served.extra.get('concurrency')})" if best_served else ")"),
-        best_served.images_per_s / ips("reference") if best_served and ips("reference") else None,
-        floor,
-        ">=",
-    )
-    for runtime, saliency, encoders in (
-        ("onnxruntime", ("ort-saliency",), ("ort-encoder",)),
-        ("OpenVINO", ("ov-saliency", "ov-saliency-bf16"), ("ov-encoder", "ov-encoder-bf16")),
-    ):
-        slowest_part, encoder = fastest(*saliency), fastest(*encoders)
-        if slowest_part is None and encoder is None:
-            continue
-        goal(
-            f"{runtime} saliency graph time / encoder time (its fastest), batch {batch}",
-            slowest_part / encoder if slowest_part and encoder else None,
-            2.0,
-            "<=",
-        )
-    for prefix, in_process in TRITON_IN_PROCESS.items():
-        rows = [m for m in served if m.target.rsplit("-", 1)[0] == prefix]
-        if not rows:
-            continue
-        best = max(rows, key=lambda m: m.images_per_s)
-        goal(
-            f"{prefix} (best: {best.target} c{best.extra.get('concurrency')}) vs in-process {in_process}, batch {batch}",
-            best.images_per_s / ips(in_process) if ips(in_process) else None,
-            0.9,
-            ">=",
-        )
-    cost = decoding_cost(triton_rows, batch)
-    for protocol in ("grpc", "http"):
-        goal(
-            f"Triton {protocol}, time per image sending PNG files (decoded in the server) / sending "
-            f"tensors, batch {batch} (best concurrency of each)",
-            cost[protocol][0] if protocol in cost else None,
-            1.1,
-            "<=",
-        )
-    return goals
-
-
-def decoding_cost(triton_rows: list[Measurement], batch: int) -> dict[str, tuple[float, float]]:
+def decoding_cost(triton_rows: list[dict], batch: int) -> dict[str, tuple[float, float]]:
     """protocol -> (time per image of triton-bytes / of triton, the milliseconds per image that
     sending files and decoding them in the server add), at ``batch``, each target at its best
-    concurrency; for the protocols both targets were measured with."""
+    concurrency; for the protocols both targets were measured with. ``triton_rows``: the rows of
+    the report's Triton table."""
     cost = {}
     for protocol in ("grpc", "http"):
         tensors, files = (
             max(
-                (m for m in triton_rows if m.target == f"{name}-{protocol}" and m.batch == batch),
-                key=lambda m: m.images_per_s,
+                (r for r in triton_rows if r["target"] == f"{name}-{protocol}" and r["batch"] == batch),
+                key=lambda r: r["images_per_s"],
                 default=None,
             )
             for name in ("triton", "triton-bytes")
         )
         if tensors and files:
             cost[protocol] = (
-                tensors.images_per_s / files.images_per_s,
-                1e3 / files.images_per_s - 1e3 / tensors.images_per_s,
+                tensors["images_per_s"] / files["images_per_s"],
+                1e3 / files["images_per_s"] - 1e3 / tensors["images_per_s"],
             )
     return cost
 

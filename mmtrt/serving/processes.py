@@ -1,5 +1,5 @@
-"""Housekeeping of a tritonserver's processes and shared memory, read from /proc: its
-process group, its python-backend stub processes and their /dev/shm regions."""
+"""Housekeeping of a tritonserver's processes and shared memory: its process group, its
+python-backend stub processes (psutil) and their /dev/shm regions."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+import psutil
 
 
 def group_alive(pgid: int) -> bool:
@@ -42,51 +44,35 @@ def parent_death_signal():
 
 
 _STUB_NAME = "triton_python_backend_stub"
-
-
-def _stat(pid: str) -> tuple[str, int] | None:
-    """(state letter, parent pid) of a process from /proc, None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    try:
-        return fields[0], int(fields[1])
-    except (IndexError, ValueError):
-        return None
-
-
 SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
 def stub_argvs(server_pid: int) -> list[tuple[int, list[str]]]:
     """(pid, argv) of the live python-backend stub processes that are children of
-    ``server_pid``, from /proc (zombies left out). Empty without /proc."""
-    stubs = []
+    ``server_pid`` (zombies left out). Empty when that process is gone."""
+    if server_pid is None:  # (psutil.Process(None) would be this process)
+        return []
     try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return stubs
-    for pid in pids:
-        stat = _stat(pid)
-        if stat is None or stat[1] != server_pid or stat[0] in ("Z", "X"):
-            continue
+        children = psutil.Process(server_pid).children()
+    except psutil.Error:
+        return []
+    stubs = []
+    for child in children:
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                argv = fh.read().decode("utf-8", "replace").split("\0")
-        except OSError:
+            if child.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                continue
+            argv = child.cmdline()
+        except psutil.Error:  # ended meanwhile, or not ours to read
             continue
         if argv and Path(argv[0]).name == _STUB_NAME:
-            stubs.append((int(pid), argv))
+            stubs.append((child.pid, argv))
     return sorted(stubs)
 
 
 def python_stub_processes(server_pid: int) -> list[tuple[int, str, str]]:
     """(pid, model, instance) of every live python-backend stub process of the tritonserver
-    ``server_pid`` (its children in /proc running ``triton_python_backend_stub``). A stub that
-    died and was not reaped (a zombie: tritonserver does not wait for it) is not listed. Empty
-    without /proc."""
+    ``server_pid`` (its children running ``triton_python_backend_stub``). A stub that died and
+    was not reaped (a zombie: tritonserver does not wait for it) is not listed."""
     stubs = []
     for pid, argv in stub_argvs(server_pid):
         # argv: stub, <repository>/<model>/<version>/model.py, shm region, ..., instance name, ...

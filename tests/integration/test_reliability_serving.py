@@ -12,7 +12,7 @@ faults, with figures printed (run with -s to see them):
 - the server SIGKILLed during `mmtrt infer` and restarted: the client retries with its bounded
   back-off and finishes every image (and the killed server's shared memory is cleaned up); if
   the server stays away it gives up with a clear message;
-- the server listens on loopback only unless told otherwise (/proc/net/tcp).
+- the server listens on loopback only unless told otherwise (psutil's table of sockets).
 
 The load is bounded: every loop has a deadline and every request a client time-out.
 benchmarks/soak.py is the long (10-minute) version of the soak and shares its code.
@@ -31,12 +31,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from helpers import ServeCommand, needs_server, processes_mentioning
 from PIL import Image
 
 from mmtrt.serving import build_repository
-from mmtrt.serving.processes import python_stub_processes
+from mmtrt.serving.processes import python_stub_processes, stub_argvs
 
 pytestmark = needs_server
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,39 +100,24 @@ def image_files(tmp_path_factory, pool) -> Path:
 
 
 def listening_sockets(port: int) -> list[str]:
-    """Local addresses ("127.0.0.1", "0.0.0.0", "::"...) with a socket listening on ``port``,
-    from /proc/net/tcp and /proc/net/tcp6 (IPv4-mapped IPv6 addresses as IPv4)."""
+    """Local addresses ("127.0.0.1", "0.0.0.0", "::"...) with a socket listening on ``port``
+    (IPv4-mapped IPv6 addresses as IPv4)."""
     import ipaddress
 
     found = []
-    for table, _width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status != psutil.CONN_LISTEN or conn.laddr.port != port:
             continue
-        for line in lines:
-            fields = line.split()
-            local, state = fields[1], fields[3]
-            addr_hex, port_hex = local.split(":")
-            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
-                continue
-            raw = bytes.fromhex(addr_hex)
-            # the kernel prints each 32-bit word in host (little-endian) order
-            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            address = ipaddress.ip_address(raw)
-            # gRPC listens on an AF_INET6 socket bound to ::ffff:127.0.0.1: still IPv4 loopback
-            mapped = getattr(address, "ipv4_mapped", None)
-            found.append(str(mapped or address))
+        address = ipaddress.ip_address(conn.laddr.ip.split("%")[0])
+        # gRPC listens on an AF_INET6 socket bound to ::ffff:127.0.0.1: still IPv4 loopback
+        mapped = getattr(address, "ipv4_mapped", None)
+        found.append(str(mapped or address))
     return found
 
 
 def _shm_regions(server_pid: int) -> list[Path]:
     """The /dev/shm files of the server's stubs (the third argument of each stub's command)."""
-    regions = []
-    for pid, _model, _instance in python_stub_processes(server_pid):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        regions.append(Path("/dev/shm") / argv[2].decode())
-    return regions
+    return [Path("/dev/shm") / argv[2] for _pid, argv in stub_argvs(server_pid)]
 
 
 def _client(protocol: str, url: str):

@@ -12,7 +12,7 @@ The rest of the boundary is tested where it lives:
 - a tampered model file is refused at load (sha256 against the export manifest):
   tests/serving/test_serving.py::test_tampered_onnx_refuses_to_load, and at build time
   tests/serving/test_serving.py::test_build_repository_errors;
-- the server listens on loopback only unless told otherwise (/proc/net/tcp):
+- the server listens on loopback only unless told otherwise (psutil's table of sockets):
   tests/integration/test_reliability_serving.py::test_server_binds_loopback_by_default and
   ::test_serve_watchdog_restarts_a_killed_stub_under_load (`mmtrt serve`);
 - hostile requests and files: tests/integration/test_reliability_fuzz.py.

@@ -3,13 +3,12 @@ with SIGTERM / SIGINT like a terminal or a service manager would."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from click.testing import CliRunner
 from helpers import ServeCommand, needs_server, processes_mentioning
@@ -80,16 +79,9 @@ def test_serve_command_rejects_bad_arguments(export_dir, tmp_path):
 def _running(pid: int) -> bool:
     """Is ``pid`` a live process? (An orphan that exited stays a zombie until init reaps it.)"""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
         return False
-    except OSError:  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 @needs_server
