@@ -3,6 +3,7 @@ with SIGTERM / SIGINT like a terminal or a service manager would."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
