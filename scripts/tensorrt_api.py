@@ -5,7 +5,7 @@ whose signatures are the real ones. It imports on a CPU-only machine once the ni
 links against exist; none is called at import, so stub libraries built from a few lines of C do.
 From the imported module this script writes, per TensorRT major version:
 
-* typings/tensorrt<N>/tensorrt/__init__.pyi: type stubs (pybind11-stubgen, plus the fixes below),
+* third_party/typings/tensorrt<N>/tensorrt/__init__.pyi: type stubs (pybind11-stubgen, plus the fixes below),
   that `check` type-checks mmtrt's TensorRT code against;
 * tests/export/tensorrt_api_<N>.json: the API surface (every name, every enum value), from which
   the tests' stand-in for TensorRT (tests/fake_tensorrt.py) takes its names and values.
@@ -43,7 +43,7 @@ CHECKED = {
 
 
 def stubs_dir(major: int) -> Path:
-    return ROOT / "typings" / f"tensorrt{major}"
+    return ROOT / "third_party" / "typings" / f"tensorrt{major}"
 
 
 def surface_file(major: int) -> Path:

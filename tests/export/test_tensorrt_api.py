@@ -1,5 +1,5 @@
 """mmtrt's TensorRT code against TensorRT's real API, without TensorRT: mypy with the stubs made from
-the real bindings (typings/, scripts/tensorrt_api.py) passes on the code and fails on a wrong call;
+the real bindings (third_party/typings/, scripts/tensorrt_api.py) passes on the code and fails on a wrong call;
 FakeTensorRT has the real names and enum values of each version and none that version lacks."""
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ def test_the_fake_of_tensorrt_11_lacks_what_11_removed(tmp_path):
 
 def test_the_committed_stubs_and_api_surfaces_are_of_the_same_versions():
     for major, surface in SURFACES.items():
-        stubs = (ROOT / "typings" / f"tensorrt{major}" / "tensorrt" / "__init__.pyi").read_text()
+        stubs = (
+            ROOT / "third_party" / "typings" / f"tensorrt{major}" / "tensorrt" / "__init__.pyi"
+        ).read_text()
         assert stubs.startswith(f"# TensorRT {surface['tensorrt']} ")
         assert "class ILayer" in stubs and ("def set_output_type" in stubs) == (major == 10)
