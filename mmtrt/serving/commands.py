@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .client import CLASSIFIER_MODEL, DEFAULT_PORTS, FILE_MODELS, IMAGE_MODEL, JOINT_MODEL, PROTOCOLS
 from .config import DEFAULT_IMAGE_LIMITS
 from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S
 
@@ -217,23 +218,19 @@ class _StopOnSignals:
 
 
 def _describe_models(server) -> list[str]:
-    import tritonclient.http as httpclient
+    from .client import TritonClient
 
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=10.0)
     lines = []
-    try:
-        for entry in client.get_model_repository_index(headers=server.headers):
+    with TritonClient(server.http_url, headers=server.headers, timeout_s=10.0) as client:
+        for entry in client.models():
             name = entry["name"]
             try:
-                meta = client.get_model_metadata(name, headers=server.headers)
-                ins = ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in meta["inputs"])
-                outs = ", ".join(t["name"] for t in meta["outputs"])
-                detail = f"in: {ins}; out: {outs}"
+                info = client.model(name)
+                ins = ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in info.inputs)
+                detail = f"in: {ins}; out: {', '.join(info.output_names)}"
             except Exception as e:  # noqa: BLE001 - only for the listing
                 detail = f"(metadata unavailable: {e})"
             lines.append(f"  model {name} v{entry.get('version', '?')} {entry.get('state', '?')}  {detail}")
-    finally:
-        client.close()
     return lines
 
 
@@ -405,18 +402,19 @@ def _ready_lines(server, host: str) -> list[str]:
     "--url",
     "urls",
     multiple=True,
-    help="Server address host:port [default: 127.0.0.1:8000 for http, "
-    "127.0.0.1:8001 for grpc]; an http(s):// prefix is accepted. Repeat it for several "
-    "servers: the batches are spread over those that are ready, and a batch whose server "
-    "fails is sent to another (each image answered once; its JSON names the server).",
+    help=f"Server address host:port [default: 127.0.0.1:{DEFAULT_PORTS['http']} for http, "
+    f"127.0.0.1:{DEFAULT_PORTS['grpc']} for grpc]; an http(s):// or grpc(s):// prefix is accepted. "
+    "Repeat it for several servers: the batches are spread over those that are ready, and a "
+    "batch whose server fails is sent to another (each image answered once; its JSON names the "
+    "server).",
 )
-@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option(
     "--model",
-    type=click.Choice(["multimix", "classifier"]),
-    default="multimix",
+    type=click.Choice([JOINT_MODEL, CLASSIFIER_MODEL]),
+    default=JOINT_MODEL,
     show_default=True,
-    help="multimix: class + lung mask + saliency; classifier: class only.",
+    help=f"{JOINT_MODEL}: class + lung mask + saliency; {CLASSIFIER_MODEL}: class only.",
 )
 @click.option(
     "--send",
@@ -425,7 +423,7 @@ def _ready_lines(server, host: str) -> list[str]:
     show_default=True,
     help="What goes to the server: tensor, the images decoded here (to --model); bytes, the "
     "files themselves, decoded in the server by the decoder copied into the repository (to "
-    "multimix_image; --model multimix only); auto, bytes for DICOM files (.dcm or a DICM "
+    f"{IMAGE_MODEL}; --model {JOINT_MODEL} only); auto, bytes for DICOM files (.dcm or a DICM "
     "preamble) and tensors for the others. Each file is decoded here too, for its overlay, "
     "metadata and DICOM results.",
 )
@@ -463,8 +461,8 @@ def _ready_lines(server, host: str) -> list[str]:
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    help="Retries when the server is unreachable, at connection and for each batch "
-    "(a server restarting, a model's stub process restarted).",
+    help="Failures in a row after which a server is given up: at connection, and for the "
+    "batches (a server restarting, a model's stub process restarted).",
 )
 @click.option(
     "--retry-delay",
@@ -503,7 +501,8 @@ def infer(
     --dicom-out each also gets a DICOM Segmentation and a Secondary Capture. Exits non-zero if
     any image failed. With several --url, batches are spread over the
     servers that are ready and a failed server's batches go to the others."""
-    from .infer import FILE_MODELS, InferError, connect, expand_inputs, infer_files
+    from .client import Backoff, Servers
+    from .infer import InferError, expand_inputs, infer_files
 
     if send == "bytes" and model not in FILE_MODELS:
         raise click.BadParameter(
@@ -517,7 +516,6 @@ def infer(
         if not sep or not key:
             raise click.BadParameter(f"{h!r} is not KEY=VALUE", param_hint="--header")
         header_dict[key] = value
-    url = urls[0] if urls else f"127.0.0.1:{8000 if protocol == 'http' else 8001}"
     paths = expand_inputs(images)
     if not paths:
         raise click.ClickException("no image files given (the folders hold none)")
@@ -534,32 +532,25 @@ def infer(
     def say(line: str):
         click.echo(line, err=True)
 
-    common = dict(
-        protocol=protocol,
-        model=model,
-        send=send,
-        batch_size=batch_size,
-        out=out,
-        headers=header_dict or None,
-        retries=retries,
-        backoff_s=retry_delay,
-        say=say,
-        dicom_out=dicom_out,
-        checkpoint_sha256=checkpoint_sha256,
-    )
     try:
-        if len(urls) > 1:
-            from .failover import infer_files_failover
-
-            results = infer_files_failover(paths, urls=urls, **common)
-        else:
-            client = connect(
-                url, protocol, retries=retries, backoff_s=retry_delay, headers=common["headers"], say=say
-            )
-            try:
-                results = infer_files(paths, client=client, url=url, **common)
-            finally:
-                client.close()
+        servers = Servers(
+            urls or [f"127.0.0.1:{DEFAULT_PORTS[protocol]}"],
+            protocol,
+            headers=header_dict or None,
+            retries=retries,
+            backoff=Backoff(retry_delay),
+            say=say,
+        )
+        results = infer_files(
+            paths,
+            servers,
+            model=model,
+            send=send,
+            batch_size=batch_size,
+            out=out,
+            dicom_out=dicom_out,
+            checkpoint_sha256=checkpoint_sha256,
+        )
     except InferError as e:
         raise click.ClickException(str(e)) from None
     _report_results(results, out)

@@ -11,7 +11,7 @@ import signal
 import pytest
 from helpers import ServeCommand, needs_server, processes_mentioning
 
-from mmtrt.serving.infer import connect
+from mmtrt.serving.client import connect
 from mmtrt.serving.replicas import replica_ports
 
 LINE = r"^replica (\d): HTTP http://(127\.0\.0\.1:\d+)  gRPC (127\.0\.0\.1:\d+)  metrics http://127\.0\.0\.1:(\d+)/metrics  \(pid (\d+)\)$"
