@@ -460,9 +460,10 @@ class Endpoint:
     in_flight: int = 0  # requests sent and not answered yet
 
     def describe(self) -> str:
+        where = f"the server at {self.url} ({self.protocol})"
         if self.failures:
-            return f"the server at {self.url} ({self.protocol}) still failing after {self.failures} attempt(s): {self.reason}"
-        return f"the server at {self.url} ({self.protocol}): {self.reason}"
+            return f"{where} still failing after {self.failures} attempt(s): {self.reason}"
+        return f"{where}: {self.reason}"
 
 
 @dataclass
@@ -595,8 +596,8 @@ class Servers:
         self.say(f"{event}; retrying in {delay:.1f} s ({of}){then}")
 
     def _refused(self, ep: Endpoint, reason: str) -> None:
-        with self._lock:
-            ep.gave_up, ep.reason = True, reason
+        with self._lock:  # (it answers: not a failure, a server not to use)
+            ep.gave_up, ep.reason, ep.failures = True, reason, 0
         self.say(f"server {ep.url}: {reason}; not using it")
 
     def _answered(self, ep: Endpoint, images: int) -> None:
