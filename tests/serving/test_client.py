@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_a_session_fails_over_from_a_dead_server_and_gives_it_up(server):
         session.send("classifier", x, ("probs",))
         if servers.endpoints[0].gave_up:
             break
-        servers._closed.wait(0.05)
+        time.sleep(0.05)
     dead_end, live = servers.endpoints
     assert dead_end.gave_up and dead_end.failures == 2
     assert live.answered_requests >= 2 and live.answered_images == 2 * live.answered_requests
