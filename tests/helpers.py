@@ -1,7 +1,7 @@
 """The helpers of the test suite, in one place: the image kinds every parity test runs on (from
 :mod:`mmtrt.parity`), the export folder of the real MultiMix graphs, onnxruntime sessions set up
-like the served ones, the real Triton server started in-process or as `mmtrt serve`, and process
-listing. The fixtures built on them (``model``, ``export_dir``, ``repo``, ``server``) are in
+like the served ones, the real Triton server started in-process or as `mmtrt serve`, a client of
+it (mmtrt.serving.client), and process listing. The fixtures built on them (``model``, ``export_dir``, ``repo``, ``server``) are in
 conftest.py; the stand-in for TensorRT is fake_tensorrt.py."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 
 from mmtrt.parity import image_batch, relative_error  # noqa: F401 (re-exported for the tests)
 from mmtrt.serving import ServingError, TritonServer, find_tritonserver
+from mmtrt.serving.client import TritonClient
 
 MAX_BATCH = 8
 BATCH_SIZES = (1, 3, 8)
@@ -185,27 +186,18 @@ def start_server(repo: Path, log: Path) -> TritonServer:
     return srv
 
 
-def client_for(protocol: str, server: TritonServer):
-    """(tritonclient module, a client of ``server``) for "http" or "grpc"; close the client."""
-    if protocol == "http":
-        import tritonclient.http as module
-
-        return module, module.InferenceServerClient(server.http_url, network_timeout=120.0)
-    import tritonclient.grpc as module
-
-    return module, module.InferenceServerClient(server.grpc_url)
+def client_for(protocol: str, server: TritonServer) -> TritonClient:
+    """A :class:`~mmtrt.serving.client.TritonClient` of ``server`` over "http" or "grpc" (a long
+    time-out: requests queue on a busy 2-core machine); close it."""
+    url = server.http_url if protocol == "http" else server.grpc_url
+    return TritonClient(url, protocol, timeout_s=120.0)
 
 
 def model_statistics(server: TritonServer, model: str) -> dict:
     """Triton's counts of ``model``: requests (inferences), executions, executions of more than
     one request, the batch sizes it ran."""
-    import tritonclient.http as httpclient
-
-    c = httpclient.InferenceServerClient(server.http_url)
-    try:
-        s = c.get_inference_statistics(model_name=model)["model_stats"][0]
-    finally:
-        c.close()
+    with TritonClient(server.http_url) as client:
+        s = client.statistics(model)
     multi = sum(b["compute_infer"]["count"] for b in s["batch_stats"] if b["batch_size"] > 1)
     return {
         "inferences": s["inference_count"],
@@ -216,8 +208,9 @@ def model_statistics(server: TritonServer, model: str) -> dict:
 
 
 def post_infer(server: TritonServer, model: str, body: bytes, headers: dict) -> tuple[int, dict]:
-    """POST ``body`` to ``/v2/models/<model>/infer`` with the standard library (no tritonclient):
-    (HTTP status, the JSON answer)."""
+    """POST ``body`` to ``/v2/models/<model>/infer`` with the standard library: (HTTP status, the
+    JSON answer). The raw protocol on purpose: for requests no client library sends (hand-made
+    JSON, lying binary headers) and for what a plain HTTP client gets."""
     import http.client
     import json
 

@@ -1,6 +1,6 @@
 """The package's structure: no import cycle inside mmtrt/ (imports inside functions included),
-a client that loads nothing of the server side, test modules that mirror the layout, and no
-script that edits sys.path to find the packages."""
+a client that loads nothing of the server side, one module that talks to Triton, test modules
+that mirror the layout, and no script that edits sys.path to find the packages."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mmtrt"
+#: the one module that imports tritonclient
+TRITON_CLIENT_MODULE = "mmtrt/serving/client.py"
+#: tests that talk to Triton below that module on purpose: requests it never sends (a declared
+#: data type other than the data's, JSON bodies, model versions) and raw gRPC protobuf messages
+RAW_PROTOCOL_TESTS = ("tests/integration/test_reliability_fuzz.py",)
 
 
 def _module_name(path: Path) -> str:
@@ -94,7 +99,7 @@ def test_no_import_cycle_inside_mmtrt():
 def test_the_client_loads_nothing_of_the_server_side():
     """`mmtrt infer`'s client and command import no server lifecycle or repository code."""
     code = (
-        "import sys, mmtrt.serving.infer, mmtrt.serving.commands; "
+        "import sys, mmtrt.serving.client, mmtrt.serving.infer, mmtrt.serving.commands; "
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('mmtrt'))))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -106,7 +111,7 @@ def test_the_client_loads_nothing_of_the_server_side():
         "mmtrt.serving.repository",
         "mmtrt.serving.checks",
     }
-    assert "mmtrt.serving.infer" in loaded
+    assert {"mmtrt.serving.client", "mmtrt.serving.infer"} <= loaded
     assert not loaded & server_side, sorted(loaded & server_side)
 
 
@@ -172,3 +177,26 @@ def test_nothing_edits_sys_path():
         if needle in line
     ]
     assert not found, found
+
+
+def _imported_names(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.append(node.module or "")
+    return names
+
+
+def test_only_the_client_module_imports_tritonclient():
+    """Talking to Triton has one home, mmtrt/serving/client.py (connection, TLS, headers, model
+    metadata, requests, retries, fail-over): no other module of the repository imports
+    tritonclient, except the tests of the raw protocol listed above."""
+    importers = sorted(
+        path.relative_to(ROOT).as_posix()
+        for path in ROOT.rglob("*.py")
+        if not any(part.startswith(".") for part in path.relative_to(ROOT).parts)
+        and any(n == "tritonclient" or n.startswith("tritonclient.") for n in _imported_names(path))
+    )
+    assert importers == sorted([TRITON_CLIENT_MODULE, *RAW_PROTOCOL_TESTS]), importers

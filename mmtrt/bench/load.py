@@ -1,10 +1,11 @@
 """Load on a Triton endpoint: the built-in load generator, perf_analyzer, and the server's own
 queue / compute breakdown.
 
-The built-in generator runs `concurrency` client threads (one tritonclient each: the HTTP
-client is not thread-safe), each sending batches back to back for a fixed time, and measures
-what perf_analyzer measures: completed images/s and request latency percentiles. It can spread
-the load over several servers and resends only what failed transiently (never an invalid input).
+The built-in generator runs `concurrency` client threads (each with its own
+:class:`mmtrt.serving.client.Session`), each sending batches back to back for a fixed time, and
+measures what perf_analyzer measures: completed images/s and request latency percentiles. It can
+spread the load over several servers and resends only what failed transiently (never an invalid
+input), as every client of mmtrt does.
 """
 
 from __future__ import annotations
@@ -25,38 +26,12 @@ import numpy as np
 from mmtrt.bench.measure import Measurement, percentiles
 
 
-def triton_client(protocol: str, url: str):
-    if protocol == "http":
-        import tritonclient.http as client
-    elif protocol == "grpc":
-        import tritonclient.grpc as client
-    else:
-        raise ValueError(f"unknown protocol {protocol!r}: http or grpc")
-    return client, client.InferenceServerClient(url=url)
-
-
-def infer_once(client_module, client, model: str, images: np.ndarray, outputs: tuple[str, ...]):
-    """One request: ``images`` a float32 batch [n, 1, H, W], or an object array of n image files'
-    bytes (for ``multimix_image``), sent the way `mmtrt infer` sends them."""
-    from mmtrt.serving.infer import file_request, image_request
-
-    if images.dtype == np.object_:
-        inputs, requested = file_request(client_module, list(images), outputs)
-    else:
-        inputs, requested = image_request(client_module, images, outputs)
-    result = client.infer(model, inputs, outputs=requested)
-    return [result.as_numpy(n) for n in outputs]
-
-
 def server_statistics(url: str, model: str) -> dict:
     """Cumulative counts and nanoseconds of the model, from Triton's statistics extension."""
-    import tritonclient.http as client
+    from mmtrt.serving.client import TritonClient
 
-    c = client.InferenceServerClient(url=url)
-    try:
-        stats = c.get_inference_statistics(model)["model_stats"][0]
-    finally:
-        c.close()
+    with TritonClient(url) as client:
+        stats = client.statistics(model)
     inference = stats["inference_stats"]
     return {
         "inference_count": stats.get("inference_count", 0),
@@ -99,69 +74,43 @@ def run_load(
     """`concurrency` clients sending `batch`-image requests for `seconds`; `stats_url` (the
     server's HTTP endpoint) adds the server-side queue / compute breakdown. `pool`: decoded
     images (float32 [N, 1, H, W]) or image files (an object array of N bytes objects, for
-    ``multimix_image``).
+    ``multimix_image``), sent as `mmtrt infer` sends them.
 
-    ``url`` may list several servers: each client sends its requests to them in turn. A request
-    that fails transiently (:mod:`mmtrt.serving.faults`: the server unreachable or gone, a 5xx, a
-    deadline) is sent again, to the next server, and its server is left alone for
-    ``retry_delay_s`` (doubling while it keeps failing); at most ``max_attempts`` sends a request,
-    none after the deadline. A request rejected as invalid input is counted (``invalid``) and
-    never sent again. ``extra``: ``failures`` (requests that never got an answer: invalid ones
-    included), ``invalid``, ``retries`` (sends again), ``answered_by`` (requests per server)."""
-    from mmtrt.serving.faults import INVALID, TRANSIENT, classify
+    ``url`` may list several servers: each client is a :class:`mmtrt.serving.client.Session`
+    of one :class:`~mmtrt.serving.client.Servers`, sending its requests to them in turn. A
+    request that fails transiently (:mod:`mmtrt.serving.faults`: the server unreachable or gone, a
+    5xx, a deadline) is sent again, to the next server, and its server is left alone for
+    ``retry_delay_s`` (doubling while it keeps failing, up to 32 times that; a server is never
+    given up during a measurement); at most ``max_attempts`` attempts a request, none after the
+    deadline. A request rejected as invalid input is counted (``invalid``) and never sent again.
+    ``extra``: ``failures`` (requests that never got an answer: invalid ones included),
+    ``invalid``, ``retries`` (sends again), ``answered_by`` (requests per server)."""
+    from mmtrt.serving.client import Backoff, Servers, file_inputs, image_inputs
+    from mmtrt.serving.faults import INVALID, classify
 
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
         raise ValueError("no server url given")
+    servers = Servers(urls, protocol, retries=None, backoff=Backoff(retry_delay_s, max_s=32 * retry_delay_s))
     latencies: list[float] = []
     failures: list[str] = []
     counts = {"invalid": 0, "retries": 0}
     answered_by = {u: 0 for u in urls}
     lock = threading.Lock()
     warmed, go = threading.Barrier(concurrency + 1), threading.Barrier(concurrency + 1)
-    deadline = [0.0]
+    deadline = [0.0]  # time.monotonic()
+
+    def request(i: int) -> dict[str, np.ndarray]:
+        images = _take(pool, i, batch)
+        return file_inputs(list(images)) if images.dtype == np.object_ else image_inputs(images)
 
     def worker(offset: int) -> None:
-        clients = [triton_client(protocol, u) for u in urls]
-        down_until = [0.0] * len(urls)
-        strikes = [0] * len(urls)
-        turn = offset % len(urls)
-
-        def send(images) -> None:
-            """One request, resent to the next server while it fails transiently."""
-            nonlocal turn
-            for attempt in range(max_attempts):
-                now = time.perf_counter()
-                order = [(turn + k) % len(urls) for k in range(len(urls))]
-                up = [k for k in order if down_until[k] <= now]
-                k = up[0] if up else min(order, key=lambda j: down_until[j])
-                if not up:
-                    time.sleep(max(0.0, min(down_until[k], deadline[0]) - now))
-                turn = (k + 1) % len(urls)
-                module, client = clients[k]
-                try:
-                    infer_once(module, client, model, images, outputs)
-                except Exception as exc:
-                    if classify(exc) != TRANSIENT or attempt + 1 == max_attempts:
-                        raise
-                    if time.perf_counter() >= deadline[0]:
-                        raise
-                    strikes[k] += 1
-                    down_until[k] = time.perf_counter() + retry_delay_s * 2 ** min(strikes[k] - 1, 5)
-                    with lock:
-                        counts["retries"] += 1
-                    continue
-                strikes[k] = 0
-                with lock:
-                    answered_by[urls[k]] += 1
-                return
-
+        session = servers.session(offset)
         try:
             i = offset
             try:
                 for _ in range(warmup):
-                    module, client = clients[i % len(clients)]
-                    infer_once(module, client, model, _take(pool, i, batch), outputs)
+                    session.send(model, request(i), outputs, max_attempts=1)
             except Exception as exc:
                 failures.append(str(exc).splitlines()[0])
                 warmed.abort()  # the endpoint does not work: stop everyone
@@ -171,23 +120,28 @@ def run_load(
                 go.wait()
             except threading.BrokenBarrierError:
                 return
-            while time.perf_counter() < deadline[0]:
-                images = _take(pool, i, batch)
+            while time.monotonic() < deadline[0]:
+                inputs = request(i)
                 i += concurrency  # a failed request is not sent again below: the next batch is
+                tried: list[str] = []
                 t0 = time.perf_counter()
                 try:
-                    send(images)
+                    answer = session.send(
+                        model, inputs, outputs, tried=tried, max_attempts=max_attempts, deadline=deadline[0]
+                    )
                 except Exception as exc:  # counted and reported, the load goes on
                     with lock:
                         failures.append(str(exc).splitlines()[0])
+                        counts["retries"] += max(len(tried) - 1, 0)
                         if classify(exc) == INVALID:
                             counts["invalid"] += 1
                     continue
                 with lock:
                     latencies.append((time.perf_counter() - t0) * 1e3)
+                    counts["retries"] += len(tried) - 1
+                    answered_by[answer.endpoint.url] += 1
         finally:
-            for _, client in clients:
-                client.close()
+            session.close()
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
     for t in threads:
@@ -197,7 +151,7 @@ def run_load(
     except threading.BrokenBarrierError:
         raise RuntimeError(f"{model} at {url} ({protocol}) failed during warm-up: {failures[:1]}") from None
     stats_before = server_statistics(stats_url, model) if stats_url else None
-    deadline[0] = time.perf_counter() + seconds
+    deadline[0] = time.monotonic() + seconds
     started = time.perf_counter()
     go.wait()
     for t in threads:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mmtrt.serving.client import JOINT_MODEL, PROTOCOLS
+
 
 def _name_for(path: Path) -> str:
     # runs/x/best.pt -> "x/best"; model.pt -> "model"
@@ -40,11 +42,11 @@ def _name_for(path: Path) -> str:
     help="Display name of each checkpoint, in order [default: from the path].",
 )
 @click.option("--url", default=None, help="Also (or only) evaluate the model served by Triton at host:port.")
-@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option(
     "--model",
     "served_model",
-    default="multimix",
+    default=JOINT_MODEL,
     show_default=True,
     help="Served model name (the joint model).",
 )
@@ -53,10 +55,14 @@ def _name_for(path: Path) -> str:
     default=2,
     show_default=True,
     type=click.IntRange(min=0),
-    help="Connection attempts after the first.",
+    help="Failures in a row after which the server is given up (at connection and for each request).",
 )
 @click.option(
-    "--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Images per forward / request."
+    "--batch-size",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per forward / request (capped at the served model's max_batch_size).",
 )
 @click.option(
     "--bootstrap",
@@ -89,7 +95,7 @@ def _name_for(path: Path) -> str:
 )
 def evaluate(
     checkpoints, cls_data, seg_data, cross_cls, cross_seg, out, split, names, url, protocol,
-    served_model, retries, batch, n_boot, seed, gallery, seg_spacing, threads,
+    served_model, retries, batch_size, n_boot, seed, gallery, seg_spacing, threads,
 ):  # fmt: skip
     """Evaluate CHECKPOINT(s) and/or a served model (--url) on the test split of the in-domain
     (--cls-data/--seg-data) and cross-domain (--cross-cls/--cross-seg) sources: accuracy, F1,
@@ -130,7 +136,7 @@ def evaluate(
             predictors.append(TritonPredictor(url, protocol, served_model, retries=retries, say=say))
         domains = [Domain("in-domain", cls_data, seg_data), Domain("cross-domain", cross_cls, cross_seg)]
         run(
-            predictors, domains, out, split=split or None, batch=batch, n_boot=n_boot, seed=seed,
+            predictors, domains, out, split=split or None, batch=batch_size, n_boot=n_boot, seed=seed,
             gallery=gallery, seg_spacing=seg_spacing, say=click.echo,
         )  # fmt: skip
     except EvaluateError as e:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmtrt.serving.client import JOINT_MODEL
+
 __all__ = ["EvaluateError", "CheckpointPredictor", "TritonPredictor"]
 
 
@@ -81,9 +83,11 @@ class CheckpointPredictor:
 
 
 class TritonPredictor:
-    """A MultiMix model on a running Triton server (``mmtrt serve``), through tritonclient: the
-    images are sent as they are (FP32 [B, 1, 256, 256]); the joint model's ``probs``, ``mask``
-    and ``saliency`` outputs come back."""
+    """A MultiMix model on a running Triton server (``mmtrt serve``), through
+    :mod:`mmtrt.serving.client`: the images are sent as they are (FP32 [B, 1, 256, 256], in
+    batches of at most the model's max_batch_size); the joint model's ``probs``, ``mask`` and
+    ``saliency`` outputs come back. A request that fails transiently is sent again, as by every
+    client of mmtrt (the server is given up after ``retries`` failures in a row)."""
 
     kind = "triton"
     image_size = 256  # the exported graphs' input size
@@ -91,80 +95,56 @@ class TritonPredictor:
     def __init__(
         self,
         url: str,
-        protocol: str = "grpc",
-        model: str = "multimix",
+        protocol: str = "http",
+        model: str = JOINT_MODEL,
         name: str | None = None,
         retries: int = 2,
         say=lambda _m: None,
     ):
-        from mmtrt.serving.infer import InferError, connect
+        from mmtrt.serving.client import Servers
+        from mmtrt.serving.errors import InferError
 
         self.url, self.protocol, self.model = url, protocol, model
         self.name = name or f"triton:{model}"
         self.source = f"{protocol}://{url}/{model}"
-        if protocol == "http":
-            import tritonclient.http as module
-        else:
-            import tritonclient.grpc as module
-        self._module = module
         try:
-            self.client = connect(url, protocol, retries=retries, backoff_s=0.5, say=say)
+            self._servers = Servers([url], protocol, retries=retries, say=say)
+            with self._servers.first_ready() as client:
+                info = client.ready_model(model)
         except InferError as e:
             raise EvaluateError(str(e)) from None
-        self.max_batch, outputs = self._model_info()
-        missing = [o for o in ("probs", "mask", "saliency") if o not in outputs]
+        self.max_batch = info.max_batch_size
+        missing = [o for o in self.OUTPUTS if o not in info.output_names]
         if missing:
-            self.close()
             raise EvaluateError(
-                f"model '{model}' at {url} has no {missing} output(s) (outputs: {outputs}); "
+                f"model '{model}' at {url} has no {missing} output(s) (outputs: {info.output_names}); "
                 "evaluate needs the joint model (mmtrt repo's 'multimix')"
             )
+        self._session = self._servers.session()
 
-    def _model_info(self) -> tuple[int, list[str]]:
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            if not self.client.is_model_ready(self.model):
-                raise EvaluateError(f"model '{self.model}' is not ready on the server at {self.url}")
-            meta = self.client.get_model_metadata(self.model)
-            config = self.client.get_model_config(self.model)
-        except InferenceServerException as e:
-            self.close()
-            raise EvaluateError(f"model '{self.model}' at {self.url}: {e}") from None
-        if self.protocol == "http":
-            return int(config.get("max_batch_size", 0)), [o["name"] for o in meta["outputs"]]
-        return int(config.config.max_batch_size), [o.name for o in meta.outputs]
+    OUTPUTS = ("probs", "mask", "saliency")
 
     def describe(self) -> dict:
         return {"kind": self.kind, "source": self.source, "max_batch_size": self.max_batch}
 
     def predict(self, images: np.ndarray, need_mask: bool = True) -> dict[str, np.ndarray]:
-        from tritonclient.utils import InferenceServerException
+        from mmtrt.serving.client import image_inputs
 
         images = np.ascontiguousarray(images, dtype=np.float32)
         step = self.max_batch or len(images)
         parts: list[dict[str, np.ndarray]] = []
-        names = ("probs", "mask", "saliency")
         for s in range(0, len(images), step):
-            batch = images[s : s + step]
-            inp = self._module.InferInput("image", list(batch.shape), "FP32")
-            inp.set_data_from_numpy(batch)
             try:
-                res = self.client.infer(
-                    self.model, [inp], outputs=[self._module.InferRequestedOutput(o) for o in names]
-                )
-            except InferenceServerException as e:
+                answer = self._session.send(self.model, image_inputs(images[s : s + step]), self.OUTPUTS)
+            except Exception as e:  # noqa: BLE001 - rejected, or the server gone for good
                 raise EvaluateError(f"inference on {self.url} ({self.protocol}) failed: {e}") from None
-            except OSError as e:
-                raise EvaluateError(f"the server at {self.url} went away: {e}") from None
-            parts.append({o: res.as_numpy(o) for o in names})
+            parts.append(answer.outputs)
         probs = np.concatenate([p["probs"] for p in parts]).astype(np.float32)
         mask = np.concatenate([p["mask"] for p in parts])[:, 0].astype(np.float32)
         saliency = np.concatenate([p["saliency"] for p in parts])[:, 0].astype(np.float32)
         return {"probs": probs, "mask": mask, "saliency": saliency}
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # noqa: BLE001
-            pass
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.close()

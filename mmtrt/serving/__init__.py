@@ -2,7 +2,11 @@
 
 One job per module:
 
-- :mod:`.errors`      ServingError and InferError (a client imports nothing else of the server side);
+- :mod:`.errors`      ServingError, InferError, RequestError (a client imports nothing else of the
+  server side);
+- :mod:`.faults`      which failed requests are sent again (transient) and which never (invalid input);
+- :mod:`.client`      talking to Triton, the one module that imports tritonclient: TritonClient (one
+  server), Servers (N servers with fail-over, N = 1 included), the served model names and ports;
 - :mod:`.binary`      finding ``tritonserver`` and preparing the bundled python backend;
 - :mod:`.processes`   the server's process group, its python-backend stubs, their /dev/shm files;
 - :mod:`.logs`        reading a tritonserver log (error lines, ports it could not bind);
@@ -19,15 +23,19 @@ One job per module:
 - :mod:`.cpu_runtime` the cpu flavour's runtime (``auto``: a fixed rule) and precision;
 - :mod:`.repository`  building a repository from an export folder (its manifest is the spec);
 - :mod:`.python_backend` what the python models share (runs inside Triton's stub only);
-- :mod:`.infer`       the client of ``mmtrt infer`` (decoded images, or the files to ``multimix_image``);
+- :mod:`.infer`       ``mmtrt infer``'s run: files in, results out (decoded images, or the files to
+  ``multimix_image``);
 - :mod:`.commands`    the click commands ``mmtrt repo``, ``mmtrt serve`` and ``mmtrt infer``.
 """
 
 import importlib
 
 # name -> the module that defines it. Imported on first use (PEP 562), so that importing the
-# client (mmtrt.serving.infer) loads nothing of the server side.
+# client (mmtrt.serving.client, .infer) loads nothing of the server side.
 _EXPORTS = {
+    "Servers": "client",
+    "TritonClient": "client",
+    "connect": "client",
     "bundled_tritonserver_root": "binary",
     "find_tritonserver": "binary",
     "missing_plan_files": "checks",
@@ -38,6 +46,7 @@ _EXPORTS = {
     "render_config": "config",
     "validate_config": "config",
     "InferError": "errors",
+    "RequestError": "errors",
     "ServingError": "errors",
     "DEFAULT_MODELS": "repository",
     "IMAGE_MODEL": "repository",

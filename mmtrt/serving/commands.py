@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .client import CLASSIFIER_MODEL, DEFAULT_PORTS, FILE_MODELS, IMAGE_MODEL, JOINT_MODEL, PROTOCOLS
 from .replicas import ServeSettings
 from .settings import Option, RepositorySettings, from_options, options
 from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S, RestartPolicy
@@ -209,18 +210,19 @@ def serve(
     "--url",
     "urls",
     multiple=True,
-    help="Server address host:port [default: 127.0.0.1:8000 for http, "
-    "127.0.0.1:8001 for grpc]; an http(s):// prefix is accepted. Repeat it for several "
-    "servers: the batches are spread over those that are ready, and a batch whose server "
-    "fails is sent to another (each image answered once; its JSON names the server).",
+    help=f"Server address host:port [default: 127.0.0.1:{DEFAULT_PORTS['http']} for http, "
+    f"127.0.0.1:{DEFAULT_PORTS['grpc']} for grpc]; an http(s):// or grpc(s):// prefix is accepted. "
+    "Repeat it for several servers: the batches are spread over those that are ready, and a "
+    "batch whose server fails is sent to another (each image answered once; its JSON names the "
+    "server).",
 )
-@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option(
     "--model",
-    type=click.Choice(["multimix", "classifier"]),
-    default="multimix",
+    type=click.Choice([JOINT_MODEL, CLASSIFIER_MODEL]),
+    default=JOINT_MODEL,
     show_default=True,
-    help="multimix: class + lung mask + saliency; classifier: class only.",
+    help=f"{JOINT_MODEL}: class + lung mask + saliency; {CLASSIFIER_MODEL}: class only.",
 )
 @click.option(
     "--send",
@@ -229,7 +231,7 @@ def serve(
     show_default=True,
     help="What goes to the server: tensor, the images decoded here (to --model); bytes, the "
     "files themselves, decoded in the server by the decoder copied into the repository (to "
-    "multimix_image; --model multimix only); auto, bytes for DICOM files (.dcm or a DICM "
+    f"{IMAGE_MODEL}; --model {JOINT_MODEL} only); auto, bytes for DICOM files (.dcm or a DICM "
     "preamble) and tensors for the others. Each file is decoded here too, for its overlay, "
     "metadata and DICOM results.",
 )
@@ -267,8 +269,8 @@ def serve(
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    help="Retries when the server is unreachable, at connection and for each batch "
-    "(a server restarting, a model's stub process restarted).",
+    help="Failures in a row after which a server is given up: at connection, and for the "
+    "batches (a server restarting, a model's stub process restarted).",
 )
 @click.option(
     "--retry-delay",
@@ -307,7 +309,8 @@ def infer(
     --dicom-out each also gets a DICOM Segmentation and a Secondary Capture. Exits non-zero if
     any image failed. With several --url, batches are spread over the
     servers that are ready and a failed server's batches go to the others."""
-    from .infer import FILE_MODELS, InferError, connect, expand_inputs, infer_files
+    from .client import Backoff, Servers
+    from .infer import InferError, expand_inputs, infer_files
 
     if send == "bytes" and model not in FILE_MODELS:
         raise click.BadParameter(
@@ -321,7 +324,6 @@ def infer(
         if not sep or not key:
             raise click.BadParameter(f"{h!r} is not KEY=VALUE", param_hint="--header")
         header_dict[key] = value
-    url = urls[0] if urls else f"127.0.0.1:{8000 if protocol == 'http' else 8001}"
     paths = expand_inputs(images)
     if not paths:
         raise click.ClickException("no image files given (the folders hold none)")
@@ -338,32 +340,25 @@ def infer(
     def say(line: str):
         click.echo(line, err=True)
 
-    common = dict(
-        protocol=protocol,
-        model=model,
-        send=send,
-        batch_size=batch_size,
-        out=out,
-        headers=header_dict or None,
-        retries=retries,
-        backoff_s=retry_delay,
-        say=say,
-        dicom_out=dicom_out,
-        checkpoint_sha256=checkpoint_sha256,
-    )
     try:
-        if len(urls) > 1:
-            from .failover import infer_files_failover
-
-            results = infer_files_failover(paths, urls=urls, **common)
-        else:
-            client = connect(
-                url, protocol, retries=retries, backoff_s=retry_delay, headers=common["headers"], say=say
-            )
-            try:
-                results = infer_files(paths, client=client, url=url, **common)
-            finally:
-                client.close()
+        servers = Servers(
+            urls or [f"127.0.0.1:{DEFAULT_PORTS[protocol]}"],
+            protocol,
+            headers=header_dict or None,
+            retries=retries,
+            backoff=Backoff(retry_delay),
+            say=say,
+        )
+        results = infer_files(
+            paths,
+            servers,
+            model=model,
+            send=send,
+            batch_size=batch_size,
+            out=out,
+            dicom_out=dicom_out,
+            checkpoint_sha256=checkpoint_sha256,
+        )
     except InferError as e:
         raise click.ClickException(str(e)) from None
     _report_results(results, out)

@@ -85,7 +85,8 @@ class EnsembleStep:
 def parse_config(text: str, *, source: str = "<config>"):
     """Parse config.pbtxt text into a ``ModelConfig`` message; ServingError when invalid."""
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+
+    from .client import model_config_pb2
 
     config = model_config_pb2.ModelConfig()
     try:
@@ -249,7 +250,7 @@ def tensors_of(tensors) -> dict[str, tuple[int, tuple[int, ...]]]:
 
 
 def dtype_name(data_type: int) -> str:
-    from tritonclient.grpc import model_config_pb2
+    from .client import model_config_pb2
 
     return model_config_pb2.DataType.Name(data_type)
 

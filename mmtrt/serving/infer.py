@@ -1,22 +1,23 @@
-"""The client side: send image files to a running Triton server and write what comes back.
+"""The client of `mmtrt infer`: send image files to Triton servers and write what comes back.
 
 Images are read with :func:`mmtrt.data.load_image` (THE normalisation: grayscale, [0, 1],
-256 x 256 bilinear, exactly as in training), sent in batches through tritonclient (HTTP or gRPC),
-and each gets a JSON file (probabilities, label, mask foreground fraction, source file, the image's
-metadata: native size, pixel spacing, view, DICOM UIDs) and a PNG
-overlay (the X-ray in grey, the lung-mask contour, the saliency as a heat map, the predicted class
-and its probability); DICOM sources optionally a DICOM Segmentation and Secondary Capture
-(:mod:`mmtrt.dicom_results`). Works with both repository flavours: it requests ``probs`` (plus ``mask``
-and ``saliency`` when the model has them) and takes the label as argmax(probs).
+256 x 256 bilinear, exactly as in training) and sent in batches through
+:class:`mmtrt.serving.client.Servers` (HTTP or gRPC, one server or several with fail-over: each
+image answered once). Each gets a JSON file (probabilities, label, mask foreground fraction,
+source file, the server that answered, the image's metadata: native size, pixel spacing, view,
+DICOM UIDs) and a PNG overlay (the X-ray in grey, the lung-mask contour, the saliency as a heat
+map, the predicted class and its probability); DICOM sources optionally a DICOM Segmentation and
+Secondary Capture (:mod:`mmtrt.dicom_results`). Works with both repository flavours: it requests
+``probs`` (plus ``mask`` and ``saliency`` when the model has them) and takes the label as
+argmax(probs).
 """
 
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +27,28 @@ from mmtrt.data.dicom import DicomWarning
 from mmtrt.data.images import IMAGE_EXTENSIONS, DataError, ImageMeta, looks_like_dicom, read_image
 from mmtrt.files import atomic_write
 
-from .errors import InferError
+from .client import (
+    FILE_MODELS,
+    JOINT_MODEL,
+    ORIGINAL_SIZE,
+    Answer,
+    Servers,
+    Session,
+    TritonClient,
+    file_inputs,
+    image_inputs,
+)
+from .errors import InferError, NoServerLeft
+from .faults import INVALID, TRANSIENT, classify
 
 __all__ = [
     "ImageResult",
     "InferError",
     "SEND_MODES",
-    "FILE_MODELS",
-    "connect",
     "infer_files",
     "render_overlay",
     "summary_table",
     "expand_inputs",
-    "parse_url",
 ]
 
 MASK_THRESHOLD = 0.5
@@ -67,180 +77,6 @@ class ImageResult:
     @property
     def label(self) -> str | None:
         return None if self.probs is None else CLASSES[self.label_index]
-
-
-# --------------------------------------------------------------------------- connecting
-
-
-def parse_url(url: str, protocol: str) -> tuple[str, bool]:
-    """(``host:port`` as tritonclient wants it, ssl?) from ``host:port``, ``http://host:port``,
-    ``https://host:port`` or ``grpc://host:port``. A missing port gets the protocol's default."""
-    ssl = False
-    text = url.strip()
-    for scheme in ("https://", "http://", "grpcs://", "grpc://"):
-        if text.lower().startswith(scheme):
-            ssl = scheme in ("https://", "grpcs://")
-            text = text[len(scheme) :]
-            break
-    text = text.rstrip("/")
-    if "/" in text:
-        raise InferError(f"--url {url!r}: give host:port (a path is not supported)")
-    if not text:
-        raise InferError("--url is empty")
-    host_has_port = (
-        text.rsplit(":", 1)[-1].isdigit()
-        and (":" in text)
-        and not (text.startswith("[") and text.endswith("]"))
-    )
-    if not host_has_port:
-        text = f"{text}:{8000 if protocol == 'http' else 8001}"
-    return text, ssl
-
-
-def _client_module(protocol: str):
-    if protocol == "http":
-        import tritonclient.http as module
-    elif protocol == "grpc":
-        import tritonclient.grpc as module
-    else:
-        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
-    return module
-
-
-def _grpc_channel_args(module) -> list[tuple]:
-    """tritonclient's own gRPC channel options, plus a reconnect back-off capped at 1 s: after the
-    server went away gRPC waits up to 120 s between connection attempts by default, and a call in
-    that wait fails at once with UNAVAILABLE even after the server is back, which would use up
-    the retries of :func:`infer_files` while a restarted server is already serving."""
-    keepalive = module.KeepAliveOptions()
-    return [
-        ("grpc.max_send_message_length", module.MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", module.MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
-        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
-        ("grpc.initial_reconnect_backoff_ms", 250),
-        ("grpc.min_reconnect_backoff_ms", 250),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-    ]
-
-
-def connect(
-    url: str,
-    protocol: str = "http",
-    *,
-    retries: int = 5,
-    backoff_s: float = 0.5,
-    timeout_s: float = 60.0,
-    headers: dict | None = None,
-    say: Callable[[str], None] = lambda _m: None,
-):
-    """A tritonclient client for a live and ready server at ``url``.
-
-    Tries ``1 + retries`` times, sleeping ``backoff_s``, then twice as long each time (0.5, 1,
-    2, 4, 8 s by default: about 15 s in all, longer than `mmtrt serve`'s watchdog takes to
-    restart a server on 2 busy cores) and calling ``say`` with a line per retry; then raises
-    InferError saying what failed.
-    """
-    module = _client_module(protocol)
-    from tritonclient.utils import InferenceServerException
-
-    address, ssl = parse_url(url, protocol)
-    delay = float(backoff_s)
-    reason = "?"
-    for attempt in range(int(retries) + 1):
-        client = None
-        try:
-            if protocol == "http":
-                client = module.InferenceServerClient(
-                    address, ssl=ssl, connection_timeout=5.0, network_timeout=timeout_s
-                )
-                ready = client.is_server_ready(headers=headers)
-            else:
-                client = module.InferenceServerClient(
-                    address, ssl=ssl, channel_args=_grpc_channel_args(module)
-                )
-                ready = client.is_server_ready(headers=headers, client_timeout=5.0)
-            if ready:
-                return client
-            reason = "the server is up but not ready (models still loading?)"
-        except InferenceServerException as e:
-            reason = _short(e)
-        except (OSError, ConnectionError) as e:  # refused, reset, DNS...
-            reason = f"{type(e).__name__}: {e}"
-        except Exception as e:  # noqa: BLE001 - any client-side failure is "not reachable"
-            reason = f"{type(e).__name__}: {e}"
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001
-                pass
-        if attempt < retries:
-            say(
-                f"server at {address} ({protocol}) not reachable: {reason}; retrying in "
-                f"{delay:.1f} s ({attempt + 1}/{retries})"
-            )
-            time.sleep(delay)
-            delay *= 2
-    raise InferError(
-        f"cannot reach a ready Triton server at {address} over {protocol} after "
-        f"{int(retries) + 1} attempt(s): {reason}. Is `mmtrt serve` running there, "
-        f"and are --url and --protocol right (HTTP and gRPC use different ports)?"
-    )
-
-
-def _short(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text if len(text) < 300 else text[:300] + "..."
-
-
-def _transient(e: Exception) -> bool:
-    """Can the same request succeed later? The rule of :mod:`mmtrt.serving.faults`: unreachable,
-    connection dropped, deadline, HTTP 5xx / gRPC UNAVAILABLE or INTERNAL (a stub process died, a
-    model unloading while the server stops). A rejected input (HTTP 400, gRPC INVALID_ARGUMENT)
-    is not transient."""
-    from .faults import is_transient
-
-    return is_transient(e)
-
-
-def _model_info(client, protocol: str, model: str, headers: dict | None):
-    """(max_batch_size, output names) of a ready model; InferError otherwise."""
-    from tritonclient.utils import InferenceServerException
-
-    try:
-        if not client.is_model_ready(model, headers=headers):
-            raise InferError(
-                f"model '{model}' is not ready on the server ({_available_models(client, protocol, headers)})"
-            )
-        meta = client.get_model_metadata(model, headers=headers)
-        config = client.get_model_config(model, headers=headers)
-    except InferenceServerException as e:
-        raise InferError(f"model '{model}': {_short(e)}") from None
-    if protocol == "http":
-        outputs = [o["name"] for o in meta["outputs"]]
-        max_batch = int(config.get("max_batch_size", 0))
-    else:
-        outputs = [o.name for o in meta.outputs]
-        max_batch = int(config.config.max_batch_size)
-    if "probs" not in outputs:
-        raise InferError(
-            f"model '{model}' has no 'probs' output (outputs: {outputs}); is it a MultiMix model?"
-        )
-    return max_batch, outputs
-
-
-def _available_models(client, protocol: str, headers: dict | None) -> str:
-    try:
-        index = client.get_model_repository_index(headers=headers)
-        if protocol == "http":
-            names = [f"{m['name']} ({m.get('state', '?')})" for m in index]
-        else:
-            names = [f"{m.name} ({m.state or '?'})" for m in index.models]
-        return "models on the server: " + (", ".join(names) or "none")
-    except Exception:  # noqa: BLE001 - only for the message
-        return "the model list is not available"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -365,26 +201,32 @@ def render_overlay(
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class Batch:
+    """Images sent in one request: ``send`` "tensor" or "bytes" (the route it takes), their
+    indices in the run, once read their pixels (and bytes), and every server it was sent to."""
+
+    send: str
+    indices: list[int]
+    loaded: list[Loaded] | None = None
+    servers: list[str] = field(default_factory=list)
+
+
 def infer_files(
     paths: Sequence[Path],
+    servers: Servers,
     *,
-    client,
-    protocol: str,
-    model: str = "multimix",
+    model: str = JOINT_MODEL,
+    send: str = "auto",
     batch_size: int = 8,
     out: Path | None = None,
     overlays: bool = True,
-    headers: dict | None = None,
-    url: str = "",
-    retries: int = 5,
-    backoff_s: float = 0.5,
-    say: Callable[[str], None] = lambda _m: None,
     dicom_out: Path | None = None,
     checkpoint_sha256: str | None = None,
-    send: str = "auto",
 ) -> list[ImageResult]:
-    """Run ``paths`` through ``model`` in batches of ``batch_size`` (at most the model's
-    max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when ``out``.
+    """Run ``paths`` through ``model`` on ``servers``, in batches of ``batch_size`` (at most the
+    model's max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when
+    ``out``. Lines about the run go to ``servers.say``.
 
     ``send`` (:func:`send_modes`): ``tensor`` sends the decoded images to ``model``; ``bytes``
     sends the files themselves to the model that decodes them in the server (``multimix`` ->
@@ -392,118 +234,141 @@ def infer_files(
     batch holds files of one kind). Either way each file is also decoded here, for its overlay,
     its metadata and its DICOM results, and a file that cannot be decoded is not sent.
 
-    A file that cannot be read is that image's error (its message names the file) and the others
-    go on; a request the server rejects is the error of the images it carried. A request that
-    fails because the server went away (killed, restarting) or a model's stub process died is
-    sent again up to ``retries`` times, sleeping ``backoff_s``, then twice as long each time (as
-    :func:`connect`); if it still fails, that batch and every image not sent yet get an error
-    saying so, and no more requests are made. Raises InferError only when the model cannot be
-    used at all.
+    The model's interface (outputs, max_batch_size) is read from the first ready server; a
+    server that serves it otherwise is not used. The batches go to the servers as
+    :meth:`Servers.map` sends them (one thread per server, each batch answered once, the
+    results written here, on the calling thread): a batch whose request fails transiently (the
+    server went away, a model's stub process died) is sent again, to the next free server,
+    while a server that keeps failing is given up after ``servers.retries`` failures in a row
+    (:class:`~mmtrt.serving.client.Backoff` apart). Once every server is given up, the images
+    not answered get an error saying so and no more requests are made. A file that cannot be
+    read is that image's error (its message names the file) and the others go on; a request the
+    server rejects is the error of the images it carried. Raises InferError only when no server
+    is ready at the start or the model cannot be used at all.
 
     ``dicom_out``: for each DICOM source, also ``dicom_out/<stem>.seg.dcm`` (the lung mask as a
     DICOM Segmentation at the source's size) and ``dicom_out/<stem>.sc.dcm`` (the overlay as a
     Secondary Capture), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them.
     A source whose outputs cannot all be written gets an error and keeps none of them.
     """
-    from tritonclient.utils import InferenceServerException
-
-    module = _client_module(protocol)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    say = servers.say
     paths = [Path(p) for p in paths]
     modes = send_modes(paths, send, model)
-    routes, modes = model_routes(client, protocol, model, modes, send, headers, say)
+    with servers.first_ready() as client:
+        routes, modes = model_routes(client, model, modes, send, say)
+
+    def same_routes(other: TritonClient) -> str | None:
+        try:  # the same models as the first server, taking the same kinds of input
+            theirs, _ = model_routes(other, model, modes, "tensor", say)
+        except InferError as e:  # ready, but without the model: never usable
+            return str(e)
+        if theirs != routes:
+            return f"serves model '{model}' as {list(theirs.values())}, the first server as {list(routes.values())}"
+        return None
+
+    servers.check = same_routes
     batch_size = capped_batch_size(batch_size, routes.values(), say)
-    served = {
-        kind: _served_version(client, protocol, r.model, headers) if dicom_out is not None else None
-        for kind, r in routes.items()
-    }
     stems = _output_stems(paths)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
     results = [ImageResult(p) for p in paths]
-    address = url or "the server"
+    batches = [Batch(kind, indices) for kind, indices in plan_batches(modes, batch_size)]
+    max_attempts = (int(servers.retries or 0) + 1) * len(servers.endpoints)
 
-    batches = plan_batches(modes, batch_size)
-    for number, (kind, chunk) in enumerate(batches):
-        route = routes[kind]
-        loaded = read_batch(paths, chunk, results, say, with_bytes=kind == "bytes")
-        if not loaded:
+    def send_batch(session: Session, batch: Batch) -> Answer | None:
+        route = routes[batch.send]
+        batch.loaded = read_batch(paths, batch.indices, results, say, with_bytes=route.send == "bytes")
+        if not batch.loaded:
+            return None
+        if route.send == "bytes":
+            inputs = file_inputs([x.data for x in batch.loaded])
+        else:
+            inputs = image_inputs(np.stack([x.pixels for x in batch.loaded])[:, None])
+        what = f"a batch of {len(batch.loaded)} image(s)"
+        return session.send(
+            route.model, inputs, route.outputs, tried=batch.servers, max_attempts=max_attempts, what=what
+        )
+
+    given_up: list[Batch] = []
+    for batch, outcome in servers.map(batches, send_batch):
+        if isinstance(outcome, NoServerLeft):
+            given_up.append(batch)
             continue
-        inputs, requested = batch_request(module, route, loaded)
-        delay = float(backoff_s)
-        for attempt in range(int(retries) + 1):
-            try:
-                response = client.infer(route.model, inputs, headers=headers, outputs=requested)
-                got = {o: response.as_numpy(o) for o in route.outputs}
-                error = None
-                break
-            except Exception as e:  # noqa: BLE001 - sorted into transient or not below
-                if not isinstance(e, InferenceServerException) and not _transient(e):
-                    raise
-                error = e
-                if not _transient(e) or attempt == retries:
-                    break
-                say(
-                    f"a batch of {len(loaded)} image(s) failed: {_short(e)}; retrying in "
-                    f"{delay:.1f} s ({attempt + 1}/{retries})"
+        route = routes[batch.send]
+        loaded = batch.loaded or []
+        if isinstance(outcome, Answer):
+            dicom = (
+                (dicom_out, (route.model, route.version, checkpoint_sha256))
+                if dicom_out is not None
+                else None
+            )
+            server = {"url": outcome.endpoint.url, "protocol": servers.protocol}
+            server.update(attempts=len(batch.servers), tried=list(batch.servers))
+            for j, x in enumerate(loaded):
+                write_result(
+                    results[x.index],
+                    x.pixels,
+                    {o: outcome.outputs[o][j] for o in outcome.outputs},
+                    out=out,
+                    stem=stems[x.index],
+                    overlays=overlays,
+                    model=route.model,
+                    sent=route.send,
+                    server=server,
+                    dicom=dicom,
+                    say=say,
                 )
-                time.sleep(delay)
-                delay *= 2
-        if error is not None and _transient(error):
-            attempts = int(retries) + 1
-            reason = f"{address} ({protocol}) still failing after {attempts} attempt(s): {_short(error)}"
+        elif isinstance(outcome, Exception):
+            by = batch.servers[-1] if batch.servers else "no server"
+            kind = classify(outcome)
+            if kind == TRANSIENT:  # on every server it was sent to
+                error = f"still failing after {len(batch.servers)} send(s): {_short(outcome)}"
+            else:
+                what = "rejected as invalid input" if kind == INVALID else "failed"
+                error = f"{what} by {by}: {_short(outcome)}"
             for x in loaded:
-                results[x.index].error = f"{paths[x.index]}: inference failed: {reason}"
-            unsent = [i for _, later in batches[number + 1 :] for i in later]
-            for i in unsent:
-                results[i].error = f"{paths[i]}: not sent: giving up on the server at {reason}"
-            say(
-                f"error: giving up: the server at {reason}; a batch of {len(loaded)} image(s) "
-                f"failed and {len(unsent)} image(s) were not sent"
-            )
-            break
-        if error is not None:
-            for x in loaded:
-                results[x.index].error = f"{paths[x.index]}: inference failed: {_short(error)}"
-            say(f"error: a batch of {len(loaded)} image(s) failed: {_short(error)}")
-            continue
-        dicom = (dicom_out, (route.model, served[kind], checkpoint_sha256)) if dicom_out is not None else None
-        for j, x in enumerate(loaded):
-            write_result(
-                results[x.index],
-                x.pixels,
-                {o: got[o][j] for o in got},
-                out=out,
-                stem=stems[x.index],
-                overlays=overlays,
-                record=dict(model=route.model, url=url, protocol=protocol, sent=kind),
-                dicom=dicom,
-                say=say,
-            )
+                results[x.index].error = f"{paths[x.index]}: inference failed: {error}"
+            say(f"error: a batch of {len(loaded)} image(s) failed: {error}")
+        batch.loaded = None  # the pixels are no longer needed
+    if given_up:
+        reason = servers.no_server_left() or "no server left"
+        failed = [i for b in given_up if b.servers for i in b.indices if results[i].error is None]
+        unsent = [i for b in given_up if not b.servers for i in b.indices if results[i].error is None]
+        for i in failed:
+            results[i].error = f"{paths[i]}: inference failed: {reason}"
+        for i in unsent:
+            results[i].error = f"{paths[i]}: not sent: giving up: {reason}"
+        say(
+            f"error: giving up: {reason}; {len(failed)} image(s) failed and {len(unsent)} image(s) "
+            "were not sent"
+        )
     return results
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text if len(text) < 300 else text[:300] + "..."
 
 
 # --------------------------------------------------------------------------- tensors or bytes
 
 SEND_MODES = ("auto", "bytes", "tensor")
-#: the served model that takes the image files themselves (decoded in the server) for a model
-#: that takes decoded images
-FILE_MODELS = {"multimix": "multimix_image"}
-FILE_INPUT = "file"
-ORIGINAL_SIZE = "original_size"
 
 
 @dataclass(frozen=True)
 class Route:
     """How a batch goes to the server: ``send`` "tensor" (the decoded images) or "bytes" (the
-    files), the served ``model`` that takes them, its max_batch_size and the outputs asked for."""
+    files), the served ``model`` that takes them, its max_batch_size, the outputs asked for and
+    (not compared between servers) the model's newest version there."""
 
     send: str
     model: str
     max_batch: int
     outputs: tuple[str, ...]
+    version: str | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -532,7 +397,7 @@ def send_modes(paths: Sequence[Path], send: str, model: str) -> list[str]:
 
 
 def model_routes(
-    client, protocol: str, model: str, modes: list[str], send: str, headers: dict | None, say
+    client: TritonClient, model: str, modes: list[str], send: str, say
 ) -> tuple[dict[str, Route], list[str]]:
     """The :class:`Route` of each kind in ``modes``, and the modes: with ``send`` "auto", a
     server without the file-decoding model gets every file as a tensor (said once)."""
@@ -540,14 +405,19 @@ def model_routes(
     for kind in dict.fromkeys(modes):
         name = FILE_MODELS[model] if kind == "bytes" else model
         try:
-            max_batch, outputs = _model_info(client, protocol, name, headers)
+            info = client.ready_model(name)
         except InferError as e:
             if kind != "bytes" or send != "auto":
                 raise
             say(f"note: {e}: sending the DICOM files as decoded images to '{model}'")
-            return model_routes(client, protocol, model, ["tensor"] * len(modes), "tensor", headers, say)
+            return model_routes(client, model, ["tensor"] * len(modes), "tensor", say)
+        outputs = info.output_names
+        if "probs" not in outputs:
+            raise InferError(
+                f"model '{name}' has no 'probs' output (outputs: {outputs}); is it a MultiMix model?"
+            )
         wanted = tuple(o for o in ("probs", "mask", "saliency", ORIGINAL_SIZE) if o in outputs)
-        routes[kind] = Route(kind, name, max_batch, wanted)
+        routes[kind] = Route(kind, name, info.max_batch_size, wanted, info.newest_version)
     return routes, modes
 
 
@@ -603,32 +473,6 @@ def read_batch(
     return loaded
 
 
-def batch_request(module, route: Route, loaded: Sequence[Loaded]) -> tuple[list, list]:
-    """The (inputs, requested outputs) of one batch along ``route``."""
-    if route.send == "bytes":
-        return file_request(module, [x.data for x in loaded], route.outputs)
-    return image_request(module, np.stack([x.pixels for x in loaded])[:, None], route.outputs)
-
-
-def image_request(module, images: np.ndarray, outputs: Sequence[str]) -> tuple[list, list]:
-    """(inputs, requested outputs) of a tritonclient request (``module``: tritonclient.http or
-    .grpc) for a float32 image batch [n, 1, H, W]: the one way every client of mmtrt sends images."""
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    tensor = module.InferInput("image", list(images.shape), "FP32")
-    tensor.set_data_from_numpy(images)
-    return [tensor], [module.InferRequestedOutput(o) for o in outputs]
-
-
-def file_request(module, files: Sequence[bytes], outputs: Sequence[str]) -> tuple[list, list]:
-    """The same for image files sent as they are: a BYTES tensor [n, 1], one file per row, the
-    input of ``multimix_image``: the one way every client of mmtrt sends files."""
-    array = np.empty((len(files), 1), dtype=np.object_)
-    array[:, 0] = list(files)
-    tensor = module.InferInput(FILE_INPUT, list(array.shape), "BYTES")
-    tensor.set_data_from_numpy(array)
-    return [tensor], [module.InferRequestedOutput(o) for o in outputs]
-
-
 def write_result(
     r: ImageResult,
     image: np.ndarray,
@@ -637,16 +481,17 @@ def write_result(
     out: Path | None,
     stem: str,
     overlays: bool,
-    record: dict,
-    server: dict | None = None,
+    model: str,
+    sent: str,
+    server: dict,
     dicom=None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> None:
     """Fill ``r`` from one image's outputs (``got``: probs [2], mask / saliency [1, H, W]) and,
     with ``out``, write its overlay PNG, its DICOM results (``dicom``: (folder, (model, version,
-    checkpoint sha256)), for DICOM sources) and its JSON (``record``: model, url and protocol;
-    ``server``: more about the server that answered). A result that cannot be written whole is removed
-    and becomes the image's error. An image sent as bytes comes back with the size the server
+    checkpoint sha256)), for DICOM sources) and its JSON (the served ``model``, what was ``sent``:
+    "tensor" or "bytes", and the ``server`` that answered: url, protocol ...). A result that
+    cannot be written whole is removed and becomes the image's error. An image sent as bytes comes back with the size the server
     decoded (``original_size``); one that differs from the size decoded here is said."""
     r.probs = np.asarray(got["probs"], dtype=np.float64)
     if ORIGINAL_SIZE in got:
@@ -671,7 +516,7 @@ def write_result(
                 probs=r.probs,
                 mask=mask,
                 saliency=saliency,
-                title=f"{r.source.name} | {record['model']}",
+                title=f"{r.source.name} | {model}",
             )
             written.append(r.overlay_path)
         if dicom is not None and r.meta is not None and r.meta.is_dicom:
@@ -679,9 +524,7 @@ def write_result(
             r.dicom_paths = _write_dicom(r, folder, stem, info, mask)
             written += r.dicom_paths
         r.json_path = out / f"{stem}.json"
-        data = _record(r, **record)
-        data["server"].update(server or {})
-        text = json.dumps(data, indent=2) + "\n"
+        text = json.dumps(_record(r, model=model, sent=sent, server=server), indent=2) + "\n"
         atomic_write(r.json_path, lambda fh: fh.write(text.encode()))
     except (OSError, ValueError) as e:  # ValueError: DICOM results that cannot be made
         for p in written:
@@ -689,16 +532,6 @@ def write_result(
         r.overlay_path = r.json_path = r.dicom_paths = None
         r.error = f"{r.source}: cannot write the results to {out}: {e}"
         say(f"error: {r.error}")
-
-
-def _served_version(client, protocol: str, model: str, headers: dict | None) -> str | None:
-    """The newest version the server has of ``model`` (for the DICOM results), None if unknown."""
-    try:
-        meta = client.get_model_metadata(model, headers=headers)
-        versions = meta.get("versions", []) if protocol == "http" else list(meta.versions)
-    except Exception:  # noqa: BLE001 - only for the record
-        return None
-    return max(versions, key=lambda v: (len(str(v)), str(v))) if versions else None
 
 
 def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
@@ -711,7 +544,7 @@ def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
     )
 
 
-def _record(r: ImageResult, *, model: str, url: str, protocol: str, sent: str = "tensor") -> dict:
+def _record(r: ImageResult, *, model: str, sent: str, server: dict) -> dict:
     decoded = "mmtrt.data.load_image: grayscale, [0, 1], 256x256 bilinear"
     return {
         "source": str(r.source.resolve()),
@@ -722,7 +555,7 @@ def _record(r: ImageResult, *, model: str, url: str, protocol: str, sent: str = 
         "mask_threshold": MASK_THRESHOLD if r.mask_fraction is not None else None,
         "overlay": r.overlay_path.name if r.overlay_path else None,
         "model": model,
-        "server": {"url": url, "protocol": protocol},
+        "server": server,
         "sent": sent,
         "input": f"the file's bytes, decoded by the server with {decoded}" if sent == "bytes" else decoded,
         "original_size": list(r.served_size) if r.served_size else None,

@@ -227,21 +227,17 @@ def _log_file(log_file: Path | None, i: int, n: int) -> Path | None:
 
 def _describe_models(server) -> list[str]:
     """The models ``server`` serves, one line each: name, version, state, inputs and outputs."""
-    import tritonclient.http as httpclient
+    from .client import TritonClient
 
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=10.0)
     lines = []
-    try:
-        for entry in client.get_model_repository_index(headers=server.headers):
+    with TritonClient(server.http_url, headers=server.headers, timeout_s=10.0) as client:
+        for entry in client.models():
             name = entry["name"]
             try:
-                meta = client.get_model_metadata(name, headers=server.headers)
-                ins = ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in meta["inputs"])
-                outs = ", ".join(t["name"] for t in meta["outputs"])
-                detail = f"in: {ins}; out: {outs}"
+                info = client.model(name)
+                ins = ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in info.inputs)
+                detail = f"in: {ins}; out: {', '.join(info.output_names)}"
             except Exception as e:  # noqa: BLE001 - only for the listing
                 detail = f"(metadata unavailable: {e})"
             lines.append(f"  model {name} v{entry.get('version', '?')} {entry.get('state', '?')}  {detail}")
-    finally:
-        client.close()
     return lines

@@ -178,12 +178,12 @@ class TritonServer:
     # ------------------------------------------------------------------ properties
     @property
     def http_url(self) -> str:
-        """``host:port`` of the HTTP endpoint (the form tritonclient.http expects)."""
+        """``host:port`` of the HTTP endpoint (as TritonClient takes it)."""
         return f"{_client_host(self.host)}:{self.ports['http']}"
 
     @property
     def grpc_url(self) -> str:
-        """``host:port`` of the gRPC endpoint (the form tritonclient.grpc expects)."""
+        """``host:port`` of the gRPC endpoint (as TritonClient takes it)."""
         return f"{_client_host(self.host)}:{self.ports['grpc']}"
 
     @property
@@ -430,11 +430,10 @@ class TritonServer:
         _track(self)
 
     def _wait_ready(self, models: Iterable[str], timeout: float) -> None:
-        import tritonclient.http as httpclient
-        from tritonclient.utils import InferenceServerException
+        from .client import TritonClient
+        from .errors import RequestError
 
         models = list(models)
-        headers = self.headers
         deadline = time.monotonic() + timeout
         client = None
         try:
@@ -448,11 +447,11 @@ class TritonServer:
                     raise self._fail(f"tritonserver was not ready with models {models} after {timeout:.0f} s")
                 try:
                     if client is None:
-                        client = httpclient.InferenceServerClient(
-                            self.http_url, connection_timeout=2.0, network_timeout=5.0
+                        client = TritonClient(
+                            self.http_url, headers=self.headers, timeout_s=5.0, connect_timeout_s=2.0
                         )
-                    if client.is_server_live(headers=headers):
-                        pending = [m for m in models if not client.is_model_ready(m, headers=headers)]
+                    if client.is_live():
+                        pending = [m for m in models if not client.model_ready(m)]
                         # Triton starts its endpoints gRPC, HTTP, then metrics, and exits if one
                         # cannot bind: ready means the metrics page answers too (unless disabled)
                         # and the process is still there.
@@ -460,13 +459,13 @@ class TritonServer:
                             return
                         failed = [
                             e
-                            for e in client.get_model_repository_index(headers=headers)
+                            for e in client.models()
                             if e.get("name") in pending and e.get("state") == "UNAVAILABLE"
                         ]
                         if failed:
                             why = "; ".join(f"{e['name']}: {e.get('reason', '?')}" for e in failed)
                             raise self._fail(f"model(s) failed to load: {why}")
-                except (InferenceServerException, OSError, ConnectionError):
+                except (RequestError, OSError, ConnectionError):
                     pass  # not listening yet
                 time.sleep(0.1)
         finally:

@@ -246,15 +246,11 @@ def test_triton_metric_names_exist_in_the_real_server(server):
     import urllib.request
 
     import numpy as np
-    import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        inp = grpcclient.InferInput("image", [1, 1, 256, 256], "FP32")
-        inp.set_data_from_numpy(np.zeros((1, 1, 256, 256), np.float32))
-        client.infer("classifier", [inp])
-    finally:
-        client.close()
+    from mmtrt.serving.client import TritonClient, image_inputs
+
+    with TritonClient(server.grpc_url, "grpc") as client:
+        client.infer("classifier", image_inputs(np.zeros((1, 1, 256, 256))))
     page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     (adapter,) = _kind("ConfigMap")
     rule = yaml.safe_load(adapter["data"]["config.yaml"])["rules"][0]

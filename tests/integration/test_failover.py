@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from helpers import needs_server, start_server
 from PIL import Image
 
-from mmtrt.serving.failover import infer_files_failover
-from mmtrt.serving.infer import connect, infer_files
+from mmtrt.serving.client import Backoff, Servers
+from mmtrt.serving.infer import infer_files
 
 pytestmark = needs_server
 N_IMAGES = 200
@@ -72,24 +72,13 @@ def test_infer_fails_over_when_a_server_is_killed(servers, image_dir, tmp_path):
     a, b = servers
     paths = sorted(image_dir.glob("*.png"))
     out = tmp_path / "out"
-    endpoints: list = []
     messages: list[str] = []
+    servers = Servers([a.http_url, b.http_url], "http", retries=3, backoff=Backoff(0.2), say=messages.append)
+    endpoints = servers.endpoints
     box: dict = {}
 
     def run():
-        box["results"] = infer_files_failover(
-            paths,
-            urls=[a.http_url, b.http_url],
-            protocol="http",
-            model=MODEL,
-            batch_size=8,
-            out=out,
-            overlays=False,
-            retries=3,
-            backoff_s=0.2,
-            say=messages.append,
-            endpoints_out=endpoints,
-        )
+        box["results"] = infer_files(paths, servers, model=MODEL, batch_size=8, out=out, overlays=False)
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
@@ -121,11 +110,7 @@ def test_infer_fails_over_when_a_server_is_killed(servers, image_dir, tmp_path):
         assert r["server"]["tried"][0] == a.http_url and r["server"]["url"] == b.http_url
     assert any("failed a batch" in m and a.http_url in m for m in messages), messages
 
-    client = connect(b.http_url, "http", retries=0)
-    try:
-        single = infer_files(paths, client=client, protocol="http", model=MODEL, batch_size=8)
-    finally:
-        client.close()
+    single = infer_files(paths, Servers(b.http_url, "http", retries=0), model=MODEL, batch_size=8)
     want = np.stack([r.probs for r in single])
     got = np.stack([r.probs for r in results])
     assert np.allclose(got, want, rtol=1e-5, atol=1e-6), float(np.abs(got - want).max())

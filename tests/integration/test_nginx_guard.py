@@ -1,6 +1,6 @@
 """The shipped nginx front (deploy/nginx/mmtrt-triton.conf + triton_guard.js, njs) in front of
 a real Triton server on loopback, with a real nginx: the requests that abort Triton 2.51's HTTP
-front end (tests/test_reliability_serving.py CRASHERS), an oversize body and a compressed body are
+front end (mmtrt.bench.http_abort.CRASHERS), an oversize body and a compressed body are
 refused by the proxy (400 / 413 / 415); valid binary and JSON requests pass and get the same
 answer as directly; the server is never restarted (same pid throughout)."""
 
@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from helpers import needs_server, start_server
 
+from mmtrt.bench.http_abort import CRASHERS
+
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = ROOT / "deploy" / "nginx"
 NJS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
@@ -35,15 +37,6 @@ pytestmark = [
         reason=f"the njs module {NJS_MODULE} is missing (apt-get install libnginx-mod-http-js)",
     ),
 ]
-
-CRASHERS = {
-    "shape claiming 2^56 elements": b'{"inputs":[{"name":"image","shape":[1099511627776,1,256,256],"datatype":"FP32",'
-    b'"data":[0]}]}',
-    "JSON nested 100000 deep": b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":'
-    + b"[" * 100_000
-    + b"]" * 100_000
-    + b"}]}",
-}
 
 
 def _free_port() -> int:
@@ -131,16 +124,22 @@ def _post(address: str, body: bytes, headers: dict | None = None, path: str = "/
 
 
 def _infer(address: str, x: np.ndarray, binary: bool) -> np.ndarray:
-    import tritonclient.http as httpclient
+    """The classifier's probs for ``x`` through ``address``: mmtrt's client (Triton's binary
+    tensor extension), or, ``binary`` False, a plain JSON request made with the standard library
+    (what no mmtrt client sends, but any HTTP client may)."""
+    if binary:
+        from mmtrt.serving.client import TritonClient, image_inputs
 
-    client = httpclient.InferenceServerClient(address)
-    try:
-        inp = httpclient.InferInput("image", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x, binary_data=binary)
-        out = httpclient.InferRequestedOutput("probs", binary_data=binary)
-        return client.infer("classifier", [inp], outputs=[out]).as_numpy("probs")
-    finally:
-        client.close()
+        with TritonClient(address) as client:
+            return client.infer("classifier", image_inputs(x), ("probs",))["probs"]
+    body = {
+        "inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+        "outputs": [{"name": "probs", "parameters": {"binary_data": False}}],
+    }
+    status, answer = _post(address, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    assert status == 200, answer[:300]
+    (probs,) = json.loads(answer)["outputs"]
+    return np.asarray(probs["data"], dtype=np.float32).reshape(probs["shape"])
 
 
 def test_proxy_refuses_what_aborts_triton_and_passes_valid_requests(server, proxy):

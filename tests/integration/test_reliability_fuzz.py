@@ -14,8 +14,14 @@ wrong answer; the number of cases tried is printed (run with -s).
 Two single requests abort tritonserver 2.51 itself (defects of its HTTP front end, documented in
 model_repository/README.md): a JSON tensor whose shape claims ~2^56 elements (std::bad_alloc)
 and ~100000 levels of nested JSON (stack overflow). They are kept out of the random cases here
-and sent in tests/integration/test_reliability_serving.py (CRASHERS), where `mmtrt serve`'s watchdog
-restarts the server after each.
+and sent (mmtrt.bench.http_abort.CRASHERS) in tests/integration/test_reliability_serving.py, where
+`mmtrt serve`'s watchdog restarts the server after each.
+
+This module talks to the server below mmtrt's client on purpose (the one exception to "only
+mmtrt.serving.client imports tritonclient", with the plain-HTTP requests of helpers.post_infer): it
+builds requests that client never sends (a declared data type other than the data's, JSON instead
+of the binary format, model versions, extra inputs) with tritonclient, and raw gRPC protobuf
+messages.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class Case:
 
 
 def _clients(server):
+    # tritonclient itself, not mmtrt's client: see the module docstring
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 

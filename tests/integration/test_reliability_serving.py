@@ -15,17 +15,15 @@ faults, with figures printed (run with -s to see them):
 - the server listens on loopback only unless told otherwise (psutil's table of sockets).
 
 The load is bounded: every loop has a deadline and every request a client time-out.
-benchmarks/soak.py is the long (10-minute) version of the soak and shares its code.
+The soak is mmtrt.bench.soak's; benchmarks/soak.py runs it for 10 minutes.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,26 +31,19 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from helpers import ServeCommand, needs_server, processes_mentioning
+from helpers import ServeCommand, client_for, needs_server, processes_mentioning
 from PIL import Image
 
+from mmtrt.bench import soak as soak_module
+from mmtrt.bench.http_abort import CRASHERS, post_raw
 from mmtrt.serving import build_repository
+from mmtrt.serving.client import TritonClient
+from mmtrt.serving.errors import RequestError
 from mmtrt.serving.processes import python_stub_processes, stub_argvs
 
 pytestmark = needs_server
-ROOT = Path(__file__).resolve().parents[2]
 SOAK_SECONDS = 60.0
 CONCURRENCY = 16
-
-
-def _load_soak():
-    spec = importlib.util.spec_from_file_location("mmtrt_benchmarks_soak", ROOT / "benchmarks" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-soak_module = _load_soak()
 
 
 @pytest.fixture(scope="module")
@@ -120,22 +111,9 @@ def _shm_regions(server_pid: int) -> list[Path]:
     return [Path("/dev/shm") / argv[2] for _pid, argv in stub_argvs(server_pid)]
 
 
-def _client(protocol: str, url: str):
-    if protocol == "http":
-        import tritonclient.http as m
-
-        return m, m.InferenceServerClient(url, network_timeout=120.0)
-    import tritonclient.grpc as m
-
-    return m, m.InferenceServerClient(url)
-
-
-def _infer(protocol: str, client, model: str, x: np.ndarray):
-    module = sys.modules["tritonclient." + protocol]
-    inp = module.InferInput("image", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    kwargs = {"client_timeout": 120.0} if protocol == "grpc" else {}
-    return client.infer(model, [inp], **kwargs)
+def _client(protocol: str, url: str) -> TritonClient:
+    """One connection, one attempt a request: what each request got is the point here."""
+    return TritonClient(url, protocol, timeout_s=120.0)
 
 
 # Every message a client may get while a stub is dead or the server restarts: each says what
@@ -170,16 +148,15 @@ class Load:
             t.start()
 
     def _run(self, i, protocol, url, pool, references):
-        _, client = _client(protocol, url)
+        client = _client(protocol, url)
         k = i
         try:
             while not self._stop.is_set() and time.monotonic() < self._deadline:
                 j = k % len(pool)
                 k += 1
                 try:
-                    r = _infer(protocol, client, "multimix", pool[j : j + 1])
-                    got = {o: r.as_numpy(o) for o in ("probs", "label", "mask", "saliency")}
-                    problem = soak_module._mismatch(got, references[j])
+                    got = client.infer("multimix", {"image": pool[j : j + 1]})
+                    problem = soak_module.mismatch(got, references[j])
                     status, message = ("ok", "") if problem is None else ("wrong", problem)
                 except Exception as e:  # noqa: BLE001 - counted and checked
                     status, message = "failed", f"{type(e).__name__}: {e}"
@@ -205,43 +182,6 @@ class Load:
         for t in self._threads:
             t.join(150)
         assert not any(t.is_alive() for t in self._threads), "a client hung"
-
-
-# Single HTTP requests that abort tritonserver 2.51, in its HTTP front end, before any model
-# code: found by the fuzzing of tests/integration/test_reliability_fuzz.py (which leaves them out of its
-# random cases). If the server survives them, a fixed Triton is in use: drop the README's warning.
-CRASHERS = {
-    # the front end reserves shape-product elements before it reads "data": std::bad_alloc
-    "JSON tensor whose shape claims 2^56 elements": b'{"inputs":[{"name":"image","shape":[1099511627776,1,256,256],"datatype":"FP32",'
-    b'"data":[0]}]}',
-    # it parses the JSON recursively, one stack frame per level: stack overflow
-    "JSON data nested 100000 levels deep": b'{"inputs":[{"name":"image","shape":[1,1,256,256],"datatype":"FP32","data":'
-    + b"[" * 100_000
-    + b"]" * 100_000
-    + b"}]}",
-}
-
-
-def post_raw(
-    address: str,
-    body: bytes,
-    headers: dict | None = None,
-    path: str = "/v2/models/multimix/infer",
-    timeout: float = 60.0,
-):
-    """(HTTP status, body) of a raw POST, or ("no response", the exception's name)."""
-    import http.client
-
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("POST", path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    except (OSError, http.client.HTTPException) as e:
-        return "no response", type(e).__name__
-    finally:
-        conn.close()
 
 
 class InferRun:
@@ -341,8 +281,6 @@ def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, re
     ready, the other model serves on, the dead model's requests fail with a clear error, and
     nothing brings the model back (it is even still reported READY), until the server is
     restarted: TritonServer.dead_stubs() sees it, TritonServer.restart() cures it."""
-    from tritonclient.utils import InferenceServerException
-
     stubs = server.stub_processes()
     assert sorted(m for _, m, _ in stubs) == ["classifier", "file_decoder", "multimix"], stubs
     victim = next(pid for pid, m, _ in stubs if m == "multimix")
@@ -353,36 +291,22 @@ def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, re
         time.sleep(0.05)
     x = pool[:1]
     for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
-        _, client = _client(protocol, url)
-        try:
+        with _client(protocol, url) as client:
             for _ in range(2):  # it stays broken: Triton does not restart the stub
-                with pytest.raises(
-                    InferenceServerException, match=r"Stub process 'multimix_0_0' is not healthy"
-                ):
-                    _infer(protocol, client, "multimix", x)
-            assert client.is_server_live() and client.is_server_ready()
-            assert client.is_model_ready("multimix")  # Triton does not notice
-            probs = _infer(protocol, client, "classifier", x).as_numpy("probs")
+                with pytest.raises(RequestError, match=r"Stub process 'multimix_0_0' is not healthy"):
+                    client.infer("multimix", {"image": x})
+            assert client.is_live() and client.is_ready()
+            assert client.model_ready("multimix")  # Triton does not notice
+            probs = client.infer("classifier", {"image": x})["probs"]
             np.testing.assert_allclose(probs, references[0]["probs"], rtol=1e-4, atol=1e-5)
-        finally:
-            client.close()
     assert server.is_running()
     old_pid, ports = server.pid, dict(server.ports)
     t0 = time.monotonic()
     server.restart(timeout=180)
     print(f"\nrestart after a dead stub: {time.monotonic() - t0:.1f} s")
     assert server.pid != old_pid and server.ports == ports and server.dead_stubs() == []
-    _, client = _client("http", server.http_url)
-    try:
-        got = _infer("http", client, "multimix", x)
-        assert (
-            soak_module._mismatch(
-                {o: got.as_numpy(o) for o in ("probs", "label", "mask", "saliency")}, references[0]
-            )
-            is None
-        )
-    finally:
-        client.close()
+    with client_for("http", server) as client:
+        assert soak_module.mismatch(client.infer("multimix", {"image": x}), references[0]) is None
 
 
 def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, pool, references, image_files):
@@ -449,23 +373,15 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
         # (Triton defects, see model_repository/README.md); the watchdog restarts it as well
         log = Path(re.search(r"^starting .* \(log: (.*)\)$", text, re.M).group(1))
         for n, (what, body) in enumerate(CRASHERS.items(), start=2):
-            status = post_raw(http, body)
+            status = post_raw(http, body)  # raw bytes: no client library sends these
             again = serve.wait_for(
                 rf"^serving again after ([\d.]+) s \(pid (\d+), restart {n}\)", timeout=180
             )
             how = re.findall(r"exited on its own \((.*?)\)", "\n".join(serve.lines))[-1]
             print(f"{what}: {status}; tritonserver {how}, restarted in {float(again.group(1)):.1f} s")
-            _, client = _client("grpc", grpc)
-            try:
-                got = _infer("grpc", client, "multimix", pool[:1])
-                assert (
-                    soak_module._mismatch(
-                        {o: got.as_numpy(o) for o in ("probs", "label", "mask", "saliency")}, references[0]
-                    )
-                    is None
-                )
-            finally:
-                client.close()
+            with _client("grpc", grpc) as client:
+                got = client.infer("multimix", {"image": pool[:1]})
+                assert soak_module.mismatch(got, references[0]) is None
         assert sum(
             bool(re.search(r"^warning: tritonserver exited on its own \(killed by SIG", line))
             for line in serve.lines

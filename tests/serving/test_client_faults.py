@@ -1,8 +1,9 @@
 """A fault of the request itself is a client error: the real server answers HTTP 400 / gRPC
 INVALID_ARGUMENT (model.py's checks use ``pb_utils.TritonError(msg, TritonError.INVALID_ARG)``,
 Triton's own checks use the same code), and none of this project's clients (`mmtrt infer`, the
-load generator of `mmtrt bench`, benchmarks/soak.py) sends such a request again, while they do
-resend what failed transiently. Real Triton server, real tritonclient over HTTP and gRPC.
+load generator of `mmtrt bench`, the soak of mmtrt.bench.soak: all of them mmtrt.serving.client)
+sends such a request again, while they do resend what failed transiently. Real Triton server,
+mmtrt's client (tritonclient) over HTTP and gRPC.
 
 The module's server has one deliberately mismatched model, ``classifier`` with a config input of
 [1, 128, 128]: Triton itself refuses the 256 x 256 images `mmtrt infer` sends as invalid input,
@@ -11,31 +12,24 @@ which is how a client's whole run of invalid requests is made here without a moc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import socket
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import MAX_BATCH, needs_server, post_infer, start_server
+from helpers import MAX_BATCH, client_for, needs_server, post_infer, start_server
 from PIL import Image
 
+from mmtrt.bench import soak
 from mmtrt.serving import build_repository
+from mmtrt.serving.client import TritonClient
+from mmtrt.serving.errors import RequestError
 from mmtrt.serving.faults import INVALID, TRANSIENT, classify
 
 pytestmark = needs_server
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_soak():
-    spec = importlib.util.spec_from_file_location("mmtrt_soak_for_faults", ROOT / "benchmarks" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -81,44 +75,33 @@ FAULTS = [
 
 
 def _send(protocol: str, server, x: np.ndarray, model: str = "multimix"):
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    module = httpclient if protocol == "http" else grpcclient
-    url = server.http_url if protocol == "http" else server.grpc_url
-    client = module.InferenceServerClient(url)
-    try:
-        inp = module.InferInput("image", list(x.shape), np_to_triton_dtype(x.dtype))
-        inp.set_data_from_numpy(x)
-        return client.infer(model, [inp])
-    finally:
-        client.close()
+    """One request, ``x`` in its own data type: the outputs, or the error it got."""
+    with client_for(protocol, server) as client:
+        return client.infer(model, {"image": x})
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_request_faults_are_invalid_input(server, protocol):
     """Every fault of the request gets HTTP 400 / gRPC INVALID_ARGUMENT (never 500 / INTERNAL),
     with a message saying what is wrong; a valid request in between is answered."""
-    from tritonclient.utils import InferenceServerException
-
     want = "400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"
     seen = []
     for what, x, _dt, words in FAULTS:
-        with pytest.raises(InferenceServerException) as info:
+        with pytest.raises(RequestError) as info:
             _send(protocol, server, x)
         e = info.value
-        seen.append(f"{what}: {e.status()} {str(e)[:120]}")
-        assert e.status() == want, f"{what}: status {e.status()}, want {want}: {e}"
+        seen.append(f"{what}: {e.status} {str(e)[:120]}")
+        assert e.status == want, f"{what}: status {e.status}, want {want}: {e}"
         assert words in str(e).lower(), f"{what}: {e}"
         assert classify(e) == INVALID, what
     print("\n" + "\n".join(seen))
-    assert _send(protocol, server, _images(1)).as_numpy("probs").shape == (1, 2)
+    assert _send(protocol, server, _images(1))["probs"].shape == (1, 2)
     assert server.is_running() and server.dead_stubs() == []
 
 
 def test_raw_http_nan_is_400(server):
-    """Below tritonclient: the binary tensor protocol with NaN in the data: 400 and an error body."""
+    """The raw protocol on purpose, below any client library: the binary tensor format with NaN in
+    the data: 400 and an error body."""
     x = _with(_images(1), np.nan).tobytes()
     header = json.dumps(
         {
@@ -156,26 +139,16 @@ def test_raw_http_json_data_shape_mismatch_is_400(server):
 
 def test_transient_failures_are_classified_transient(server):
     """What the clients do resend: a refused connection (HTTP and gRPC) is transient."""
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"  # bound, never listening: refused
         errors = []
-        for module in (httpclient, grpcclient):
-            client = module.InferenceServerClient(dead)
-            try:
-                inp = module.InferInput("image", [1, 1, 256, 256], "FP32")
-                inp.set_data_from_numpy(_images(1))
-                if module is grpcclient:
-                    client.infer("multimix", [inp], client_timeout=10)
-                else:
-                    client.infer("multimix", [inp])
-            except Exception as e:  # noqa: BLE001 - what the clients see
-                errors.append(e)
-            finally:
-                client.close()
+        for protocol in ("http", "grpc"):
+            with TritonClient(dead, protocol, timeout_s=10.0) as client:
+                try:
+                    client.infer("multimix", {"image": _images(1)})
+                except Exception as e:  # noqa: BLE001 - what the clients see
+                    errors.append(e)
     assert len(errors) == 2
     assert [classify(e) for e in errors] == [TRANSIENT, TRANSIENT], [repr(e) for e in errors]
 
@@ -184,14 +157,13 @@ def _executed(server, model: str) -> int:
     """Requests ``model`` has executed so far, from the server's statistics. Triton counts every
     request that reached the model as a success, those model.py answered with an error (NaN)
     included; requests Triton refused itself (a wrong shape) are not counted at all."""
-    import tritonclient.http as httpclient
 
     def count() -> int:
-        s = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
+        s = client.statistics(model)["inference_stats"]
         return int(s["success"]["count"]) + int(s["fail"]["count"])
 
     # The statistics are updated after the response is sent: read until they stop changing.
-    client = httpclient.InferenceServerClient(server.http_url)
+    client = TritonClient(server.http_url)
     try:
         last, now = -1, count()
         for _ in range(20):
@@ -271,10 +243,9 @@ def test_load_generator_counts_invalid_requests_and_never_resends_them(server, p
 
 
 def test_soak_resends_transient_failures_but_not_invalid_input(server, export_dir):
-    """benchmarks/soak.py's clients: against the server, a NaN image of the pool is answered
-    `invalid` once per visit (never sent again); against an address where nothing listens, the
-    same image is sent again and again (transient)."""
-    soak = _load_soak()
+    """The soak's clients: against the server, a NaN image of the pool is answered `invalid`
+    once per visit (never sent again); against an address where nothing listens, the same image
+    is sent again and again (transient)."""
     good = _images(1, seed=7)
     pool = np.concatenate([good, _with(good, np.nan)])
     refs = soak.reference_outputs(export_dir / "multimix.onnx", pool[:1]) * 2

@@ -173,7 +173,7 @@ def test_unreachable_server_retries_then_fails_clearly(images, tmp_path, protoco
 
 
 def test_url_forms():
-    from mmtrt.serving.infer import parse_url
+    from mmtrt.serving.client import parse_url
 
     assert parse_url("http://127.0.0.1:8000/", "http") == ("127.0.0.1:8000", False)
     assert parse_url("https://triton.example.org", "http") == ("triton.example.org:8000", True)

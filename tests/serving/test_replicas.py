@@ -13,8 +13,8 @@ import pytest
 from helpers import ServeCommand, needs_server, processes_mentioning
 
 from mmtrt.serving import build_repository
+from mmtrt.serving.client import connect
 from mmtrt.serving.errors import ServingError
-from mmtrt.serving.infer import connect
 from mmtrt.serving.replicas import ServeSettings, replica_ports, serve_replicas
 from mmtrt.serving.supervisor import RestartPolicy
 

@@ -1,5 +1,5 @@
 """Serving tests against the real Triton server (the binary bundled in nvidia-pytriton or one on
-PATH) and the real tritonclient over HTTP and gRPC, serving the real MultiMix graphs.
+PATH) and mmtrt's client (tritonclient) over HTTP and gRPC, serving the real MultiMix graphs.
 
 The export folder under test comes from :func:`real_export` (the one place to switch to
 `mmtrt export` when it lands). One server serves the module's repository for most tests; the
@@ -35,6 +35,8 @@ from mmtrt.serving import (
     validate_config,
 )
 from mmtrt.serving.checks import BACKEND_MODULES, BACKEND_PACKAGE
+from mmtrt.serving.client import TritonClient
+from mmtrt.serving.errors import RequestError
 from mmtrt.serving.settings import from_parameters
 
 QUEUE_DELAY_US = 50_000  # long enough for concurrent batch-1 requests to meet in one batch
@@ -59,14 +61,9 @@ def _images(n, seed=0):
     return np.random.default_rng(seed).random((n, 1, 256, 256), dtype=np.float32)
 
 
-def _infer(module, client, model, x, *, name="image", datatype="FP32", outputs=None):
-    inp = module.InferInput(name, list(x.shape), datatype)
-    inp.set_data_from_numpy(x)
-    outs = None
-    if outputs:
-        outs = [module.InferRequestedOutput(o) for o in outputs]
-    result = client.infer(model, [inp], outputs=outs)
-    return result
+def _infer(client, model, x, *, name="image", outputs=None):
+    """The outputs of one request: ``x`` sent as input ``name``, in its own data type."""
+    return client.infer(model, {name: x}, outputs)
 
 
 def _group_processes(pgid: int) -> list[str]:
@@ -129,7 +126,7 @@ def test_a_parameter_with_quotes_renders_escaped(export_dir, tmp_path):
 
 
 def test_built_configs_parse(repo, export_dir):
-    from tritonclient.grpc import model_config_pb2 as mc
+    from mmtrt.serving.client import model_config_pb2 as mc
 
     expected = {
         "multimix": (
@@ -285,18 +282,11 @@ def test_find_tritonserver():
 @needs_server
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_server_live_both_protocols(server, protocol):
-    module, client = client_for(protocol, server)
-    try:
-        assert client.is_server_live() and client.is_server_ready()
+    with client_for(protocol, server) as client:
+        assert client.is_live() and client.is_ready()
         for model in ("multimix", "classifier"):
-            assert client.is_model_ready(model)
-        meta = client.get_model_metadata("multimix")
-        if protocol == "http":
-            assert [o["name"] for o in meta["outputs"]] == ["probs", "label", "mask", "saliency"]
-        else:
-            assert [o.name for o in meta.outputs] == ["probs", "label", "mask", "saliency"]
-    finally:
-        client.close()
+            assert client.model_ready(model)
+        assert client.model("multimix").output_names == ["probs", "label", "mask", "saliency"]
     metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     assert "nv_inference_request_success" in metrics
 
@@ -368,12 +358,12 @@ def test_multimix_parity(server, references, kind, protocol, batch):
         {k: v[:batch] for k, v in ref.items()},
         {k: v[:batch] for k, v in torch_ref.items()},
     )
-    module, client = client_for(protocol, server)
+    client = client_for(protocol, server)
     try:
-        r = _infer(module, client, "multimix", x)
+        r = _infer(client, "multimix", x)
     finally:
         client.close()
-    out = {k: r.as_numpy(k) for k in ("probs", "label", "mask", "saliency")}
+    out = {k: r[k] for k in ("probs", "label", "mask", "saliency")}
     assert out["probs"].dtype == np.float32 and out["probs"].shape == (batch, 2)
     assert out["label"].dtype == np.int64 and out["label"].shape == (batch, 1)
     assert out["mask"].shape == out["saliency"].shape == (batch, 1, 256, 256)
@@ -410,17 +400,17 @@ def test_multimix_parity(server, references, kind, protocol, batch):
 @pytest.mark.parametrize("kind", PARITY_KINDS)
 def test_classifier_parity(server, references, protocol, kind):
     x, ref, torch_ref = references(kind)
-    module, client = client_for(protocol, server)
+    client = client_for(protocol, server)
     try:
-        r = _infer(module, client, "classifier", x)
+        r = _infer(client, "classifier", x)
     finally:
         client.close()
-    probs = r.as_numpy("probs")
+    probs = r["probs"]
     np.testing.assert_allclose(probs, ref["classifier_probs"], rtol=1e-5, atol=1e-5)
     assert _rel(probs, torch_ref["probs"]) <= 1e-4
     np.testing.assert_allclose(probs, ref["probs"], rtol=1e-4, atol=1e-5)  # = multimix's probs
-    np.testing.assert_array_equal(r.as_numpy("label")[:, 0], probs.argmax(axis=1))
-    assert r.as_numpy("mask") is None
+    np.testing.assert_array_equal(r["label"][:, 0], probs.argmax(axis=1))
+    assert "mask" not in r
 
 
 def test_parity_figures():
@@ -438,12 +428,12 @@ def _run_concurrently(server, jobs):
     barrier = threading.Barrier(len(jobs), timeout=60)
 
     def worker(i, protocol, x):
-        module, client = client_for(protocol, server)
+        client = client_for(protocol, server)
         try:
             barrier.wait()
             try:
-                r = _infer(module, client, "multimix", x)
-                results[i] = ({k: r.as_numpy(k) for k in ("probs", "label", "mask", "saliency")}, None)
+                r = _infer(client, "multimix", x)
+                results[i] = ({k: r[k] for k in ("probs", "label", "mask", "saliency")}, None)
             except Exception as e:  # noqa: BLE001 - collected for the asserts
                 results[i] = (None, e)
         finally:
@@ -514,21 +504,19 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_gives_clear_error(server, protocol, case):
-    from tritonclient.utils import InferenceServerException
-
-    name, datatype, make, words = BAD_INPUTS[case]
-    module, client = client_for(protocol, server)
+    name, _datatype, make, words = BAD_INPUTS[case]
+    client = client_for(protocol, server)
     try:
-        with pytest.raises(InferenceServerException) as info:
-            _infer(module, client, "multimix", np.ascontiguousarray(make()), name=name, datatype=datatype)
+        with pytest.raises(RequestError) as info:
+            _infer(client, "multimix", np.ascontiguousarray(make()), name=name)
         message = str(info.value)
         for word in words:
             assert word in message, f"{word!r} not in {message!r}"
         # the server keeps serving (NaN/Inf reach model.py; the others Triton rejects itself)
         if case in ("nan", "inf"):
-            r = _infer(module, client, "multimix", _images(1))
-            assert r.as_numpy("probs").shape == (1, 2)
-        assert client.is_model_ready("multimix")
+            r = _infer(client, "multimix", _images(1))
+            assert r["probs"].shape == (1, 2)
+        assert client.model_ready("multimix")
     finally:
         client.close()
 
@@ -536,8 +524,6 @@ def test_bad_input_gives_clear_error(server, protocol, case):
 @needs_server
 def test_nan_request_among_good_ones(server, ort_ref):
     """Bad requests batched with good ones fail alone; the good ones get correct answers."""
-    from tritonclient.utils import InferenceServerException
-
     nan = _images(1, seed=1)
     nan[0, 0, 10, 10] = np.nan
     inf = _images(2, seed=2)
@@ -551,7 +537,7 @@ def test_nan_request_among_good_ones(server, ort_ref):
     after = model_statistics(server, "multimix")
     for i, ((out, err), (_, x)) in enumerate(zip(results, jobs)):
         if i in (2, 5):
-            assert out is None and isinstance(err, InferenceServerException)
+            assert out is None and isinstance(err, RequestError)
             assert "non-finite" in str(err) and "image" in str(err)
             assert ("1 NaN" if i == 2 else "1 Inf") in str(err)
         else:
@@ -560,11 +546,11 @@ def test_nan_request_among_good_ones(server, ort_ref):
     # the requests met in shared executions (normally all 8 images in one)
     assert after["executions"] - before["executions"] < len(jobs), (before, after)
     assert after["multi_executions"] > before["multi_executions"], (before, after)
-    module, client = client_for("http", server)
+    client = client_for("http", server)
     try:
         x = _images(4, seed=3)
-        r = _infer(module, client, "multimix", x)
-        _assert_correct({k: r.as_numpy(k) for k in ("probs", "label", "mask", "saliency")}, ort_ref, x)
+        r = _infer(client, "multimix", x)
+        _assert_correct({k: r[k] for k in ("probs", "label", "mask", "saliency")}, ort_ref, x)
     finally:
         client.close()
     assert server.is_running()
@@ -661,13 +647,8 @@ def test_taken_port_is_repicked(export_dir, tmp_path, monkeypatch):
     try:
         with TritonServer(repo, log_file=tmp_path / "triton.log") as srv:
             assert srv.ports["http"] != taken
-            import tritonclient.http as httpclient
-
-            client = httpclient.InferenceServerClient(srv.http_url)
-            try:
-                assert client.is_model_ready("classifier")
-            finally:
-                client.close()
+            with TritonClient(srv.http_url) as client:
+                assert client.model_ready("classifier")
     finally:
         squatter.close()
     assert "already in use" in (tmp_path / "triton.log").read_text()

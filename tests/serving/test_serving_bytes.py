@@ -1,7 +1,7 @@
 """Image files on the wire: the served model ``multimix_image`` (the ensemble file_decoder ->
 multimix) decodes PNG, JPEG, 16-bit PNG and DICOM files in the real Triton server with mmtrt's
 decoder, answers what multimix answers for the same files decoded by ``load_image`` (plus each
-file's size), over HTTP and gRPC with tritonclient, with a plain standard-library HTTP client
+file's size), over HTTP and gRPC with mmtrt's client, with a plain standard-library HTTP client
 (JSON and the binary-data extension) and with the curl command of model_repository/README.md;
 a request with a bad file fails alone, as invalid input, naming the problem; `mmtrt infer --send`
 sends files or tensors; the load generator of `mmtrt bench` sends files.
@@ -40,8 +40,9 @@ from helpers import (
 from mmtrt.cli import main
 from mmtrt.data import load_image, synth_xray
 from mmtrt.serving import ServingError, build_repository, validate_repository
+from mmtrt.serving.client import IMAGE_MODEL, Servers, file_inputs, image_inputs
+from mmtrt.serving.errors import RequestError
 from mmtrt.serving.faults import INVALID, classify
-from mmtrt.serving.infer import file_request, image_request
 from mmtrt.serving.settings import ImageLimits
 
 pytestmark = needs_server
@@ -100,13 +101,8 @@ def _size(path: Path) -> tuple[int, int]:
 
 
 def _send_files(protocol, server, datas, request_id=""):
-    module, client = client_for(protocol, server)
-    try:
-        inputs, outputs = file_request(module, datas, OUTPUTS)
-        result = client.infer("multimix_image", inputs, outputs=outputs, request_id=request_id)
-        return {name: result.as_numpy(name) for name in OUTPUTS}
-    finally:
-        client.close()
+    with client_for(protocol, server) as client:
+        return client.infer(IMAGE_MODEL, file_inputs(datas), OUTPUTS, request_id=request_id)
 
 
 def _assert_answer(got, want, name, j=0):
@@ -117,7 +113,7 @@ def _assert_answer(got, want, name, j=0):
     assert tuple(got["original_size"][j]) == want["size"], name
 
 
-# --------------------------------------------------------------------------- tritonclient
+# --------------------------------------------------------------------------- mmtrt's client
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -133,12 +129,8 @@ def test_files_decoded_in_the_server_answer_as_load_image_tensors(server, files,
     assert got["original_size"].dtype == np.int32 and got["original_size"].shape == (len(names), 2)
     for j, name in enumerate(names):
         _assert_answer(got, expected[name], name, j)
-    module, client = client_for(protocol, server)
-    try:
-        inputs, outputs = image_request(module, x, ("probs",))
-        tensors = client.infer("multimix", inputs, outputs=outputs).as_numpy("probs")
-    finally:
-        client.close()
+    with client_for(protocol, server) as client:
+        tensors = client.infer("multimix", image_inputs(x), ("probs",))["probs"]
     np.testing.assert_allclose(got["probs"], tensors, rtol=1e-6, atol=1e-6)
 
 
@@ -146,8 +138,6 @@ def test_bad_files_fail_alone_among_good_ones(server, files, expected):
     """Eight concurrent one-file requests over HTTP and gRPC, six of them bad: each bad one gets
     its own invalid-input error naming the problem, the good ones their answers, and the eight
     met in shared executions of file_decoder."""
-    from tritonclient.utils import InferenceServerException
-
     ct = pydicom.dcmread(CT)
     ct.Rows = ct.Columns = 40_000  # claims 1.6 Gpx; the pixel data stays small
     dicom_bomb = io.BytesIO()
@@ -198,10 +188,10 @@ def test_bad_files_fail_alone_among_good_ones(server, files, expected):
             assert isinstance(got, dict), f"{name}: {got}"
             _assert_answer(got, expected[name], name)
             continue
-        assert isinstance(got, InferenceServerException), f"{name} was answered"
+        assert isinstance(got, RequestError), f"{name} was answered"
         message = str(got)
         print(f"\n{name} ({protocol}): {message}")
-        assert got.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"), message
+        assert got.status == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"), message
         assert classify(got) == INVALID
         assert f"model 'file_decoder': image 0 of request 'job-{i}': " in message
         for word in words:
@@ -352,17 +342,13 @@ def test_infer_sends_files_or_tensors(server, files, tmp_path):
 def test_infer_auto_sends_tensors_to_a_server_without_the_file_model(server, files, monkeypatch):
     """`--send auto` and a server that lacks the file model (a repository built before it): said
     once, then every file as a tensor; `--send bytes` fails naming the model."""
-    from mmtrt.serving import infer
+    from mmtrt.serving import client, infer
 
-    monkeypatch.setitem(infer.FILE_MODELS, "multimix", "multimix_files_absent")
+    monkeypatch.setitem(client.FILE_MODELS, "multimix", "multimix_files_absent")
     lines = []
-    module, client = client_for("http", server)
-    try:
-        results = infer.infer_files([files["ct.dcm"]], client=client, protocol="http", say=lines.append)
-        with pytest.raises(infer.InferError, match="model 'multimix_files_absent' is not ready"):
-            infer.infer_files([files["ct.dcm"]], client=client, protocol="http", send="bytes")
-    finally:
-        client.close()
+    results = infer.infer_files([files["ct.dcm"]], Servers(server.http_url, say=lines.append))
+    with pytest.raises(infer.InferError, match="model 'multimix_files_absent' is not ready"):
+        infer.infer_files([files["ct.dcm"]], Servers(server.http_url), send="bytes")
     assert results[0].ok and results[0].served_size is None
     notes = [line for line in lines if line.startswith("note:")]
     assert len(notes) == 1 and "sending the DICOM files as decoded images to 'multimix'" in notes[0], lines

@@ -87,9 +87,8 @@ def _running(pid: int) -> bool:
 
 @needs_server
 def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
+    from mmtrt.serving.client import TritonClient
+    from mmtrt.serving.errors import RequestError
 
     repo = build_repository(export_dir, tmp_path / "repo", ort_threads=1)
     restricted = f"model-repository,shared-memory:admin-key={SECRET}"
@@ -120,31 +119,22 @@ def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
         assert processes_mentioning(str(repo)), "the server runs"
 
         x = np.random.default_rng(0).random((2, 1, 256, 256), dtype=np.float32)
-        client = grpcclient.InferenceServerClient(grpc)
-        try:
-            inp = grpcclient.InferInput("image", list(x.shape), "FP32")
-            inp.set_data_from_numpy(x)
-            r = client.infer("multimix", [inp])
-            assert r.as_numpy("probs").shape == (2, 2) and r.as_numpy("mask").shape == (2, 1, 256, 256)
-            with pytest.raises(InferenceServerException):  # restricted without the header
-                client.get_model_repository_index()
-            # gRPC: the header name gets Triton's "triton-grpc-protocol-" prefix
-            header = {"triton-grpc-protocol-admin-key": SECRET}
-            assert client.get_model_repository_index(headers=header).models
-        finally:
-            client.close()
-        client = httpclient.InferenceServerClient(http)
-        try:
-            inp = httpclient.InferInput("image", list(x.shape), "FP32")
-            inp.set_data_from_numpy(x)
+        with TritonClient(grpc, "grpc") as client:
+            r = client.infer("multimix", {"image": x})
+            assert r["probs"].shape == (2, 2) and r["mask"].shape == (2, 1, 256, 256)
+            with pytest.raises(RequestError):  # restricted without the header
+                client.models()
+        # gRPC: the header name gets Triton's "triton-grpc-protocol-" prefix
+        with TritonClient(grpc, "grpc", headers={"triton-grpc-protocol-admin-key": SECRET}) as client:
+            assert client.models()
+        with TritonClient(http) as client:
             np.testing.assert_allclose(
-                client.infer("classifier", [inp]).as_numpy("probs"), r.as_numpy("probs"), rtol=1e-4, atol=1e-5
+                client.infer("classifier", {"image": x})["probs"], r["probs"], rtol=1e-4, atol=1e-5
             )
-            with pytest.raises(InferenceServerException, match="403|restricted|header"):
-                client.get_model_repository_index()
-            assert client.get_model_repository_index(headers={"admin-key": SECRET})
-        finally:
-            client.close()
+            with pytest.raises(RequestError, match="403|restricted|header"):
+                client.models()
+        with TritonClient(http, headers={"admin-key": SECRET}) as client:
+            assert client.models()
 
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.finish() == 0, "\n".join(serve.lines)

@@ -16,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
 from helpers import MAX_BATCH, processes_mentioning
-from tritonclient.grpc import model_config_pb2 as mc
 
 from mmtrt.cli import main
 from mmtrt.serving import (
@@ -31,6 +30,7 @@ from mmtrt.serving import (
     validate_repository,
 )
 from mmtrt.serving.binary import bundled_root_of
+from mmtrt.serving.client import model_config_pb2 as mc
 
 ENGINES = ("encoder", "saliency", "decoder")
 ENSEMBLES = ("multimix", "classifier")

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import IMAGE_KINDS, needs_server
+from helpers import IMAGE_KINDS, client_for, needs_server
 
 from mmtrt.cli import main
 from mmtrt.serving import ServingError, build_repository, validate_config, validate_repository
@@ -42,16 +42,6 @@ def in_process(export_dir):
     }
 
 
-def _client(protocol, server):
-    if protocol == "http":
-        import tritonclient.http as module
-
-        return module, module.InferenceServerClient(server.http_url, network_timeout=120.0)
-    import tritonclient.grpc as module
-
-    return module, module.InferenceServerClient(server.grpc_url)
-
-
 def test_configs_name_openvino_its_file_and_precision(repo, export_dir):
     validate_repository(repo, onnx_dir=export_dir)
     for name, graph in (("multimix", "multimix"), ("classifier", "encoder")):
@@ -67,38 +57,28 @@ def test_configs_name_openvino_its_file_and_precision(repo, export_dir):
 @needs_server
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_served_openvino_answers_as_in_process_openvino(server, in_process, protocol):
-    module, client = _client(protocol, server)
-    try:
+    with client_for(protocol, server) as client:
         for model, outputs in (
             ("multimix", ("probs", "mask", "saliency")),
             ("classifier", ("probs",)),
         ):
             for kind, batch in (("random", 1), ("flat", 3), ("xray", 8)):
                 images = IMAGE_KINDS[kind](batch, seed=9100 + batch).numpy()
-                inp = module.InferInput("image", list(images.shape), "FP32")
-                inp.set_data_from_numpy(images)
-                result = client.infer(model, [inp])
+                result = client.infer(model, {"image": images})
                 expected = in_process[model]({"image": images})
                 for name in outputs:
                     np.testing.assert_allclose(
-                        result.as_numpy(name), expected[name], rtol=1e-5, atol=1e-6, err_msg=f"{model} {name}"
+                        result[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=f"{model} {name}"
                     )
-                label = result.as_numpy("label")
+                label = result["label"]
                 assert label.shape == (batch, 1)
                 assert (label[:, 0] == expected["probs"].argmax(1)).all()
-    finally:
-        client.close()
 
 
 @needs_server
 def test_served_model_config_says_openvino(server):
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(server.http_url)
-    try:
-        config = client.get_model_config("multimix")
-    finally:
-        client.close()
+    with client_for("http", server) as client:
+        config = client.model("multimix").config
     assert config["parameters"]["runtime"]["string_value"] == "openvino"
     assert config["parameters"]["precision"]["string_value"] == "fp32"
 
@@ -234,7 +214,6 @@ def test_served_bf16_copies_answer_as_in_process_openvino(bf16_export, tmp_path)
     """`mmtrt repo --precision bf16` serves the bf16 copies (auto picks OpenVINO, the runtime
     that runs them natively); the server's answers are the in-process OpenVINO runner's of the
     same file, and the copy's convolutions really run in bf16 there."""
-    import tritonclient.grpc as grpcclient
     from helpers import start_server
 
     built = build_repository(
@@ -258,16 +237,13 @@ def test_served_bf16_copies_answer_as_in_process_openvino(bf16_export, tmp_path)
     assert precisions == {"f32", "bf16"}  # the forward in f32, the backward half and decoder in bf16
     srv = start_server(built, tmp_path / "triton.log")
     try:
-        client = grpcclient.InferenceServerClient(srv.grpc_url)
-        for kind, batch in (("flat", 1), ("xray", 3)):
-            images = IMAGE_KINDS[kind](batch, seed=9300 + batch).numpy()
-            inp = grpcclient.InferInput("image", list(images.shape), "FP32")
-            inp.set_data_from_numpy(images)
-            result = client.infer("multimix", [inp])
-            expected = expected_runner({"image": images})
-            for name in ("probs", "mask", "saliency"):
-                np.testing.assert_allclose(result.as_numpy(name), expected[name], rtol=1e-5, atol=1e-6)
-        client.close()
+        with client_for("grpc", srv) as client:
+            for kind, batch in (("flat", 1), ("xray", 3)):
+                images = IMAGE_KINDS[kind](batch, seed=9300 + batch).numpy()
+                result = client.infer("multimix", {"image": images})
+                expected = expected_runner({"image": images})
+                for name in ("probs", "mask", "saliency"):
+                    np.testing.assert_allclose(result[name], expected[name], rtol=1e-5, atol=1e-6)
     finally:
         srv.stop()
 
