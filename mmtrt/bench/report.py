@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -22,11 +23,15 @@ def environment() -> dict:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    for module in ("onnxruntime", "openvino", "tensorrt", "tritonclient"):
+    for module in ("onnxruntime", "openvino", "tensorrt"):
         try:
             env[module] = __import__(module).__version__
         except Exception:  # absent or broken: the report says so rather than failing
             env[module] = None
+    try:  # its version from the installed metadata: only mmtrt.serving.client imports it
+        env["tritonclient"] = importlib.metadata.version("tritonclient")
+    except importlib.metadata.PackageNotFoundError:
+        env["tritonclient"] = None
     return env
 
 

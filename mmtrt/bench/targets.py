@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmtrt.serving.client import IMAGE_MODEL, JOINT_MODEL
+
 #: how the images reach the pipeline: a call in the bench's own process, or requests to a Triton
 #: server (cpu repository flavour) carrying image tensors (model multimix) or image files
 #: (multimix_image: decoded in the server, then multimix)
 TRANSPORTS = ("in-process", "triton-tensors", "triton-files")
-SERVED_MODEL = {"triton-tensors": "multimix", "triton-files": "multimix_image"}
+SERVED_MODEL = {"triton-tensors": JOINT_MODEL, "triton-files": IMAGE_MODEL}
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ _EXPORTS = {
     "RequestError": "errors",
     "ServingError": "errors",
     "DEFAULT_MODELS": "repository",
-    "IMAGE_MODEL": "repository",
+    "IMAGE_MODEL": "client",
     "default_models": "repository",
     "FLAVOUR_MODELS": "repository",
     "FLAVOURS": "repository",

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .client import DEFAULT_PORTS
 from .supervisor import RestartPolicy, exit_status
 
 REPLICA_PORT_STEP = 10
@@ -39,9 +40,9 @@ class ServeSettings:
     repository: Path
     replicas: int = 1
     host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
+    http_port: int = DEFAULT_PORTS["http"]
+    grpc_port: int = DEFAULT_PORTS["grpc"]
+    metrics_port: int = DEFAULT_PORTS["metrics"]
     log_file: Path | None = None
     timeout: float = 300.0
     restarts: RestartPolicy = RestartPolicy()

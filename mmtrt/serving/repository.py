@@ -40,6 +40,7 @@ from .checks import (
     missing_plan_files,
     validate_repository,
 )
+from .client import IMAGE_MODEL
 from .config import (
     ENSEMBLE,
     PLAN_FILE,
@@ -105,8 +106,6 @@ class ModelSpec:
         return tuple(name for name, _ in self.steps) if self.steps else PIPELINES[self.pipeline]
 
 
-#: the served model that takes image files (BYTES) and decodes them in the server
-IMAGE_MODEL = "multimix_image"
 _CPU_MULTIMIX = ModelSpec(
     "onnx",
     "multimix",
