@@ -18,9 +18,13 @@ fi
 
 # (this machine's pip config names local mirrors that may be absent; their warnings are noise)
 pip_install() { .venv/bin/python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
-pip_install "${torch_spec[@]}" -e ".[test]"
+[ ${#torch_spec[@]} -eq 0 ] || pip_install "${torch_spec[@]}"
+# Everything else exactly as tested: each package pinned with the sha256 of its files
+# (requirements.lock, written by scripts/lock.sh from pyproject.toml), then mmtrt itself.
+pip_install --no-deps --require-hashes -r requirements.lock
+pip_install --no-deps --no-build-isolation -e .
 # The Triton server binary and its python backend; pytriton's own Python API (and its pins) are not used.
-pip_install --no-deps "nvidia-pytriton==0.7.0"
+pip_install --no-deps --require-hashes -r requirements-triton.lock
 # (pip check would flag pytriton's own, unused dependencies: check what mmtrt imports instead)
 .venv/bin/python -c "import torch, onnx, onnxruntime, openvino, monai, tritonclient.grpc, tritonclient.http, mmtrt.cli"
 test -x "$(.venv/bin/python -c 'import mmtrt.serving as s; print(s.find_tritonserver())')"
