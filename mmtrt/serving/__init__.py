@@ -5,6 +5,9 @@ One job per module:
 - :mod:`.errors`      ServingError and InferError (a client imports nothing else of the server side);
 - :mod:`.binary`      finding ``tritonserver`` and preparing the bundled python backend;
 - :mod:`.processes`   the server's process group, its python-backend stubs, their /dev/shm files;
+- :mod:`.isolation`   a server's private /dev/shm (its own mount namespace);
+- :mod:`.admin`       the admin key: Triton's admin APIs restricted to it, the header for mmtrt's
+  tools, keys redacted from command lines;
 - :mod:`.logs`        reading a tritonserver log (error lines, ports it could not bind);
 - :mod:`.server`      :class:`TritonServer`, the server's lifecycle (start, ready, restart, stop);
 - :mod:`.supervisor`  :class:`Supervisor`, the watchdog of ``mmtrt serve`` (restarts a crashed
@@ -24,6 +27,8 @@ import importlib
 # name -> the module that defines it. Imported on first use (PEP 562), so that importing the
 # client (mmtrt.serving.infer) loads nothing of the server side.
 _EXPORTS = {
+    "AdminKey": "admin",
+    "admin_headers": "admin",
     "bundled_tritonserver_root": "binary",
     "find_tritonserver": "binary",
     "missing_plan_files": "checks",
