@@ -93,7 +93,9 @@ def test_admin_key_file_flags_headers_and_redaction(tmp_path, monkeypatch):
         assert stat.S_IMODE(key.folder.stat().st_mode) == 0o700
         assert stat.S_IMODE(key.path.stat().st_mode) == 0o600
         secret = key.secret()
-        assert len(secret) >= 40 and AdminKey.create().secret() != secret  # random each run
+        other = AdminKey.create()
+        assert len(secret) >= 40 and other.secret() != secret  # random each run
+        other.remove()
         args = key.tritonserver_args()
         apis = ",".join(ADMIN_APIS)
         assert args == [
