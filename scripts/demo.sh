@@ -47,6 +47,8 @@ for _ in $(seq 300); do
     sleep 1
 done
 cat "$WORK/serve.log"
+# the admin APIs (the model's config, read by infer and evaluate) need the key mmtrt serve made
+export "$(grep -o 'MMTRT_ADMIN_KEY_FILE=[^ ]*' "$WORK/serve.log")"
 
 step "6/8 inference through the server (gRPC): JSON + overlay per image"
 mmtrt infer --url "127.0.0.1:$GRPC_PORT" --protocol grpc --out "$WORK/predictions" \

@@ -9,6 +9,9 @@ One job per module:
   server), Servers (N servers with fail-over, N = 1 included), the served model names and ports;
 - :mod:`.binary`      finding ``tritonserver`` and preparing the bundled python backend;
 - :mod:`.processes`   the server's process group, its python-backend stubs, their /dev/shm files;
+- :mod:`.isolation`   a server's private /dev/shm (its own mount namespace);
+- :mod:`.admin`       the admin key: Triton's admin APIs restricted to it, the header for mmtrt's
+  tools, keys redacted from command lines;
 - :mod:`.logs`        reading a tritonserver log (error lines, ports it could not bind);
 - :mod:`.server`      :class:`TritonServer`, the server's lifecycle (start, ready, restart, stop);
 - :mod:`.supervisor`  :class:`Supervisor`, the watchdog of ``mmtrt serve`` (restarts a crashed
@@ -33,6 +36,8 @@ import importlib
 # name -> the module that defines it. Imported on first use (PEP 562), so that importing the
 # client (mmtrt.serving.client, .infer) loads nothing of the server side.
 _EXPORTS = {
+    "AdminKey": "admin",
+    "admin_headers": "admin",
     "Servers": "client",
     "TritonClient": "client",
     "connect": "client",

@@ -127,8 +127,9 @@ def repo(export_dir: Path, out: Path, engines_dir: Path | None, overwrite: bool,
     "--log-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Where the server's own log goes [default: a file in the temp folder]; with several "
-    "replicas, replica i's goes to <stem>.<i><suffix> beside it.",
+    help="Where the server's own log goes (created 0600; a symbolic link there is refused) "
+    "[default: a file in the temp folder]; with several replicas, replica i's goes to "
+    "<stem>.<i><suffix> beside it.",
 )
 @click.option(
     "--timeout",
@@ -156,6 +157,14 @@ def repo(export_dir: Path, out: Path, engines_dir: Path | None, overwrite: bool,
     "(or free ports for 0), each with its own watchdog; use them all with "
     "`mmtrt infer --url A --url B ...`.",
 )
+@click.option(
+    "--admin-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the key of Triton's admin APIs (shared memory, model repository and config, "
+    "logging, trace, statistics), readable by its owner only [default: a new random key each run, "
+    "in a 0600 file whose path is printed].",
+)
 @click.argument("tritonserver_args", nargs=-1, type=click.UNPROCESSED)
 def serve(
     repository: Path,
@@ -167,13 +176,17 @@ def serve(
     timeout: float,
     watchdog: bool,
     replicas: int,
+    admin_key_file: Path | None,
     tritonserver_args: tuple[str, ...],
 ):
     """Serve the model REPOSITORY (built by `mmtrt repo`) with the real Triton server until
     Ctrl-C or SIGTERM.
 
-    Arguments after `--` go to tritonserver as they are, e.g.
-    `mmtrt serve REPO -- --http-restricted-api=model-repository,shared-memory:admin-key=SECRET`.
+    Triton's admin APIs answer only requests with the admin key (header mmtrt-admin-key; the
+    printed MMTRT_ADMIN_KEY_FILE=... gives it to mmtrt's tools); health, metadata and inference
+    are open. Arguments after `--` go to tritonserver as they are (keys on them are shown as
+    ***), e.g. `--log-verbose=1`; an API named in your own `--http-restricted-api` or
+    `--grpc-restricted-protocol` takes your key instead.
     """
     from .errors import ServingError
     from .replicas import serve_replicas
@@ -194,6 +207,7 @@ def serve(
         timeout=timeout,
         restarts=RestartPolicy(enabled=watchdog),
         extra_args=tritonserver_args,
+        admin_key_file=admin_key_file,
     )
     try:
         serve_replicas(settings, echo=click.echo)

@@ -10,6 +10,12 @@ is stopped and the others go on; when none is left :func:`serve_replicas` raises
 (`mmtrt serve` exits 1). SIGINT / SIGTERM / SIGHUP stop every replica, even while they start, and
 it returns (exit 0); a second signal does not interrupt that clean-up.
 
+Every replica restricts Triton's admin APIs (:mod:`~mmtrt.serving.admin`) to one key: a per-run
+secret in a 0600 file, removed at the end, or the operator's ``admin_key_file``. The key is never
+printed, only the file's path (for mmtrt's tools: ``MMTRT_ADMIN_KEY_FILE``). A warning says when
+other local users could read the key (/proc without hidepid) or the request bytes (no private
+/dev/shm, :mod:`~mmtrt.serving.isolation`).
+
 The messages name replicas ("replica 1: ...") only when there are several; one server is
 "the server", its endpoints a table.
 """
@@ -35,7 +41,8 @@ __all__ = ["REPLICA_PORT_STEP", "ServeSettings", "replica_ports", "serve_replica
 class ServeSettings:
     """What `mmtrt serve` runs: ``replicas`` servers of ``repository`` bound to ``host``, the
     first on the given ports; ``timeout`` seconds for the models to load; ``extra_args`` passed to
-    each tritonserver; ``log_file`` (one replica) or ``<stem>.<i><suffix>`` beside it (several)."""
+    each tritonserver; ``log_file`` (one replica) or ``<stem>.<i><suffix>`` beside it (several);
+    ``admin_key_file``: the key of the admin APIs (default: a new one each run)."""
 
     repository: Path
     replicas: int = 1
@@ -47,6 +54,7 @@ class ServeSettings:
     timeout: float = 300.0
     restarts: RestartPolicy = RestartPolicy()
     extra_args: tuple[str, ...] = ()
+    admin_key_file: Path | None = None
 
 
 def replica_ports(n: int, http_port: int, grpc_port: int, metrics_port: int) -> list[dict[str, int]]:
@@ -103,6 +111,7 @@ class _StopOnSignals:
 def serve_replicas(settings: ServeSettings, echo: Callable[..., None]) -> None:
     """Run the replicas until a signal (then return); ServingError when one fails to start or
     none is left. ``echo(line, err=False)`` prints."""
+    from .admin import AdminKey
     from .binary import find_tritonserver
     from .errors import ServingError
     from .server import TritonServer
@@ -110,47 +119,54 @@ def serve_replicas(settings: ServeSettings, echo: Callable[..., None]) -> None:
 
     s = settings
     binary = find_tritonserver()
-    servers = [
-        TritonServer(
-            s.repository,
-            host=s.host,
-            http_port=ports["http"],
-            grpc_port=ports["grpc"],
-            metrics_port=ports["metrics"],
-            log_file=_log_file(s.log_file, i, s.replicas),
-            extra_args=s.extra_args,
-            tritonserver=binary,
-        )
-        for i, ports in enumerate(replica_ports(s.replicas, s.http_port, s.grpc_port, s.metrics_port))
-    ]
-    names = ["" if s.replicas == 1 else f"replica {i}" for i in range(s.replicas)]
-    with _StopOnSignals() as signals:
-        try:
-            t0 = time.monotonic()
-            for name, server in zip(names, servers):
-                echo(
-                    f"starting {name + ': ' if name else ''}{binary} on {s.repository} (log: {server.log_path})"
-                )
-                server.start(timeout=s.timeout)
-                if name:
+    ports = replica_ports(s.replicas, s.http_port, s.grpc_port, s.metrics_port)
+    key = AdminKey.load(s.admin_key_file) if s.admin_key_file else AdminKey.create()
+    try:
+        extra_args = (*key.tritonserver_args(s.extra_args), *s.extra_args)
+        servers = [
+            TritonServer(
+                s.repository,
+                host=s.host,
+                http_port=p["http"],
+                grpc_port=p["grpc"],
+                metrics_port=p["metrics"],
+                log_file=_log_file(s.log_file, i, s.replicas),
+                extra_args=extra_args,
+                tritonserver=binary,
+            )
+            for i, p in enumerate(ports)
+        ]
+        names = ["" if s.replicas == 1 else f"replica {i}" for i in range(s.replicas)]
+        with _StopOnSignals() as signals:
+            try:
+                t0 = time.monotonic()
+                for name, server in zip(names, servers):
                     echo(
-                        f"{name}: HTTP http://{server.http_url}  gRPC {server.grpc_url}  "
-                        f"metrics {server.metrics_url}  (pid {server.pid})"
+                        f"starting {name + ': ' if name else ''}{binary} on {s.repository} "
+                        f"(log: {server.log_path})"
                     )
-            for line, err in _ready_lines(servers, s.host, time.monotonic() - t0):
-                echo(line, err=err)
-            supervisors = [
-                Supervisor(server, timeout=s.timeout, policy=s.restarts, say=echo, name=name)
-                for name, server in zip(names, servers)
-            ]
-            _supervise(supervisors, echo)
-            raise ServingError("no replica left")
-        except _Stop as stop:
-            echo(f"{stop}: stopping {_them(len(servers))}")
-        finally:
-            signals.stopping()  # a second Ctrl-C must not interrupt the clean-up
-            for server in servers:
-                server.stop()
+                    server.start(timeout=s.timeout)
+                    if name:
+                        echo(
+                            f"{name}: HTTP http://{server.http_url}  gRPC {server.grpc_url}  "
+                            f"metrics {server.metrics_url}  (pid {server.pid})"
+                        )
+                for line, err in _ready_lines(servers, s.host, key, time.monotonic() - t0):
+                    echo(line, err=err)
+                supervisors = [
+                    Supervisor(server, timeout=s.timeout, policy=s.restarts, say=echo, name=name)
+                    for name, server in zip(names, servers)
+                ]
+                _supervise(supervisors, echo)
+                raise ServingError("no replica left")
+            except _Stop as stop:
+                echo(f"{stop}: stopping {_them(len(servers))}")
+            finally:
+                signals.stopping()  # a second Ctrl-C must not interrupt the clean-up
+                for server in servers:
+                    server.stop()
+    finally:
+        key.remove()
     echo("stopped")
 
 
@@ -158,9 +174,12 @@ def _them(n: int) -> str:
     return "the server" if n == 1 else f"{n} replicas"
 
 
-def _ready_lines(servers: list, host: str, elapsed_s: float) -> list[tuple[str, bool]]:
+def _ready_lines(servers: list, host: str, key, elapsed_s: float) -> list[tuple[str, bool]]:
     """(line, to stderr) once every replica is ready: one server's endpoints (several have had a
-    line each as they started), the models, an exposure warning, the client command line."""
+    line each as they started), the models, where the admin key is, warnings (exposure, what
+    other local users could read), the client command line."""
+    from .admin import ADMIN_APIS, GRPC_HEADER_PREFIX, HEADER, KEY_FILE_ENV, proc_hides_command_lines
+
     one = len(servers) == 1
     lines = []
     if one:
@@ -171,6 +190,32 @@ def _ready_lines(servers: list, host: str, elapsed_s: float) -> list[tuple[str, 
             (f"metrics  {server.metrics_url}", False),
         ]
     lines += [(line, False) for line in _describe_models(servers[0])]  # (one repository for all)
+    lines.append(
+        (
+            f"admin APIs ({', '.join(ADMIN_APIS)}) need the key in {key.path} as header {HEADER} "
+            f"(gRPC: {GRPC_HEADER_PREFIX}{HEADER}); mmtrt's tools read it with {KEY_FILE_ENV}={key.path}",
+            False,
+        )
+    )
+    if not proc_hides_command_lines():
+        lines.append(
+            (
+                "warning: /proc is mounted without hidepid: other local users can read the admin key "
+                "in the server's command line; on a shared host mount /proc with hidepid=invisible "
+                "(see docs/security.md)",
+                True,
+            )
+        )
+    shm = servers[0].private_shm
+    if shm.kind is None:
+        lines.append(
+            (
+                f"warning: no private /dev/shm for the server ({shm.reason}): other local users can "
+                "read the request bytes (images, DICOM files with patient data) its python backend "
+                "keeps in /dev/shm; see docs/security.md",
+                True,
+            )
+        )
     if host not in LOOPBACK:
         lines.append(
             (

@@ -4,8 +4,12 @@
 (for the bundled one, with a prepared python-backend directory and this interpreter's folder
 first on PATH: the stub finds its packages, numpy and onnxruntime, through the ``python3`` on
 PATH, PYTHONPATH is ignored), waits until every model is ready, and stops it with its whole
-process group. The server runs in its own process group with its output in a log file that is
-kept after stop; start-up failures raise :class:`ServingError` carrying the tail of that log.
+process group. The server runs in its own process group with its output in a log file (0600)
+that is kept after stop; start-up failures raise :class:`ServingError` carrying the tail of that
+log. Where the system allows it the server gets a /dev/shm of its own
+(:mod:`~mmtrt.serving.isolation`): other local users cannot read the request bytes its python
+backend passes through shared memory. Keys on the command line (restricted APIs) are shown as
+``***`` in the log and in :attr:`TritonServer.command`.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .admin import redact
 from .binary import bundled_root_of, find_tritonserver, prepare_backend_dir
 from .checks import BUILD_ENGINES_HINT, missing_plan_files, offline_config_problems
 from .config import parse_config
 from .errors import ServingError
+from .isolation import PrivateShm, private_shm, private_shm_preexec
 from .logs import error_lines, ports_in_use
 from .processes import (
     SHM_PREFIX,
@@ -114,6 +120,22 @@ def _track(server: TritonServer) -> None:
     _RUNNING.add(server)
 
 
+def _open_log(path: Path):
+    """``path`` opened for appending, created 0600 (an existing file is made 0600 too); a
+    symbolic link there is refused, not followed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        what = "is a symbolic link" if path.is_symlink() else e.strerror
+        raise ServingError(f"cannot write the server log {path}: {what}") from None
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        pass  # another user's file we may append to: its owner decides
+    return os.fdopen(fd, "ab")
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -126,6 +148,7 @@ class TritonServer:
     sets itself, such as ports and addresses, are refused). With ``die_with_parent`` (Linux), the
     server gets SIGTERM when the thread that started it ends, so even a SIGKILLed owner leaves no
     server behind: start it from a thread that outlives it (e.g. the main thread), or pass False.
+    :attr:`private_shm` says whether (and how) its /dev/shm is its own.
     """
 
     def __init__(
@@ -168,12 +191,13 @@ class TritonServer:
             os.close(fd)
             log_file = Path(name)
         self.log_path = Path(log_file)
-        self.command: list[str] = []
+        self.command: list[str] = []  # as logged: keys redacted
+        self.private_shm: PrivateShm = private_shm()
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._log_offset = 0
         self._stubs_at_ready: dict[str, int] = {}
-        self._shm_regions: set[str] = set()  # the python backend's /dev/shm files of this server
+        self._shm_regions: set[str] = set()  # its stubs' files in the host's /dev/shm (not private)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -316,11 +340,14 @@ class TritonServer:
                 self._stubs_at_ready = {}
                 for _pid, model, _instance in python_stub_processes(self.pid):
                     self._stubs_at_ready[model] = self._stubs_at_ready.get(model, 0) + 1
-                self._shm_regions = {
-                    argv[2]
-                    for _pid, argv in stub_argvs(self.pid)
-                    if len(argv) > 2 and argv[2].startswith(SHM_PREFIX)
-                }
+                # a private /dev/shm goes with the server's last process; the host's keeps files
+                self._shm_regions = set()
+                if self.private_shm.kind is None:
+                    self._shm_regions = {
+                        argv[2]
+                        for _pid, argv in stub_argvs(self.pid)
+                        if len(argv) > 2 and argv[2].startswith(SHM_PREFIX)
+                    }
                 return self
             except ServingError:
                 taken = ports_in_use(self.log_errors())
@@ -411,23 +438,38 @@ class TritonServer:
         backend_dir = None
         if bundled_root is not None:
             backend_dir = prepare_backend_dir(bundled_root, self._workdir / "backends")
-        self.command = self._build_command(binary, backend_dir)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        command = self._build_command(binary, backend_dir)
+        self.command = redact(command)
+        with _open_log(self.log_path) as log:
             log.write(("=== mmtrt: " + " ".join(self.command) + "\n").encode())
             log.flush()
             self._log_offset = log.tell()
             self._proc = subprocess.Popen(
-                self.command,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._environment(bundled_root),
                 cwd=self._workdir,
                 start_new_session=True,  # own session and process group
-                preexec_fn=parent_death_signal() if self.die_with_parent else None,
+                preexec_fn=self._preexec(),
             )
         _track(self)
+
+    def _preexec(self):
+        """What the child runs before tritonserver: its private /dev/shm, then the parent-death
+        signal (after: entering a user namespace clears it)."""
+        steps = []
+        if self.private_shm.kind is not None:
+            steps.append(private_shm_preexec(self.private_shm.kind))
+        if self.die_with_parent and (death := parent_death_signal()) is not None:
+            steps.append(death)
+
+        def preexec():
+            for step in steps:
+                step()
+
+        return preexec if steps else None
 
     def _wait_ready(self, models: Iterable[str], timeout: float) -> None:
         from .client import TritonClient

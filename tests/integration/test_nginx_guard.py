@@ -2,7 +2,10 @@
 a real Triton server on loopback, with a real nginx: the requests that abort Triton 2.51's HTTP
 front end (mmtrt.bench.http_abort.CRASHERS), an oversize body and a compressed body are
 refused by the proxy (400 / 413 / 415); valid binary and JSON requests pass and get the same
-answer as directly; the server is never restarted (same pid throughout)."""
+answer as directly; the server is never restarted (same pid throughout). A body of 6 MB sent in
+1-byte chunks (``Transfer-Encoding: chunked``), which aborts Triton 2.51 (SIGSEGV) on any endpoint
+that parses it, reaches Triton through the proxy as one body with a Content-Length; sent directly
+to an admin API restricted as `mmtrt serve` restricts them, it is refused before it is parsed."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import needs_server, start_server
+from helpers import needs_server
 
 from mmtrt.bench.http_abort import CRASHERS
 
@@ -52,9 +55,17 @@ def server(export_dir, tmp_path_factory):
     repo = build_repository(
         export_dir, tmp_path_factory.mktemp("built") / "repo", ort_threads=1, models=("classifier",)
     )
-    srv = start_server(repo, tmp_path_factory.mktemp("log") / "triton.log")
+    from mmtrt.serving import TritonServer
+    from mmtrt.serving.admin import AdminKey
+
+    key = AdminKey.create()  # the admin APIs restricted as `mmtrt serve` does
+    srv = TritonServer(
+        repo, log_file=tmp_path_factory.mktemp("log") / "triton.log", extra_args=key.tritonserver_args()
+    )
+    srv.start(timeout=180)
     yield srv
     srv.stop()
+    key.remove()
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +219,36 @@ def test_proxy_refuses_what_aborts_triton_and_passes_valid_requests(server, prox
 
     assert server.is_running() and server.pid == pid, "the server was aborted behind the proxy"
     assert np.array_equal(_infer(proxy, x, binary=True), direct)
+
+
+def _post_chunked(address: str, path: str, body: bytes, chunk: int = 1) -> bytes:
+    """POST ``body`` with ``Transfer-Encoding: chunked`` in chunks of ``chunk`` bytes; the start of
+    the answer (b"" if the connection died)."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=120) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        framed = bytearray()
+        for i in range(0, len(body), chunk):
+            framed += b"%x\r\n%b\r\n" % (len(body[i : i + chunk]), body[i : i + chunk])
+            if len(framed) >= 1 << 20:
+                s.sendall(framed)
+                framed.clear()
+        s.sendall(bytes(framed) + b"0\r\n\r\n")
+        try:
+            return s.recv(200)
+        except OSError:
+            return b""
+
+
+def test_a_chunked_body_does_not_abort_the_server(server, proxy):
+    pid = server.pid
+    body = b"A" * (6 << 20)
+    t0 = time.monotonic()
+    through_proxy = _post_chunked(proxy, "/v2/models/classifier/infer", body)
+    print(f"\n6 MB in 1-byte chunks through the proxy: {through_proxy[:40]} in {time.monotonic() - t0:.1f} s")
+    # one body with a Content-Length: Triton answers for itself that it is no JSON
+    assert through_proxy.startswith((b"HTTP/1.1 400", b"HTTP/1.1 500")), through_proxy
+    to_admin_api = _post_chunked(server.http_url, "/v2/logging", body)
+    assert to_admin_api.startswith(b"HTTP/1.1 403"), to_admin_api
+    time.sleep(0.5)
+    assert server.is_running() and server.pid == pid, "the server was aborted"

@@ -107,8 +107,20 @@ def listening_sockets(port: int) -> list[str]:
 
 
 def _shm_regions(server_pid: int) -> list[Path]:
-    """The /dev/shm files of the server's stubs (the third argument of each stub's command)."""
-    return [Path("/dev/shm") / argv[2] for _pid, argv in stub_argvs(server_pid)]
+    """The /dev/shm files of the server's stubs (the third argument of each stub's command), in
+    the server's own /dev/shm (``/proc/<pid>/root``: the same as the host's when not private)."""
+    return [Path(f"/proc/{server_pid}/root/dev/shm") / argv[2] for _pid, argv in stub_argvs(server_pid)]
+
+
+def _processes_in_mount_namespace(namespace: str) -> list[int]:
+    pids = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{name}/ns/mnt") == namespace:
+                pids.append(int(name))
+        except OSError:
+            pass
+    return pids
 
 
 def _client(protocol: str, url: str) -> TritonClient:
@@ -330,8 +342,20 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
         load = Load(http, grpc, pool, references, n=4)
         load.wait_for("ok", 4)
         out = tmp_path / "out"
-        infer = InferRun(
-            "--url", grpc, "--protocol", "grpc", "--batch-size", "1", "--out", out, image_files
+        key_file = re.search(r"MMTRT_ADMIN_KEY_FILE=(\S+)$", text, re.M).group(1)
+        admin = f"triton-grpc-protocol-mmtrt-admin-key={Path(key_file).read_text().strip()}"
+        infer = InferRun(  # (mmtrt infer reads the model's config: an admin API)
+            "--url",
+            grpc,
+            "--protocol",
+            "grpc",
+            "--batch-size",
+            "1",
+            "--out",
+            out,
+            "--header",
+            admin,
+            image_files,
         )  # the default retries: 0.5 ... 8 s
         _wait_for_json(out, infer)
         victim = [p for p, m, _ in python_stub_processes(pid) if m == "multimix"]
@@ -420,14 +444,20 @@ def test_infer_survives_server_kill_and_restart(server, image_files, references,
     )
     regions = _shm_regions(server.pid)  # the python backend's shared memory in /dev/shm
     assert regions and all(r.exists() for r in regions)
+    namespace = os.readlink(f"/proc/{server.pid}/ns/mnt")  # (its number may be reused later)
+    if server.private_shm.kind is None:
+        regions = [Path("/dev/shm") / r.name for r in regions]
     _wait_for_json(out, infer)
     os.killpg(server.pid, signal.SIGKILL)
     t0 = time.monotonic()
     time.sleep(1.0)
     server.restart(timeout=180)
     print(f"\nserver back {time.monotonic() - t0:.1f} s after the kill")
-    # a SIGKILLed server leaves its stubs' shared-memory files behind; stop()/restart() remove them
-    assert not [r for r in regions if r.exists()]
+    if server.private_shm.kind is None:
+        # a SIGKILLed server leaves its stubs' files in the host's /dev/shm; restart() removes them
+        assert not [r for r in regions if r.exists()]
+    else:  # its private /dev/shm went with the last process of its mount namespace
+        assert all(os.getpgid(p) == server.pid for p in _processes_in_mount_namespace(namespace))
     r = infer.wait()
     print(r.stderr[-1500:])
     assert r.exit_code == 0, r.output
