@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .admin import admin_headers
 from .errors import InferError, NoServerLeft, RequestError, ServerNotReady
 from .faults import TRANSIENT, classify
 
@@ -237,6 +238,15 @@ def file_inputs(files: Sequence[bytes]) -> dict[str, np.ndarray]:
     return {FILE_INPUT: array}
 
 
+#: the calls to Triton's admin APIs that mmtrt's tools make (restricted by `mmtrt serve`)
+_ADMIN_METHODS = frozenset({"get_model_config", "get_model_repository_index", "get_inference_statistics"})
+
+
+def is_restricted(error: RequestError) -> bool:
+    """True when the server refused a call to an API restricted to a key it was not sent."""
+    return "restricted" in error.message.lower()
+
+
 class TritonClient:
     """One connection to the Triton server at ``url`` over ``protocol`` ("http" or "grpc").
 
@@ -294,8 +304,11 @@ class TritonClient:
     def _call(self, method: str, *args, timeout_s: float | None = None, **kwargs):
         if self.protocol == "grpc":  # (HTTP's time-outs are the connection's)
             kwargs["client_timeout"] = timeout_s or self.timeout_s
+        headers = self.headers
+        if method in _ADMIN_METHODS:  # the admin key goes only where it is asked for
+            headers = {**admin_headers(self.protocol), **(headers or {})} or None
         with _answers():
-            return getattr(self._client, method)(*args, headers=self.headers, **kwargs)
+            return getattr(self._client, method)(*args, headers=headers, **kwargs)
 
     # ------------------------------------------------------------------ health
 
@@ -320,35 +333,35 @@ class TritonClient:
         ]
 
     def model(self, name: str) -> ModelInfo:
-        """The metadata and configuration of model ``name``, ready or not."""
+        """The metadata and configuration of model ``name``, ready or not. A server that keeps its
+        configuration to an admin key this client has not got (`mmtrt serve`: MMTRT_ADMIN_KEY_FILE)
+        gives the metadata alone: max_batch_size 0 (unknown, batches are not capped), config {}."""
         meta = self._call("get_model_metadata", name)
-        config = self._call("get_model_config", name)
         if self.protocol == "http":
-
-            def tensors(entries):
-                return tuple(TensorInfo(t["name"], t["datatype"], tuple(t["shape"])) for t in entries)
-
-            return ModelInfo(
-                name,
-                tuple(meta.get("versions", ())),
-                tensors(meta.get("inputs", ())),
-                tensors(meta.get("outputs", ())),
-                int(config.get("max_batch_size", 0)),
-                config,
+            versions = tuple(meta.get("versions", ()))
+            inputs, outputs = (
+                tuple(TensorInfo(t["name"], t["datatype"], tuple(t["shape"])) for t in meta.get(key, ()))
+                for key in ("inputs", "outputs")
             )
-        from google.protobuf import json_format
+        else:
+            versions = tuple(meta.versions)
+            inputs, outputs = (
+                tuple(TensorInfo(t.name, t.datatype, tuple(t.shape)) for t in tensors)
+                for tensors in (meta.inputs, meta.outputs)
+            )
+        try:
+            answer = self._call("get_model_config", name)
+        except RequestError as e:
+            if not is_restricted(e):
+                raise
+            return ModelInfo(name, versions, inputs, outputs, 0, {})
+        if self.protocol == "http":
+            config = dict(answer)
+        else:
+            from google.protobuf import json_format
 
-        def tensors(entries):
-            return tuple(TensorInfo(t.name, t.datatype, tuple(t.shape)) for t in entries)
-
-        return ModelInfo(
-            name,
-            tuple(meta.versions),
-            tensors(meta.inputs),
-            tensors(meta.outputs),
-            int(config.config.max_batch_size),
-            json_format.MessageToDict(config.config, preserving_proto_field_name=True),
-        )
+            config = json_format.MessageToDict(answer.config, preserving_proto_field_name=True)
+        return ModelInfo(name, versions, inputs, outputs, int(config.get("max_batch_size", 0)), config)
 
     def ready_model(self, name: str) -> ModelInfo:
         """:meth:`model` of a model that is ready; InferError naming the models there otherwise."""

@@ -186,7 +186,7 @@ def test_an_unprivileged_user_gets_a_private_shm_through_a_user_namespace():
 
 @needs_server
 @as_root
-def test_serve_restricts_admin_apis_and_keeps_request_bytes_private(export_dir, tmp_path):
+def test_serve_restricts_admin_apis_and_keeps_request_bytes_private(export_dir, tmp_path, monkeypatch):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
@@ -288,6 +288,20 @@ def test_serve_restricts_admin_apis_and_keeps_request_bytes_private(export_dir, 
             assert client.is_model_ready("multimix_image")  # still serving
         finally:
             client.close()
+
+        # mmtrt's client: an inference client without the key does without the configuration
+        # (max_batch_size unknown); mmtrt's tools given the key file read it
+        from mmtrt.serving.client import TritonClient
+
+        for protocol, url in (("http", http), ("grpc", grpc)):
+            monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+            with TritonClient(url, protocol) as c:
+                info = c.ready_model("multimix")
+                assert (info.max_batch_size, info.config) == (0, {}) and "probs" in info.output_names
+            monkeypatch.setenv(KEY_FILE_ENV, str(key_file))
+            with TritonClient(url, protocol) as c:
+                assert c.ready_model("multimix").max_batch_size == 8
+                assert len(c.models()) == 4
 
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.finish() == 0, "\n".join(serve.lines)
