@@ -30,6 +30,7 @@ from mmtrt.export import tensorrt as trt_code
 from mmtrt.export.onnx_graphs import FORBIDDEN_OPS
 from mmtrt.export.precision import mixed_precision, reduced_convolutions
 from mmtrt.export.validate import TOLERANCES, validate_against
+from mmtrt.files import FOLDER_MARK
 from mmtrt.graphs import GRAPHS
 from mmtrt.parity import KINDS
 from mmtrt.runtimes import ort
@@ -64,7 +65,11 @@ def export(checkpoint, tmp_path_factory):
 
 
 def test_export_writes_the_documented_files_and_nothing_else(export):
-    assert {p.name for p in export.out.iterdir()} == GRAPH_FILES | {"manifest.json", "parity.json"}
+    assert {p.name for p in export.out.iterdir()} == GRAPH_FILES | {
+        "manifest.json",
+        "parity.json",
+        FOLDER_MARK,
+    }
     assert [p.name for p in export.out.parent.iterdir()] == [export.out.name]  # no staging left over
     assert "exporting the saliency graph" in export.output and "parity: all" in export.output
 
@@ -114,7 +119,7 @@ def test_graphs_run_at_batch_1_5_and_8_and_samples_do_not_leak(export):
 
 def test_manifest_describes_every_file_and_how_it_was_made(export, checkpoint):
     m = export.manifest
-    on_disk = {p.name for p in export.out.iterdir()} - {"manifest.json"}
+    on_disk = {p.name for p in export.out.iterdir()} - {"manifest.json", FOLDER_MARK}  # (mmtrt's mark)
     assert set(m["files"]) == on_disk
     for name, entry in m["files"].items():
         assert entry["sha256"] == file_sha256(export.out / name), name

@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from helpers import MAX_BATCH, processes_mentioning
 
 from mmtrt.cli import main
+from mmtrt.files import FOLDER_MARK
 from mmtrt.serving import (
     RepositorySettings,
     ServingError,
@@ -109,7 +110,7 @@ def test_served_models_render_and_parse(export_dir, tmp_path):
 
 def test_build_without_engines_writes_configs_and_names_the_missing(export_dir, gpu_repo, tmp_path, caplog):
     manifest = json.loads((export_dir / "manifest.json").read_text())
-    assert sorted(p.name for p in gpu_repo.iterdir()) == sorted(ENGINES + ENSEMBLES)
+    assert sorted(p.name for p in gpu_repo.iterdir()) == sorted([*ENGINES, *ENSEMBLES, FOLDER_MARK])
     for name in ENGINES + ENSEMBLES:
         cfg = _config(gpu_repo / name / "config.pbtxt")  # Triton's own message type parses it
         assert cfg.name == name
@@ -126,7 +127,7 @@ def test_build_without_engines_writes_configs_and_names_the_missing(export_dir, 
     with caplog.at_level(logging.WARNING, logger="mmtrt.serving.repository"):
         build_repository(export_dir, tmp_path / "repo", flavour="gpu", models=("classifier",))
     assert "encoder/1/model.plan" in caplog.text and "mmtrt build-engines" in caplog.text
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["classifier", "encoder"]
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [FOLDER_MARK, "classifier", "encoder"]
 
 
 def test_ensemble_steps_point_at_models_of_the_repository(gpu_repo):
