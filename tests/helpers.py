@@ -6,6 +6,8 @@ conftest.py; the stand-in for TensorRT is fake_tensorrt.py."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import queue
@@ -137,6 +139,21 @@ def real_export(request, graphs=("multimix", "encoder")) -> Path:
     else:
         folder = request.getfixturevalue("tmp_path_factory").getbasetemp() / "real-export"
         folder.mkdir(exist_ok=True)
+    with _locked(folder / ".lock"):  # parallel test workers: one exports, the others wait for it
+        return _real_export_into(folder, graphs)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _real_export_into(folder: Path, graphs) -> Path:
     missing = [g for g in graphs if not (folder / f"{g}.onnx").is_file()]
     if missing:
         import torch
