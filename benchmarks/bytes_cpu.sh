@@ -8,18 +8,13 @@
 # goal (benchmarks/goals.py: <= 1.1). About 6 minutes on 2
 # cores with the defaults; run it on a quiet machine (the load average is recorded).
 #   bash benchmarks/bytes_cpu.sh [OUT_DIR] [FILE_SIZE]
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/cpu_run.sh"
 OUT=${1:-benchmarks/results/bytes_cpu}
 FILE_SIZE=${2:-1024}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$OUT"
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/load.txt"
-.venv/bin/mmtrt init "$WORK/multimix.pt" --seed 0
-.venv/bin/mmtrt export "$WORK/multimix.pt" --out "$WORK/export" --precision fp32 --max-batch 8 --no-engines
+start_run "$OUT"
+random_checkpoint "$WORK/multimix.pt"
+export_for_bench "$WORK/multimix.pt" "$WORK/export" fp32
 .venv/bin/mmtrt bench "$WORK/multimix.pt" "$WORK/export" --out "$OUT" \
     --targets triton,triton-bytes --triton-batch-size 8 --concurrency 1,2,4,8 --seconds 10 \
     --file-size "$FILE_SIZE" --no-perf-analyzer
-.venv/bin/python -m benchmarks.goals "$OUT/bench.json"
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/load.txt"
+finish_run "$OUT"

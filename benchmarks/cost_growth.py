@@ -37,13 +37,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from benchmarks import command_line
+from benchmarks import ROOT, command_line, export_options, exported_pair, report_option, script
 from mmtrt.bench.measure import measure, peak_rss_mb, reset_peak_rss, resident_mb
 from mmtrt.bench.report import environment, markdown_table
 from mmtrt.bench.runner import POOL_SIZE, rotating_batches, xray_pool
+from mmtrt.cli_options import IntList, NameList, batch_sizes_option
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = ("reference", "eager", "ort-fused")
 THREADS = 2
 LINEAR_R2 = 0.99  # a fit at or above this is called linear
@@ -146,24 +145,10 @@ def measure_one(job: dict) -> dict:
 
 def prepare(checkpoint: Path | None, export: Path | None) -> tuple[Path, Path, str]:
     """checkpoint, export folder, and a line saying where they came from."""
-    if checkpoint and export:
-        from mmtrt.files import file_sha256
-
+    if exported_pair(checkpoint, export):
         if not (export / "multimix.onnx").is_file():
             raise click.UsageError(f"{export} holds no multimix.onnx")
-        manifest = export / "manifest.json"  # `mmtrt export` records the checkpoint's sha256 there
-        made_from = (
-            json.loads(manifest.read_text()).get("checkpoint", {}).get("sha256")
-            if manifest.is_file()
-            else None
-        )
-        if made_from and made_from != file_sha256(checkpoint):
-            raise click.UsageError(f"{checkpoint} is not the checkpoint {export} was exported from")
         return checkpoint, export, f"checkpoint {checkpoint}, export {export}"
-    if checkpoint or export:
-        raise click.UsageError(
-            "give both --checkpoint and --export (the checkpoint it was exported from), or neither"
-        )
     import torch
 
     from mmtrt.checkpoint import save_checkpoint
@@ -444,55 +429,21 @@ def markdown(record: dict, png: str) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option(
-    "--checkpoint",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A checkpoint (with --export: the one it was exported from).",
-)
-@click.option(
-    "--export",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="An `mmtrt export` folder holding multimix.onnx.",
-)
-@click.option("--targets", default=",".join(TARGETS), show_default=True)
-@click.option(
-    "--batch-size", "batch_sizes", default="1,2,4,8,16,32", show_default=True, help="The batch sweep."
-)
+@script(__doc__)
+@export_options("a random-initialised checkpoint (seed 0) and its multimix graph")
+@click.option("--targets", type=NameList(TARGETS), default=",".join(TARGETS))
+@batch_sizes_option("1,2,4,8,16,32", "The batch sweep (comma-separated).")
 @click.option(
     "--images",
+    type=IntList(),
     default="8,32,128,256",
-    show_default=True,
     help="N for the stream (multiples of --stream-batch).",
 )
-@click.option("--stream-batch", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option(
-    "--seconds", type=float, default=2.0, show_default=True, help="Minimum timed seconds per batch-sweep row."
-)
-@click.option(
-    "--min-calls",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Minimum timed calls per row.",
-)
-@click.option(
-    "--max-seconds",
-    type=float,
-    default=60.0,
-    show_default=True,
-    help="Timed seconds after which a row stops.",
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=RESULTS / "cost_growth_cpu",
-    help="Results path without suffix.",
-)
+@click.option("--stream-batch", type=click.IntRange(min=1), default=8)
+@click.option("--seconds", type=float, default=2.0, help="Minimum timed seconds per batch-sweep row.")
+@click.option("--min-calls", type=click.IntRange(min=1), default=3, help="Minimum timed calls per row.")
+@click.option("--max-seconds", type=float, default=60.0, help="Timed seconds after which a row stops.")
+@report_option("cost_growth_cpu", "OUT.json, OUT.md and OUT.png")
 @click.option("--worker", hidden=True, help="One measurement, as JSON (the study runs itself with it).")
 @click.option(
     "--rebuild",
@@ -502,9 +453,9 @@ def _ints(text: str) -> list[int]:
 def main(
     checkpoint: Path | None,
     export: Path | None,
-    targets: str,
-    batch_sizes: str,
-    images: str,
+    targets: list[str],
+    batch_sizes: list[int],
+    images: list[int],
     stream_batch: int,
     seconds: float,
     min_calls: int,
@@ -524,14 +475,7 @@ def main(
 
     from tqdm import tqdm
 
-    targets = [t for t in targets.split(",") if t]
-    unknown = set(targets) - set(TARGETS)
-    if unknown:
-        raise click.BadParameter(
-            f"unknown target(s) {sorted(unknown)}; known: {', '.join(TARGETS)}", param_hint="--targets"
-        )
-    batches = _ints(batch_sizes)
-    images = _ints(images)
+    batches = batch_sizes
     if any(n % stream_batch for n in images):
         raise click.BadParameter(f"give multiples of --stream-batch {stream_batch}", param_hint="--images")
     load_start = os.getloadavg()

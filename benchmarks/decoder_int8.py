@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from benchmarks import command_line
+from benchmarks import command_line, script
 from mmtrt.bench.report import cpu_model, markdown_table
 from mmtrt.parity import dice, image_batch
 from mmtrt.runtimes import openvino as ovr
@@ -34,7 +34,7 @@ def _mask_output(compiled):
     return next(o for o in compiled.outputs if "mask" in o.get_names() and "mask_logits" not in o.get_names())
 
 
-@click.command(help=__doc__.split("\n\n")[0])
+@script(__doc__)
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_stem", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS / "decoder_int8")
 def main(export_dir: Path, out_stem: Path) -> None:

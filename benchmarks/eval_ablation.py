@@ -36,9 +36,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from benchmarks import command_line, train_ablation
+from benchmarks import command_line, script, train_ablation
 from benchmarks.train_ablation import MODELS, NAMES
 from mmtrt.bench.report import markdown_table
+from mmtrt.cli_options import difficulty_option
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,21 +242,10 @@ def screenshot(report: Path, png: Path) -> str:
     return f"wrote {png}"
 
 
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option("--seeds", default="0,1,2", show_default=True)
-@click.option(
-    "--budgets",
-    default=BUDGETS,
-    show_default=True,
-    help="Label budgets seg:cls[,seg:cls]; the first is the low one.",
-)
-@click.option(
-    "--difficulty",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Pneumonia subtlety of the sources (0: obvious).",
-)
+@script(__doc__)
+@train_ablation.SEEDS_OPTION
+@click.option("--budgets", default=BUDGETS, help="Label budgets seg:cls[,seg:cls]; the first is the low one.")
+@difficulty_option(0.0)
 @click.option("--runs", default=None, help="Training runs [runs/ablation(-d<difficulty>|-smoke)].")
 @click.option("--data", default=None, help="The sources, written if missing [<runs>/data].")
 @click.option(
@@ -263,13 +253,7 @@ def screenshot(report: Path, png: Path) -> str:
     default=None,
     help="Results [benchmarks/results/ablation(-d<difficulty>), --smoke: <runs>/results].",
 )
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Training runs at once, one thread each.",
-)
+@train_ablation.jobs_option(2)
 @click.option("--smoke", is_flag=True, help="2 x 5 training steps: checks the pipeline, not the models.")
 def main(
     seeds: str,

@@ -30,30 +30,22 @@ from pathlib import Path
 import click
 import torch
 
-from benchmarks import command_line
+from benchmarks import command_line, export_options, exported_pair, report_option, script
 from benchmarks.goals import SALIENCY_OVER_ENCODER
 from mmtrt.bench.report import cpu_model, markdown_table
-from mmtrt.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from mmtrt.checkpoint import load_checkpoint, save_checkpoint
+from mmtrt.cli_options import batch_sizes_option
 from mmtrt.export.manifest import read_manifest, versions
 from mmtrt.graphs import GRAPHS
 from mmtrt.model import MultiMix
 from mmtrt.parity import make_image
 from mmtrt.runtimes import ort as ort_runtime
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def prepare_export(export: Path | None, checkpoint: Path | None) -> tuple[Path, MultiMix]:
-    if export:
-        manifest = read_manifest(export)
-        if not checkpoint:
-            raise click.UsageError(
-                "--export needs --checkpoint (the checkpoint it was exported from) for the eager baseline"
-            )
-        model, _ = load_checkpoint(checkpoint)
-        if manifest["checkpoint"]["sha256"] != file_sha256(checkpoint):
-            raise click.UsageError(f"{checkpoint} is not the checkpoint {export} was exported from")
-        return export, model
+    if exported_pair(checkpoint, export):
+        read_manifest(export)  # (a clear error for a folder that is no export)
+        return export, load_checkpoint(checkpoint)[0]
     from mmtrt.export.exporter import export_model
 
     work = Path(tempfile.mkdtemp(prefix="mmtrt-bench-"))
@@ -114,32 +106,18 @@ def measure(cases: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]
     return times
 
 
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option(
-    "--export",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="An export folder (mmtrt export); default: export a random checkpoint.",
-)
-@click.option(
-    "--checkpoint",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The checkpoint --export was made from.",
-)
-@click.option("--batch-size", "batch_sizes", default="1,8", show_default=True, help="Comma-separated.")
-@click.option(
-    "--repeats", type=click.IntRange(min=1), default=7, show_default=True, help="Timed rounds per batch size."
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=RESULTS / "export_onnx_cpu",
-    help="Results path without suffix.",
-)
-def main(export: Path | None, checkpoint: Path | None, batch_sizes: str, repeats: int, out: Path) -> None:
+@script(__doc__)
+@export_options("a random-initialised checkpoint, exported (a few minutes)")
+@batch_sizes_option("1,8")
+@click.option("--repeats", type=click.IntRange(min=1), default=7, help="Timed rounds per batch size.")
+@report_option("export_onnx_cpu")
+def main(
+    export: Path | None, checkpoint: Path | None, batch_sizes: list[int], repeats: int, out: Path
+) -> None:
     load_before = os.getloadavg()
     folder, model = prepare_export(export, checkpoint)
     results = {}
-    for batch in (int(b) for b in batch_sizes.split(",")):
+    for batch in batch_sizes:
         click.echo(f"batch {batch}: {repeats} interleaved rounds")
         times = measure(build_cases(folder, model, batch), repeats)
         med = {name: statistics.median(t) for name, t in times.items()}

@@ -23,6 +23,7 @@ import click
 from mmtrt.bench.report import markdown_table
 from mmtrt.bench.runner import decoding_cost
 from mmtrt.bench.targets import TARGETS, Target
+from mmtrt.cli import CONTEXT_SETTINGS
 
 #: served joint pipeline / reference path, images per second
 SERVED_OVER_REFERENCE = {"CPU with bf16 hardware": 4.0, "CPU without bf16 hardware": 2.6, "GPU": 3.0}
@@ -137,7 +138,7 @@ def host_of(report: dict) -> str:
     return "CPU with bf16 hardware" if openvino.host_has("bf16") else "CPU without bf16 hardware"
 
 
-@click.command()
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("bench_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--batch-size",

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import click
 
+from benchmarks import script
 from mmtrt.bench.http_abort import measure
 
 
-@click.command(help=__doc__.split("\n\n")[0])
+@script(__doc__)
 @click.option("--export", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--clients", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--clients", type=click.IntRange(min=1), default=2)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSON file.")
 def main(export: Path, clients: int, out: Path | None):
     command = " ".join(["benchmarks/http_abort.py", *sys.argv[1:]])

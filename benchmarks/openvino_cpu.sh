@@ -13,14 +13,10 @@
 # CHECKPOINT=... EXPORT_DIR=... reuse a checkpoint and its export (an export validated in OpenVINO:
 # `mmtrt export` with OpenVINO installed) instead of making a random-weight one (speed does not
 # depend on the weights).
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/cpu_run.sh"
 OUT=${1:-benchmarks/results/openvino_cpu}
 SECONDS_PER=${2:-8}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$OUT"
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/load.txt"
+start_run "$OUT"
 {
     lscpu | grep -E '^(Model name|Architecture|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Flags):'
     .venv/bin/python -c 'from mmtrt.runtimes import openvino as o; print("bf16 hardware:", o.host_has("bf16"), "| OpenVINO", o.version(), "OPTIMIZATION_CAPABILITIES:", " ".join(o.openvino_capabilities()))'
@@ -29,7 +25,7 @@ CKPT=${CHECKPOINT:-}
 EXPORT=${EXPORT_DIR:-}
 if [ -z "$CKPT" ]; then
     CKPT="$WORK/multimix.pt"
-    .venv/bin/mmtrt init "$CKPT" --seed 0
+    random_checkpoint "$CKPT"
 fi
 TARGETS=reference,ort-fused,ort-split,ort-encoder,ort-saliency,ov-fused,ov-split,ov-encoder,ov-saliency,triton,triton-ov
 PRECISION=fp32
@@ -39,9 +35,8 @@ if .venv/bin/python -c 'import sys; from mmtrt.runtimes import openvino as o; sy
 fi
 if [ -z "$EXPORT" ]; then
     EXPORT="$WORK/export"
-    .venv/bin/mmtrt export "$CKPT" --out "$EXPORT" --precision "$PRECISION" --max-batch 8 --no-engines
+    export_for_bench "$CKPT" "$EXPORT" "$PRECISION"
 fi
 .venv/bin/mmtrt bench "$CKPT" "$EXPORT" --out "$OUT" --targets "$TARGETS" \
     --batch-size 8 --concurrency 1,4,8 --triton-batch-size 8 --seconds "$SECONDS_PER" --no-perf-analyzer
-.venv/bin/python -m benchmarks.goals "$OUT/bench.json"
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/load.txt"
+finish_run "$OUT"

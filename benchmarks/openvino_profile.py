@@ -21,11 +21,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from benchmarks import command_line
+from benchmarks import command_line, report_option, script
 from mmtrt.bench.report import cpu_model, markdown_table
+from mmtrt.cli_options import batch_size_option
 from mmtrt.runtimes.openvino import cpu_flags
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def profile(path: Path, batch: int, threads: int, calls: int) -> dict:
@@ -77,21 +76,14 @@ def profile(path: Path, batch: int, threads: int, calls: int) -> dict:
     }
 
 
-@click.command(help=__doc__.split("\n\n")[0])
+@script(__doc__)
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--graphs", default="encoder,saliency,decoder,multimix", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option(
-    "--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: OpenVINO's default."
-)
-@click.option("--calls", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=RESULTS / "openvino_profile",
-    help="Results path without suffix.",
-)
+@click.option("--graphs", default="encoder,saliency,decoder,multimix")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32")
+@batch_size_option("Images per call.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="0: OpenVINO's default.")
+@click.option("--calls", type=click.IntRange(min=1), default=5)
+@report_option("openvino_profile")
 def main(
     export_dir: Path, graphs: str, precision: str, batch_size: int, threads: int, calls: int, out: Path
 ) -> None:

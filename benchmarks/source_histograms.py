@@ -12,17 +12,17 @@ from pathlib import Path
 import click
 import numpy as np
 
+from benchmarks import script
+from mmtrt.cli_options import difficulty_option
 
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option("--n", type=click.IntRange(min=2), default=24, show_default=True, help="Images per source.")
-@click.option(
-    "--difficulty", type=float, default=0.3, show_default=True, help="Pneumonia subtlety (0: obvious)."
-)
+
+@script(__doc__)
+@click.option("--n", type=click.IntRange(min=2), default=24, help="Images per source.")
+@difficulty_option(0.3)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("benchmarks/results/sources.png"),
-    show_default=True,
 )
 def main(n: int, difficulty: float, out: Path) -> None:
 

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks import command_line
+from benchmarks import command_line, script
 from mmtrt.bench.measure import measure
 from mmtrt.bench.report import environment, ratio_table, write_report
 from mmtrt.bench.torch_targets import torch_targets
+from mmtrt.cli_options import batch_sizes_option, device_option
 from mmtrt.data import synth_xray
 from mmtrt.model import MultiMix, reference_saliency
 
@@ -88,25 +89,18 @@ def accuracy(targets: dict, images: torch.Tensor) -> list[dict]:
     return rows
 
 
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default=None,
-    help="[default: cuda where available, else cpu]",
-)
-@click.option("--batch-size", "batch_sizes", default="1,8,32", show_default=True, help="Comma-separated.")
-@click.option("--targets", default="", help="Comma-separated subset (default: all for the device).")
-@click.option(
-    "--seconds", type=float, default=2.0, show_default=True, help="Minimum timed seconds per measurement."
-)
+@script(__doc__)
+@device_option("Where PyTorch runs [default: cuda where available, else cpu].", default=None)
+@batch_sizes_option("1,8,32")
+@click.option("--targets", default=None, help="Comma-separated subset [default: all for the device].")
+@click.option("--seconds", type=float, default=2.0, help="Minimum timed seconds per measurement.")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
     help="Report stem (writes .json, .md, .png).",
 )
-def main(device: str | None, batch_sizes: str, targets: str, seconds: float, out: Path) -> None:
+def main(device: str | None, batch_sizes: list[int], targets: str, seconds: float, out: Path) -> None:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # Parity is judged in true float32: TF32 convolutions would add ~1e-3 of their own.
     torch.backends.cudnn.allow_tf32 = False
@@ -116,7 +110,7 @@ def main(device: str | None, batch_sizes: str, targets: str, seconds: float, out
 
     print("parity ...", flush=True)
     parity_rows = parity(model, device)
-    targets = torch_targets(model, device, [t for t in targets.split(",") if t] or None)
+    targets = torch_targets(model, device, targets.split(",") if targets else None)
     print("accuracy ...", flush=True)
     accuracy_rows = accuracy(targets, xrays(8, seed=7).to(device))  # batch 8: compiled targets reuse it
 
@@ -127,7 +121,7 @@ def main(device: str | None, batch_sizes: str, targets: str, seconds: float, out
     ]
     measurements = []
     pool = xrays(64, seed=0)
-    for batch in [int(b) for b in batch_sizes.split(",")]:
+    for batch in batch_sizes:
         batches = [pool[(i * batch) % 64 :][:batch].to(device) for i in range(4)]
         batches = [b if len(b) == batch else pool[:batch].to(device) for b in batches]
         for name, run in targets.items():

@@ -30,7 +30,7 @@ import click
 import numpy as np
 import torch
 
-from benchmarks import command_line
+from benchmarks import command_line, script
 from mmtrt.bench.report import cpu_model, markdown_table
 from mmtrt.data import synth_xray
 from mmtrt.model import MultiMix
@@ -182,11 +182,9 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n" + markdown_table(rows) + "\n"
 
 
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option(
-    "--size", type=click.IntRange(min=32), default=256, show_default=True, help="Image side (multiple of 32)."
-)
+@script(__doc__)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--size", type=click.IntRange(min=32), default=256, help="Image side (multiple of 32).")
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -203,7 +201,7 @@ def to_markdown(report: dict) -> str:
     help="Untimed steps after the first [default: 3 on CUDA, 1 on CPU].",
 )
 @click.option("--variants", default=None, help="Comma-separated subset of: " + ", ".join(CUDA_VARIANTS) + ".")
-@click.option("--amp-scope", type=click.Choice(["full", "decoder"]), default="full", show_default=True)
+@click.option("--amp-scope", type=click.Choice(["full", "decoder"]), default="full")
 @click.option(
     "--out", default=None, help="Results file stem [default: benchmarks/results/train_bench_<device>]."
 )

@@ -18,6 +18,8 @@ import click
 import numpy as np
 import torch
 
+from benchmarks import script
+from mmtrt.cli_options import batch_size_option, device_option
 from mmtrt.data import synth_xray
 from mmtrt.model import MultiMix
 from train.config import TrainConfig
@@ -45,23 +47,14 @@ def batch_for(size: int, b: int, device, streams: str) -> dict[str, torch.Tensor
     return out
 
 
-@click.command(help=__doc__.split("\n\n")[0])
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option(
-    "--backend",
-    default="inductor",
-    show_default=True,
-    help="torch.compile's backend (aot_eager: no codegen).",
-)
-@click.option("--size", type=click.IntRange(min=32), default=64, show_default=True)
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Images per stream."
-)
-@click.option("--streams", type=click.Choice(["seg", "all"]), default="seg", show_default=True)
+@script(__doc__)
+@device_option()
+@click.option("--backend", default="inductor", help="torch.compile's backend (aot_eager: no codegen).")
+@click.option("--size", type=click.IntRange(min=32), default=64)
+@batch_size_option("Images per stream.", default=1)
+@click.option("--streams", type=click.Choice(["seg", "all"]), default="seg")
 @click.option("--no-bridge", is_flag=True, help="A plain U-Net step (no saliency into the decoder).")
-@click.option(
-    "--tol", type=float, default=1e-2, show_default=True, help="Largest weight-gradient relative difference."
-)
+@click.option("--tol", type=float, default=1e-2, help="Largest weight-gradient relative difference.")
 def main(
     device: str, backend: str, size: int, batch_size: int, streams: str, no_bridge: bool, tol: float
 ) -> None:

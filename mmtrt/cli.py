@@ -7,6 +7,10 @@ import importlib
 
 import click
 
+#: how every command line of the project reads: -h as well as --help, and each option's default
+#: shown in the help (an option says show_default=False, or its own text, where that misleads)
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
+
 # name -> "module:click command". Only commands that work are listed here.
 COMMANDS = {
     "synth": "mmtrt.data.commands:synth",
@@ -34,7 +38,7 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="mmtrt")
 def main():
     """Train, export, serve and benchmark MultiMix: joint chest X-ray classification + lung

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from mmtrt.cli_options import seed_option
+
 
 @click.command("init")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
+@seed_option("the random initialisation")
 def init_checkpoint(checkpoint: Path, seed: int):
     """Write a randomly initialised MultiMix CHECKPOINT (for trying export and serving before
     training; its predictions mean nothing)."""

@@ -253,6 +253,17 @@ def processes_mentioning(text: str) -> list[str]:
     ]
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM ``proc`` (if it still runs), then SIGKILL if it has not ended within ``timeout`` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ServeCommand:
     """`mmtrt serve` in a subprocess; its output lines collected by a thread."""
 
@@ -290,13 +301,7 @@ class ServeCommand:
 
     def stop(self):
         """After a failed assert: SIGTERM (mmtrt serve cleans up), SIGKILL if that hangs."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 60)
 
     def finish(self, timeout: float = 60.0) -> int:
         code = self.proc.wait(timeout)

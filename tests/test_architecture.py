@@ -141,7 +141,7 @@ def test_tests_import_helpers_not_other_tests():
 
 # Test folders that name no folder of the repository, and what they hold.
 TEST_FOLDERS_BEYOND_THE_LAYOUT = {
-    "model": "mmtrt's top-level modules (model, checkpoint, import_weights)",
+    "model": "mmtrt's top-level modules (model, checkpoint, import_weights, cli_options)",
     "integration": "end-to-end runs across packages",
 }
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from mmtrt.cli import CONTEXT_SETTINGS
+
 from .config import TrainConfig
 
 PROG = "python -m train"
@@ -32,7 +34,7 @@ def _option(f: dataclasses.Field):
     if not help_text:
         raise AssertionError(f"TrainConfig.{f.name} has no help text")
     flag = "--" + f.name.replace("_", "-")
-    kwargs: dict[str, Any] = {"help": help_text, "show_default": True}
+    kwargs: dict[str, Any] = {"help": help_text}
     if meta.pop("required", False):
         kwargs["required"] = True
     negatable = meta.pop("negatable", False)
@@ -50,7 +52,7 @@ def _with_config_options(fn):
     return fn
 
 
-@click.command("train", help=DESCRIPTION, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("train", help=DESCRIPTION, context_settings=CONTEXT_SETTINGS)
 @_with_config_options
 def train_command(**options):
     config = _config(options)

@@ -9,16 +9,7 @@ from pathlib import Path
 import click
 
 from mmtrt.bench.targets import TARGETS, default_targets
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"{text!r}: give positive integers")
-    return values
+from mmtrt.cli_options import IntList, NameList, batch_sizes_option, device_option
 
 
 def _names(select) -> str:
@@ -28,18 +19,11 @@ def _names(select) -> str:
 @click.command("bench")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench"), show_default=True
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Where the in-process targets run; on cuda each call is timed with CUDA events.",
-)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench"))
+@device_option("Where the in-process targets run; on cuda each call is timed with CUDA events.")
 @click.option(
     "--targets",
+    type=NameList(TARGETS),
     default=None,
     help="Comma-separated, from "
     + _names(lambda t: t.devices == ("cpu", "cuda"))
@@ -57,37 +41,29 @@ def _names(select) -> str:
     + ", leaving out with a note tensorrt and onnxruntime where they cannot run. "
     "'compiled' costs minutes of compile on a CPU.",
 )
+@batch_sizes_option("1,4,8", "Batch sizes of the in-process sweep (comma-separated).")
 @click.option(
-    "--batch-size",
-    "batch_sizes",
-    default="1,4,8",
-    show_default=True,
-    help="Batch sizes of the in-process sweep (comma-separated).",
-)
-@click.option(
-    "--concurrency", default="1,2,4,8", show_default=True, help="Client counts of the Triton sweep."
+    "--concurrency",
+    type=IntList(),
+    default="1,2,4,8",
+    help="Client counts of the Triton sweep (comma-separated).",
 )
 @click.option(
     "--triton-batch-size",
     type=click.IntRange(min=1),
     default=8,
-    show_default=True,
     help="Images per request in the Triton sweep.",
 )
 @click.option(
     "--file-size",
     default=1024,
-    show_default=True,
     type=click.IntRange(16, 4096),
     help="triton-bytes: rows and columns of the 8-bit PNG files it sends (1024: the NIH ChestX-ray14 format).",
 )
-@click.option(
-    "--seconds", default=3.0, show_default=True, help="Timed seconds per measurement (after warm-up)."
-)
+@click.option("--seconds", default=3.0, help="Timed seconds per measurement (after warm-up).")
 @click.option(
     "--perf-analyzer/--no-perf-analyzer",
     default=True,
-    show_default=True,
     help="Also measure with Triton's perf_analyzer where it can run.",
 )
 def bench(
@@ -107,10 +83,7 @@ def bench(
     PyTorch (reference path, shared-pass eager, compiled; on a GPU also CUDA graphs and fp16/bf16),
     onnxruntime (fused and split graphs), TensorRT engines (GPU) and a Triton server (HTTP and
     gRPC, concurrency sweep). Writes OUT/bench.{json,md} and plots."""
-    wanted = [t for t in targets.split(",") if t] if targets else default_targets(device)
-    unknown = set(wanted) - set(TARGETS)
-    if unknown:
-        raise click.BadParameter(f"unknown target(s) {sorted(unknown)}", param_hint="--targets")
+    wanted = targets or default_targets(device)
     cpu_only = [t for t in wanted if TARGETS[t].devices == ("cpu",)]
     if device == "cuda" and cpu_only:
         raise click.BadParameter(
@@ -127,7 +100,6 @@ def bench(
             ),
             param_hint="--targets",
         )
-    batch_sizes, clients = _ints(batch_sizes), _ints(concurrency)
 
     import torch
 
@@ -143,7 +115,7 @@ def bench(
     from mmtrt.export.tensorrt import EngineBuildError, TensorRTUnavailable
 
     served = len([t for t in wanted if TARGETS[t].served])
-    steps = (len(wanted) - served) * len(batch_sizes) + served * 2 * len(clients)
+    steps = (len(wanted) - served) * len(batch_sizes) + served * 2 * len(concurrency)
     try:
         with tqdm(total=steps, desc="bench", unit="measurement") as progress:
             runner.run_bench(
@@ -153,7 +125,7 @@ def bench(
                 device=device,
                 targets=wanted,
                 batch_sizes=batch_sizes,
-                concurrency=clients,
+                concurrency=concurrency,
                 triton_batch_size=triton_batch_size,
                 file_size=file_size,
                 seconds=seconds,

@@ -47,6 +47,14 @@ class Target:
 
 CPU, CUDA, BOTH = ("cpu",), ("cuda",), ("cpu", "cuda")
 
+
+def _pytorch_on_cuda(name: str, precision: str = "fp32", compile_mode: str | None = None) -> Target:
+    """A shared-pass PyTorch target that runs, and is measured by default, on a GPU only."""
+    return Target(
+        name, "pytorch", "shared-pass", precision, compile_mode=compile_mode, devices=CUDA, default_on=CUDA
+    )
+
+
 # eager-bf16 would run on a CPU, but emulated where the CPU has no bfloat16 arithmetic (about 30x
 # slower than float32 on this project's CPU machine): CUDA only. The OpenVINO targets run on its CPU
 # plugin (precision hint f32; -bf16: over the export's bf16 copies, an export made with
@@ -56,25 +64,10 @@ _REGISTRY = (
     Target("reference", "pytorch", "reference", default_on=BOTH),
     Target("eager", "pytorch", "shared-pass", default_on=BOTH),
     Target("compiled", "pytorch", "shared-pass", compile_mode="default", default_on=CUDA),
-    Target(
-        "cuda-graphs",
-        "pytorch",
-        "shared-pass",
-        compile_mode="reduce-overhead",
-        devices=CUDA,
-        default_on=CUDA,
-    ),
-    Target("eager-fp16", "pytorch", "shared-pass", "fp16", devices=CUDA, default_on=CUDA),
-    Target(
-        "compiled-fp16",
-        "pytorch",
-        "shared-pass",
-        "fp16",
-        compile_mode="default",
-        devices=CUDA,
-        default_on=CUDA,
-    ),
-    Target("eager-bf16", "pytorch", "shared-pass", "bf16", devices=CUDA, default_on=CUDA),
+    _pytorch_on_cuda("cuda-graphs", compile_mode="reduce-overhead"),
+    _pytorch_on_cuda("eager-fp16", "fp16"),
+    _pytorch_on_cuda("compiled-fp16", "fp16", compile_mode="default"),
+    _pytorch_on_cuda("eager-bf16", "bf16"),
     Target("ort-fused", "onnxruntime", "fused", default_on=BOTH),
     Target("ort-split", "onnxruntime", "joint", default_on=BOTH),
     Target("ort-encoder", "onnxruntime", "classify", default_on=BOTH),

@@ -7,26 +7,19 @@ from pathlib import Path
 
 import click
 
+from mmtrt.cli_options import difficulty_option, seed_option
+
 
 @click.command("synth")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--n-cls", default=200, show_default=True, help="Classification images per split (train/val/test)."
-)
-@click.option("--n-seg", default=40, show_default=True, help="Segmentation image/mask pairs per split.")
-@click.option("--seed", default=0, show_default=True)
-@click.option(
-    "--difficulty",
-    default=0.5,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="How subtle the pneumonia signal is: 0 obvious, 1 invisible.",
-)
+@click.option("--n-cls", default=200, help="Classification images per split (train/val/test).")
+@click.option("--n-seg", default=40, help="Segmentation image/mask pairs per split.")
+@seed_option("the images (the same seed writes the same files)")
+@difficulty_option(0.5)
 @click.option(
     "--source",
     type=click.Choice(["default", "kermany", "nih", "jsrt", "montgomery"]),
     default="default",
-    show_default=True,
     help="default: both tasks, the generator as it is. A named source differs the way that data "
     "set does (anatomy, intensities, noise, borders, text, size, bit depth, layout; see "
     "mmtrt/data/sources.py) and writes one task: kermany/nih --n-cls classification images, "

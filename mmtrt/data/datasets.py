@@ -109,14 +109,10 @@ class _BadFilePolicy:
 # ------------------------------------------------------------------------------------------------
 
 
-class ClassificationFolder(Dataset):
-    """Kermany-style classification folders: ``root/[split/]{NORMAL,PNEUMONIA}/*.png|jpg|jpeg``
-    (extensions case-insensitive; .bmp/.gif/.tif are accepted too, see IMAGE_EXTENSIONS).
-
-    Items are ``(image float32 tensor [1, size, size] in [0, 1], label int)`` with NORMAL = 0,
-    PNEUMONIA = 1. Files are checked cheaply at construction (see ``on_bad``); a file that still
-    fails to decode later raises DataError from ``__getitem__``.
-    """
+class _ImageFolder(Dataset):
+    """What both loaders share: the folder ``root/[split/]``, the image side ``size``, the bad-file
+    policy ``on_bad`` ("error", or "skip": each skipped file in ``.skipped``) and ``paths``, the
+    images read. A subclass lists its files in ``_scan``."""
 
     def __init__(
         self,
@@ -129,6 +125,27 @@ class ClassificationFolder(Dataset):
         policy = _BadFilePolicy(on_bad)
         self.root = _base_folder(root, split)
         self.size = int(size)
+        self._scan(policy)
+        self.skipped = policy.skipped
+        policy.report(self.root)
+
+    def _scan(self, policy: _BadFilePolicy) -> None:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+class ClassificationFolder(_ImageFolder):
+    """Kermany-style classification folders: ``root/[split/]{NORMAL,PNEUMONIA}/*.png|jpg|jpeg``
+    (extensions case-insensitive; .bmp/.gif/.tif are accepted too, see IMAGE_EXTENSIONS).
+
+    Items are ``(image float32 tensor [1, size, size] in [0, 1], label int)`` with NORMAL = 0,
+    PNEUMONIA = 1. Files are checked cheaply at construction (see ``on_bad``); a file that still
+    fails to decode later raises DataError from ``__getitem__``.
+    """
+
+    def _scan(self, policy: _BadFilePolicy) -> None:
         self.classes = CLASSES
         self.paths: list[Path] = []
         self.labels: list[int] = []
@@ -154,18 +171,13 @@ class ClassificationFolder(Dataset):
         extra = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name not in CLASSES)
         if extra:
             log.warning("%s: ignoring folders that are not classes: %s", self.root, extra)
-        self.skipped = policy.skipped
-        policy.report(self.root)
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = load_image(self.paths[i], self.size)
         return torch.from_numpy(img[None]), self.labels[i]
 
 
-class SegmentationPairs(Dataset):
+class SegmentationPairs(_ImageFolder):
     """Image + lung-mask pairs in JSRT-style (``images/`` + ``masks/``, matched by file stem,
     any image extension; a mask named ``STEM_mask.ext`` is accepted too) or Montgomery-style
     (``CXR_png/`` + ``ManualMask/leftMask/`` + ``ManualMask/rightMask/``, left OR right) layout,
@@ -176,17 +188,7 @@ class SegmentationPairs(Dataset):
     construction, and again on decoding).
     """
 
-    def __init__(
-        self,
-        root: PathLike,
-        split: str | None = None,
-        *,
-        on_bad: str = "error",
-        size: int = IMAGE_SIZE,
-    ):
-        policy = _BadFilePolicy(on_bad)
-        self.root = _base_folder(root, split)
-        self.size = int(size)
+    def _scan(self, policy: _BadFilePolicy) -> None:
         r = self.root
         if (r / "images").is_dir() and (r / "masks").is_dir():
             self.layout = "jsrt"
@@ -239,8 +241,6 @@ class SegmentationPairs(Dataset):
         orphans = sum(len(v) for idx in indexes for v in idx.values()) - len(used)
         if orphans > 0:
             log.warning("%s: %d mask file(s) have no image; ignored", r, orphans)
-        self.skipped = policy.skipped
-        policy.report(r)
 
     @staticmethod
     def _match(img: Path, mask_dir: Path, idx: dict[str, list[Path]]) -> Path:
@@ -254,9 +254,6 @@ class SegmentationPairs(Dataset):
     @property
     def paths(self) -> list[Path]:
         return self.image_paths
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img_path = self.image_paths[i]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from mmtrt.serving.client import JOINT_MODEL, PROTOCOLS
+from mmtrt.cli_options import batch_size_option, seed_option, server_options
+from mmtrt.serving.client import JOINT_MODEL
 
 
 def _name_for(path: Path) -> str:
@@ -32,51 +33,31 @@ def _name_for(path: Path) -> str:
 @click.option("--cross-cls", type=click.Path(path_type=Path), help="Cross-domain classification root.")
 @click.option("--cross-seg", type=click.Path(path_type=Path), help="Cross-domain segmentation root.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option(
-    "--split", default="test", show_default=True, help="Split folder under each root ('' = the root itself)."
-)
+@click.option("--split", default="test", help="Split folder under each root ('' = the root itself).")
 @click.option(
     "--name",
     "names",
     multiple=True,
     help="Display name of each checkpoint, in order [default: from the path].",
 )
-@click.option("--url", default=None, help="Also (or only) evaluate the model served by Triton at host:port.")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
-@click.option(
-    "--model",
-    "served_model",
-    default=JOINT_MODEL,
-    show_default=True,
-    help="Served model name (the joint model).",
+@server_options(
+    "Also (or only) evaluate the model served by Triton at this address; an http(s):// or "
+    "grpc(s):// prefix is accepted. Repeat it for several servers of the same model: the "
+    "requests are spread over those that are ready, and one whose server fails is sent to another."
 )
-@click.option(
-    "--retries",
-    default=2,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Failures in a row after which the server is given up (at connection and for each request).",
-)
-@click.option(
-    "--batch-size",
-    default=8,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Images per forward / request (capped at the served model's max_batch_size).",
-)
+@click.option("--model", "served_model", default=JOINT_MODEL, help="Served model name (the joint model).")
+@batch_size_option("Images per forward / request (capped at the served model's max_batch_size).")
 @click.option(
     "--bootstrap",
     "n_boot",
     default=1000,
-    show_default=True,
     type=click.IntRange(min=10),
     help="Bootstrap resamples of the 95% intervals.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap.")
+@seed_option("the bootstrap")
 @click.option(
     "--gallery",
     default=4,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Images per boundary / saliency figure.",
 )
@@ -89,18 +70,19 @@ def _name_for(path: Path) -> str:
 @click.option(
     "--threads",
     default=0,
-    show_default=True,
     type=click.IntRange(min=0),
     help="torch CPU threads (0 = torch's default).",
 )
 def evaluate(
-    checkpoints, cls_data, seg_data, cross_cls, cross_seg, out, split, names, url, protocol,
-    served_model, retries, batch_size, n_boot, seed, gallery, seg_spacing, threads,
+    checkpoints, cls_data, seg_data, cross_cls, cross_seg, out, split, names, server, served_model,
+    batch_size, n_boot, seed, gallery, seg_spacing, threads,
 ):  # fmt: skip
     """Evaluate CHECKPOINT(s) and/or a served model (--url) on the test split of the in-domain
     (--cls-data/--seg-data) and cross-domain (--cross-cls/--cross-seg) sources: accuracy, F1,
     ROC AUC, Dice, Jaccard, HD95, ASSD... with 95% bootstrap intervals, in OUT/metrics.json,
     summary.csv, per_image.csv, figures/ and one self-contained OUT/report.html."""
+    from mmtrt.serving.errors import InferError
+
     from .predictors import CheckpointPredictor, EvaluateError, TritonPredictor
     from .run import Domain
     from .run import evaluate as run
@@ -109,7 +91,7 @@ def evaluate(
         click.echo(f"Error: {msg}", err=True)
         sys.exit(1)
 
-    if not checkpoints and not url:
+    if not checkpoints and not server.urls:
         fail("give at least one CHECKPOINT or --url")
     if names and len(names) != len(checkpoints):
         fail(f"{len(names)} --name for {len(checkpoints)} checkpoint(s)")
@@ -131,15 +113,15 @@ def evaluate(
     try:
         for i, ckpt in enumerate(checkpoints):
             predictors.append(CheckpointPredictor(ckpt, name=names[i] if names else _name_for(ckpt)))
-        if url:
-            say = lambda m: click.echo(m, err=True)  # noqa: E731
-            predictors.append(TritonPredictor(url, protocol, served_model, retries=retries, say=say))
+        if server.urls:
+            servers = server.servers(say=lambda m: click.echo(m, err=True))
+            predictors.append(TritonPredictor(servers, served_model))
         domains = [Domain("in-domain", cls_data, seg_data), Domain("cross-domain", cross_cls, cross_seg)]
         run(
             predictors, domains, out, split=split or None, batch=batch_size, n_boot=n_boot, seed=seed,
             gallery=gallery, seg_spacing=seg_spacing, say=click.echo,
         )  # fmt: skip
-    except EvaluateError as e:
+    except (EvaluateError, InferError) as e:  # InferError: an unusable --url
         fail(str(e))
     finally:
         for p in predictors:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmtrt.serving.client import JOINT_MODEL
+from mmtrt.serving.client import JOINT_MODEL, Servers
 
 __all__ = ["EvaluateError", "CheckpointPredictor", "TritonPredictor"]
 
@@ -83,32 +83,25 @@ class CheckpointPredictor:
 
 
 class TritonPredictor:
-    """A MultiMix model on a running Triton server (``mmtrt serve``), through
-    :mod:`mmtrt.serving.client`: the images are sent as they are (FP32 [B, 1, 256, 256], in
-    batches of at most the model's max_batch_size); the joint model's ``probs``, ``mask`` and
-    ``saliency`` outputs come back. A request that fails transiently is sent again, as by every
-    client of mmtrt (the server is given up after ``retries`` failures in a row)."""
+    """A MultiMix model on running Triton servers (``mmtrt serve``; one or several of the same
+    model, used as one with fail-over: :class:`mmtrt.serving.client.Servers`): the images are
+    sent as they are (FP32 [B, 1, 256, 256], in batches of at most the model's max_batch_size);
+    the joint model's ``probs``, ``mask`` and ``saliency`` outputs come back. A request that
+    fails transiently is sent again, as by every client of mmtrt (a server is given up after
+    ``servers.retries`` failures in a row)."""
 
     kind = "triton"
     image_size = 256  # the exported graphs' input size
 
-    def __init__(
-        self,
-        url: str,
-        protocol: str = "http",
-        model: str = JOINT_MODEL,
-        name: str | None = None,
-        retries: int = 2,
-        say=lambda _m: None,
-    ):
-        from mmtrt.serving.client import Servers
+    def __init__(self, servers: Servers, model: str = JOINT_MODEL, name: str | None = None):
         from mmtrt.serving.errors import InferError
 
-        self.url, self.protocol, self.model = url, protocol, model
+        self.model = model
+        self.where = ", ".join(e.url for e in servers.endpoints) + f" ({servers.protocol})"
         self.name = name or f"triton:{model}"
-        self.source = f"{protocol}://{url}/{model}"
+        self.source = " ".join(f"{servers.protocol}://{e.url}/{model}" for e in servers.endpoints)
+        self._servers = servers
         try:
-            self._servers = Servers([url], protocol, retries=retries, say=say)
             with self._servers.first_ready() as client:
                 info = client.ready_model(model)
         except InferError as e:
@@ -117,8 +110,8 @@ class TritonPredictor:
         missing = [o for o in self.OUTPUTS if o not in info.output_names]
         if missing:
             raise EvaluateError(
-                f"model '{model}' at {url} has no {missing} output(s) (outputs: {info.output_names}); "
-                "evaluate needs the joint model (mmtrt repo's 'multimix')"
+                f"model '{model}' at {self.where} has no {missing} output(s) (outputs: "
+                f"{info.output_names}); evaluate needs the joint model (mmtrt repo's 'multimix')"
             )
         self._session = self._servers.session()
 
@@ -137,7 +130,7 @@ class TritonPredictor:
             try:
                 answer = self._session.send(self.model, image_inputs(images[s : s + step]), self.OUTPUTS)
             except Exception as e:  # noqa: BLE001 - rejected, or the server gone for good
-                raise EvaluateError(f"inference on {self.url} ({self.protocol}) failed: {e}") from None
+                raise EvaluateError(f"inference on {self.where} failed: {e}") from None
             parts.append(answer.outputs)
         probs = np.concatenate([p["probs"] for p in parts]).astype(np.float32)
         mask = np.concatenate([p["mask"] for p in parts])[:, 0].astype(np.float32)

@@ -109,29 +109,42 @@ def _batches(n: int, size: int):
         yield list(range(s, min(n, s + size)))
 
 
+def _predicted_batches(
+    predictor, domain: Domain, task: str, dataset, batch: int, hist: dict | None, need_mask
+):
+    """Each batch of ``dataset`` with the predictor's outputs, as (indices, items, images, outputs),
+    under a progress bar; ``need_mask(indices)``: whether that batch needs the mask and saliency.
+    Adds the images' intensity histogram to ``hist`` (when given) under "<domain> <task>"."""
+    from tqdm import tqdm
+
+    key, desc = f"{domain.name} {task}", f"{predictor.name} | {domain.name} | {task}"
+    with tqdm(total=len(dataset), desc=desc, unit="img", leave=False, disable=None) as bar:
+        for idx in _batches(len(dataset), batch):
+            items = [dataset[i] for i in idx]
+            x = np.stack([im.numpy() for im, _ in items])
+            if hist is not None:
+                hist.setdefault(key, np.zeros(HIST_BINS))
+                hist[key] += np.histogram(x, bins=HIST_BINS, range=(0, 1))[0]
+            yield idx, items, x, predictor.predict(x, need_mask=need_mask(idx))
+            bar.update(len(idx))
+
+
 def _collect(
     predictor, domain: Domain, sets: dict, spacing: dict, gallery: int, batch: int, hist: dict | None
 ):
-    from tqdm import tqdm
-
     out = Collected()
     t0 = time.perf_counter()
     cls_set = sets.get("cls")
     if cls_set is not None:
         labels, probs = [], []
         picks = set(_pick_cls(list(cls_set.labels), gallery))
-        bar = tqdm(
-            total=len(cls_set),
-            desc=f"{predictor.name} | {domain.name} | cls",
-            unit="img",
-            leave=False,
-            disable=None,
-        )
-        for idx in _batches(len(cls_set), batch):
-            items = [cls_set[i] for i in idx]
-            x = np.stack([im.numpy() for im, _ in items])
-            need_mask = predictor.kind == "triton" or any(i in picks for i in idx)
-            res = predictor.predict(x, need_mask=need_mask)
+
+        def need_mask(idx):
+            return predictor.kind == "triton" or any(i in picks for i in idx)
+
+        for idx, items, x, res in _predicted_batches(
+            predictor, domain, "cls", cls_set, batch, hist, need_mask
+        ):
             probs.append(res["probs"])
             labels += [int(y) for _, y in items]
             for j, i in enumerate(idx):
@@ -141,28 +154,14 @@ def _collect(
                         "saliency": res["saliency"][j],
                         "probs": res["probs"][j],
                     }
-            if hist is not None:
-                hist.setdefault(f"{domain.name} cls", np.zeros(HIST_BINS))
-                hist[f"{domain.name} cls"] += np.histogram(x, bins=HIST_BINS, range=(0, 1))[0]
-            bar.update(len(idx))
-        bar.close()
         out.cls_labels = np.array(labels)
         out.cls_probs = np.concatenate(probs)
         out.cls_files = [str(p) for p in cls_set.paths]
     seg_set = sets.get("seg")
     if seg_set is not None:
         picks = set(_pick(len(seg_set), gallery))
-        bar = tqdm(
-            total=len(seg_set),
-            desc=f"{predictor.name} | {domain.name} | seg",
-            unit="img",
-            leave=False,
-            disable=None,
-        )
-        for idx in _batches(len(seg_set), batch):
-            items = [seg_set[i] for i in idx]
-            x = np.stack([im.numpy() for im, _ in items])
-            res = predictor.predict(x, need_mask=True)
+        batches = _predicted_batches(predictor, domain, "seg", seg_set, batch, hist, lambda idx: True)
+        for idx, items, x, res in batches:
             for j, i in enumerate(idx):
                 target = items[j][1].numpy()[0] > 0.5
                 prob = res["mask"][j]
@@ -175,11 +174,6 @@ def _collect(
                         "pred": prob > MASK_THRESHOLD,
                         "saliency": res["saliency"][j],
                     }
-            if hist is not None:
-                hist.setdefault(f"{domain.name} seg", np.zeros(HIST_BINS))
-                hist[f"{domain.name} seg"] += np.histogram(x, bins=HIST_BINS, range=(0, 1))[0]
-            bar.update(len(idx))
-        bar.close()
         out.seg_files = [str(p) for p in seg_set.paths]
     out.seconds = time.perf_counter() - t0
     return out

@@ -16,14 +16,12 @@ from mmtrt.export.exporter import DEFAULT_MAX_BATCH
     "--precision",
     type=click.Choice(["fp32", "fp16", "bf16"]),
     default="fp32",
-    show_default=True,
     help="fp32 graphs are always written; fp16/bf16 add mixed-precision copies and engines.",
 )
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_BATCH,
-    show_default=True,
     help="Largest batch: validated, and the TensorRT profile's max.",
 )
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 18; 22 for bf16].")
@@ -31,7 +29,6 @@ from mmtrt.export.exporter import DEFAULT_MAX_BATCH
 @click.option(
     "--engines/--no-engines",
     default=True,
-    show_default=True,
     help="Build TensorRT engines when TensorRT and a CUDA GPU are present.",
 )
 def export(checkpoint, out, precision, max_batch, opset, overwrite, engines):

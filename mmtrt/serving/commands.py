@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from .client import CLASSIFIER_MODEL, DEFAULT_PORTS, FILE_MODELS, IMAGE_MODEL, JOINT_MODEL, PROTOCOLS
+from mmtrt.cli_options import ServerOptions, batch_size_option, server_options
+
+from .client import CLASSIFIER_MODEL, DEFAULT_PORTS, FILE_MODELS, IMAGE_MODEL, JOINT_MODEL
 from .replicas import ServeSettings
 from .settings import Option, RepositorySettings, from_options, options
 from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S, RestartPolicy
@@ -220,47 +222,34 @@ def serve(
 
 @click.command("infer")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--url",
-    "urls",
-    multiple=True,
-    help=f"Server address host:port [default: 127.0.0.1:{DEFAULT_PORTS['http']} for http, "
+@server_options(
+    f"Server address [default: 127.0.0.1:{DEFAULT_PORTS['http']} for http, "
     f"127.0.0.1:{DEFAULT_PORTS['grpc']} for grpc]; an http(s):// or grpc(s):// prefix is accepted. "
     "Repeat it for several servers: the batches are spread over those that are ready, and a "
     "batch whose server fails is sent to another (each image answered once; its JSON names the "
-    "server).",
+    "server)."
 )
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option(
     "--model",
     type=click.Choice([JOINT_MODEL, CLASSIFIER_MODEL]),
     default=JOINT_MODEL,
-    show_default=True,
     help=f"{JOINT_MODEL}: class + lung mask + saliency; {CLASSIFIER_MODEL}: class only.",
 )
 @click.option(
     "--send",
     type=click.Choice(["auto", "bytes", "tensor"]),
     default="auto",
-    show_default=True,
     help="What goes to the server: tensor, the images decoded here (to --model); bytes, the "
     "files themselves, decoded in the server by the decoder copied into the repository (to "
     f"{IMAGE_MODEL}; --model {JOINT_MODEL} only); auto, bytes for DICOM files (.dcm or a DICM "
     "preamble) and tensors for the others. Each file is decoded here too, for its overlay, "
     "metadata and DICOM results.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Images per request (capped at the model's max_batch_size).",
-)
+@batch_size_option("Images per request (capped at the model's max_batch_size).")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("predictions"),
-    show_default=True,
     help="Folder for the JSON and PNG overlay of each image.",
 )
 @click.option(
@@ -278,42 +267,15 @@ def serve(
     help="manifest.json of the export the server runs: its checkpoint sha256 is recorded in "
     "the DICOM results (else they say 'unknown').",
 )
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Failures in a row after which a server is given up: at connection, and for the "
-    "batches (a server restarting, a model's stub process restarted).",
-)
-@click.option(
-    "--retry-delay",
-    type=click.FloatRange(min=0),
-    default=0.5,
-    show_default=True,
-    help="First retry delay in seconds; doubled at each retry.",
-)
-@click.option(
-    "--header",
-    "headers",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="HTTP/gRPC header sent with every request (e.g. for a restricted API or a "
-    "proxy's auth); repeatable.",
-)
 def infer(
     images: tuple[Path, ...],
-    urls: tuple[str, ...],
-    protocol: str,
+    server: ServerOptions,
     model: str,
     send: str,
     batch_size: int,
     out: Path,
     dicom_out: Path | None,
     export_manifest: Path | None,
-    retries: int,
-    retry_delay: float,
-    headers: tuple[str, ...],
 ):
     """Classify IMAGES (PNG/JPEG/TIFF/DICOM of any size, or folders of them) with a running
     server: per image OUT/<name>.json (probabilities, label, lung-mask fraction, the image's
@@ -323,7 +285,6 @@ def infer(
     --dicom-out each also gets a DICOM Segmentation and a Secondary Capture. Exits non-zero if
     any image failed. With several --url, batches are spread over the
     servers that are ready and a failed server's batches go to the others."""
-    from .client import Backoff, Servers
     from .infer import InferError, expand_inputs, infer_files
 
     if send == "bytes" and model not in FILE_MODELS:
@@ -332,12 +293,6 @@ def infer(
             + ", ".join(f"{v} (--model {k})" for k, v in FILE_MODELS.items()),
             param_hint="--send bytes",
         )
-    header_dict = {}
-    for h in headers:
-        key, sep, value = h.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{h!r} is not KEY=VALUE", param_hint="--header")
-        header_dict[key] = value
     paths = expand_inputs(images)
     if not paths:
         raise click.ClickException("no image files given (the folders hold none)")
@@ -355,17 +310,9 @@ def infer(
         click.echo(line, err=True)
 
     try:
-        servers = Servers(
-            urls or [f"127.0.0.1:{DEFAULT_PORTS[protocol]}"],
-            protocol,
-            headers=header_dict or None,
-            retries=retries,
-            backoff=Backoff(retry_delay),
-            say=say,
-        )
         results = infer_files(
             paths,
-            servers,
+            server.servers(say),
             model=model,
             send=send,
             batch_size=batch_size,

@@ -314,23 +314,19 @@ def test_cpu_only_openvino_targets_are_refused_on_cuda(tmp_path):
     assert result.exit_code == 2 and "ov-split: OpenVINO CPU target(s), give --device cpu" in result.output
 
 
+def bench_run(checkpoint: Path, export: Path, out: Path, *options) -> tuple[dict, str]:
+    """`mmtrt bench CHECKPOINT EXPORT --seconds 0 --out OUT OPTIONS`, which must succeed: its
+    bench.json and its output."""
+    result = invoke("bench", checkpoint, export, "--seconds", "0", "--out", out, *options)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "bench.json").read_text()), result.output
+
+
 def test_bench_on_the_cpu_writes_every_batch_even_above_the_image_pool(tmp_path, checkpoint, sum_export):
     out = tmp_path / "out"
-    result = invoke(
-        "bench",
-        checkpoint,
-        sum_export,
-        "--targets",
-        "ort-fused,ort-split",
-        "--batch-size",
-        "1,40",
-        "--seconds",
-        "0",
-        "--out",
-        out,
+    report, output = bench_run(
+        checkpoint, sum_export, out, "--targets", "ort-fused,ort-split", "--batch-size", "1,40"
     )
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "bench.json").read_text())
     assert [(r["target"], r["batch"]) for r in report["in_process"]] == [
         ("ort-fused", 1),
         ("ort-split", 1),
@@ -339,9 +335,7 @@ def test_bench_on_the_cpu_writes_every_batch_even_above_the_image_pool(tmp_path,
     ]
     assert (out / "bench.md").is_file() and (out / "bench.png").is_file()
     # measurements and ratios only: no thresholds of this project's own
-    assert (
-        "goals" not in report and "goal" not in result.output and "goal" not in (out / "bench.md").read_text()
-    )
+    assert "goals" not in report and "goal" not in output and "goal" not in (out / "bench.md").read_text()
 
 
 @pytest.mark.skipif(NO_TENSORRT is None, reason="TensorRT and a GPU are present here")
@@ -480,24 +474,10 @@ def test_the_tensorrt_target_without_engines_says_how_to_build_them(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_bench_on_the_gpu(tmp_path, checkpoint, sum_export):  # pragma: no cover - no GPU here
-    out = tmp_path / "out"
-    result = invoke(
-        "bench",
-        checkpoint,
-        sum_export,
-        "--device",
-        "cuda",
-        "--targets",
-        "eager,eager-fp16,ort-fused",
-        "--batch-size",
-        "2",
-        "--seconds",
-        "0",
-        "--out",
-        out,
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "bench.json").read_text())
+    report, _ = bench_run(
+        checkpoint, sum_export, tmp_path / "out", "--device", "cuda", "--targets", "eager,eager-fp16,ort-fused",
+        "--batch-size", "2",
+    )  # fmt: skip
     rows = {r["target"]: r for r in report["in_process"]}
     assert rows["eager"]["peak_memory_mb"] > 0 and "eager-fp16" in rows  # timed on the GPU
     assert "ort-fused" in rows or any(n.startswith("ort-fused not measured") for n in report["notes"])

@@ -14,6 +14,7 @@ from urllib.request import urlopen
 
 import pytest
 from click.testing import CliRunner
+from helpers import stop_process
 
 from mmtrt.cli import main
 from mmtrt.data import write_synthetic_datasets
@@ -118,12 +119,7 @@ class DevTools:
             self.ws.close()
         except Exception:  # noqa: BLE001
             pass
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10)
 
 
 def test_report_opens_in_chromium_with_every_image_loaded(report, tmp_path):

@@ -1,6 +1,6 @@
 """`mmtrt evaluate` of a model served by the real Triton server gives the same numbers as the
 same model's checkpoint evaluated in this process, on the same images (the server runs the
-exported graphs of ``torch.manual_seed(0); MultiMix()``, see serving_helpers.real_export)."""
+exported graphs of ``torch.manual_seed(0); MultiMix()``, see helpers.real_export)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from helpers import needs_server
 
@@ -16,7 +15,7 @@ from mmtrt.checkpoint import save_checkpoint
 from mmtrt.cli import main
 from mmtrt.data import write_synthetic_datasets
 from mmtrt.evaluate import CheckpointPredictor, TritonPredictor
-from mmtrt.model import MultiMix
+from mmtrt.serving.client import Servers
 
 pytestmark = needs_server
 
@@ -29,10 +28,10 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)  # the served model's weights (serving_helpers.real_export)
+def checkpoint(model, tmp_path_factory):
+    """The served model's weights (conftest's ``model`` and helpers.real_export: seed 0)."""
     path = tmp_path_factory.mktemp("ckpt") / "seed0.pt"
-    save_checkpoint(path, MultiMix().eval(), meta={"origin": "seed 0"})
+    save_checkpoint(path, model, meta={"origin": "seed 0"})
     return path
 
 
@@ -43,7 +42,7 @@ def test_served_outputs_equal_in_process(server, checkpoint, data, protocol):
     seg = SegmentationPairs(data / "seg", "test")
     x = np.stack([seg[i][0].numpy() for i in range(len(seg))])
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    served = TritonPredictor(url, protocol, retries=0)
+    served = TritonPredictor(Servers([url], protocol, retries=0))
     try:
         a, b = CheckpointPredictor(checkpoint).predict(x), served.predict(x)
     finally:

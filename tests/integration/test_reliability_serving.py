@@ -222,6 +222,12 @@ class InferRun:
         return self.result
 
 
+def _infer_one_image_a_request(url: str, out: Path, images: Path, *options: str) -> InferRun:
+    """`mmtrt infer IMAGES --url URL --batch-size 1 --out OUT OPTIONS`: one image a request, so
+    that the run is still going when a server is made to fail."""
+    return InferRun("--url", url, "--batch-size", "1", "--out", out, *options, images)
+
+
 def _wait_for_json(folder: Path, run: InferRun, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while not list(folder.glob("*.json")):
@@ -429,18 +435,8 @@ def test_infer_survives_server_kill_and_restart(server, image_files, references,
     doubling back-off and every image comes out right. (Over gRPC the same retries happen in
     test_serve_watchdog_restarts_a_killed_stub_under_load, through the watchdog's restart.)"""
     out = tmp_path / "out"
-    infer = InferRun(
-        "--url",
-        server.http_url,
-        "--batch-size",
-        "1",
-        "--retries",
-        "6",
-        "--retry-delay",
-        "0.5",
-        "--out",
-        out,
-        image_files,
+    infer = _infer_one_image_a_request(
+        server.http_url, out, image_files, "--retries", "6", "--retry-delay", "0.5"
     )
     regions = _shm_regions(server.pid)  # the python backend's shared memory in /dev/shm
     assert regions and all(r.exists() for r in regions)
@@ -485,18 +481,8 @@ def test_infer_gives_up_clearly_when_the_server_stays_away(server, image_files, 
     names the server and what it tried, keeps the results it has, and exits 1. (Last in the
     module: the server stays dead; the module fixture cleans up.)"""
     out = tmp_path / "out"
-    infer = InferRun(
-        "--url",
-        server.http_url,
-        "--batch-size",
-        "1",
-        "--retries",
-        "2",
-        "--retry-delay",
-        "0.2",
-        "--out",
-        out,
-        image_files,
+    infer = _infer_one_image_a_request(
+        server.http_url, out, image_files, "--retries", "2", "--retry-delay", "0.2"
     )
     _wait_for_json(out, infer)
     os.killpg(server.pid, signal.SIGKILL)

@@ -100,15 +100,15 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def test_sigkill_during_checkpoint_writes_never_corrupts_last(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", HARNESS, str(tmp_path), str(KILLS), "7"],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env=_env(),
-        cwd=REPO,
+def _python(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the repository, its output captured."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO
     )
+
+
+def test_sigkill_during_checkpoint_writes_never_corrupts_last(tmp_path):
+    proc = _python("-c", HARNESS, str(tmp_path), str(KILLS), "7", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     results = report["results"]
@@ -180,14 +180,7 @@ def test_trainer_killed_during_a_checkpoint_write_resumes(tmp_path):
     state = read_checkpoint(out / "last.pt")
     killed_at = state["trainer"]["next_step"]
     assert 1 <= killed_at <= 2
-    resumed = subprocess.run(
-        [sys.executable, "-m", "train", *_tiny_args(out, cache, "--resume")],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = _python("-m", "train", *_tiny_args(out, cache, "--resume"), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = read_checkpoint(out / "last.pt")
     assert final["trainer"]["next_step"] == 4
@@ -216,7 +209,7 @@ def test_trainer_killed_during_a_checkpoint_write_resumes(tmp_path):
 def _checkpoint(path: Path, version: int) -> str:
     torch.manual_seed(version)
     save_checkpoint(path, MultiMix(), meta={"version": version})
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return _digest(path)
 
 
 def _digest(path: Path) -> str:
@@ -267,14 +260,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, how):
         path = folder / "last.pt"
         before = _checkpoint(path, 1)
         if how == "file-size-limit":
-            r = subprocess.run(
-                [sys.executable, "-c", DISK_FULL, str(path)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                env=_env(),
-                cwd=REPO,
-            )
+            r = _python("-c", DISK_FULL, str(path), timeout=300)
             assert r.returncode == 3, r.stderr[-2000:]
             message = r.stdout.strip()
         else:
@@ -308,14 +294,7 @@ def test_disk_full_error_names_the_file_and_the_cause(tmp_path):
             except Exception as e:  # noqa: BLE001 - its message is what is tested
                 message = f"{type(e).__name__}: {e}"
         else:
-            message = subprocess.run(
-                [sys.executable, "-c", DISK_FULL, str(path)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                env=_env(),
-                cwd=REPO,
-            ).stdout
+            message = _python("-c", DISK_FULL, str(path), timeout=300).stdout
     finally:
         if mounted:
             subprocess.run(["umount", str(folder)], check=False)
