@@ -41,6 +41,12 @@ def atomic_write(path: Path, write) -> None:
         raise OSError(code, f"cannot write {path}: {why}; the previous file is unchanged", str(path)) from exc
 
 
+def atomic_write_text(path: Path, text: str) -> Path:
+    """:func:`atomic_write` of ``text`` (UTF-8); returns ``path``."""
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    return Path(path)
+
+
 def _out_of_space(exc: BaseException, tmp: Path) -> tuple[int, str] | None:
     """(errno, reason) when a failed write ran out of room, else None. Writers that keep their
     own buffers (torch.save's zip writer) report a short write as a RuntimeError ("unexpected

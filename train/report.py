@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from mmtrt.checkpoint import load_checkpoint
+from mmtrt.files import atomic_write_text
 
 from .config import TrainConfig
 from .validation import eval_sets, validate
@@ -77,4 +78,4 @@ def test_best(cfg: TrainConfig, out: Path, cls_root: Path, seg_root: Path, devic
 
 
 def write_metrics(out: Path, result: dict[str, Any]) -> None:
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=jsonable) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=jsonable) + "\n")

@@ -10,6 +10,7 @@ import platform
 from pathlib import Path
 
 from mmtrt.bench.measure import Measurement
+from mmtrt.files import atomic_write, atomic_write_text
 
 
 def environment() -> dict:
@@ -99,7 +100,7 @@ def plot_throughput(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -116,11 +117,12 @@ def write_report(
     """stem.json, stem.md and (with plot_rows) stem.png."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(
+    atomic_write_text(
+        stem.with_suffix(".json"),
         json.dumps(
             {"title": title, "command": command, "environment": env, "notes": list(notes), **sections},
             indent=2,
-        )
+        ),
     )
     md = [
         f"# {title}",
@@ -137,4 +139,4 @@ def write_report(
     if plot_rows:
         plot_throughput(plot_rows, stem.with_suffix(".png"), title)
         md += ["", f"![throughput]({stem.with_suffix('.png').name})"]
-    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")

@@ -13,6 +13,7 @@ import torch
 from mmtrt.bench.measure import Measurement, measure
 from mmtrt.bench.report import environment, ratio_table, write_report
 from mmtrt.bench.targets import TARGETS, Target
+from mmtrt.files import atomic_write
 from mmtrt.graphs import JOINT_OUTPUTS, PIPELINES, run_pipeline
 from mmtrt.runtimes import ort as ort_runtime
 
@@ -467,7 +468,7 @@ def _plot_concurrency(rows: list[dict], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -490,5 +491,5 @@ def _plot_latency(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("latency per call (ms)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmtrt.files import atomic_write
+
 DPI = 90
 
 
@@ -22,7 +24,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI, bbox_inches="tight"))
     _plt().close(fig)
     return path
 

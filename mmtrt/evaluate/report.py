@@ -9,6 +9,7 @@ import html
 import math
 from pathlib import Path
 
+from mmtrt.files import atomic_write_text
 from mmtrt.metrics import CLS_KEYS, SEG_KEYS, SEG_LOWER_IS_BETTER
 
 CSS = """
@@ -98,5 +99,4 @@ def write_html(path: Path, results: dict, figures: list[tuple[str, Path]]) -> Pa
 <h2>Figures</h2>{"".join(figs)}
 </body></html>
 """
-    Path(path).write_text(doc, encoding="utf-8")
-    return Path(path)
+    return atomic_write_text(Path(path), doc)

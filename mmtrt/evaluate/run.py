@@ -11,6 +11,7 @@ order), so per-image figures show the same images for every model.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmtrt.files import atomic_write_text
 from mmtrt.metrics import (
     CLS_KEYS,
     SEG_KEYS,
@@ -314,7 +316,9 @@ def evaluate(
             for name, per in collected.items()
         },
     }
-    (out / "metrics.json").write_text(json.dumps(_finite(results), indent=2, default=_json_default) + "\n")
+    atomic_write_text(
+        out / "metrics.json", json.dumps(_finite(results), indent=2, default=_json_default) + "\n"
+    )
     _write_csvs(out, results, collected)
     figs = figures.make_all(out / "figures", results, collected, hist)
     report.write_html(out / "report.html", results, figs)
@@ -342,34 +346,44 @@ def _json_default(x):
 
 
 def _write_csvs(out: Path, results: dict, collected: dict) -> None:
-    with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "domain", "task", "metric", "value", "ci95_low", "ci95_high", "n"])
-        for model, per in results["results"].items():
-            for dom, r in per.items():
-                for task, key in (("classification", "value"), ("segmentation", "mean")):
-                    block = r.get(task)
-                    if not block:
-                        continue
-                    for k, v in block.items():
-                        if isinstance(v, dict) and key in v:
-                            w.writerow([model, dom, task, k, v[key], *v["ci95"], block["n"]])
-    with open(out / "per_image.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["model", "domain", "task", "file", "label", "p_pneumonia", "predicted", *SEG_KEYS, "ssim"]
-        )
-        for model, per in collected.items():
-            for dom, c in per.items():
-                if c.cls_labels is not None:
-                    for fname, y, p in zip(c.cls_files, c.cls_labels, c.cls_probs):
-                        w.writerow(
-                            [model, dom, "classification", fname, int(y), f"{p[1]:.6f}", int(np.argmax(p))]
-                            + [""] * (len(SEG_KEYS) + 1)
-                        )
-                for fname, m in zip(c.seg_files, c.seg_metrics):
-                    w.writerow(
-                        [model, dom, "segmentation", fname, "", "", ""]
-                        + [f"{m[k]:.6f}" for k in SEG_KEYS]
-                        + [f"{m['ssim']:.6f}" if "ssim" in m else ""]
+    summary = []
+    for model, per in results["results"].items():
+        for dom, r in per.items():
+            for task, key in (("classification", "value"), ("segmentation", "mean")):
+                block = r.get(task)
+                if not block:
+                    continue
+                for k, v in block.items():
+                    if isinstance(v, dict) and key in v:
+                        summary.append([model, dom, task, k, v[key], *v["ci95"], block["n"]])
+    _write_csv(
+        out / "summary.csv",
+        ["model", "domain", "task", "metric", "value", "ci95_low", "ci95_high", "n"],
+        summary,
+    )
+    per_image = []
+    for model, per in collected.items():
+        for dom, c in per.items():
+            if c.cls_labels is not None:
+                for fname, y, p in zip(c.cls_files, c.cls_labels, c.cls_probs):
+                    per_image.append(
+                        [model, dom, "classification", fname, int(y), f"{p[1]:.6f}", int(np.argmax(p))]
+                        + [""] * (len(SEG_KEYS) + 1)
                     )
+            for fname, m in zip(c.seg_files, c.seg_metrics):
+                per_image.append(
+                    [model, dom, "segmentation", fname, "", "", ""]
+                    + [f"{m[k]:.6f}" for k in SEG_KEYS]
+                    + [f"{m['ssim']:.6f}" if "ssim" in m else ""]
+                )
+    _write_csv(
+        out / "per_image.csv",
+        ["model", "domain", "task", "file", "label", "p_pneumonia", "predicted", *SEG_KEYS, "ssim"],
+        per_image,
+    )
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([header, *rows])
+    atomic_write_text(path, text.getvalue())

@@ -192,9 +192,7 @@ def render_overlay(
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    tmp.replace(path)
+    atomic_write(path, lambda fh: fig.savefig(fh, dpi=dpi, format="png"))
     return path
 
 

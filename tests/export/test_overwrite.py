@@ -68,3 +68,16 @@ def test_repo_overwrite_refuses_a_foreign_folder_at_once(tmp_path, export_dir):
     result = CliRunner().invoke(main, ["repo", str(export_dir), str(out), "--overwrite"])
     assert result.exit_code != 0 and "was not written by mmtrt" in result.output, result.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_atomic_writes_replace_a_planted_link_instead_of_following_it(tmp_path):
+    from mmtrt.files import atomic_write_text
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    report = tmp_path / "metrics.json"
+    report.symlink_to(victim)
+    atomic_write_text(report, "{}\n")
+    assert victim.read_text() == "keep" and not report.is_symlink() and report.read_text() == "{}\n"
+    assert oct(report.stat().st_mode & 0o777) == "0o600"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "victim.txt"]  # no temporary left

@@ -179,3 +179,23 @@ def test_url_forms():
     assert parse_url("https://triton.example.org", "http") == ("triton.example.org:8000", True)
     assert parse_url("localhost", "grpc") == ("localhost:8001", False)
     assert parse_url("[::1]:9001", "grpc") == ("[::1]:9001", False)
+
+
+def test_overlay_write_replaces_a_planted_link_and_is_private(tmp_path):
+    """The overlay goes through the one atomic write: a random temporary name, then a rename that
+    replaces a symbolic link planted at its path (the file it points to is untouched); 0600."""
+    import stat
+
+    from mmtrt.serving.infer import render_overlay
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.png").symlink_to(victim)
+    (out / ".x.png.tmp").symlink_to(victim)  # the name a predictable temporary file would have had
+    image = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    render_overlay(image, out / "x.png", probs=np.array([0.3, 0.7]), size_px=64)
+    assert victim.read_text() == "keep"
+    assert not (out / "x.png").is_symlink() and (out / "x.png").read_bytes().startswith(b"\x89PNG")
+    assert stat.S_IMODE((out / "x.png").stat().st_mode) == 0o600
