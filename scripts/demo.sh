@@ -18,8 +18,9 @@ stop_server() { [ -z "$server_pid" ] || { kill -TERM "$server_pid" 2>/dev/null; 
 trap stop_server EXIT
 
 SEG_LABELS=${SEG_LABELS:-10}
-EPOCHS=${EPOCHS:-2}
-STEPS=${STEPS:-75}
+EPOCHS=${EPOCHS:-6}
+STEPS=${STEPS:-25}
+SEED=${SEED:-0}
 
 step "1/8 synthetic chest X-rays in the Kermany / JSRT layouts, and two other sources (NIH, Montgomery) for cross-domain tests"
 mmtrt synth "$WORK/data" --n-cls 100 --n-seg 24 --seed 0 --difficulty 0.0
@@ -29,7 +30,7 @@ mmtrt synth "$WORK/cross_mcu" --source montgomery --n-seg 8 --seed 0 --difficult
 step "2/8 training: $SEG_LABELS seg labels (the rest unlabelled, KL_seg), every cls label, $((EPOCHS * STEPS)) steps"
 mmtrt train --out "$WORK/train" --cls-data "$WORK/data/cls" --seg-data "$WORK/data/seg" \
     --seg-labels "$SEG_LABELS" --cls-labels -1 --batch-size 8 --seg-batch 2 --lr 3e-4 \
-    --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --compile off
+    --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --lr-step 3 --lr-gamma 0.3 --seed "$SEED" --compile off
 
 step "3/8 export: ONNX graphs checked against PyTorch, manifest, TensorRT where available"
 mmtrt export "$WORK/train/best.pt" --out "$WORK/export" --precision fp32 --max-batch 8

@@ -10,7 +10,7 @@ trap 'rm -rf "$tools"' EXIT
 python3 -m venv "$tools/venv"
 "$tools/venv/bin/python" -m pip install -q "pip-tools==7.7.0"
 echo "torch==2.13.0+cpu" > "$tools/torch-cpu.txt"
-"$tools/venv/bin/pip-compile" -q --generate-hashes --extra test --strip-extras \
+CUSTOM_COMPILE_COMMAND="bash scripts/lock.sh" "$tools/venv/bin/pip-compile" -q --generate-hashes --extra test --strip-extras \
     --unsafe-package torch --constraint "$tools/torch-cpu.txt" \
-    --no-emit-index-url --no-emit-find-links --custom-compile-command "bash scripts/lock.sh" \
+    --no-emit-index-url --no-emit-find-links \
     --output-file requirements.lock pyproject.toml
