@@ -61,6 +61,7 @@ mmtrt evaluate "$WORK/train/best.pt" --name best.pt --url "127.0.0.1:$GRPC_PORT"
     --cross-cls "$WORK/cross_nih/cls" --cross-seg "$WORK/cross_mcu/seg" --out "$WORK/evaluate"
 stop_server
 server_pid=
+unset MMTRT_ADMIN_KEY_FILE  # that server's key is gone with it
 
 step "8/8 benchmark: PyTorch reference vs onnxruntime vs OpenVINO vs Triton (tensors and PNG files), same images"
 mmtrt bench "$WORK/train/best.pt" "$WORK/export" --out "$WORK/bench" --batch-size 8 --concurrency 4 --seconds 2 \

@@ -299,6 +299,13 @@ class ServeCommand:
                 return m
         raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines))
 
+    def endpoints(self) -> tuple[str, str]:
+        """The (HTTP, gRPC) addresses, host:port, of the one server this `mmtrt serve` printed."""
+        text = "\n".join(self.lines)
+        http = re.search(r"^HTTP +http://(127\.0\.0\.1:\d+)$", text, re.M).group(1)
+        grpc = re.search(r"^gRPC +(127\.0\.0\.1:\d+)$", text, re.M).group(1)
+        return http, grpc
+
     def stop(self):
         """After a failed assert: SIGTERM (mmtrt serve cleans up), SIGKILL if that hangs."""
         stop_process(self.proc, 60)

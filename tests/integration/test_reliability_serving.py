@@ -339,8 +339,7 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
     try:
         pid = int(serve.wait_for(r"^ready in .* \(pid (\d+)\)").group(1))
         text = "\n".join(serve.lines)
-        http = re.search(r"^HTTP +http://(127\.0\.0\.1:\d+)$", text, re.M).group(1)
-        grpc = re.search(r"^gRPC +(127\.0\.0\.1:\d+)$", text, re.M).group(1)
+        http, grpc = serve.endpoints()
         metrics = int(re.search(r"^metrics +http://127\.0\.0\.1:(\d+)/", text, re.M).group(1))
         for port in (int(http.rsplit(":", 1)[1]), int(grpc.rsplit(":", 1)[1]), metrics):
             assert listening_sockets(port) == ["127.0.0.1"], (port, listening_sockets(port))

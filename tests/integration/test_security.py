@@ -199,8 +199,7 @@ def test_serve_restricts_admin_apis_and_keeps_request_bytes_private(export_dir, 
     try:
         pid = int(serve.wait_for(r"^ready in .* \(pid (\d+)\)").group(1))
         text = "\n".join(serve.lines)
-        http = re.search(r"^HTTP +http://(127\.0\.0\.1:\d+)$", text, re.M).group(1)
-        grpc = re.search(r"^gRPC +(127\.0\.0\.1:\d+)$", text, re.M).group(1)
+        http, grpc = serve.endpoints()
         key_file = Path(re.search(rf"{KEY_FILE_ENV}=(\S+)$", text, re.M).group(1))
         secret = key_file.read_text().strip()
         # the key: a 0600 file in a 0700 folder, in no output and no log
