@@ -299,10 +299,12 @@ def _check_grayscale_transform(ds, path: Path | EncodedFile) -> None:
         sequence = ds.get(key)
         if sequence:
             _check_lut(sequence[0], what, path)
-    for key in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
-        if ds.get(key) not in (None, ""):
-            _finite_values(ds, key, path)
-    if ds.get("WindowWidth") not in (None, "") and _finite_values(ds, "WindowWidth", path)[0] <= 0:
+    values = {
+        key: _finite_values(ds, key, path)
+        for key in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+        if ds.get(key) not in (None, "")
+    }
+    if "WindowWidth" in values and values["WindowWidth"][0] <= 0:
         raise _err(path, f"invalid Window Width {ds.WindowWidth!r} (must be > 0)")
 
 
