@@ -255,37 +255,7 @@ def run_perf_analyzer(
     rows = []
     for clients in concurrency:  # one run per value: its concurrency range is linear, the sweep need not be
         csv_path = workdir / f"perf_analyzer_b{batch}_c{clients}.csv"
-        # (stable = three windows within 50% of each other: 2 shared cores rarely give the default 10%;
-        # up to 8 windows to find them)
-        args = command + [
-            "-m",
-            model,
-            "-u",
-            grpc_url,
-            "-i",
-            "grpc",
-            "-b",
-            str(batch),
-            "--concurrency-range",
-            f"{clients}:{clients}",
-            "--input-data",
-            str(data),
-            "--measurement-interval",
-            str(int(seconds * 1000)),
-            "--stability-percentage",
-            "50",
-            "--max-trials",
-            "8",
-            "--percentile",
-            "99",
-            "-f",
-            str(csv_path),
-        ]
-        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=max(120, 20 * seconds))
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"perf_analyzer failed ({done.returncode}): {done.stderr.strip()[-500:] or done.stdout[-500:]}"
-            )
+        _perf_analyzer_stable_run(command, env, model, grpc_url, batch, clients, data, seconds, csv_path)
         with open(csv_path) as fh:
             for row in csv.DictReader(fh):
                 lat = {f"p{q}": float(row[f"p{q} latency"]) / 1e3 for q in (50, 90, 95, 99)}
@@ -304,3 +274,55 @@ def run_perf_analyzer(
                     )
                 )
     return rows
+
+
+def _perf_analyzer_stable_run(
+    command: list[str],
+    env: dict,
+    model: str,
+    grpc_url: str,
+    batch: int,
+    clients: int,
+    data: Path,
+    seconds: float,
+    csv_path: Path,
+) -> None:
+    """One perf_analyzer run at one concurrency. Stable = three windows within 50% of each other
+    (2 shared cores rarely give the default 10%), up to 8 windows to find them; when a busy host
+    gives none, the windows are doubled, twice, as perf_analyzer itself advises."""
+    for attempt in range(3):
+        interval_ms = int(seconds * 1000) * 2**attempt
+        args = command + [
+            "-m",
+            model,
+            "-u",
+            grpc_url,
+            "-i",
+            "grpc",
+            "-b",
+            str(batch),
+            "--concurrency-range",
+            f"{clients}:{clients}",
+            "--input-data",
+            str(data),
+            "--measurement-interval",
+            str(interval_ms),
+            "--stability-percentage",
+            "50",
+            "--max-trials",
+            "8",
+            "--percentile",
+            "99",
+            "-f",
+            str(csv_path),
+        ]
+        done = subprocess.run(
+            args, env=env, capture_output=True, text=True, timeout=max(120, 20 * interval_ms / 1000)
+        )
+        if done.returncode == 0:
+            return
+        if "stable measurement" not in done.stdout + done.stderr:
+            break
+    raise RuntimeError(
+        f"perf_analyzer failed ({done.returncode}): {done.stderr.strip()[-500:] or done.stdout[-500:]}"
+    )
