@@ -14,6 +14,7 @@ benchmarks/). An option that only one command has stays beside that command.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,13 +48,35 @@ class ServerOptions:
 
 
 def _key_values(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """KEY=VALUE pairs; a secret (a proxy's token) is better not typed on the command line, where
+    other local users and shell histories see it: KEY=@FILE takes the value from FILE's first
+    line, KEY=env:NAME from the environment variable NAME."""
     pairs = []
     for text in values:
         key, sep, value = text.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{text!r} is not KEY=VALUE")
-        pairs.append((key, value))
+        pairs.append((key, _secret_value(key, value)))
     return tuple(pairs)
+
+
+def _secret_value(key: str, value: str) -> str:
+    if value.startswith("@"):
+        path = value[1:]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.read(65536).splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.BadParameter(f"{key}: cannot read its value from {path}: {e}") from None
+        if not lines or not lines[0].strip():
+            raise click.BadParameter(f"{key}: {path} is empty")
+        return lines[0].strip()
+    if value.startswith("env:"):
+        name = value[4:]
+        if not os.environ.get(name):
+            raise click.BadParameter(f"{key}: the environment variable {name} is not set")
+        return os.environ[name]
+    return value
 
 
 def server_options(url_help: str):
@@ -74,8 +97,9 @@ def server_options(url_help: str):
             multiple=True,
             metavar="KEY=VALUE",
             callback=_key_values,
-            help="HTTP/gRPC header sent with every request (e.g. for a restricted API or a "
-            "proxy's auth); repeatable.",
+            help="HTTP/gRPC header sent with every request (e.g. a proxy's auth); repeatable. "
+            "Keep secrets off the command line: KEY=@FILE reads the value from FILE, KEY=env:NAME "
+            "from the environment variable NAME.",
         ),
         click.option(
             "--retries",

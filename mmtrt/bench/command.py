@@ -113,6 +113,7 @@ def bench(
     from mmtrt.bench import runner
     from mmtrt.export.manifest import ExportError
     from mmtrt.export.tensorrt import EngineBuildError, TensorRTUnavailable
+    from mmtrt.serving.errors import ServingError
 
     served = len([t for t in wanted if TARGETS[t].served])
     steps = (len(wanted) - served) * len(batch_sizes) + served * 2 * len(concurrency)
@@ -140,4 +141,6 @@ def bench(
         ExportError,
     ) as exc:  # only for a tensorrt target asked for
         raise click.ClickException(f"cannot run the tensorrt target: {exc}") from None
+    except ServingError as exc:  # the served targets' server could not be started or used
+        raise click.ClickException(str(exc)) from None
     click.echo((out / "bench.md").read_text())

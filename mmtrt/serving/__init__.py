@@ -64,6 +64,7 @@ _EXPORTS = {
     "served_model": "repository",
     "GraphSettings": "settings",
     "ImageLimits": "settings",
+    "DecoderQueue": "settings",
     "OnnxRuntimeSettings": "settings",
     "OpenVINOSettings": "settings",
     "RepositorySettings": "settings",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .admin import admin_headers
+from .admin import KEY_FILE_ENV, admin_headers
 from .errors import InferError, NoServerLeft, RequestError, ServerNotReady
 from .faults import TRANSIENT, classify
 
@@ -306,7 +306,13 @@ class TritonClient:
             kwargs["client_timeout"] = timeout_s or self.timeout_s
         headers = self.headers
         if method in _ADMIN_METHODS:  # the admin key goes only where it is asked for
-            headers = {**admin_headers(self.protocol), **(headers or {})} or None
+            try:
+                admin = admin_headers(self.protocol)
+            except ValueError as e:  # e.g. the key of a server that has stopped since
+                raise InferError(
+                    f"{e} (named by {KEY_FILE_ENV}: point it to the running server's key file, or unset it)"
+                ) from None
+            headers = {**admin, **(headers or {})} or None
         with _answers():
             return getattr(self._client, method)(*args, headers=headers, **kwargs)
 

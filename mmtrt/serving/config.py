@@ -181,6 +181,10 @@ class ServedModel:
     cc_model_filenames: tuple[tuple[str, str], ...] = ()
     warmup: bool = False
     description: str = ""
+    #: the dynamic batcher's queue policy: the most requests waiting, and how long one may wait
+    #: before it is refused (0: Triton's default, unbounded)
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
 
     def __post_init__(self):
         if self.platform not in PLATFORMS:
@@ -189,8 +193,10 @@ class ServedModel:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{self.name}: {name} must be a positive integer, got {value!r}")
-        if self.max_queue_delay_us < 0:
-            raise ValueError(f"{self.name}: max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        for name in ("max_queue_delay_us", "max_queue_size", "queue_timeout_us"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{self.name}: {name} must be an integer >= 0, got {value!r}")
 
 
 def _quoted(text: str) -> str:
@@ -226,9 +232,16 @@ def render_config(model: ServedModel) -> str:
     blocks = ["\n".join(head), model.tensors.blocks()]
     if model.platform != ENSEMBLE:
         kind = "KIND_CPU" if model.platform == PYTHON else "KIND_GPU"
+        policy = ""
+        if model.max_queue_size or model.queue_timeout_us:
+            policy = (
+                "  default_queue_policy {\n    timeout_action: REJECT\n"
+                f"    default_timeout_microseconds: {model.queue_timeout_us}\n"
+                f"    max_queue_size: {model.max_queue_size}\n  }}\n"
+            )
         blocks.append(
             f"dynamic_batching {{\n  preferred_batch_size: [ {model.max_batch} ]\n"
-            f"  max_queue_delay_microseconds: {model.max_queue_delay_us}\n}}"
+            f"  max_queue_delay_microseconds: {model.max_queue_delay_us}\n{policy}}}"
         )
         blocks.append(f"instance_group [\n  {{\n    kind: {kind}\n    count: {model.instances}\n  }}\n]")
     if model.parameters is not None:

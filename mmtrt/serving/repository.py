@@ -447,15 +447,23 @@ def served_model(
             onnxruntime=settings.onnxruntime,
             openvino=settings.openvino,
         )
-    elif spec.kind == "decode":
+    instances = settings.gpu_instances if spec.kind == "plan" else 1
+    queue = {}
+    if spec.kind == "decode":
         parameters = settings.image_limits
+        instances = settings.decoder_queue.instances
+        queue = dict(
+            max_queue_size=settings.decoder_queue.max_queue_size,
+            queue_timeout_us=settings.decoder_queue.queue_timeout_s * 1_000_000,
+        )
     return ServedModel(
         name,
         spec.platform,
         model_tensors(spec, manifest),
         max_batch,
         max_queue_delay_us=settings.max_queue_delay_us,
-        instances=settings.gpu_instances if spec.kind == "plan" else 1,
+        instances=instances,
+        **queue,
         parameters=parameters,
         steps=tuple(ensemble_steps(spec, manifest)),
         cc_model_filenames=tuple(sorted((cc_model_filenames or {}).items())),

@@ -8,7 +8,8 @@ command-line option, its config.pbtxt parameter, its help and its valid values.
   model (batching, instances, and the parameters its python model reads), whose config.pbtxt it
   renders.
 - A python model's parameters are a :class:`GraphSettings` (``multimix``, ``classifier``: the
-  ONNX file, runtime, precision, threads) or an :class:`ImageLimits` (``file_decoder``), written
+  ONNX file, runtime, precision, threads) or an :class:`ImageLimits` (``file_decoder``, whose
+  instances and queue are a :class:`DecoderQueue`), written
   with :func:`to_parameters` and read back in the server by its ``model.py`` with
   :func:`from_parameters`.
 
@@ -170,6 +171,34 @@ class ImageLimits:
 
 
 @dataclass(frozen=True)
+class DecoderQueue:
+    """How the cpu flavour's ``file_decoder`` shares its work between requests. Files decode one
+    after another in an instance, so a slow (large, legal) file holds only the instance it runs
+    on while the others go on; the queue in front of them is bounded in length (every queued
+    request holds its files in memory) and in time (a request that has waited longer is answered
+    UNAVAILABLE, for the client to retry: it is not at fault)."""
+
+    instances: int = setting(
+        2, option="--decoder-instances", minimum=1, help="cpu: file_decoder instances (decoding processes)."
+    )
+    max_queue_size: int = setting(
+        16,
+        option="--decoder-queue-size",
+        minimum=1,
+        help="cpu: the most requests that wait for file_decoder; more are refused at once (UNAVAILABLE).",
+    )
+    queue_timeout_s: int = setting(
+        30,
+        option="--decoder-queue-timeout-s",
+        minimum=1,
+        help="cpu: how long a request may wait for file_decoder before it is refused (UNAVAILABLE).",
+    )
+
+    def __post_init__(self):
+        _check(self, "decoder queue")
+
+
+@dataclass(frozen=True)
 class GraphSettings:
     """What the cpu flavour's graph model (model_repository/cpu/model.py) runs, and how: the ONNX
     file of its version folder (the export's float32 graph, or its ``precision`` copy), the
@@ -233,6 +262,7 @@ class RepositorySettings:
     onnxruntime: OnnxRuntimeSettings = OnnxRuntimeSettings()
     openvino: OpenVINOSettings = OpenVINOSettings()
     image_limits: ImageLimits = ImageLimits()
+    decoder_queue: DecoderQueue = DecoderQueue()
 
     def __post_init__(self):
         if self.models is not None:

@@ -79,3 +79,30 @@ def test_infer_and_evaluate_share_their_server_options():
         k: v for k, v in evaluate["urls"].items() if k != "help"
     }
     assert infer["batch_size"]["default"] == evaluate["batch_size"]["default"] == 8
+
+
+def test_header_values_come_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    """A secret need not be on the command line: KEY=@FILE (its first line), KEY=env:NAME."""
+    token = tmp_path / "token"
+    token.write_text("Bearer from-a-file\nignored\n")
+    monkeypatch.setenv("MMTRT_TEST_TOKEN", "Bearer from-the-environment")
+    result = run("--header", f"Authorization=@{token}", "--header", "X-Token=env:MMTRT_TEST_TOKEN")
+    assert result.exit_code == 0, result.output
+    assert "('Authorization', 'Bearer from-a-file'), ('X-Token', 'Bearer from-the-environment')" in result.output
+    assert str(token) not in result.output
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("@{missing}", "Authorization: cannot read its value from {missing}: [Errno 2] No such file"),
+        ("@{empty}", "Authorization: {empty} is empty"),
+        ("env:MMTRT_TEST_UNSET", "Authorization: the environment variable MMTRT_TEST_UNSET is not set"),
+    ],
+)
+def test_a_header_value_that_cannot_be_read_is_a_usage_error(tmp_path, monkeypatch, value, message):
+    monkeypatch.delenv("MMTRT_TEST_UNSET", raising=False)
+    (tmp_path / "empty").write_text("\n")
+    paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty"}
+    result = run("--header", "Authorization=" + value.format(**paths))
+    assert result.exit_code == 2 and message.format(**paths) in result.output, result.output

@@ -25,6 +25,22 @@ def test_backoff_doubles_up_to_its_cap():
     assert [Backoff(0.25, max_s=1.0).delay(n) for n in (1, 2, 3, 4, 9)] == [0.25, 0.5, 1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_stale_admin_key_file_is_one_clear_error(tmp_path, monkeypatch, protocol):
+    """MMTRT_ADMIN_KEY_FILE naming a stopped server's key (its file gone): the admin call fails
+    with an InferError (one line from the commands) naming the file and the variable, before
+    anything is sent; inference calls do not read the key at all."""
+    missing = tmp_path / "mmtrt-serve-x" / "admin-key"
+    monkeypatch.setenv("MMTRT_ADMIN_KEY_FILE", str(missing))
+    with TritonClient("127.0.0.1:9", protocol) as client:
+        with pytest.raises(
+            InferError,
+            match=f"admin key file {missing}: No such file or directory .named by "
+            "MMTRT_ADMIN_KEY_FILE: point it to the running server's key file, or unset it",
+        ):
+            client.statistics("multimix")
+
+
 def test_servers_refuse_what_cannot_work_before_connecting():
     with pytest.raises(InferError, match="no server given"):
         Servers([])

@@ -19,10 +19,12 @@ Limits (its parameters, an ``ImageLimits`` of mmtrt/serving/settings.py): ``max_
 file; ``max_image_pixels`` per image, set as Pillow's ``Image.MAX_IMAGE_PIXELS``, which the decoder
 applies to every format, DICOM Rows x Columns included (a possible decompression bomb above it).
 
-Every request is decoded on its own. A request with a file that is empty, too large, not an
-image, a decompression bomb, corrupt or without contrast gets its own error naming the image and
-the problem, answered as invalid input (``TritonError.INVALID_ARG``: HTTP 400, gRPC
-INVALID_ARGUMENT); the other requests of the execution are answered. Structure follows the
+Every request is decoded on its own, in one of several instances behind a bounded queue
+(``mmtrt repo --decoder-instances / --decoder-queue-size / --decoder-queue-timeout-s``). A
+request with a file that is empty, too large, not an image, a decompression bomb, corrupt or
+without contrast gets its own error naming the image and the problem, answered as invalid input
+(``TritonError.INVALID_ARG``: HTTP 400, gRPC INVALID_ARGUMENT); the other requests of the
+execution are answered. Structure follows the
 official python-backend examples (initialize / execute / finalize).
 """
 
