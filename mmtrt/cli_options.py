@@ -3,7 +3,7 @@ default and help wherever the concept is the same (mmtrt's commands and the scri
 benchmarks/). An option that only one command has stays beside that command.
 
 - :func:`server_options`: a Triton server to talk to (``--url``, ``--protocol``, ``--header``,
-  ``--retries``, ``--retry-delay``), handed to the command as one :class:`ServerOptions`;
+  ``--retries``, ``--retry-delay``, ``--tls-ca / --tls-cert / --tls-key``), handed to the command as one :class:`ServerOptions`;
 - :class:`IntList`, :class:`NameList` and :func:`batch_sizes_option`: comma-separated lists
   (the sizes of a sweep, the targets of a benchmark);
 - :func:`batch_size_option`, :func:`seed_option`, :func:`device_option`,
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import click
 
-from mmtrt.serving.client import DEFAULT_PORTS, PROTOCOLS, Backoff, Servers
+from mmtrt.serving.client import DEFAULT_PORTS, PROTOCOLS, Backoff, Servers, Tls
 
 # --------------------------------------------------------------------------- a Triton server
 
@@ -34,6 +34,7 @@ class ServerOptions:
     headers: tuple[tuple[str, str], ...] = ()
     retries: int = 5
     retry_delay: float = 0.5
+    tls: Tls | None = None
 
     def servers(self, say: Callable[[str], None]) -> Servers:
         """The servers asked for, used as one (fail-over; one server included)."""
@@ -41,6 +42,7 @@ class ServerOptions:
             self.urls or [f"127.0.0.1:{DEFAULT_PORTS[self.protocol]}"],
             self.protocol,
             headers=dict(self.headers) or None,
+            tls=self.tls,
             retries=self.retries,
             backoff=Backoff(self.retry_delay),
             say=say,
@@ -116,10 +118,30 @@ def server_options(url_help: str):
         ),
     )
 
+    pem = click.Path(exists=True, dir_okay=False)
+    options += (
+        click.option(
+            "--tls-ca",
+            type=pem,
+            default=None,
+            help="TLS: trust the servers whose certificate this CA (PEM) signed [default: the "
+            "system's CAs, when an address is https:// or grpcs:// or a --tls-* file is given].",
+        ),
+        click.option(
+            "--tls-cert", type=pem, default=None, help="TLS: this client's certificate (mutual TLS)."
+        ),
+        click.option("--tls-key", type=pem, default=None, help="TLS: the client certificate's key."),
+    )
+
     def decorate(command):
         @functools.wraps(command)
-        def with_server(*args, urls, protocol, headers, retries, retry_delay, **kwargs):
-            server = ServerOptions(tuple(urls), protocol, headers, retries, retry_delay)
+        def with_server(
+            *args, urls, protocol, headers, retries, retry_delay, tls_ca, tls_cert, tls_key, **kwargs
+        ):
+            if (tls_cert is None) != (tls_key is None):
+                raise click.UsageError("a client certificate needs both --tls-cert and --tls-key")
+            tls = Tls(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None
+            server = ServerOptions(tuple(urls), protocol, headers, retries, retry_delay, tls)
             return command(*args, server=server, **kwargs)
 
         for option in reversed(options):

@@ -11,6 +11,7 @@ from mmtrt.cli_options import ServerOptions, batch_size_option, server_options
 
 from .client import CLASSIFIER_MODEL, DEFAULT_PORTS, FILE_MODELS, IMAGE_MODEL, JOINT_MODEL
 from .replicas import ServeSettings
+from .server import ServerTls
 from .settings import Option, RepositorySettings, from_options, options
 from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S, RestartPolicy
 
@@ -167,6 +168,25 @@ def repo(export_dir: Path, out: Path, engines_dir: Path | None, overwrite: bool,
     "logging, trace, statistics), readable by its owner only [default: a new random key each run, "
     "in a 0600 file whose path is printed].",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The server's certificate (PEM): gRPC with TLS (Triton's own); HTTP then binds to "
+    "loopback only, for a TLS proxy on this host (deploy/nginx). Needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Its key (PEM, mode 0600).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Mutual TLS: accept only gRPC clients whose certificate this CA (PEM) signed.",
+)
 @click.argument("tritonserver_args", nargs=-1, type=click.UNPROCESSED)
 def serve(
     repository: Path,
@@ -179,6 +199,9 @@ def serve(
     watchdog: bool,
     replicas: int,
     admin_key_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
     tritonserver_args: tuple[str, ...],
 ):
     """Serve the model REPOSITORY (built by `mmtrt repo`) with the real Triton server until
@@ -198,6 +221,12 @@ def serve(
         raise click.UsageError(
             f"unexpected argument(s) {list(bad)}: tritonserver flags go after `--` and start with `--`"
         )
+    if (tls_cert is None) != (tls_key is None) or (tls_ca is not None and tls_cert is None):
+        raise click.UsageError("TLS needs --tls-cert and --tls-key (and --tls-ca for mutual TLS)")
+    try:
+        tls = ServerTls(tls_cert, tls_key, tls_ca) if tls_cert is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--tls-cert / --tls-key / --tls-ca") from None
     settings = ServeSettings(
         repository,
         replicas=replicas,
@@ -210,6 +239,7 @@ def serve(
         restarts=RestartPolicy(enabled=watchdog),
         extra_args=tritonserver_args,
         admin_key_file=admin_key_file,
+        tls=tls,
     )
     try:
         serve_replicas(settings, echo=click.echo)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .client import DEFAULT_PORTS
+from .server import ServerTls
 from .supervisor import RestartPolicy, exit_status
 
 REPLICA_PORT_STEP = 10
@@ -42,7 +43,8 @@ class ServeSettings:
     """What `mmtrt serve` runs: ``replicas`` servers of ``repository`` bound to ``host``, the
     first on the given ports; ``timeout`` seconds for the models to load; ``extra_args`` passed to
     each tritonserver; ``log_file`` (one replica) or ``<stem>.<i><suffix>`` beside it (several);
-    ``admin_key_file``: the key of the admin APIs (default: a new one each run)."""
+    ``admin_key_file``: the key of the admin APIs (default: a new one each run); ``tls``: gRPC
+    with TLS (HTTP then on loopback only)."""
 
     repository: Path
     replicas: int = 1
@@ -55,6 +57,7 @@ class ServeSettings:
     restarts: RestartPolicy = RestartPolicy()
     extra_args: tuple[str, ...] = ()
     admin_key_file: Path | None = None
+    tls: ServerTls | None = None
 
 
 def replica_ports(n: int, http_port: int, grpc_port: int, metrics_port: int) -> list[dict[str, int]]:
@@ -133,6 +136,7 @@ def serve_replicas(settings: ServeSettings, echo: Callable[..., None]) -> None:
                 log_file=_log_file(s.log_file, i, s.replicas),
                 extra_args=extra_args,
                 tritonserver=binary,
+                tls=s.tls,
             )
             for i, p in enumerate(ports)
         ]
@@ -189,6 +193,10 @@ def _ready_lines(servers: list, host: str, key, elapsed_s: float) -> list[tuple[
             (f"gRPC     {server.grpc_url}", False),
             (f"metrics  {server.metrics_url}", False),
         ]
+    if servers[0].tls is not None:
+        tls = servers[0].tls
+        clients = f"client certificates signed by {tls.ca_file}" if tls.ca_file else "no client certificates"
+        lines.append((f"gRPC with TLS ({clients}); HTTP plaintext on loopback only, for a TLS proxy", False))
     lines += [(line, False) for line in _describe_models(servers[0])]  # (one repository for all)
     lines.append(
         (

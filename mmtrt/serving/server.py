@@ -26,6 +26,7 @@ import time
 import urllib.request
 import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .admin import redact
@@ -61,8 +62,53 @@ _MANAGED_FLAGS = frozenset(
         "--metrics-port",
         "--allow-http",
         "--allow-grpc",
+        "--grpc-use-ssl",
+        "--grpc-use-ssl-mutual",
+        "--grpc-server-cert",
+        "--grpc-server-key",
+        "--grpc-root-cert",
     }
 )
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS of the gRPC endpoint, with tritonserver's own options: the server's certificate and
+    key (PEM) and, for mutual TLS, the CA whose client certificates it accepts (None: any client
+    that trusts the server). Triton's HTTP endpoint has no TLS: a server with TLS binds HTTP to
+    loopback only, for a TLS proxy on the same host (deploy/nginx)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+
+    def __post_init__(self):
+        for what, path in (("certificate", self.cert_file), ("key", self.key_file), ("CA", self.ca_file)):
+            if path is None:
+                continue
+            try:
+                mode = os.stat(path).st_mode
+                with open(path, "rb") as fh:
+                    pem = fh.read(1 << 20)
+            except OSError as e:
+                raise ValueError(f"TLS {what} file {path}: {e.strerror}") from None
+            if b"-----BEGIN " not in pem:
+                raise ValueError(f"TLS {what} file {path} holds no PEM block")
+            if what == "key" and mode & 0o077:
+                raise ValueError(
+                    f"TLS key file {path} is readable by other users (mode {mode & 0o777:04o}): "
+                    f"`chmod 600 {path}`"
+                )
+
+    def tritonserver_args(self) -> list[str]:
+        args = [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={Path(self.cert_file).resolve()}",
+            f"--grpc-server-key={Path(self.key_file).resolve()}",
+        ]
+        if self.ca_file is not None:
+            args += [f"--grpc-root-cert={Path(self.ca_file).resolve()}", "--grpc-use-ssl-mutual=true"]
+        return args
 
 
 def restricted_headers(args: Sequence[str]) -> dict[str, str]:
@@ -165,9 +211,13 @@ class TritonServer:
         tritonserver: Path | None = None,
         exit_timeout_s: int = 5,
         die_with_parent: bool = True,
+        tls: ServerTls | None = None,
     ):
         self.repository = Path(repository).resolve()
         self.host = host
+        self.tls = tls
+        # Triton's HTTP has no TLS: with TLS on, only a proxy on this host may reach it
+        self.http_host = "127.0.0.1" if tls is not None and host not in ("127.0.0.1", "::1") else host
         self._requested_ports = {"http": int(http_port), "grpc": int(grpc_port), "metrics": int(metrics_port)}
         self.ports = dict(self._requested_ports)
         self.extra_args = tuple(str(a) for a in extra_args)
@@ -175,7 +225,7 @@ class TritonServer:
         if managed:
             raise ValueError(
                 f"extra_args {managed} would override flags TritonServer sets itself "
-                "(repository, addresses, ports, backend directory): use its "
+                "(repository, addresses, ports, backend directory, TLS): use its "
                 "arguments instead"
             )
         if model_control_mode not in ("none", "poll", "explicit"):
@@ -203,7 +253,7 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         """``host:port`` of the HTTP endpoint (as TritonClient takes it)."""
-        return f"{_client_host(self.host)}:{self.ports['http']}"
+        return f"{_client_host(self.http_host)}:{self.ports['http']}"
 
     @property
     def grpc_url(self) -> str:
@@ -283,7 +333,7 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
-            f"--http-address={h}",
+            f"--http-address={self.http_host}",
             f"--http-port={self.ports['http']}",
             f"--grpc-address={h}",
             f"--grpc-port={self.ports['grpc']}",
@@ -291,6 +341,7 @@ class TritonServer:
             f"--metrics-port={self.ports['metrics']}",
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
+            *(self.tls.tritonserver_args() if self.tls is not None else ()),
         ]
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")
@@ -433,7 +484,7 @@ class TritonServer:
 
     def _launch(self, binary: Path, bundled_root: Path | None) -> None:
         for name, port in self._requested_ports.items():
-            self.ports[name] = port or _free_port(self.host)
+            self.ports[name] = port or _free_port(self.http_host if name == "http" else self.host)
         self._workdir = Path(tempfile.mkdtemp(prefix="mmtrt-triton-"))
         backend_dir = None
         if bundled_root is not None:

@@ -1,0 +1,142 @@
+"""`mmtrt serve --tls-cert --tls-key --tls-ca`: gRPC with mutual TLS through tritonserver's own
+options, HTTP plaintext on loopback only (for a TLS proxy). With a CA made here: `mmtrt infer`
+given the CA and its client certificate (--tls-ca / --tls-cert / --tls-key) is answered exactly as
+over plaintext HTTP; a plaintext client, a client that trusts another CA and a client without a
+certificate are refused; a key file other users can read is refused before the server starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import ServeCommand, encoded, needs_server
+
+from mmtrt.cli import main
+from mmtrt.data import synth_xray
+from mmtrt.serving import build_repository
+from mmtrt.serving.client import Tls, TritonClient, image_inputs
+from mmtrt.serving.errors import RequestError
+
+pytestmark = needs_server
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _ca(d: Path, name: str) -> tuple[Path, Path]:
+    cert, key = d / f"{name}.pem", d / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+             "-out", str(cert), "-subj", f"/CN={name}")  # fmt: skip
+    return cert, key
+
+
+def _signed(d: Path, name: str, ca: tuple[Path, Path], ext: str) -> tuple[Path, Path]:
+    cert, key, csr, extfile = d / f"{name}.pem", d / f"{name}.key", d / f"{name}.csr", d / f"{name}.ext"
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"
+    )
+    extfile.write_text(ext + "\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+             "-days", "1", "-out", str(cert), "-extfile", str(extfile))  # fmt: skip
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """A CA, the server's certificate for 127.0.0.1 and a client's, both signed by it; another CA."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make certificates")
+    d = tmp_path_factory.mktemp("pki")
+    ca = _ca(d, "hospital-ca")
+    return {
+        "ca": ca,
+        "server": _signed(d, "server", ca, "subjectAltName=IP:127.0.0.1"),
+        "client": _signed(d, "client", ca, "extendedKeyUsage=clientAuth"),
+        "other_ca": _ca(d, "other-ca"),
+    }
+
+
+@pytest.fixture(scope="module")
+def serving(export_dir, pki, tmp_path_factory):
+    repo = build_repository(
+        export_dir, tmp_path_factory.mktemp("built") / "repo", models=("multimix",), ort_threads=1
+    )
+    (cert, key), (ca, _) = pki["server"], pki["ca"]
+    serve = ServeCommand(
+        str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+        "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca),
+    )  # fmt: skip
+    try:
+        serve.wait_for(r"^gRPC with TLS \(client certificates signed by .*hospital-ca\.pem\); HTTP plaintext")
+        yield serve.endpoints()
+    finally:
+        serve.stop()
+
+
+def test_a_client_with_the_ca_and_its_certificate_is_answered_as_over_plaintext(serving, pki, tmp_path):
+    http, grpc = serving
+    images = tmp_path / "in"
+    images.mkdir()
+    for i in range(3):
+        (images / f"x{i}.png").write_bytes(encoded(synth_xray(i, label=i % 2, size=300)[0]))
+    (client_cert, client_key), (ca, _) = pki["client"], pki["ca"]
+    runs = {
+        "tls": ["--protocol", "grpc", "--url", grpc, "--tls-ca", ca, "--tls-cert", client_cert, "--tls-key", client_key],
+        "plaintext": ["--protocol", "http", "--url", http],
+    }  # fmt: skip
+    answers = {}
+    for run, args in runs.items():
+        result = CliRunner().invoke(
+            main, ["infer", *map(str, args), "--retries", "0", "--out", str(tmp_path / run), str(images)]
+        )
+        assert result.exit_code == 0, result.output
+        answers[run] = [json.loads((tmp_path / run / f"x{i}.json").read_text()) for i in range(3)]
+    for tls, plain in zip(answers["tls"], answers["plaintext"]):
+        assert tls["label"] == plain["label"]
+        np.testing.assert_array_equal(
+            list(tls["probabilities"].values()), list(plain["probabilities"].values())
+        )
+
+
+@pytest.mark.parametrize(
+    "who",
+    ["plaintext", "trusts another CA", "no client certificate", "certificate of another CA"],
+)
+def test_clients_that_do_not_fit_are_refused(serving, pki, who, tmp_path):
+    _, grpc = serving
+    (ca, _), (cert, key) = pki["ca"], pki["client"]
+    other_ca, other_key = pki["other_ca"]
+    tls = {
+        "plaintext": None,
+        "trusts another CA": Tls(str(other_ca), str(cert), str(key)),
+        "no client certificate": Tls(str(ca)),
+        "certificate of another CA": Tls(str(ca), str(other_ca), str(other_key)),
+    }[who]
+    with TritonClient(grpc, "grpc", tls=tls, connect_timeout_s=10.0, timeout_s=10.0) as client:
+        with pytest.raises(RequestError, match="UNAVAILABLE"):
+            client.infer("multimix", image_inputs(np.zeros((1, 1, 256, 256), np.float32)), ("probs",))
+
+
+def test_http_stays_on_loopback_and_a_readable_key_is_refused(serving, pki, export_dir, tmp_path):
+    http, _ = serving
+    assert http.startswith("127.0.0.1:")
+    cert, key = pki["server"]
+    readable = tmp_path / "server.key"
+    shutil.copy(key, readable)
+    os.chmod(readable, 0o644)
+    result = CliRunner().invoke(
+        main, ["serve", str(tmp_path), "--tls-cert", str(cert), "--tls-key", str(readable)]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"TLS key file {readable} is readable by other users (mode 0644)" in result.output
+    result = CliRunner().invoke(main, ["serve", str(tmp_path), "--tls-cert", str(cert)])
+    assert result.exit_code == 2 and "TLS needs --tls-cert and --tls-key" in result.output, result.output
