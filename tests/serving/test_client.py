@@ -138,17 +138,13 @@ def test_tls_files_reach_tritonclient(export_dir, certificate, tmp_path):
     """Triton's gRPC endpoint with mutual TLS: a client given the CA, its certificate and its key
     is served; one without its certificate, one without the CA, and one without TLS are not."""
     from mmtrt.serving import TritonServer, build_repository
+    from mmtrt.serving.server import ServerTls
 
     cert, key = certificate
     repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",), ort_threads=1)
-    tls_args = [
-        "--grpc-use-ssl=true",
-        "--grpc-use-ssl-mutual=true",
-        f"--grpc-server-cert={cert}",
-        f"--grpc-server-key={key}",
-        f"--grpc-root-cert={cert}",
-    ]
-    srv = TritonServer(repo, log_file=tmp_path / "triton.log", extra_args=tls_args)
+    with pytest.raises(ValueError, match="would override flags TritonServer sets itself"):
+        TritonServer(repo, extra_args=["--grpc-use-ssl=true"])  # TLS is its own argument
+    srv = TritonServer(repo, log_file=tmp_path / "triton.log", tls=ServerTls(cert, key, ca_file=cert))
     srv.start(timeout=180)
     try:
         x = image_inputs(np.zeros((1, 1, 256, 256)))
