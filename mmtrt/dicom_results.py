@@ -212,14 +212,18 @@ def copyable_source(source):
     """``source`` as the results may copy it: its top-level values that break the standard are
     left out (a value's format or number of values for its VR; the values the standard enumerates:
     Patient Sex, Laterality, Patient Orientation; a Pixel Spacing that is not two positive numbers;
-    a Patient's Weight or Size of zero), and the Type 2 patient and study attributes are present
-    (empty when left out or missing). Sequences, UIDs and the pixel data are kept as they are.
-    ``source`` itself is not changed."""
+    a Patient's Weight or Size of zero; a value that cannot be parsed at all), and the Type 2
+    patient and study attributes are present (empty when left out or missing). Sequences, UIDs
+    and the pixel data are kept as they are. ``source`` itself is not changed."""
     from pydicom.dataset import Dataset
 
     ref = Dataset()
     ref.file_meta = getattr(source, "file_meta", Dataset())
-    for elem in source:
+    for tag in source.keys():
+        try:
+            elem = source[tag]  # a value that cannot even be parsed (a DS "abc") raises here
+        except Exception:
+            continue
         empty = elem.value in (None, "", b"") or (isinstance(elem.value, list) and not elem.value)
         if elem.VR in _CHECKED_VRS and not empty and not _value_ok(elem):
             continue

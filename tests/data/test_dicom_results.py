@@ -287,6 +287,29 @@ def test_results_conform_for_every_kind_of_source(kind, tmp_path):
     print(f"\n{kind}: dciodvfy warnings {found}")
 
 
+def test_the_conformance_check_fails_on_an_invalid_object(tmp_path):
+    """The synthetic sources lack Type 1 attributes of the DX IOD: dciodvfy reports errors, and the
+    check fails on them."""
+    path = save(xray_dataset(_twelve(8, (16, 16))), tmp_path / "source.dcm")
+    with pytest.raises(AssertionError, match="Error - Missing attribute Type 1"):
+        dicom_conformance(path)
+
+
+def test_a_value_that_cannot_be_parsed_is_left_out(tmp_path):
+    """A source whose Patient's Weight reads "ab.c" (pydicom cannot even parse it): results without
+    it, valid."""
+    ds = xray_dataset(_twelve(7, (64, 48)), PatientWeight="99.5")
+    path = save(ds, tmp_path / "weight.dcm")
+    path.write_bytes(path.read_bytes().replace(b"99.5", b"ab.c"))
+    (tmp_path / "out").mkdir()
+    paths = write_results(
+        path, out=tmp_path / "out", stem="w", info=ResultInfo(), mask_probs=_blob(), probabilities=(0.5, 0.5)
+    )
+    for p in paths:
+        assert "PatientWeight" not in pydicom.dcmread(p), p.name
+    dicom_conformance(*paths)
+
+
 def _report_groups(path: Path):
     report = hd.sr.srread(path).content
     return report.get_image_measurement_groups(), report.get_planar_roi_measurement_groups()
