@@ -359,6 +359,8 @@ def make_overlay_capture(source, overlay_rgb: np.ndarray, info: ResultInfo):
     )
     sc.DerivationDescription = f"Rendered by mmtrt infer. {NOT_FOR_CLINICAL_USE}."
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    if source.get("LossyImageCompression") == "01":  # once lossy, every image derived from it is
+        sc.LossyImageCompression = "01"
     # The picture carries text (the source's file name, the class): an archive must treat it as
     # possibly identifying, e.g. before de-identified export.
     sc.BurnedInAnnotation = "YES"

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
-from dicom_fixtures import save, xray_dataset, xray_pixels
+from dicom_fixtures import jpeg_baseline, save, xray_dataset, xray_pixels
 from helpers import dicom_conformance, needs_server, ort_session
 from PIL import Image
 from pydicom.sr.codedict import codes
@@ -198,6 +198,7 @@ def _kinds_of_source() -> dict:
     return {
         "DX MONOCHROME2, Imager Pixel Spacing": xray_dataset(px),
         "CR MONOCHROME1": cr,
+        "JPEG baseline (lossy)": jpeg_baseline(xray_dataset(px), xray_pixels(3, (64, 48))),
         "8 bits, chest, left": xray_dataset(
             xray_pixels(3, (64, 48)),
             bits_stored=8,
@@ -282,6 +283,8 @@ def test_results_conform_for_every_kind_of_source(kind, tmp_path):
     for result in (seg, sc, sr):
         spacings = [e.value for e in result.iterall() if e.keyword.endswith("PixelSpacing")]
         assert all(float(v) > 0 for value in spacings for v in value), (kind, spacings)
+    if kind == "JPEG baseline (lossy)":  # derived from a lossy image: said so
+        assert seg.LossyImageCompression == sc.LossyImageCompression == "01"
     hd.seg.segread(paths["seg"]), hd.sr.srread(paths["sr"])  # highdicom reads them back
     found = dicom_conformance(*paths.values())
     print(f"\n{kind}: dciodvfy warnings {found}")
