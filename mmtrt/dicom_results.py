@@ -424,34 +424,7 @@ def make_report(
     )
     groups = [classification]
     if segmentation is not None:
-        mask = segmentation.pixel_array.astype(bool).reshape(int(source.Rows), int(source.Columns))
-        area, spacing = lung_area(mask, source)
-        unit = codes.UCUM.SquareMillimeter if spacing is not None else code["pixels"]
-        how = f"mm2 from {spacing}" if spacing is not None else "pixels: no valid pixel spacing"
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=result_uid(source, info, "lung region"), identifier=f"Lung area ({how})"[:64]
-                ),
-                # (from_segmentation looks for the segment per frame; a one-frame SEG has it shared)
-                referenced_segment=hd.sr.ReferencedSegmentationFrame(
-                    sop_class_uid=segmentation.SOPClassUID,
-                    sop_instance_uid=segmentation.SOPInstanceUID,
-                    frame_number=1,
-                    segment_number=1,
-                    source_image=hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID),
-                ),
-                finding_type=codes.SCT.Lung,
-                algorithm_id=algorithm,
-                measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=area, unit=unit)],
-            )
-        )
-    if segmentation is not None:
-        # The SEG has one frame holding one segment: the reference names the segment and no frame
-        # (the image reference macro allows one of the two; TID 1410 omits the frame number when
-        # all frames and a single segment are meant). highdicom writes both.
-        for item in _content_items(groups[-1], codes.DCM.ReferencedSegmentationFrame):
-            del item.ReferencedSOPSequence[0].ReferencedFrameNumber
+        groups.append(_lung_group(source, info, segmentation, algorithm))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=code["chest x-ray"],
@@ -469,6 +442,39 @@ def make_report(
     )
     sr.SeriesDescription = _describe("MultiMix classification")
     return sr
+
+
+def _lung_group(source, info: ResultInfo, segmentation, algorithm):
+    """TID 1410: segment 1 of ``segmentation`` and its area (mm2, else pixels)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    mask = segmentation.pixel_array.astype(bool).reshape(int(source.Rows), int(source.Columns))
+    area, spacing = lung_area(mask, source)
+    unit = codes.UCUM.SquareMillimeter if spacing is not None else _codes()["pixels"]
+    how = f"mm2 from {spacing}" if spacing is not None else "pixels: no valid pixel spacing"
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=result_uid(source, info, "lung region"), identifier=f"Lung area ({how})"[:64]
+        ),
+        # (not from_segmentation: it looks for the segment per frame, a one-frame SEG shares it)
+        referenced_segment=hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            frame_number=1,
+            segment_number=1,
+            source_image=hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID),
+        ),
+        finding_type=codes.SCT.Lung,
+        algorithm_id=algorithm,
+        measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=area, unit=unit)],
+    )
+    # The SEG has one frame holding one segment: the reference names the segment and no frame
+    # (the image reference macro allows one of the two; TID 1410 omits the frame number when all
+    # frames and a single segment are meant). highdicom writes both.
+    for item in _content_items(group, codes.DCM.ReferencedSegmentationFrame):
+        del item.ReferencedSOPSequence[0].ReferencedFrameNumber
+    return group
 
 
 def _content_items(items, name) -> list:
