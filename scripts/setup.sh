@@ -29,13 +29,17 @@ pip_install --no-deps --require-hashes -r requirements-triton.lock
 .venv/bin/python -c "import torch, onnx, onnxruntime, openvino, monai, tritonclient.grpc, tritonclient.http, mmtrt.cli"
 test -x "$(.venv/bin/python -c 'import mmtrt.serving as s; print(s.find_tritonserver())')"
 # Debian packages some tests need, installed in CI or where missing when apt-get can run (root);
-# else those tests skip, saying why: nginx + its njs module (tests/integration/test_nginx_guard.py)
-# and headless Chromium (the test that opens `mmtrt evaluate`'s HTML report).
+# else those tests skip, saying why: nginx + its njs module (tests/integration/test_nginx_guard.py),
+# headless Chromium (the test that opens `mmtrt evaluate`'s HTML report) and dicom3tools (dciodvfy,
+# the standard's validator, run on every DICOM object the tests write; in CI its absence fails them).
 debian=()
 if [ "${CI:-}" = "true" ] || ! command -v nginx >/dev/null 2>&1 || [ ! -e /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
     debian+=(nginx-light libnginx-mod-http-js)
 fi
 command -v chromium >/dev/null 2>&1 || debian+=(chromium)
+if [ "${CI:-}" = "true" ] || ! command -v dciodvfy >/dev/null 2>&1; then
+    debian+=(dicom3tools)
+fi
 if [ ${#debian[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${debian[*]} (apt-get)"

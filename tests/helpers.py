@@ -92,6 +92,31 @@ except ServingError as _e:  # pragma: no cover - depends on the machine
 needs_server = pytest.mark.skipif(_NO_SERVER is not None, reason=f"no tritonserver: {_NO_SERVER}")
 
 
+# --------------------------------------------------------------------------- DICOM conformance
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+def dicom_conformance(*paths: Path) -> dict[str, list[str]]:
+    """Run the standard's validator, dciodvfy (Debian package dicom3tools), on each DICOM file and
+    fail on any line of its output that contains "Error"; return each file's warnings. Without
+    dciodvfy: fail in CI (CI=true, where scripts/setup.sh installs it), else skip, saying why.
+    Call it after a test's other checks (a skip ends the test)."""
+    if DCIODVFY is None:
+        why = "dciodvfy is not installed (apt-get install dicom3tools; scripts/setup.sh does it as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    warnings = {}
+    for path in paths:
+        done = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+        lines = (done.stdout + done.stderr).splitlines()  # its exit status is no verdict: read it
+        errors = [line for line in lines if "Error" in line]
+        assert not errors, f"dciodvfy {path}:\n" + "\n".join(lines)
+        warnings[Path(path).name] = [line for line in lines if line.startswith("Warning")]
+    return warnings
+
+
 # --------------------------------------------------------------------------- the export under test
 
 

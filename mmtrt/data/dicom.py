@@ -46,6 +46,7 @@ __all__ = [
     "DicomWarning",
     "RADIOGRAPH_MODALITIES",
     "read_dataset",
+    "pixel_spacing",
     "read_dicom",
     "dicom_to_unit_range",
     "voi_output_range",
@@ -401,7 +402,9 @@ def _describe_modality(ds) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+def pixel_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+    """((row, column) spacing in mm, its attribute's keyword): Pixel Spacing when it holds two
+    positive numbers, else Imager Pixel Spacing (at the detector) when it does; (None, None)."""
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(key)
         if value is not None and len(value) == 2:
@@ -420,7 +423,7 @@ def _uid(ds, key: str) -> str | None:
 
 
 def _meta(ds, how: str, notes: list[str]) -> ImageMeta:
-    spacing, source = _spacing(ds)
+    spacing, source = pixel_spacing(ds)
     view = str(ds.get("ViewPosition", "") or "").strip() or None
     return ImageMeta(
         format="DICOM",

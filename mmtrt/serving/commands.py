@@ -287,15 +287,17 @@ def serve(
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="For DICOM sources, also write DIR/<name>.seg.dcm (the lung mask as a DICOM "
-    "Segmentation at the source's size) and DIR/<name>.sc.dcm (the overlay as a Secondary "
-    "Capture), referencing the source, marked not for clinical use.",
+    "Segmentation at the source's size), DIR/<name>.sc.dcm (the overlay as a Secondary "
+    "Capture) and DIR/<name>.sr.dcm (pneumonia present/absent, its probability and the lung "
+    "area as a Structured Report), referencing the source, marked not for clinical use; made "
+    "again for the same source and model, they have the same UIDs.",
 )
 @click.option(
     "--export-manifest",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
     help="manifest.json of the export the server runs: its checkpoint sha256 is recorded in "
-    "the DICOM results (else they say 'unknown').",
+    "the DICOM results and makes their UIDs (else they say 'unknown').",
 )
 def infer(
     images: tuple[Path, ...],
@@ -312,7 +314,8 @@ def infer(
     size, pixel spacing, view and DICOM UIDs) and OUT/<name>.png (the X-ray with the lung-mask
     contour, the saliency heat map and the prediction), then a summary table. DICOM files
     (.dcm, single-frame grayscale) are windowed by their VOI LUT or Window Center/Width; with
-    --dicom-out each also gets a DICOM Segmentation and a Secondary Capture. Exits non-zero if
+    --dicom-out each also gets a DICOM Segmentation, a Secondary Capture and a Structured
+    Report. Exits non-zero if
     any image failed. With several --url, batches are spread over the
     servers that are ready and a failed server's batches go to the others."""
     from .infer import InferError, expand_inputs, infer_files

@@ -245,8 +245,10 @@ def infer_files(
     is ready at the start or the model cannot be used at all.
 
     ``dicom_out``: for each DICOM source, also ``dicom_out/<stem>.seg.dcm`` (the lung mask as a
-    DICOM Segmentation at the source's size) and ``dicom_out/<stem>.sc.dcm`` (the overlay as a
-    Secondary Capture), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them.
+    DICOM Segmentation at the source's size), ``dicom_out/<stem>.sc.dcm`` (the overlay as a
+    Secondary Capture) and ``dicom_out/<stem>.sr.dcm`` (the classification and the lung area as a
+    Structured Report), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them
+    and, with the source's SOP Instance UID, makes their UIDs.
     A source whose outputs cannot all be written gets an error and keeps none of them.
     """
     if batch_size < 1:
@@ -538,7 +540,13 @@ def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
     model, version, sha = info
     info = ResultInfo(model=model, model_version=version, checkpoint_sha256=sha)  # mask: probabilities
     return write_results(
-        r.source, out=dicom_out, stem=stem, info=info, mask_probs=mask, overlay_png=r.overlay_path
+        r.source,
+        out=dicom_out,
+        stem=stem,
+        info=info,
+        mask_probs=mask,
+        overlay_png=r.overlay_path,
+        probabilities=r.probs,
     )
 
 

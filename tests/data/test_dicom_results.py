@@ -1,10 +1,13 @@
-"""DICOM results (mmtrt.dicom_results): the lung mask as a DICOM Segmentation and the overlay as a
-Secondary Capture, read back with pydicom and highdicom; and `mmtrt infer --dicom-out` through
-the real Triton server."""
+"""DICOM results (mmtrt.dicom_results): the lung mask as a DICOM Segmentation, the overlay as a
+Secondary Capture and the classification as a Structured Report, read back with pydicom and
+highdicom and checked by the standard's validator (dciodvfy) for every kind of source the decoder
+accepts; their UIDs, the same for the same source and model; and `mmtrt infer --dicom-out`
+through the real Triton server."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import highdicom as hd
@@ -12,10 +15,11 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
-from dicom_fixtures import save, xray_dataset, xray_pixels
-from helpers import needs_server, ort_session
+from dicom_fixtures import jpeg_baseline, save, xray_dataset, xray_pixels
+from helpers import dicom_conformance, needs_server, ort_session
 from PIL import Image
 from pydicom.sr.codedict import codes
+from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
 from mmtrt.cli import main
 from mmtrt.data import load_image
@@ -23,7 +27,9 @@ from mmtrt.data.dicom import read_dataset
 from mmtrt.dicom_results import (
     DicomResultError,
     ResultInfo,
+    copyable_source,
     make_overlay_capture,
+    make_report,
     make_segmentation,
     native_mask,
     write_datasets,
@@ -150,6 +156,277 @@ def test_writes_are_all_or_nothing(source, tmp_path):
         make_segmentation(source, np.zeros((256, 256), bool), ResultInfo())
 
 
+# --------------------------------------------------------------------------- the report, conformance, UIDs
+
+PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _kinds_of_source() -> dict:
+    """Every kind of source the decoder accepts, and sources with invalid, missing or oddly formed
+    values (small: 64 x 48)."""
+    px = _twelve(3, (64, 48))
+    cr = xray_dataset(4095 - px, photometric="MONOCHROME1", modality="CR")
+    cr.SOPClassUID = cr.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    no_spacing = xray_dataset(px)
+    del no_spacing.ImagerPixelSpacing
+    missing = xray_dataset(px)
+    for key in (*PATIENT_AND_STUDY, "PatientOrientation", "ViewPosition", "Manufacturer"):
+        del missing[key]
+    with warnings.catch_warnings():  # pydicom warns about the invalid values it is given
+        warnings.simplefilter("ignore")
+        invalid = xray_dataset(
+            px,
+            PatientSex="X",
+            PatientBirthDate="19701301",
+            StudyDate="2026-12-01",
+            StudyTime="25:61",
+            AccessionNumber="A" * 20,
+            ReferringPhysicianName="N" * 70,
+            PatientOrientation=["X", "Y"],
+            Laterality="B",
+        )
+    return {
+        "DX MONOCHROME2, Imager Pixel Spacing": xray_dataset(px),
+        "CR MONOCHROME1": cr,
+        "JPEG baseline (lossy)": jpeg_baseline(xray_dataset(px), xray_pixels(3, (64, 48))),
+        "8 bits, chest, left": xray_dataset(
+            xray_pixels(3, (64, 48)),
+            bits_stored=8,
+            bits_allocated=8,
+            BodyPartExamined="CHEST",
+            Laterality="L",
+        ),
+        "Pixel Spacing, a frame of reference": xray_dataset(
+            px, PixelSpacing=[0.2, 0.2], Laterality="R", FrameOfReferenceUID=generate_uid()
+        ),
+        "no spacing": no_spacing,
+        "zero spacing, a frame of reference": xray_dataset(
+            px, PixelSpacing=[0, 0], ImagerPixelSpacing=[0, 0], FrameOfReferenceUID=generate_uid()
+        ),
+        "missing patient, study and orientation": missing,
+        "invalid values": invalid,
+        "oddly formed names": xray_dataset(px, PatientName="DOE, JOHN", ReferringPhysicianName="A^B^C^D^E^F"),
+        "empty name": xray_dataset(px, PatientName=""),
+    }
+
+
+KINDS = list(_kinds_of_source())
+
+
+def _results(ds, folder: Path, probabilities=(0.3, 0.7), info=None) -> dict[str, Path]:
+    source = save(ds, folder / "src.dcm")
+    info = info or ResultInfo(model="multimix", model_version="1", checkpoint_sha256=SHA)
+    with warnings.catch_warnings():  # highdicom warns about one-component names
+        warnings.simplefilter("ignore")
+        paths = write_results(
+            source,
+            out=folder,
+            stem="r",
+            info=info,
+            mask_probs=_blob(),
+            overlay_png=_overlay_png(folder),
+            probabilities=probabilities,
+        )
+    return {p.name.split(".")[1]: p for p in paths}
+
+
+def _overlay_png(folder: Path) -> Path:
+    path = folder / "overlay.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_results_conform_for_every_kind_of_source(kind, tmp_path):
+    """SEG, SC and SR of each kind of source: no Error from dciodvfy; a source's invalid value is
+    not copied (left out, or empty where the standard requires the attribute), its valid ones are;
+    the Type 2 attributes are there."""
+    ds = _kinds_of_source()[kind]
+    paths = _results(ds, tmp_path)
+    assert sorted(paths) == ["sc", "seg", "sr"]
+    seg, sc, sr = (pydicom.dcmread(paths[k]) for k in ("seg", "sc", "sr"))
+    clean = copyable_source(ds)
+    for result in (seg, sc, sr):
+        for key in PATIENT_AND_STUDY:
+            assert key in result, (kind, result.Modality, key)
+            assert str(result[key].value or "") == str(clean[key].value or ""), (kind, key)
+    if kind == "invalid values":
+        for key in ("PatientSex", "PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber"):
+            assert not seg[key].value and not sr[key].value, key
+        assert not seg.ReferringPhysicianName and not sc.ReferringPhysicianName
+        assert ds.PatientSex == "X" and ds.Laterality == "B"  # the source itself is not changed
+    if kind == "oddly formed names":  # a valid name is copied as it is; six components are not valid
+        assert seg.PatientName == "DOE, JOHN" and sr.ReferringPhysicianName == ""
+    # General Image's Patient Orientation: the source's when valid, else empty (not guessed)
+    valid_orientation = kind not in ("invalid values", "missing patient, study and orientation")
+    for result in (seg, sc):
+        assert list(result.PatientOrientation) == (["L", "F"] if valid_orientation else [])
+    # General Series' Laterality: absent for a chest (not a paired body part: the source's "L" is
+    # not copied); else the source's when valid, or empty (unknown)
+    if kind == "8 bits, chest, left":
+        assert "Laterality" not in sc and sc.BodyPartExamined == "CHEST"
+    elif kind == "Pixel Spacing, a frame of reference":
+        assert sc.Laterality == "R"
+    else:
+        assert "Laterality" in sc and not sc.Laterality
+    # no spacing of zero anywhere (highdicom writes no pixel measures for a projection radiograph)
+    for result in (seg, sc, sr):
+        spacings = [e.value for e in result.iterall() if e.keyword.endswith("PixelSpacing")]
+        assert all(float(v) > 0 for value in spacings for v in value), (kind, spacings)
+    if kind == "JPEG baseline (lossy)":  # derived from a lossy image: said so
+        assert seg.LossyImageCompression == sc.LossyImageCompression == "01"
+    hd.seg.segread(paths["seg"]), hd.sr.srread(paths["sr"])  # highdicom reads them back
+    found = dicom_conformance(*paths.values())
+    print(f"\n{kind}: dciodvfy warnings {found}")
+
+
+def test_the_conformance_check_fails_on_an_invalid_object(tmp_path):
+    """The synthetic sources lack Type 1 attributes of the DX IOD: dciodvfy reports errors, and the
+    check fails on them."""
+    path = save(xray_dataset(_twelve(8, (16, 16))), tmp_path / "source.dcm")
+    with pytest.raises(AssertionError, match="Error - Missing attribute Type 1"):
+        dicom_conformance(path)
+
+
+def test_a_value_that_cannot_be_parsed_is_left_out(tmp_path):
+    """A source whose Patient's Weight reads "ab.c" (pydicom cannot even parse it): results without
+    it, valid."""
+    ds = xray_dataset(_twelve(7, (64, 48)), PatientWeight="99.5")
+    path = save(ds, tmp_path / "weight.dcm")
+    path.write_bytes(path.read_bytes().replace(b"99.5", b"ab.c"))
+    (tmp_path / "out").mkdir()
+    paths = write_results(
+        path, out=tmp_path / "out", stem="w", info=ResultInfo(), mask_probs=_blob(), probabilities=(0.5, 0.5)
+    )
+    for p in paths:
+        assert "PatientWeight" not in pydicom.dcmread(p), p.name
+    dicom_conformance(*paths)
+
+
+def _report_groups(path: Path):
+    report = hd.sr.srread(path).content
+    return report.get_image_measurement_groups(), report.get_planar_roi_measurement_groups()
+
+
+def _texts(group, name) -> list[str]:
+    """The values of the TEXT items called ``name`` among a measurement group's own items."""
+    return [
+        item.TextValue
+        for item in group[0].ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == name.value
+    ]
+
+
+def test_report_round_trip(tmp_path):
+    """The SR read back with highdicom: TID 1500 with the finding pneumonia present / absent, its
+    probability, the lung area (mm2 with a valid Pixel Spacing, else pixels), the algorithm, and
+    references to the source image and to the SEG's segment."""
+    ds = xray_dataset(_twelve(4, (64, 48)), PixelSpacing=[0.2, 0.25])
+    paths = _results(ds, tmp_path, probabilities=(0.2, 0.8))
+    seg, sr = pydicom.dcmread(paths["seg"]), hd.sr.srread(paths["sr"])
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR Storage
+    assert sr.StudyInstanceUID == ds.StudyInstanceUID and sr.SeriesInstanceUID != ds.SeriesInstanceUID
+    assert "NOT FOR CLINICAL USE" in sr.SeriesDescription and sr.VerificationFlag == "UNVERIFIED"
+    template = sr.ContentTemplateSequence[0]
+    assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "1500")
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert evidence == {ds.SOPInstanceUID, seg.SOPInstanceUID}
+    (finding,), (lung,) = _report_groups(paths["sr"])
+    assert (finding.finding_type.value, finding.finding_type.scheme_designator) == ("233604007", "SCT")
+    (evaluation,) = finding.get_qualitative_evaluations()
+    assert evaluation.name.value == "233604007" and evaluation.value == codes.SCT.Present
+    (probability,) = finding.get_measurements()
+    assert probability.name == codes.DCM.Probability and probability.value == pytest.approx(0.8)
+    assert probability.unit == codes.UCUM.NoUnits
+    (source_ref,) = finding.source_images
+    assert source_ref.referenced_sop_instance_uid == ds.SOPInstanceUID
+    for group in (finding, lung):
+        assert _texts(group, codes.DCM.AlgorithmName) == ["mmtrt"]
+        assert _texts(group, codes.DCM.AlgorithmVersion) == [ResultInfo().mmtrt_version]
+        assert _texts(group, codes.DCM.AlgorithmParameters) == [
+            "model=multimix",
+            "model_version=1",
+            f"checkpoint_sha256={SHA}",
+        ]
+    # the lung: the SEG's segment 1, its area in mm2 from the Pixel Spacing
+    assert lung.finding_type == codes.SCT.Lung
+    frame = lung.referenced_segmentation_frame
+    assert frame[0].referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert frame[0].referenced_segment_numbers == [1] and frame[0].referenced_frame_numbers is None
+    assert frame[1].referenced_sop_instance_uid == ds.SOPInstanceUID  # Source Image for Segmentation
+    (area,) = lung.get_measurements()
+    lung_pixels = int(hd.seg.segread(paths["seg"]).pixel_array.sum())
+    assert area.name == codes.SCT.Area and area.unit == codes.UCUM.SquareMillimeter
+    assert area.value == pytest.approx(lung_pixels * 0.2 * 0.25) and lung_pixels > 500
+    assert "PixelSpacing" in lung.tracking_identifier
+    # absent, and no spacing: the area in pixels, said so
+    no_spacing = xray_dataset(_twelve(5, (64, 48)))
+    del no_spacing.ImagerPixelSpacing
+    (tmp_path / "b").mkdir()
+    paths = _results(no_spacing, tmp_path / "b", probabilities=(0.9, 0.1))
+    (finding,), (lung,) = _report_groups(paths["sr"])
+    assert finding.get_qualitative_evaluations()[0].value == codes.SCT.Absent
+    assert finding.get_measurements()[0].value == pytest.approx(0.1)
+    (area,) = lung.get_measurements()
+    assert area.unit.value == "{pixels}" and area.value == hd.seg.segread(paths["seg"]).pixel_array.sum()
+    assert "no valid pixel spacing" in lung.tracking_identifier
+    # a model without a mask: the report holds the finding only
+    sr = make_report(no_spacing, ResultInfo(), pneumonia_probability=0.6, pneumonia=True)
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID == (
+        no_spacing.SeriesInstanceUID
+    )
+    path = write_datasets([(tmp_path / "finding-only.sr.dcm", sr)])[0]
+    groups = _report_groups(path)
+    assert len(groups[0]) == 1 and groups[1] == []
+    dicom_conformance(path)
+
+
+def _uids(folder: Path) -> dict[str, tuple[str, str]]:
+    return {
+        p.name: (d.SeriesInstanceUID, d.SOPInstanceUID)
+        for p in sorted(folder.glob("r.*.dcm"))
+        for d in [pydicom.dcmread(p, stop_before_pixels=True)]
+    }
+
+
+def test_result_uids_follow_the_source_and_the_model(tmp_path):
+    """Made again for the same source by the same model (checkpoint sha256), the results have the
+    same series and instance UIDs (a resend replaces them in an archive); another model or another
+    source gives others; no two results share one."""
+    ds = xray_dataset(_twelve(6, (64, 48)))
+    other = xray_dataset(_twelve(6, (64, 48)))  # same pixels, another image (SOP Instance UID)
+    runs = {}
+    for name, source, sha in [
+        ("a", ds, SHA),
+        ("again", ds, SHA),
+        ("model", ds, "f" * 64),
+        ("other", other, SHA),
+    ]:
+        (tmp_path / name).mkdir()
+        _results(source, tmp_path / name, info=ResultInfo(checkpoint_sha256=sha))
+        runs[name] = _uids(tmp_path / name)
+    assert sorted(runs["a"]) == ["r.sc.dcm", "r.seg.dcm", "r.sr.dcm"]
+    assert runs["a"] == runs["again"]
+    every = [uid for run in ("a", "model", "other") for pair in runs[run].values() for uid in pair]
+    assert len(set(every)) == len(every) == 18
+    assert all(uid.startswith(pydicom.uid.PYDICOM_ROOT_UID) for uid in every)
+
+
 # --------------------------------------------------------------------------- through the server
 
 
@@ -191,7 +468,7 @@ def test_infer_dicom_out_through_the_server(server, export_dir, dicom_inputs, tm
         f"{s}.{e}" for s in ("dx12", "cr_mono1", "ct", "plain") for e in ("json", "png")
     )
     assert sorted(p.name for p in dicom_out.iterdir()) == sorted(
-        f"{s}.{e}.dcm" for s in ("dx12", "cr_mono1", "ct") for e in ("seg", "sc")
+        f"{s}.{e}.dcm" for s in ("dx12", "cr_mono1", "ct") for e in ("seg", "sc", "sr")
     )
     assert json.loads((out / "ct.json").read_text())["image"]["warnings"][0].startswith("Modality CT")
     session = ort_session(export_dir / "multimix.onnx")
@@ -210,7 +487,7 @@ def test_infer_dicom_out_through_the_server(server, export_dir, dicom_inputs, tm
             src.SeriesInstanceUID,
             src.SOPInstanceUID,
         )
-        assert record["dicom_results"] == [f"{stem}.seg.dcm", f"{stem}.sc.dcm"]
+        assert record["dicom_results"] == [f"{stem}.seg.dcm", f"{stem}.sc.dcm", f"{stem}.sr.dcm"]
         # the SEG: the served mask, resampled to the source's grid
         probs, mask = session.run(
             ["probs", "mask"], {"image": load_image(dicom_inputs / f"{stem}.dcm")[None, None]}
@@ -237,7 +514,18 @@ def test_infer_dicom_out_through_the_server(server, export_dir, dicom_inputs, tm
         )
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
         assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.PatientID == src.PatientID
+        # the SR: the served probability and label, the SEG's lung area in mm2 (Imager Pixel Spacing)
+        (finding,), (lung,) = _report_groups(dicom_out / f"{stem}.sr.dcm")
+        p_pneumonia = record["probabilities"]["PNEUMONIA"]
+        assert finding.get_measurements()[0].value == pytest.approx(p_pneumonia, abs=1e-6)
+        present = finding.get_qualitative_evaluations()[0].value == codes.SCT.Present
+        assert present == (record["label"] == "PNEUMONIA")
+        assert lung.referenced_segmentation_frame[0].referenced_sop_instance_uid == seg.SOPInstanceUID
+        (area,) = lung.get_measurements()
+        assert area.unit == codes.UCUM.SquareMillimeter
+        assert area.value == pytest.approx(int(seg.pixel_array.sum()) * 0.175 * 0.175)
     assert json.loads((out / "plain.json").read_text())["dicom_results"] is None
+    dicom_conformance(*sorted(dicom_out.iterdir()))
 
 
 def test_infer_help_shows_the_dicom_path():
@@ -245,4 +533,5 @@ def test_infer_help_shows_the_dicom_path():
     assert r.exit_code == 0
     text = " ".join(r.output.split())
     assert "--dicom-out" in text and "DICOM Segmentation" in text and "Secondary Capture" in text
+    assert "Structured Report" in text and "same UIDs" in text
     assert "PNG/JPEG/TIFF/DICOM" in text and "--export-manifest" in text

@@ -29,6 +29,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import (
     client_for,
+    dicom_conformance,
     encoded,
     model_statistics,
     needs_server,
@@ -334,9 +335,11 @@ def test_infer_sends_files_or_tensors(server, files, tmp_path):
     seg = pydicom.dcmread(tmp_path / "dicom" / "ct.seg.dcm")
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (seg.Rows, seg.Columns) == (128, 128) and "model=multimix_image" in algorithm.AlgorithmParameters
-    assert sorted(p.name for p in (tmp_path / "dicom").iterdir()) == ["ct.sc.dcm", "ct.seg.dcm"]
+    results = sorted((tmp_path / "dicom").iterdir())
+    assert [p.name for p in results] == ["ct.sc.dcm", "ct.seg.dcm", "ct.sr.dcm"]
     r = _infer("--send", "bytes", "--model", "classifier", "--url", url, "--out", tmp_path / "no", inputs)
     assert r.exit_code == 2 and "--model classifier takes decoded images only" in r.output, r.output
+    dicom_conformance(*results)
 
 
 def test_infer_auto_sends_tensors_to_a_server_without_the_file_model(server, files, monkeypatch):
