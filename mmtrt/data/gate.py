@@ -26,8 +26,10 @@ repository setting ``--allow`` of ``mmtrt repo`` for the served file model). A r
 
 Only the header is read (:func:`judge_file`: no pixels decoded). A file that is no DICOM file
 has no metadata to judge and is accepted here; one whose header cannot be read is left to the
-decoder, which says what is wrong with it. This module is copied beside the served models
-(``mmtrt repo``), like the decoder it sits in front of.
+decoder, which says what is wrong with it. ``mmtrt infer`` and the served file model refuse
+only files that decode: one that is no usable image (a structured report, a truncated file...)
+is an error, as before, not a refusal. This module is copied beside the served models
+(``mmtrt repo``), like the decoder it works beside.
 """
 
 from __future__ import annotations

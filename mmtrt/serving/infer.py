@@ -267,7 +267,8 @@ def infer_files(
     A source whose outputs cannot all be written gets an error and keeps none of them.
 
     The input gate (:func:`mmtrt.data.gate.judge_file`, its rules ``relaxed`` as asked) judges
-    each file's DICOM header first: a refused file is not read further nor sent; it gets
+    each file's DICOM header first: a file it refuses that decodes (one that does not is an
+    error, as any file that cannot be read) is not sent; it gets
     ``out/<stem>.json`` with ``"outcome": "refused"`` and the reason, like a file the server's
     gate refuses (``accepted`` false in its answer), and neither gets an overlay or DICOM results.
     """
@@ -275,15 +276,6 @@ def infer_files(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     say = servers.say
     paths = [Path(p) for p in paths]
-    results = [ImageResult(p) for p in paths]
-    stems = _output_stems(paths)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-    for r, stem in zip(results, stems):
-        verdict = judge_file(r.source, relaxed)
-        if not verdict.accepted:
-            refuse(r, verdict.reason, by="mmtrt infer", out=out, stem=stem, say=say)
     modes = send_modes(paths, send, model)
     with servers.first_ready() as client:
         routes, modes = model_routes(client, model, modes, send, say)
@@ -299,7 +291,21 @@ def infer_files(
 
     servers.check = same_routes
     batch_size = capped_batch_size(batch_size, routes.values(), say)
-    to_send = [None if r.refused else kind for r, kind in zip(results, modes)]
+    stems = _output_stems(paths)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+    results = [ImageResult(p) for p in paths]
+
+    def errors_only(line: str) -> None:  # a refused file's decoding warnings are moot
+        if not line.startswith("warning:"):
+            say(line)
+
+    for i, (r, stem) in enumerate(zip(results, stems)):
+        verdict = judge_file(r.source, relaxed)
+        if not verdict.accepted and read_batch(paths, [i], results, errors_only):
+            refuse(r, verdict.reason, by="mmtrt infer", out=out, stem=stem, say=say)
+    to_send = [kind if r.ok and not r.refused else None for r, kind in zip(results, modes)]
     batches = [Batch(kind, indices) for kind, indices in plan_batches(to_send, batch_size)]
     max_attempts = (int(servers.retries or 0) + 1) * len(servers.endpoints)
 

@@ -128,7 +128,7 @@ _FILE_DECODER = ModelSpec(
     "decode",
     description="image files (BYTES: PNG, JPEG, TIFF, 16-bit PNG, DICOM; one per batch item) -> "
     "the network's input images, the files' native sizes and the input gate's verdict on their "
-    "DICOM header (accepted, refusal_reason; a refused file is not decoded: zeros, size 0 x 0), "
+    "DICOM header (accepted, refusal_reason; a refused file's image: zeros, size 0 x 0), "
     "with mmtrt's decoder and gate (the first step of multimix_image). No warm-up request: a "
     "file of zeros is not an image.",
 )

@@ -9,8 +9,9 @@ input images. The first step of the ensemble ``multimix_image`` (file_decoder ->
   ``original_size`` (INT32 ``[n, 2]``: the file's rows and columns), ``accepted`` (BOOL
   ``[n, 1]``) and ``refusal_reason`` (BYTES ``[n, 1]``, UTF-8, empty when accepted): the input
   gate's verdict on the file's DICOM header (mmtrt/data/gate.py: body part, view, modality;
-  other formats carry no such header and are accepted). A refused file is not decoded: its image
-  is zeros and its size 0 x 0, and ``multimix`` (the next step of the ensemble) does not run it.
+  other formats carry no such header and are accepted). A file is decoded first (one that is no
+  usable image is an error, below, refused or not); a refused file's image is then zeros and its
+  size 0 x 0, and ``multimix`` (the next step of the ensemble) does not run it.
 
 Decoding is mmtrt's one decoder, ``read_image`` of mmtrt/data/images.py (with dicom.py and
 decoded.py), which ``mmtrt repo`` copies into this version folder with the other mmtrt modules
@@ -144,14 +145,13 @@ class TritonPythonModel:
             data, problem = self._payload(bytes(element), where)
             if problem:
                 return None, problem
+            try:  # a file that is no usable image is an error, refused or not
+                image, size = self._decode(data, where)
+            except self.images.DataError as e:
+                return None, str(e)
             verdict = self.gate.judge_file(self.images.EncodedFile(data, where), self.relaxed)
-            if verdict.accepted:
-                try:
-                    image, size = self._decode(data, where)
-                except self.images.DataError as e:
-                    return None, str(e)
-            else:  # answered as refused: not decoded, and not run by the next step
-                image, size = np.zeros((self.size, self.size), np.float32), (0, 0)
+            if not verdict.accepted:  # answered as refused: zeros, which the next step does not run
+                image, size = np.zeros_like(image), (0, 0)
             pixels.append(image)
             sizes.append(size)
             verdicts.append(verdict)
