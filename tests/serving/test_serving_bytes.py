@@ -457,8 +457,9 @@ def test_repository_renders_the_limits_and_checks_the_decoder(repo, tmp_path, mo
     params = parse_config((repo / "file_decoder" / "config.pbtxt").read_text()).parameters
     assert params["max_image_bytes"].string_value == "2000000"
     assert params["max_image_pixels"].string_value == "4000000"
+    assert params["gate_allow"].string_value == "modality"
     package = repo / "file_decoder" / "1" / checks.BACKEND_PACKAGE
-    for module in ("decoded", "dicom", "images"):
+    for module in ("decoded", "dicom", "images", "gate"):
         assert (package / f"{module}.py").read_bytes() == (
             ROOT / "mmtrt" / "data" / f"{module}.py"
         ).read_bytes()
