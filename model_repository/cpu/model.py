@@ -229,7 +229,8 @@ class TritonPythonModel:
         -1) for the others, which are not run."""
         results = {}
         if accepted.any():
-            results = self.runner({self.input_name: batch[accepted]}, outputs=self.fetch)
+            images = batch if accepted.all() else batch[accepted]  # (a mask copies)
+            results = self.runner({self.input_name: images}, outputs=self.fetch)
             if LABEL not in results and any(name == LABEL for name, _ in self.outputs):
                 results[LABEL] = np.argmax(results[PROBS], axis=1).reshape(-1, 1)
         outputs = []
