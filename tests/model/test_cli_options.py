@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmtrt.cli import main
-from mmtrt.cli_options import IntList, NameList, ServerOptions, server_options
+from mmtrt.cli_options import IntList, NameList, ServerOptions, allow_option, server_options
 from mmtrt.serving.client import Backoff
 
 
@@ -79,3 +79,21 @@ def test_infer_and_evaluate_share_their_server_options():
         k: v for k, v in evaluate["urls"].items() if k != "help"
     }
     assert infer["batch_size"]["default"] == evaluate["batch_size"]["default"] == 8
+
+
+def test_allow_names_the_input_gate_rules_to_relax(tmp_path):
+    """`--allow`: comma-separated rules of mmtrt.data.gate, as a frozenset; none by default; an
+    unknown rule is a usage error naming it and the known ones, before any server is asked."""
+
+    @click.command()
+    @allow_option()
+    def gated(allow):
+        click.echo(repr(sorted(allow)))
+
+    assert CliRunner().invoke(gated, []).output.strip() == "[]"
+    assert CliRunner().invoke(gated, ["--allow", "view,modality"]).output.strip() == "['modality', 'view']"
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    r = CliRunner().invoke(main, ["infer", "--allow", "lateral", "--url", "127.0.0.1:1", str(image)])
+    assert r.exit_code == 2
+    assert "unknown gate rule(s) lateral: choose from body-part, view, modality" in r.output
