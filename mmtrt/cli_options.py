@@ -8,7 +8,8 @@ benchmarks/). An option that only one command has stays beside that command.
   (the sizes of a sweep, the targets of a benchmark);
 - :func:`batch_size_option`, :func:`seed_option`, :func:`device_option`,
   :func:`difficulty_option`: one batch size, a seed, where PyTorch runs, how subtle the
-  synthetic pneumonia signal is.
+  synthetic pneumonia signal is;
+- :func:`allow_option`: the input gate's rules to relax (:mod:`mmtrt.data.gate`).
 """
 
 from __future__ import annotations
@@ -229,4 +230,43 @@ def difficulty_option(default: float):
         type=click.FloatRange(0, 1),
         default=default,
         help="How subtle the synthetic pneumonia signal is: 0 obvious, 1 invisible.",
+    )
+
+
+# --------------------------------------------------------------------------- the input gate
+
+
+#: the rules of mmtrt.data.gate, named here for the help text only: importing the gate loads
+#: mmtrt.data (and torch), which a command's --help should not (tests check the two agree)
+GATE_RULES_HELP = "body-part, view, modality"
+
+
+class GateRules(click.ParamType):
+    """A comma-separated list of input-gate rules (:data:`mmtrt.data.gate.RULES`) -> frozenset."""
+
+    name = "RULE[,RULE...]"
+
+    def convert(self, value, param, ctx) -> frozenset[str]:
+        if isinstance(value, frozenset):
+            return value
+        from mmtrt.data.gate import relaxed_rules
+
+        try:
+            return relaxed_rules(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def allow_option():
+    """``--allow body-part,view``: the input gate's rules to relax (default: none, every rule
+    applies), as the argument ``allow`` (a frozenset of rule names)."""
+    return click.option(
+        "--allow",
+        type=GateRules(),
+        default="",
+        show_default=False,
+        help=f"Input-gate rules to relax, comma-separated ({GATE_RULES_HELP}; see the input gate in "
+        "docs/input-gate.md). By default none: a DICOM file whose header says it is no frontal "
+        "chest radiograph (Body Part Examined, a lateral View Position, a Modality other than "
+        "CR/DX) is refused, with the reason.",
     )

@@ -29,7 +29,8 @@ plans...), several frames, colour (RGB, YBR, palette: chest radiographs are gray
 Stored outside 8..16, float pixel data, truncated files, transfer syntaxes with no decoder
 (the message names the syntax and the package to install). Accepted with a warning
 (:class:`DicomWarning`, also in ``ImageMeta.warnings``): single-frame grayscale images whose
-Modality is not CR or DX.
+Modality is not CR or DX (which the input gate, :mod:`mmtrt.data.gate`, refuses before the model
+sees them unless its ``modality`` rule is relaxed).
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ BACKEND_MODULES = (
     "data/decoded.py",
     "data/dicom.py",
     "data/images.py",
+    "data/gate.py",
 )
-# The libraries the image decoder (images, dicom, decoded) imports, as (module, pip name): needed
+# The libraries the image decoder (images, dicom, decoded, gate) imports, as (module, pip name): needed
 # by a model that decodes files, one whose parameters are image limits (cpu: file_decoder).
 DECODER_REQUIREMENTS = (("numpy", "numpy"), ("PIL", "Pillow"), ("pydicom", "pydicom"))
 BUILD_ENGINES_HINT = (
@@ -82,7 +83,8 @@ def _compare_with_onnx(name: str, config, onnx_path: Path, *, all_outputs: bool)
         ("input", config.input, sig["inputs"]),
         ("output", config.output, sig["outputs"]),
     ):
-        have = tensors_of(tensors)
+        # an optional input is the python model's own (e.g. multimix's accepted), not the graph's
+        have = tensors_of(t for t in tensors if not (kind == "input" and t.optional))
         missing = [n for n in want if n not in have]
         extra = [n for n in have if n not in want]
         if kind == "output" and not all_outputs:

@@ -44,6 +44,8 @@ __all__ = [
     "IMAGE_INPUT",
     "FILE_INPUT",
     "ORIGINAL_SIZE",
+    "ACCEPTED",
+    "REFUSAL_REASON",
     "Backoff",
     "Tls",
     "TensorInfo",
@@ -72,6 +74,10 @@ FILE_MODELS = {JOINT_MODEL: IMAGE_MODEL}
 IMAGE_INPUT = "image"  # FP32 [n, 1, 256, 256] in [0, 1]
 FILE_INPUT = "file"  # BYTES [n, 1], one file per row
 ORIGINAL_SIZE = "original_size"  # INT32 [n, 2]: rows, columns of each file as the server decoded it
+#: the input gate's verdict on each file (mmtrt.data.gate): BOOL [n, 1], and BYTES [n, 1], the
+#: reason of a refusal (empty when accepted). A refused file's other outputs are zeros (label -1)
+ACCEPTED = "accepted"
+REFUSAL_REASON = "refusal_reason"
 
 
 def __getattr__(name: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mmtrt.cli_options import ServerOptions, batch_size_option, server_options
+from mmtrt.cli_options import ServerOptions, allow_option, batch_size_option, server_options
 
 from .client import CLASSIFIER_MODEL, DEFAULT_PORTS, FILE_MODELS, IMAGE_MODEL, JOINT_MODEL
 from .replicas import ServeSettings
@@ -299,6 +299,7 @@ def serve(
     help="manifest.json of the export the server runs: its checkpoint sha256 is recorded in "
     "the DICOM results and makes their UIDs (else they say 'unknown').",
 )
+@allow_option()
 def infer(
     images: tuple[Path, ...],
     server: ServerOptions,
@@ -308,6 +309,7 @@ def infer(
     out: Path,
     dicom_out: Path | None,
     export_manifest: Path | None,
+    allow: frozenset[str],
 ):
     """Classify IMAGES (PNG/JPEG/TIFF/DICOM of any size, or folders of them) with a running
     server: per image OUT/<name>.json (probabilities, label, lung-mask fraction, the image's
@@ -315,9 +317,11 @@ def infer(
     contour, the saliency heat map and the prediction), then a summary table. DICOM files
     (.dcm, single-frame grayscale) are windowed by their VOI LUT or Window Center/Width; with
     --dicom-out each also gets a DICOM Segmentation, a Secondary Capture and a Structured
-    Report. Exits non-zero if
-    any image failed. With several --url, batches are spread over the
-    servers that are ready and a failed server's batches go to the others."""
+    Report. A DICOM file whose header says it is no frontal chest radiograph is refused by the
+    input gate (here, or by the server's for files sent as bytes): printed as refused with the
+    reason, its JSON says so, no overlay or DICOM results; --allow relaxes a rule. Exits non-zero
+    if any image failed (a refusal is an answer, not a failure). With several --url, batches are
+    spread over the servers that are ready and a failed server's batches go to the others."""
     from .infer import InferError, expand_inputs, infer_files
 
     if send == "bytes" and model not in FILE_MODELS:
@@ -352,6 +356,7 @@ def infer(
             out=out,
             dicom_out=dicom_out,
             checkpoint_sha256=checkpoint_sha256,
+            relaxed=allow,
         )
     except InferError as e:
         raise click.ClickException(str(e)) from None

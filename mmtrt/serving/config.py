@@ -32,11 +32,13 @@ TRITON_TYPES = {
 
 @dataclass(frozen=True)
 class Tensor:
-    """One tensor of a model config: Triton data type and dims after the batch axis."""
+    """One tensor of a model config: Triton data type and dims after the batch axis; an
+    ``optional`` input may be left out of a request."""
 
     name: str
     data_type: str
     dims: tuple[int, ...]
+    optional: bool = False
 
     @classmethod
     def from_record(cls, name: str, record: dict) -> Tensor:
@@ -48,7 +50,8 @@ class Tensor:
 
     def block(self) -> str:
         dims = ", ".join(map(str, self.dims))
-        return f'  {{\n    name: "{self.name}"\n    data_type: {self.data_type}\n    dims: [ {dims} ]\n  }}'
+        optional = "\n    optional: true" if self.optional else ""
+        return f'  {{\n    name: "{self.name}"\n    data_type: {self.data_type}\n    dims: [ {dims} ]{optional}\n  }}'
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,13 @@ class ModelTensors:
         )
 
     def warmup(self) -> str:
-        """A warm-up request of zeros, batch 1: the first real request then pays no set-up."""
+        """A warm-up request of zeros, batch 1: the first real request then pays no set-up
+        (without the optional inputs)."""
         inputs = "".join(
             f'    inputs {{\n      key: "{t.name}"\n      value: {{\n        data_type: {t.data_type}\n'
             f"        dims: [ {', '.join(map(str, t.dims))} ]\n        zero_data: true\n      }}\n    }}\n"
             for t in self.inputs
+            if not t.optional
         )
         return f'model_warmup [\n  {{\n    name: "zero_batch1"\n    batch_size: 1\n{inputs}  }}\n]'
 

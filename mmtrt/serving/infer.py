@@ -10,6 +10,12 @@ map, the predicted class and its probability); DICOM sources optionally a DICOM 
 Secondary Capture (:mod:`mmtrt.dicom_results`). Works with both repository flavours: it requests
 ``probs`` (plus ``mask`` and ``saliency`` when the model has them) and takes the label as
 argmax(probs).
+
+The input gate (:mod:`mmtrt.data.gate`) judges each DICOM file's header before anything is sent:
+a file it refuses is not decoded or sent, and the server's file model applies its own gate (its
+repository setting) to the files sent as bytes, answering ``accepted`` false and a
+``refusal_reason``. Either way the image is *refused*, not failed: its JSON says ``"outcome":
+"refused"`` and the reason, it gets no overlay and no DICOM results, and the run goes on.
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ import numpy as np
 
 from mmtrt.data.datasets import CLASSES
 from mmtrt.data.dicom import DicomWarning
+from mmtrt.data.gate import judge_file
 from mmtrt.data.images import IMAGE_EXTENSIONS, DataError, ImageMeta, looks_like_dicom, read_image
 from mmtrt.files import atomic_write
 
 from .client import (
+    ACCEPTED,
     FILE_MODELS,
     JOINT_MODEL,
     ORIGINAL_SIZE,
+    REFUSAL_REASON,
     Answer,
     Servers,
     Session,
@@ -65,10 +74,17 @@ class ImageResult:
     dicom_paths: list[Path] | None = None
     error: str | None = None
     served_size: tuple[int, int] | None = None  # (rows, columns) the server decoded (sent as bytes)
+    refusal_reason: str | None = None  # refused by the input gate (here or in the server): why
+    refused_by: str | None = None  # "mmtrt infer" or the served model that refused it
 
     @property
     def ok(self) -> bool:
+        """The image was handled: answered, or refused by the input gate (not a failure)."""
         return self.error is None
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal_reason is not None
 
     @property
     def label_index(self) -> int | None:
@@ -221,6 +237,7 @@ def infer_files(
     overlays: bool = True,
     dicom_out: Path | None = None,
     checkpoint_sha256: str | None = None,
+    relaxed: frozenset[str] = frozenset(),
 ) -> list[ImageResult]:
     """Run ``paths`` through ``model`` on ``servers``, in batches of ``batch_size`` (at most the
     model's max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when
@@ -250,6 +267,12 @@ def infer_files(
     Structured Report), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them
     and, with the source's SOP Instance UID, makes their UIDs.
     A source whose outputs cannot all be written gets an error and keeps none of them.
+
+    The input gate (:func:`mmtrt.data.gate.judge_file`, its rules ``relaxed`` as asked) judges
+    each file's DICOM header first: a file it refuses that decodes (one that does not is an
+    error, as any file that cannot be read) is not sent; it gets
+    ``out/<stem>.json`` with ``"outcome": "refused"`` and the reason, like a file the server's
+    gate refuses (``accepted`` false in its answer), and neither gets an overlay or DICOM results.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -275,7 +298,17 @@ def infer_files(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
     results = [ImageResult(p) for p in paths]
-    batches = [Batch(kind, indices) for kind, indices in plan_batches(modes, batch_size)]
+
+    def errors_only(line: str) -> None:  # a refused file's decoding warnings are moot
+        if not line.startswith("warning:"):
+            say(line)
+
+    for i, (r, stem) in enumerate(zip(results, stems)):
+        verdict = judge_file(r.source, relaxed)
+        if not verdict.accepted and read_batch(paths, [i], results, errors_only):
+            refuse(r, verdict.reason, by="mmtrt infer", out=out, stem=stem, say=say)
+    to_send = [kind if r.ok and not r.refused else None for r, kind in zip(results, modes)]
+    batches = [Batch(kind, indices) for kind, indices in plan_batches(to_send, batch_size)]
     max_attempts = (int(servers.retries or 0) + 1) * len(servers.endpoints)
 
     def send_batch(session: Session, batch: Batch) -> Answer | None:
@@ -416,7 +449,9 @@ def model_routes(
             raise InferError(
                 f"model '{name}' has no 'probs' output (outputs: {outputs}); is it a MultiMix model?"
             )
-        wanted = tuple(o for o in ("probs", "mask", "saliency", ORIGINAL_SIZE) if o in outputs)
+        wanted = tuple(
+            o for o in ("probs", "mask", "saliency", ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON) if o in outputs
+        )
         routes[kind] = Route(kind, name, info.max_batch_size, wanted, info.newest_version)
     return routes, modes
 
@@ -433,12 +468,13 @@ def capped_batch_size(batch_size: int, routes: Iterable[Route], say) -> int:
     return batch_size
 
 
-def plan_batches(modes: Sequence[str], batch_size: int) -> list[tuple[str, list[int]]]:
+def plan_batches(modes: Sequence[str | None], batch_size: int) -> list[tuple[str, list[int]]]:
     """The run's batches as (kind, indices): files of one kind together, in the order of their
-    first file."""
+    first file (a file of kind None is not sent)."""
     by_kind: dict[str, list[int]] = {}
     for i, kind in enumerate(modes):
-        by_kind.setdefault(kind, []).append(i)
+        if kind is not None:
+            by_kind.setdefault(kind, []).append(i)
     batches = [
         (kind, indices[s : s + batch_size])
         for kind, indices in by_kind.items()
@@ -491,8 +527,14 @@ def write_result(
     with ``out``, write its overlay PNG, its DICOM results (``dicom``: (folder, (model, version,
     checkpoint sha256)), for DICOM sources) and its JSON (the served ``model``, what was ``sent``:
     "tensor" or "bytes", and the ``server`` that answered: url, protocol ...). A result that
-    cannot be written whole is removed and becomes the image's error. An image sent as bytes comes back with the size the server
-    decoded (``original_size``); one that differs from the size decoded here is said."""
+    cannot be written whole is removed and becomes the image's error. An image sent as bytes comes
+    back with the size the server decoded (``original_size``); one that differs from the size
+    decoded here is said. An image the server's input gate refused (``accepted`` false) is
+    written as refused (:func:`refuse`): its other outputs are no result."""
+    if ACCEPTED in got and not bool(np.asarray(got[ACCEPTED]).reshape(-1)[0]):
+        reason = _text(got.get(REFUSAL_REASON)) or "refused by the server's input gate (no reason given)"
+        refuse(r, reason, by=model, out=out, stem=stem, say=say, sent=sent, server=server)
+        return
     r.probs = np.asarray(got["probs"], dtype=np.float64)
     if ORIGINAL_SIZE in got:
         r.served_size = tuple(int(v) for v in got[ORIGINAL_SIZE])
@@ -534,6 +576,54 @@ def write_result(
         say(f"error: {r.error}")
 
 
+def _text(value) -> str:
+    """A BYTES output element (e.g. [b"..."]) as text."""
+    if value is None:
+        return ""
+    item = np.asarray(value, dtype=object).reshape(-1)[0]
+    return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+
+
+def refuse(
+    r: ImageResult,
+    reason: str,
+    *,
+    by: str,
+    out: Path | None,
+    stem: str,
+    say: Callable[[str], None],
+    sent: str | None = None,
+    server: dict | None = None,
+) -> None:
+    """Mark ``r`` refused by the input gate (``by``: "mmtrt infer" or the served model) and, with
+    ``out``, write its JSON: ``"outcome": "refused"``, the reason, no result. No overlay, no
+    DICOM results: nothing of a refused image may be taken for a result."""
+    r.refusal_reason, r.refused_by = reason, by
+    r.probs = r.mask_fraction = None
+    say(f"refused: {r.source}: {reason}")
+    if out is None:
+        return
+    record = {
+        "source": str(r.source.resolve()),
+        "outcome": "refused",
+        "refusal_reason": reason,
+        "refused_by": by,
+        "label": None,
+        "probabilities": None,
+        "server": server,
+        "sent": sent,
+        "image": r.meta.to_dict() if r.meta is not None else None,
+    }
+    path = out / f"{stem}.json"
+    text = json.dumps(record, indent=2) + "\n"
+    try:
+        atomic_write(path, lambda fh: fh.write(text.encode()))
+        r.json_path = path
+    except OSError as e:
+        r.error = f"{r.source}: cannot write the results to {out}: {e}"
+        say(f"error: {r.error}")
+
+
 def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
     from mmtrt.dicom_results import ResultInfo, write_results
 
@@ -554,6 +644,8 @@ def _record(r: ImageResult, *, model: str, sent: str, server: dict) -> dict:
     decoded = "mmtrt.data.load_image: grayscale, [0, 1], 256x256 bilinear"
     return {
         "source": str(r.source.resolve()),
+        "outcome": "answered",
+        "refusal_reason": None,
         "label": r.label,
         "label_index": r.label_index,
         "probabilities": {name: float(p) for name, p in zip(CLASSES, r.probs)},
@@ -574,7 +666,9 @@ def summary_table(results: Sequence[ImageResult]) -> str:
     """A plain-text table, one row per image, and a totals line."""
     rows = [("file", "label", "p(PNEUMONIA)", "lung mask", "result")]
     for r in results:
-        if r.ok:
+        if r.refused:
+            rows.append((r.source.name, "REFUSED", "-", "-", r.json_path.name if r.json_path else "refused"))
+        elif r.ok:
             rows.append(
                 (
                     r.source.name,
@@ -594,10 +688,12 @@ def summary_table(results: Sequence[ImageResult]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
     lines = [fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows[1:]]
-    ok = sum(r.ok for r in results)
-    failed = len(results) - ok
+    refused = sum(r.ok and r.refused for r in results)
+    ok = sum(r.ok for r in results) - refused
+    failed = len(results) - ok - refused
     pneumonia = sum(1 for r in results if r.ok and r.label == "PNEUMONIA")
     lines.append(
-        f"{len(results)} image(s): {ok} ok ({pneumonia} PNEUMONIA, {ok - pneumonia} NORMAL), {failed} failed"
+        f"{len(results)} image(s): {ok} ok ({pneumonia} PNEUMONIA, {ok - pneumonia} NORMAL), "
+        f"{refused} refused, {failed} failed"
     )
     return "\n".join(lines)

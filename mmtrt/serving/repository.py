@@ -26,12 +26,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mmtrt.files import NotOurFolder, check_replaceable, file_sha256, move_folder_into_place
 from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, PIPELINES
 
+from . import client
 from .checks import (
     BACKEND_MODULES,
     BACKEND_PACKAGE,
@@ -88,6 +89,7 @@ class ModelSpec:
     pipeline: str | None = None
     outputs: tuple[str, ...] | None = None
     steps: tuple[tuple[str, ModelSpec], ...] = ()
+    optional_inputs: tuple[Tensor, ...] = ()
     description: str = ""
 
     @property
@@ -106,21 +108,30 @@ class ModelSpec:
         return tuple(name for name, _ in self.steps) if self.steps else PIPELINES[self.pipeline]
 
 
+FILE = Tensor("file", "TYPE_STRING", (1,))  # one image file per batch item
+ORIGINAL_SIZE = Tensor("original_size", "TYPE_INT32", (2,))  # rows, columns of that file
+# the input gate's verdict on that file (mmtrt.data.gate), and the reason of a refusal
+ACCEPTED = Tensor(client.ACCEPTED, "TYPE_BOOL", (1,))
+REFUSAL_REASON = Tensor(client.REFUSAL_REASON, "TYPE_STRING", (1,))
+
 _CPU_MULTIMIX = ModelSpec(
     "onnx",
     "multimix",
     outputs=("probs", "label", "mask", "saliency"),
+    optional_inputs=(replace(ACCEPTED, optional=True),),
     description="MultiMix fused graph (classification + lung mask + saliency), cpu flavour: the "
-    "python model model.py runs the ONNX file of its parameter onnx_file with onnxruntime or OpenVINO.",
+    "python model model.py runs the ONNX file of its parameter onnx_file with onnxruntime or OpenVINO. "
+    "Optional input accepted (the input gate's verdict, from file_decoder in multimix_image): an "
+    "image given false is not run, its outputs are zeros and its label -1.",
 )
 _FILE_DECODER = ModelSpec(
     "decode",
     description="image files (BYTES: PNG, JPEG, TIFF, 16-bit PNG, DICOM; one per batch item) -> "
-    "the network's input images and the files' native sizes, with mmtrt's decoder (the first "
-    "step of multimix_image). No warm-up request: a file of zeros is not an image.",
+    "the network's input images, the files' native sizes and the input gate's verdict on their "
+    "DICOM header (accepted, refusal_reason; a refused file's image: zeros, size 0 x 0), "
+    "with mmtrt's decoder and gate (the first step of multimix_image). No warm-up request: a "
+    "file of zeros is not an image.",
 )
-FILE = Tensor("file", "TYPE_STRING", (1,))  # one image file per batch item
-ORIGINAL_SIZE = Tensor("original_size", "TYPE_INT32", (2,))  # rows, columns of that file
 
 
 def _engine(graph: str) -> ModelSpec:
@@ -146,9 +157,10 @@ FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
         IMAGE_MODEL: ModelSpec(
             "ensemble",
             steps=(("file_decoder", _FILE_DECODER), ("multimix", _CPU_MULTIMIX)),
-            outputs=(*_CPU_MULTIMIX.outputs, ORIGINAL_SIZE.name),
+            outputs=(*_CPU_MULTIMIX.outputs, ORIGINAL_SIZE.name, ACCEPTED.name, REFUSAL_REASON.name),
             description="MultiMix on encoded image files, cpu flavour: the ensemble file_decoder -> "
-            "multimix; a request whose file cannot be decoded fails alone, as invalid input.",
+            "multimix; a request whose file cannot be decoded fails alone, as invalid input; a file "
+            "the input gate refuses is answered: accepted false, refusal_reason, zeros, label -1.",
         ),
     },
     "gpu": {
@@ -281,7 +293,8 @@ def _parts(spec: ModelSpec, manifest: dict):
             yield {t.name: t for t in tensors.inputs}, {t.name: t for t in tensors.outputs}
     else:
         for graph in PIPELINES[spec.pipeline] if spec.kind == "ensemble" else (spec.graph,):
-            yield _graph_tensors(manifest, graph)
+            inputs, outputs = _graph_tensors(manifest, graph)
+            yield {**inputs, **{t.name: t for t in spec.optional_inputs}}, outputs
 
 
 def model_tensors(spec: ModelSpec, manifest: dict) -> ModelTensors:
@@ -289,7 +302,7 @@ def model_tensors(spec: ModelSpec, manifest: dict) -> ModelTensors:
     steps take from outside, the outputs they produce; the file decoder: ``file`` -> the image
     and its ``original_size``), the outputs narrowed to ``spec.outputs``."""
     if spec.kind == "decode":
-        return ModelTensors((FILE,), (_image_tensor(manifest), ORIGINAL_SIZE))
+        return ModelTensors((FILE,), (_image_tensor(manifest), ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON))
     inputs: dict[str, Tensor] = {}
     available: dict[str, Tensor] = {"label": LABEL} if spec.kind == "onnx" else {}
     for part_inputs, part_outputs in _parts(spec, manifest):
@@ -450,6 +463,9 @@ def served_model(
     instances = settings.gpu_instances if spec.kind == "plan" else 1
     queue = {}
     if spec.kind == "decode":
+        from mmtrt.data.gate import relaxed_rules  # (loads mmtrt.data: only when building)
+
+        relaxed_rules(settings.image_limits.allow)  # ValueError naming an unknown rule
         parameters = settings.image_limits
         instances = settings.decoder_queue.instances
         queue = dict(

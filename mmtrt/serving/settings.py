@@ -145,7 +145,8 @@ class OpenVINOSettings:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What the cpu flavour's ``file_decoder`` accepts per file. 64 MiB holds an uncompressed
+    """What the cpu flavour's ``file_decoder`` accepts per file: its size, and the rules of the
+    input gate (mmtrt/data/gate.py) it relaxes (``allow``: none by default). 64 MiB holds an uncompressed
     16-bit DICOM of 5600 x 5600; 36 million pixels (6000 x 6000) is twice the largest chest
     detector (43 x 43 cm at 0.1 mm: 4300 x 4300) and keeps one decode within about 1 GB (DICOM
     windowing runs in float64)."""
@@ -164,6 +165,15 @@ class ImageLimits:
         minimum=1,
         help="cpu: the most pixels (rows x columns) of an image multimix_image decodes; above: refused "
         "as a possible decompression bomb (max_image_pixels).",
+    )
+
+    allow: str = setting(
+        "",
+        option="--allow",
+        parameter="gate_allow",
+        help="cpu: the input gate's rules multimix_image relaxes, comma-separated (body-part, view, "
+        "modality; see mmtrt.data.gate) [default: none, every rule applies]: a DICOM file whose "
+        "header says it is no frontal chest radiograph is answered as refused (gate_allow).",
     )
 
     def __post_init__(self):

@@ -21,7 +21,11 @@ differs between the models lives in their ``config.pbtxt``:
 - the ``input`` (one image tensor) and the ``output`` list: each output is the ONNX output of the
   same name, except ``label`` when the graph has none: the argmax of ``probs`` (INT64 [n, 1]).
   The ONNX graph may have more outputs than the config lists (e.g. the encoder's skips): they are
-  not computed for the response.
+  not computed for the response;
+- optionally, the input ``accepted`` (BOOL [n, 1], ``optional: true``): the input gate's verdict
+  on each image, which ``file_decoder`` gives in the ensemble ``multimix_image``. An image given
+  false is not run: its outputs are zeros and its label -1, so that nothing of it can be taken
+  for a result. A request without it has every image accepted.
 
 Every request is validated on its own (dtype, shape, batch size, finite values); the valid
 requests of one execution (dynamic batching) run as one batch and are split back, an
@@ -43,6 +47,8 @@ from mmtrt_backend.settings import GraphSettings
 
 LABEL = "label"  # derived output: argmax of PROBS
 PROBS = "probs"
+ACCEPTED = "accepted"  # optional input: the input gate's verdict per image
+REFUSED_LABEL = -1  # the label of an image not run (refused by the gate)
 
 
 def _verified_onnx_path(version_dir, onnx_name, model_name):
@@ -123,10 +129,13 @@ class TritonPythonModel:
         settings = read_settings(GraphSettings, model_config, self.model_name)
         self.runtime = settings.runtime
 
-        inputs = model_config["input"]
-        if len(inputs) != 1:
+        inputs = [i for i in model_config["input"] if not i.get("optional")]
+        optional = [i["name"] for i in model_config["input"] if i.get("optional")]
+        if len(inputs) != 1 or optional not in ([], [ACCEPTED]):
             raise load_error(
-                self.model_name, f"expected one input in config.pbtxt, got {[i['name'] for i in inputs]}"
+                self.model_name,
+                f"expected one input in config.pbtxt (and optionally '{ACCEPTED}'), got "
+                f"{[i['name'] for i in model_config['input']]}",
             )
         self.input_name = inputs[0]["name"]
         self.input_dims = tuple(int(d) for d in inputs[0]["dims"])
@@ -135,6 +144,7 @@ class TritonPythonModel:
         self.outputs = [
             (o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in model_config["output"]
         ]
+        self.output_dims = {o["name"]: [int(d) for d in o["dims"]] for o in model_config["output"]}
 
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         onnx_path = _verified_onnx_path(version_dir, settings.onnx_file, self.model_name)
@@ -201,31 +211,66 @@ class TritonPythonModel:
             )
         return arr, None
 
+    def _accepted(self, request, n):
+        """(the images of a request the gate accepted: bool [n], None), or (None, problem)."""
+        tensor = pb_utils.get_input_tensor_by_name(request, ACCEPTED)
+        if tensor is None:
+            return np.ones(n, dtype=bool), None
+        accepted = tensor.as_numpy()
+        if accepted.dtype != np.bool_ or accepted.size != n:
+            return None, (
+                f"input tensor '{ACCEPTED}' has data type {accepted.dtype} and {accepted.size} values, "
+                f"expected bool, one per image ({n})"
+            )
+        return accepted.reshape(n), None
+
+    def _run(self, batch, accepted):
+        """The config's outputs for ``batch``: the graph's on the accepted images, zeros (label
+        -1) for the others, which are not run."""
+        results = {}
+        if accepted.any():
+            images = batch if accepted.all() else batch[accepted]  # (a mask copies)
+            results = self.runner({self.input_name: images}, outputs=self.fetch)
+            if LABEL not in results and any(name == LABEL for name, _ in self.outputs):
+                results[LABEL] = np.argmax(results[PROBS], axis=1).reshape(-1, 1)
+        outputs = []
+        for name, dtype in self.outputs:
+            if accepted.all():
+                outputs.append((name, results[name].astype(dtype, copy=False)))
+                continue
+            value = np.full(
+                [len(batch), *self.output_dims[name]], REFUSED_LABEL if name == LABEL else 0, dtype=dtype
+            )
+            if name in results:
+                value[accepted] = results[name]
+            outputs.append((name, value))
+        return outputs
+
     def execute(self, requests):
         responses = [None] * len(requests)
-        valid = []  # (request index, input array)
+        valid = []  # (request index, input array, accepted per image)
         for i, request in enumerate(requests):
             arr, problem = self._check(request)
             if problem is None:
-                valid.append((i, arr))
+                accepted, problem = self._accepted(request, arr.shape[0])
+            if problem is None:
+                valid.append((i, arr, accepted))
             else:
                 responses[i] = invalid_input(self.model_name, problem)
         if not valid:
             return responses
 
-        batch = valid[0][1] if len(valid) == 1 else np.concatenate([a for _, a in valid])
+        batch = valid[0][1] if len(valid) == 1 else np.concatenate([a for _, a, _ in valid])
+        accepted = np.concatenate([ok for _, _, ok in valid])
         try:
-            results = self.runner({self.input_name: batch}, outputs=self.fetch)
+            outputs = self._run(batch, accepted)
         except Exception as e:  # runtime failure: every request of the batch gets it
-            for i, _ in valid:
+            for i, _, _ in valid:
                 responses[i] = failed(self.model_name, f"{self.runtime} failed: {e}")
             return responses
-        if LABEL not in results and any(name == LABEL for name, _ in self.outputs):
-            results[LABEL] = np.argmax(results[PROBS], axis=1).reshape(-1, 1)
-        outputs = [(name, results[name].astype(dtype, copy=False)) for name, dtype in self.outputs]
 
         start = 0
-        for i, arr in valid:
+        for i, arr, _ in valid:
             stop = start + arr.shape[0]
             parts = [(name, value[start:stop]) for name, value in outputs]
             problem = _non_finite(parts, arr)

@@ -437,7 +437,7 @@ def dicom_inputs(tmp_path_factory) -> Path:
     inv = xray_dataset(4095 - _twelve(22, (256, 320)), photometric="MONOCHROME1", modality="CR")
     save(inv, d / "cr_mono1.dcm")
     Image.fromarray(xray_pixels(23, (300, 300))).save(d / "plain.png")
-    save(xray_dataset(_twelve(25, (256, 256)), modality="CT"), d / "ct.dcm")  # accepted, warned
+    save(xray_dataset(_twelve(25, (256, 256)), modality="CT"), d / "ct.dcm")  # refused; relaxed: warned
     bad = xray_dataset(_twelve(24, (200, 200)))
     del bad.SOPClassUID  # decodes, but no DICOM result can reference it
     save(bad, d / "nosop.dcm")
@@ -460,17 +460,29 @@ def test_infer_dicom_out_through_the_server(server, export_dir, dicom_inputs, tm
         f"{dicom_inputs / 'nosop.dcm'}: cannot write the results to {out}: cannot make the DICOM results"
         in r.stderr
     )
-    assert f"warning: {dicom_inputs / 'ct.dcm'}: Modality CT is not a radiograph (CR/DX)" in r.stderr
-    assert r.stderr.count("Modality CT") == 1
-    assert "6 image(s): 4 ok" in r.stdout
+    # the CT is refused by the input gate: printed with the reason, its JSON says so, nothing else
+    reason = "Modality (0008,0060) is 'CT', not a radiograph (CR or DX) [rule modality]"
+    assert f"refused: {dicom_inputs / 'ct.dcm'}: {reason}" in r.stderr
+    assert "6 image(s): 3 ok" in r.stdout and "1 refused, 2 failed" in r.stdout
+    refused = json.loads((out / "ct.json").read_text())
+    assert (refused["outcome"], refused["refusal_reason"], refused["label"]) == ("refused", reason, None)
     # a failed source keeps nothing; the PNG gets no DICOM results
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{s}.{e}" for s in ("dx12", "cr_mono1", "ct", "plain") for e in ("json", "png")
+        ["ct.json", *(f"{s}.{e}" for s in ("dx12", "cr_mono1", "plain") for e in ("json", "png"))]
     )
     assert sorted(p.name for p in dicom_out.iterdir()) == sorted(
-        f"{s}.{e}.dcm" for s in ("dx12", "cr_mono1", "ct") for e in ("seg", "sc", "sr")
+        f"{s}.{e}.dcm" for s in ("dx12", "cr_mono1") for e in ("seg", "sc", "sr")
     )
-    assert json.loads((out / "ct.json").read_text())["image"]["warnings"][0].startswith("Modality CT")
+    # the modality rule relaxed (sent as a tensor: the server's gate judges files only): accepted, warned
+    args = ["infer", "--url", server.http_url, "--out", out, "--dicom-out", dicom_out, "--allow", "modality"]
+    r = CliRunner().invoke(main, list(map(str, [*args, "--send", "tensor", dicom_inputs / "ct.dcm"])))
+    assert r.exit_code == 0, r.output
+    assert f"warning: {dicom_inputs / 'ct.dcm'}: Modality CT is not a radiograph (CR/DX)" in r.stderr
+    assert r.stderr.count("Modality CT") == 1 and "1 image(s): 1 ok" in r.stdout
+    assert {p.name for p in out.iterdir()} >= {"ct.json", "ct.png"}
+    assert {p.name for p in dicom_out.iterdir()} >= {"ct.seg.dcm", "ct.sc.dcm", "ct.sr.dcm"}
+    accepted = json.loads((out / "ct.json").read_text())
+    assert accepted["outcome"] == "answered" and accepted["image"]["warnings"][0].startswith("Modality CT")
     session = ort_session(export_dir / "multimix.onnx")
     for stem in ("dx12", "cr_mono1"):
         src = pydicom.dcmread(dicom_inputs / f"{stem}.dcm")

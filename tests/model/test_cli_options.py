@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmtrt.cli import main
-from mmtrt.cli_options import IntList, NameList, ServerOptions, server_options
+from mmtrt.cli_options import IntList, NameList, ServerOptions, allow_option, server_options
 from mmtrt.serving.client import Backoff
 
 
@@ -88,7 +88,9 @@ def test_header_values_come_from_a_file_or_the_environment(tmp_path, monkeypatch
     monkeypatch.setenv("MMTRT_TEST_TOKEN", "Bearer from-the-environment")
     result = run("--header", f"Authorization=@{token}", "--header", "X-Token=env:MMTRT_TEST_TOKEN")
     assert result.exit_code == 0, result.output
-    assert "('Authorization', 'Bearer from-a-file'), ('X-Token', 'Bearer from-the-environment')" in result.output
+    assert (
+        "('Authorization', 'Bearer from-a-file'), ('X-Token', 'Bearer from-the-environment')" in result.output
+    )
     assert str(token) not in result.output
 
 
@@ -106,3 +108,21 @@ def test_a_header_value_that_cannot_be_read_is_a_usage_error(tmp_path, monkeypat
     paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty"}
     result = run("--header", "Authorization=" + value.format(**paths))
     assert result.exit_code == 2 and message.format(**paths) in result.output, result.output
+
+
+def test_allow_names_the_input_gate_rules_to_relax(tmp_path):
+    """`--allow`: comma-separated rules of mmtrt.data.gate, as a frozenset; none by default; an
+    unknown rule is a usage error naming it and the known ones, before any server is asked."""
+
+    @click.command()
+    @allow_option()
+    def gated(allow):
+        click.echo(repr(sorted(allow)))
+
+    assert CliRunner().invoke(gated, []).output.strip() == "[]"
+    assert CliRunner().invoke(gated, ["--allow", "view,modality"]).output.strip() == "['modality', 'view']"
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    r = CliRunner().invoke(main, ["infer", "--allow", "lateral", "--url", "127.0.0.1:1", str(image)])
+    assert r.exit_code == 2
+    assert "unknown gate rule(s) lateral: choose from body-part, view, modality" in r.output

@@ -106,7 +106,11 @@ def test_served_models_render_and_parse(export_dir, tmp_path):
                 assert cfg.parameters["ort_intra_op_threads"].string_value == "2"
                 assert len(cfg.model_warmup) == 1
             else:
-                assert params == {"max_image_bytes": str(2**26), "max_image_pixels": "36000000"}
+                assert params == {
+                    "max_image_bytes": str(2**26),
+                    "max_image_pixels": "36000000",
+                    "gate_allow": "",  # every rule of the input gate applies
+                }
                 assert not cfg.model_warmup  # a file of zeros is no image
 
 
@@ -143,14 +147,17 @@ def test_built_configs_parse(repo, export_dir):
         cfg = validate_config(repo / name / "config.pbtxt")
         assert cfg.name == name and cfg.backend == "python"
         assert cfg.max_batch_size == MAX_BATCH
-        assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
-            ("image", mc.TYPE_FP32, [1, 256, 256])
+        # multimix also takes the input gate's verdict, optional (multimix_image gives it)
+        gated = [("accepted", mc.TYPE_BOOL, [1], True)] if name == "multimix" else []
+        assert [(i.name, i.data_type, list(i.dims), i.optional) for i in cfg.input] == [
+            ("image", mc.TYPE_FP32, [1, 256, 256], False),
+            *gated,
         ]
         assert {o.name: list(o.dims) for o in cfg.output} == outputs
         assert {o.name: o.data_type for o in cfg.output}["label"] == mc.TYPE_INT64
         assert cfg.dynamic_batching.max_queue_delay_microseconds == QUEUE_DELAY_US
         assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
-        assert len(cfg.model_warmup) == 1
+        assert len(cfg.model_warmup) == 1 and list(cfg.model_warmup[0].inputs) == ["image"]
         assert cfg.parameters["onnx_file"].string_value == onnx_name
         version = repo / name / "1"
         assert sorted(p.name for p in version.iterdir()) == sorted(

@@ -4,10 +4,13 @@ decoder, answers what multimix answers for the same files decoded by ``load_imag
 file's size), over HTTP and gRPC with mmtrt's client, with a plain standard-library HTTP client
 (JSON and the binary-data extension) and with the curl command of model_repository/README.md;
 a request with a bad file fails alone, as invalid input, naming the problem; `mmtrt infer --send`
-sends files or tensors; the load generator of `mmtrt bench` sends files.
+sends files or tensors; the load generator of `mmtrt bench` sends files; a file the input gate
+refuses is answered, not failed (accepted false, the reason, zeros).
 
 One server for the module: its repository has multimix_image (and so file_decoder and multimix)
-with small limits (2 MB, 4 million pixels) so that the oversize and bomb cases stay small.
+with small limits (2 MB, 4 million pixels) so that the oversize and bomb cases stay small, and
+the input gate's modality rule relaxed (pydicom's CT_small, a real DICOM file, is decoded and
+answered; the body-part and view rules stay strict).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
+from data.dicom_fixtures import save, xray_dataset, xray_pixels
 from helpers import (
     client_for,
     dicom_conformance,
@@ -41,14 +45,14 @@ from helpers import (
 from mmtrt.cli import main
 from mmtrt.data import load_image, synth_xray
 from mmtrt.serving import ServingError, build_repository, validate_repository
-from mmtrt.serving.client import IMAGE_MODEL, Servers, file_inputs, image_inputs
+from mmtrt.serving.client import ACCEPTED, IMAGE_MODEL, REFUSAL_REASON, Servers, file_inputs, image_inputs
 from mmtrt.serving.errors import RequestError
 from mmtrt.serving.faults import INVALID, classify
 from mmtrt.serving.settings import ImageLimits
 
 pytestmark = needs_server
 ROOT = Path(__file__).resolve().parents[2]
-LIMITS = ImageLimits(max_bytes=2_000_000, max_pixels=4_000_000)
+LIMITS = ImageLimits(max_bytes=2_000_000, max_pixels=4_000_000, allow="modality")
 QUEUE_DELAY_US = 50_000  # concurrent requests meet in one execution
 OUTPUTS = ("probs", "label", "mask", "saliency", "original_size")
 CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"  # 128 x 128, shipped
@@ -130,6 +134,10 @@ def test_files_decoded_in_the_server_answer_as_load_image_tensors(server, files,
     assert got["original_size"].dtype == np.int32 and got["original_size"].shape == (len(names), 2)
     for j, name in enumerate(names):
         _assert_answer(got, expected[name], name, j)
+    with client_for(protocol, server) as client:  # and the gate accepted each (CT_small: relaxed)
+        datas = file_inputs([files[n].read_bytes() for n in names])
+        verdict = client.infer(IMAGE_MODEL, datas, ("probs", ACCEPTED))
+    assert verdict[ACCEPTED].dtype == bool and verdict[ACCEPTED].tolist() == [[True]] * len(names)
     with client_for(protocol, server) as client:
         tensors = client.infer("multimix", image_inputs(x), ("probs",))["probs"]
     np.testing.assert_allclose(got["probs"], tensors, rtol=1e-6, atol=1e-6)
@@ -291,6 +299,75 @@ def test_the_documented_curl_command(server, files, expected, name):
     assert tuple(got["original_size"][0]) == expected[name]["size"]
 
 
+# --------------------------------------------------------------------------- the input gate
+
+REFUSED = {  # DICOM files the server's gate refuses (body part, view: strict), and why
+    "leg.dcm": (
+        {"modality": "CR", "photometric": "MONOCHROME1", "BodyPartExamined": "EXTREMITY"},
+        "Body Part Examined (0018,0015) is 'EXTREMITY', not a chest (CHEST, THORAX, LUNG, LUNGS) "
+        "[rule body-part]",
+    ),
+    "lateral.dcm": (
+        {"ViewPosition": "LL", "BodyPartExamined": "CHEST"},
+        "View Position (0018,5101) is 'LL' (left lateral), not a frontal view (AP or PA) [rule view]",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def refused_files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("refused")
+    twelve = xray_pixels(8, (320, 256)).astype(np.uint16) * 16
+    return {name: save(xray_dataset(twelve, **attrs), d / name) for name, (attrs, _) in REFUSED.items()}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_refused_files_are_answered_not_failed(server, files, expected, refused_files, protocol):
+    """One request of a radiograph, a CR of a leg, a lateral chest and a CT (modality relaxed in
+    this repository): the request succeeds; the refused files say accepted false and why, their
+    outputs are zeros and label -1 (nothing to take for a result); the others are answered as
+    alone."""
+    names = ["xray.png", "leg.dcm", "lateral.dcm", "ct.dcm"]
+    paths = {**files, **refused_files}
+    wanted = (*OUTPUTS, ACCEPTED, REFUSAL_REASON)
+    with client_for(protocol, server) as client:
+        got = client.infer(IMAGE_MODEL, file_inputs([paths[n].read_bytes() for n in names]), wanted)
+    assert got[ACCEPTED].tolist() == [[True], [False], [False], [True]]
+    reasons = [r[0].decode() for r in got[REFUSAL_REASON]]
+    assert reasons == ["", REFUSED["leg.dcm"][1], REFUSED["lateral.dcm"][1], ""]
+    for j in (1, 2):
+        for name in ("probs", "mask", "saliency", "original_size"):
+            assert not got[name][j].any(), (names[j], name)
+        assert got["label"][j, 0] == -1
+    for j in (0, 3):
+        _assert_answer(got, expected[names[j]], names[j], j)
+
+
+def test_infer_prints_refused_and_writes_the_reason(server, files, refused_files, tmp_path):
+    """`mmtrt infer`: its own gate refuses the leg before sending; with --allow view the lateral
+    is sent as bytes and the server's gate refuses it. Both are printed refused with the reason,
+    their JSON says so, no overlay, no DICOM results; the radiograph beside them is answered and
+    the command succeeds."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in (files["xray.png"], *refused_files.values()):
+        shutil.copy(path, inputs / path.name)
+    out, dicom_out = tmp_path / "out", tmp_path / "dicom"
+    r = _infer("--url", server.http_url, "--allow", "view", "--out", out, "--dicom-out", dicom_out, inputs)
+    assert r.exit_code == 0, r.output
+    for name, by in (("leg.dcm", "mmtrt infer"), ("lateral.dcm", "multimix_image")):
+        reason = REFUSED[name][1]
+        assert f"refused: {inputs / name}: {reason}" in r.stderr
+        record = json.loads((out / name.replace(".dcm", ".json")).read_text())
+        assert (record["outcome"], record["refusal_reason"], record["refused_by"]) == ("refused", reason, by)
+        assert record["label"] is None and record["probabilities"] is None
+    assert json.loads((out / "xray.json").read_text())["outcome"] == "answered"
+    assert sorted(p.name for p in out.iterdir()) == ["lateral.json", "leg.json", "xray.json", "xray.png"]
+    assert not dicom_out.exists() or not any(dicom_out.iterdir())
+    assert "3 image(s): 1 ok (" in r.stdout and "2 refused, 0 failed" in r.stdout
+    assert r.stdout.count("REFUSED") == 2
+
+
 # --------------------------------------------------------------------------- mmtrt infer, bench
 
 
@@ -315,6 +392,7 @@ def test_infer_sends_files_or_tensors(server, files, tmp_path):
     }
     records = {}
     for run, args in runs.items():
+        args += ["--allow", "modality"]  # ct.dcm: as the server, relax the modality rule
         r = _infer(*args, "--out", tmp_path / run, "--retries", "1", "--retry-delay", "0.2", inputs)
         assert r.exit_code == 0, r.output
         records[run] = {s: json.loads((tmp_path / run / f"{s}.json").read_text()) for s in ("xray", "ct")}
@@ -349,9 +427,12 @@ def test_infer_auto_sends_tensors_to_a_server_without_the_file_model(server, fil
 
     monkeypatch.setitem(client.FILE_MODELS, "multimix", "multimix_files_absent")
     lines = []
-    results = infer.infer_files([files["ct.dcm"]], Servers(server.http_url, say=lines.append))
+    relaxed = frozenset({"modality"})
+    results = infer.infer_files(
+        [files["ct.dcm"]], Servers(server.http_url, say=lines.append), relaxed=relaxed
+    )
     with pytest.raises(infer.InferError, match="model 'multimix_files_absent' is not ready"):
-        infer.infer_files([files["ct.dcm"]], Servers(server.http_url), send="bytes")
+        infer.infer_files([files["ct.dcm"]], Servers(server.http_url), send="bytes", relaxed=relaxed)
     assert results[0].ok and results[0].served_size is None
     notes = [line for line in lines if line.startswith("note:")]
     assert len(notes) == 1 and "sending the DICOM files as decoded images to 'multimix'" in notes[0], lines
@@ -379,8 +460,9 @@ def test_repository_renders_the_limits_and_checks_the_decoder(repo, tmp_path, mo
     params = parse_config((repo / "file_decoder" / "config.pbtxt").read_text()).parameters
     assert params["max_image_bytes"].string_value == "2000000"
     assert params["max_image_pixels"].string_value == "4000000"
+    assert params["gate_allow"].string_value == "modality"
     package = repo / "file_decoder" / "1" / checks.BACKEND_PACKAGE
-    for module in ("decoded", "dicom", "images"):
+    for module in ("decoded", "dicom", "images", "gate"):
         assert (package / f"{module}.py").read_bytes() == (
             ROOT / "mmtrt" / "data" / f"{module}.py"
         ).read_bytes()

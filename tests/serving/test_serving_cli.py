@@ -35,6 +35,8 @@ def test_repo_command(export_dir, tmp_path):
             "1",
             "--max-image-bytes",
             "1000",
+            "--allow",
+            "view,modality",
         ],
     )
     assert r.exit_code == 0, r.output
@@ -46,6 +48,12 @@ def test_repo_command(export_dir, tmp_path):
     decoder = validate_config(out / "file_decoder" / "config.pbtxt").parameters
     assert decoder["max_image_bytes"].string_value == "1000"
     assert decoder["max_image_pixels"].string_value == "36000000"  # the default
+    assert decoder["gate_allow"].string_value == "view,modality"  # the input gate's relaxed rules
+    r = runner.invoke(main, ["repo", str(export_dir), str(tmp_path / "r4"), "--allow", "lateral"])
+    assert (
+        r.exit_code == 1 and "unknown gate rule(s) lateral: choose from body-part, view, modality" in r.stderr
+    )
+    assert not (tmp_path / "r4").exists()
     r = runner.invoke(main, ["repo", str(export_dir), str(out)])
     assert r.exit_code == 1 and "already exists" in r.stderr
     r = runner.invoke(main, ["repo", str(export_dir), str(out), "--overwrite"])

@@ -5,8 +5,13 @@ input images. The first step of the ensemble ``multimix_image`` (file_decoder ->
   DICOM file. An element made only of base64 characters (``A-Z a-z 0-9 + / =`` and white space)
   is the base64 text of the file: KServe v2's JSON carries BYTES as text, and no image file is
   made of those characters alone (PNG, JPEG, TIFF, GIF and DICOM begin with bytes outside them);
-- outputs ``image`` (FP32 ``[n, 1, size, size]`` in [0, 1], the size from config.pbtxt) and
-  ``original_size`` (INT32 ``[n, 2]``: the file's rows and columns).
+- outputs ``image`` (FP32 ``[n, 1, size, size]`` in [0, 1], the size from config.pbtxt),
+  ``original_size`` (INT32 ``[n, 2]``: the file's rows and columns), ``accepted`` (BOOL
+  ``[n, 1]``) and ``refusal_reason`` (BYTES ``[n, 1]``, UTF-8, empty when accepted): the input
+  gate's verdict on the file's DICOM header (mmtrt/data/gate.py: body part, view, modality;
+  other formats carry no such header and are accepted). A file is decoded first (one that is no
+  usable image is an error, below, refused or not); a refused file's image is then zeros and its
+  size 0 x 0, and ``multimix`` (the next step of the ensemble) does not run it.
 
 Decoding is mmtrt's one decoder, ``read_image`` of mmtrt/data/images.py (with dicom.py and
 decoded.py), which ``mmtrt repo`` copies into this version folder with the other mmtrt modules
@@ -17,7 +22,8 @@ compressed DICOM) in the server's Python.
 
 Limits (its parameters, an ``ImageLimits`` of mmtrt/serving/settings.py): ``max_image_bytes`` per
 file; ``max_image_pixels`` per image, set as Pillow's ``Image.MAX_IMAGE_PIXELS``, which the decoder
-applies to every format, DICOM Rows x Columns included (a possible decompression bomb above it).
+applies to every format, DICOM Rows x Columns included (a possible decompression bomb above it);
+``gate_allow``, the gate's rules relaxed (comma-separated; empty: every rule applies).
 
 Every request is decoded on its own, in one of several instances behind a bounded queue
 (``mmtrt repo --decoder-instances / --decoder-queue-size / --decoder-queue-timeout-s``). A
@@ -41,6 +47,9 @@ from mmtrt_backend.settings import ImageLimits
 INPUT = "file"
 IMAGE = "image"
 SIZE = "original_size"
+ACCEPTED = "accepted"
+REASON = "refusal_reason"
+OUTPUTS = (IMAGE, SIZE, ACCEPTED, REASON)
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=" + b" \t\r\n"
 
 
@@ -58,15 +67,15 @@ class TritonPythonModel:
         limits = read_settings(ImageLimits, config, self.model_name)
         self.max_bytes = limits.max_bytes
         outputs = {o["name"]: o for o in config["output"]}
-        if [i["name"] for i in config["input"]] != [INPUT] or set(outputs) != {IMAGE, SIZE}:
+        if [i["name"] for i in config["input"]] != [INPUT] or set(outputs) != set(OUTPUTS):
             raise load_error(
                 self.model_name,
-                f"config.pbtxt must have the input '{INPUT}' and the outputs '{IMAGE}' and '{SIZE}'",
+                f"config.pbtxt must have the input '{INPUT}' and the outputs {', '.join(OUTPUTS)}",
             )
         self.size = int(outputs[IMAGE]["dims"][-1])
         try:  # the version folder is on the stub's sys.path; mmtrt repo copied the package there
             import pydicom  # noqa: F401 - the decoder imports it when it meets a DICOM file
-            from mmtrt_backend import images
+            from mmtrt_backend import gate, images
             from PIL import Image
         except ImportError as e:
             raise load_error(
@@ -77,6 +86,11 @@ class TritonPythonModel:
                 "numpy Pillow pydicom)",
             ) from None
         self.images = images
+        self.gate = gate
+        try:
+            self.relaxed = gate.relaxed_rules(limits.allow)
+        except ValueError as e:
+            raise load_error(self.model_name, f"config.pbtxt parameter gate_allow: {e}") from None
         # the decoder refuses any image above this size (DICOM Rows x Columns too)
         Image.MAX_IMAGE_PIXELS = limits.max_pixels
         # decode one small image now, so that the first request pays no set-up
@@ -113,7 +127,8 @@ class TritonPythonModel:
         return data, None
 
     def _request(self, request):
-        """((images [k, 1, size, size], sizes [k, 2]), None) for a request, or (None, problem)."""
+        """((images [k, 1, size, size], sizes [k, 2], accepted [k, 1], reasons [k, 1]), None)
+        for a request, or (None, problem)."""
         tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
         if tensor is None:
             return None, f"missing input tensor '{INPUT}'"
@@ -126,19 +141,25 @@ class TritonPythonModel:
                 f"input tensor '{INPUT}' holds {files.size} files, above max_batch_size {self.max_batch}",
             )
         rid = request.request_id()
-        pixels, sizes = [], []
+        pixels, sizes, verdicts = [], [], []
         for k, element in enumerate(files):
             where = f"image {k}" + (f" of request '{rid}'" if rid else "")
             data, problem = self._payload(bytes(element), where)
             if problem:
                 return None, problem
-            try:
+            try:  # a file that is no usable image is an error, refused or not
                 image, size = self._decode(data, where)
             except self.images.DataError as e:
                 return None, str(e)
+            verdict = self.gate.judge_file(self.images.EncodedFile(data, where), self.relaxed)
+            if not verdict.accepted:  # answered as refused: zeros, which the next step does not run
+                image, size = np.zeros_like(image), (0, 0)
             pixels.append(image)
             sizes.append(size)
-        return (np.stack(pixels)[:, None], np.asarray(sizes, dtype=np.int32)), None
+            verdicts.append(verdict)
+        accepted = np.array([[v.accepted] for v in verdicts], dtype=bool)
+        reasons = np.array([[v.reason.encode()] for v in verdicts], dtype=np.object_)
+        return (np.stack(pixels)[:, None], np.asarray(sizes, dtype=np.int32), accepted, reasons), None
 
     def execute(self, requests):
         responses = []
@@ -151,13 +172,12 @@ class TritonPythonModel:
             if problem:
                 responses.append(invalid_input(self.model_name, problem))
                 continue
-            images, sizes = result
             responses.append(
                 pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(IMAGE, images), pb_utils.Tensor(SIZE, sizes)]
+                    output_tensors=[pb_utils.Tensor(name, value) for name, value in zip(OUTPUTS, result)]
                 )
             )
         return responses
 
     def finalize(self):
-        self.images = None
+        self.images = self.gate = None
