@@ -10,7 +10,9 @@ import math
 from pathlib import Path
 
 from mmtrt.files import atomic_write_text
-from mmtrt.metrics import CLS_KEYS, SEG_KEYS, SEG_LOWER_IS_BETTER
+from mmtrt.metrics import CALIBRATION_KEYS, CLS_KEYS, ECE_BINS, SEG_KEYS, SEG_LOWER_IS_BETTER
+
+LOWER_IS_BETTER = (*SEG_LOWER_IS_BETTER, "ece", "brier")
 
 CSS = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -54,7 +56,7 @@ def _table(results: dict, task: str, keys, value_key: str, units: dict) -> str:
         return ""
     head = "".join(
         f"<th>{html.escape(k)}{' (' + units.get(k, '') + ')' if units.get(k) else ''}"
-        f"{' ↓' if k in SEG_LOWER_IS_BETTER else ''}</th>"
+        f"{' ↓' if k in LOWER_IS_BETTER else ''}</th>"
         for k in keys
     )
     return f"<table><tr><th>model</th><th>domain</th><th>n</th>{head}</tr>{''.join(rows)}</table>"
@@ -95,6 +97,10 @@ def write_html(path: Path, results: dict, figures: list[tuple[str, Path]]) -> Pa
 <h2>Models</h2><table><tr><th>name</th><th>kind</th><th>source</th></tr>{models}</table>
 <h2>Data</h2><table><tr><th>domain</th><th>classification</th><th>segmentation</th><th>native spacing (mm)</th></tr>{domains}</table>
 <h2>Classification</h2>{_table(results, "classification", CLS_KEYS, "value", {})}
+<h2>Calibration</h2><p>Sensitivity and specificity of the predicted label (the more probable
+class); ECE: expected calibration error of P(PNEUMONIA) over {ECE_BINS} equal-width bins; Brier
+score: mean squared error of P(PNEUMONIA) (↓ lower is better for both).</p>
+{_table(results, "classification", CALIBRATION_KEYS, "value", {})}
 <h2>Segmentation (mean per image)</h2>{_table(results, "segmentation", seg_keys, "mean", seg_units)}
 <h2>Figures</h2>{"".join(figs)}
 </body></html>

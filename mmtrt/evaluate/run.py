@@ -23,12 +23,16 @@ import numpy as np
 
 from mmtrt.files import atomic_write_text
 from mmtrt.metrics import (
+    CALIBRATION_KEYS,
     CLS_KEYS,
     SEG_KEYS,
+    calibration_ci,
+    calibration_metrics,
     classification_ci,
     classification_metrics,
     confusion_matrix,
     mean_ci,
+    reliability_curve,
     roc_curve,
     segmentation_metrics,
 )
@@ -204,15 +208,21 @@ def _open_sets(domain: Domain, split: str | None, seg_spacing: float | None, siz
 def _summarise(c: Collected, n_boot: int, seed: int) -> dict:
     res: dict = {}
     if c.cls_labels is not None:
-        m = classification_metrics(c.cls_labels, c.cls_probs)
-        ci = classification_ci(c.cls_labels, c.cls_probs, n_boot=n_boot, seed=seed)
-        pred = np.argmax(c.cls_probs, 1)
-        cls = {"n": int(len(c.cls_labels))}
-        for k in CLS_KEYS:
+        y, probs = c.cls_labels, c.cls_probs
+        pred = np.argmax(probs, 1)
+        # one set of resamples (same images, resamples and seed) for every interval
+        m = {**classification_metrics(y, probs), **calibration_metrics(y, probs, pred)}
+        ci = {
+            **classification_ci(y, probs, n_boot=n_boot, seed=seed),
+            **calibration_ci(y, probs, pred, n_boot=n_boot, seed=seed),
+        }
+        cls = {"n": int(len(y))}
+        for k in (*CLS_KEYS, *CALIBRATION_KEYS):
             cls[k] = {"value": m[k], "ci95": list(ci[k])}
-        cls["confusion"] = confusion_matrix(c.cls_labels, pred).tolist()
-        fpr, tpr, _ = roc_curve(c.cls_labels, c.cls_probs[:, 1])
+        cls["confusion"] = confusion_matrix(y, pred).tolist()
+        fpr, tpr, _ = roc_curve(y, probs[:, 1])
         cls["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        cls["reliability"] = reliability_curve(y, probs)
         res["classification"] = cls
     if c.seg_metrics:
         seg = {"n": len(c.seg_metrics)}

@@ -70,9 +70,13 @@ def test_evaluate_cli_served_equals_checkpoint(server, checkpoint, data, tmp_pat
     local, served = m["results"]["ckpt"]["in-domain"], m["results"]["triton:multimix"]["in-domain"]
     assert local["classification"]["n"] == served["classification"]["n"] == 6
     assert local["classification"]["confusion"] == served["classification"]["confusion"]
-    for k in ("accuracy", "f1_normal", "f1_pneumonia", "auroc"):
+    for k in ("accuracy", "f1_normal", "f1_pneumonia", "auroc", "sensitivity", "specificity"):
         assert served["classification"][k]["value"] == pytest.approx(
             local["classification"][k]["value"], abs=1e-9
+        )
+    for k in ("ece", "brier"):  # of the probabilities, equal to float32 rounding
+        assert served["classification"][k]["value"] == pytest.approx(
+            local["classification"][k]["value"], abs=1e-5
         )
     assert local["segmentation"]["n"] == served["segmentation"]["n"] == 4
     for k in ("dice", "jaccard", "precision", "recall", "ssim"):
