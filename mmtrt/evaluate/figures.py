@@ -154,9 +154,9 @@ def confusions(path: Path, results: dict) -> Path | None:
 
 
 def reliability(path: Path, results: dict, domain: str) -> Path | None:
-    """The reliability diagram of P(PNEUMONIA) on ``domain``, one line per model: each bin's
-    fraction of PNEUMONIA images against its mean predicted probability (the diagonal is perfect
-    calibration), with the images per bin below."""
+    """The reliability diagram of P(PNEUMONIA) on ``domain``, one line per model (dashed: before
+    the temperature evaluate applied): each bin's fraction of PNEUMONIA images against its mean
+    predicted probability (the diagonal is perfect calibration), with the images per bin below."""
     plt = _plt()
     models = list(results["results"])
     curves = [
@@ -175,6 +175,10 @@ def reliability(path: Path, results: dict, domain: str) -> Path | None:
         ece = c["ece"]["value"]
         ax.plot(r["mean_predicted"], r["fraction_positive"], "o-", color=colour, ms=4,
                 label=f"{m} (ECE {ece:.3f})")  # fmt: skip
+        if "reliability_uncalibrated" in c:  # before the temperature
+            u = c["reliability_uncalibrated"]
+            ax.plot(u["mean_predicted"], u["fraction_positive"], "x--", color=colour, ms=4, alpha=0.6,
+                    label=f"{m}, uncalibrated (ECE {c['ece_uncalibrated']['value']:.3f})")  # fmt: skip
         x = np.asarray(r["mean_predicted"]) + (k - (len(curves) - 1) / 2) * width
         bars.bar(x, r["count"], width=width, color=colour, alpha=0.6)
     ax.set_ylabel("fraction PNEUMONIA")

@@ -8,8 +8,9 @@ source file, the server that answered, the image's metadata: native size, pixel 
 DICOM UIDs) and a PNG overlay (the X-ray in grey, the lung-mask contour, the saliency as a heat
 map, the predicted class and its probability); DICOM sources optionally a DICOM Segmentation and
 Secondary Capture (:mod:`mmtrt.dicom_results`). Works with both repository flavours: it requests
-``probs`` (plus ``mask`` and ``saliency`` when the model has them) and takes the label as
-argmax(probs).
+``probs`` (plus ``label``, ``mask`` and ``saliency`` when the model has them) and takes the served
+label, the class at the export's operating point (:mod:`mmtrt.calibration`); a model without a
+``label`` output (the gpu flavour, which serves only uncalibrated exports) gives argmax(probs).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ImageResult:
     source: Path
     meta: ImageMeta | None = None
     probs: np.ndarray | None = None
+    served_label: int | None = None  # the model's label output, when it has one
     mask_fraction: float | None = None
     json_path: Path | None = None
     overlay_path: Path | None = None
@@ -72,6 +74,8 @@ class ImageResult:
 
     @property
     def label_index(self) -> int | None:
+        if self.served_label is not None:
+            return self.served_label
         return None if self.probs is None else int(np.argmax(self.probs))
 
     @property
@@ -118,13 +122,15 @@ def render_overlay(
     path: Path,
     *,
     probs: np.ndarray,
+    label: int | None = None,
     mask: np.ndarray | None = None,
     saliency: np.ndarray | None = None,
     title: str | None = None,
     size_px: int = 512,
 ) -> Path:
     """Write a PNG: ``image`` (H x W in [0, 1]) in grey, the saliency as a heat map whose opacity
-    grows with its value, the mask's 0.5 contour, and the predicted class with its probability.
+    grows with its value, the mask's 0.5 contour, and the predicted class (``label``, default the
+    argmax of ``probs``) with its probability.
     Uses matplotlib's object API (no pyplot, no global backend change)."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -152,7 +158,7 @@ def render_overlay(
         ax.contour(mask, levels=[MASK_THRESHOLD], colors=["#39ff14"], linewidths=1.6)
     if mask is not None:
         handles.append(Line2D([], [], color="#39ff14", lw=1.6, label="lung mask"))
-    k = int(np.argmax(probs))
+    k = int(np.argmax(probs)) if label is None else int(label)
     colour = "#ff5050" if CLASSES[k] == "PNEUMONIA" else "#50c8ff"
     ax.text(
         0.02,
@@ -414,7 +420,7 @@ def model_routes(
             raise InferError(
                 f"model '{name}' has no 'probs' output (outputs: {outputs}); is it a MultiMix model?"
             )
-        wanted = tuple(o for o in ("probs", "mask", "saliency", ORIGINAL_SIZE) if o in outputs)
+        wanted = tuple(o for o in ("probs", "label", "mask", "saliency", ORIGINAL_SIZE) if o in outputs)
         routes[kind] = Route(kind, name, info.max_batch_size, wanted, info.newest_version)
     return routes, modes
 
@@ -492,6 +498,8 @@ def write_result(
     cannot be written whole is removed and becomes the image's error. An image sent as bytes comes back with the size the server
     decoded (``original_size``); one that differs from the size decoded here is said."""
     r.probs = np.asarray(got["probs"], dtype=np.float64)
+    if "label" in got:
+        r.served_label = int(np.asarray(got["label"]).reshape(-1)[0])
     if ORIGINAL_SIZE in got:
         r.served_size = tuple(int(v) for v in got[ORIGINAL_SIZE])
         if r.meta is not None and r.served_size != (r.meta.rows, r.meta.columns):
@@ -512,6 +520,7 @@ def write_result(
                 image,
                 out / f"{stem}.png",
                 probs=r.probs,
+                label=r.label_index,
                 mask=mask,
                 saliency=saliency,
                 title=f"{r.source.name} | {model}",

@@ -125,7 +125,7 @@ class DevTools:
 def test_report_opens_in_chromium_with_every_image_loaded(report, tmp_path):
     html = (report / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # self-contained
-    assert "<h2>Calibration</h2>" in html
+    assert "<h2>Calibration and operating point</h2>" in html
     metrics = json.loads((report / "metrics.json").read_text())
     for domain in ("in-domain", "cross-domain"):
         block = metrics["results"]["one"][domain]["classification"]
