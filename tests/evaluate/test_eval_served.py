@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,27 @@ def test_evaluate_cli_served_equals_checkpoint(server, checkpoint, data, export_
     rows = (out / "per_image.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * (6 + 4)
     assert (out / "report.html").is_file() and (out / "summary.csv").is_file()
+
+
+def test_infer_answers_the_served_label_at_the_operating_point(
+    server, checkpoint, data, calibration, tmp_path
+):
+    """`mmtrt infer`'s JSON: the calibrated probabilities and the label at the export's operating
+    point, as the checkpoint given the same calibration answers them."""
+    from mmtrt.data import ClassificationFolder
+
+    val = ClassificationFolder(data / "cls", "val")
+    picks = range(0, len(val), 2)
+    x = np.stack([val[i][0].numpy() for i in picks])
+    local = CheckpointPredictor(checkpoint, calibration=calibration).predict(x, need_mask=False)
+    assert not np.array_equal(local["label"], local["uncalibrated_probs"].argmax(1))
+    out = tmp_path / "out"
+    files = [str(val.paths[i]) for i in picks]
+    res = CliRunner().invoke(main, ["infer", "--url", server.http_url, "--out", str(out), *files])
+    assert res.exit_code == 0, res.output
+    for j, f in enumerate(files):
+        record = json.loads((out / f"{Path(f).stem}.json").read_text())
+        assert record["label_index"] == local["label"][j]
+        assert record["label"] == ("NORMAL", "PNEUMONIA")[local["label"][j]]
+        got = [record["probabilities"]["NORMAL"], record["probabilities"]["PNEUMONIA"]]
+        np.testing.assert_allclose(got, local["probs"][j], atol=1e-5)
