@@ -23,6 +23,7 @@ COMMANDS = {
     "bench": "mmtrt.bench.command:bench",
     "evaluate": "mmtrt.evaluate.command:evaluate",
     "export": "mmtrt.export.command:export",
+    "calibrate": "mmtrt.export.calibrate:calibrate",
     "build-engines": "mmtrt.export.command:build_engines_command",
 }
 

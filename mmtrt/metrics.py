@@ -54,9 +54,24 @@ NaN when the labels hold a single class). The ROC curve and its area are scikit-
 (``roc_curve``, ``auc``); accuracy and F1 are ratios of the confusion counts, as scikit-learn's
 ``accuracy_score`` and ``f1_score`` (``zero_division=0``) define them.
 
-Confidence intervals (:func:`classification_ci`, :func:`mean_ci`): scipy's percentile bootstrap
-(``scipy.stats.bootstrap``) over images, 95 % by default, seeded (the same data and seed give the
-same interval).
+Calibration and the operating point (:func:`calibration_metrics`), of the predicted labels given
+(by default the argmax, as above) and of P(PNEUMONIA):
+
+    sensitivity   TP / (TP + FN)  (NaN without PNEUMONIA images)
+    specificity   TN / (TN + FP)  (NaN without NORMAL images)
+    ece           expected calibration error of P(PNEUMONIA): torchmetrics'
+                  ``binary_calibration_error`` (L1, 15 equal-width bins): the bins' |fraction of
+                  PNEUMONIA - mean P(PNEUMONIA)|, weighted by the share of images in each bin
+    brier         mean (P(PNEUMONIA) - label)^2, what scikit-learn's ``brier_score_loss``
+                  computes (the tests check they agree)
+
+:func:`reliability_curve` gives the reliability diagram's points over the same bins (scikit-learn's
+``calibration_curve``).
+
+Confidence intervals (:func:`classification_ci`, :func:`calibration_ci`, :func:`mean_ci`): scipy's
+percentile bootstrap (``scipy.stats.bootstrap``) over images, 95 % by default, seeded (the same
+data and seed give the same interval; the same number of images, resamples and seed draw the same
+resamples, so the classification and calibration intervals come from one set of resamples).
 """
 
 from __future__ import annotations
@@ -80,12 +95,19 @@ __all__ = [
     "roc_curve",
     "auroc",
     "classification_ci",
+    "CALIBRATION_KEYS",
+    "ECE_BINS",
+    "calibration_metrics",
+    "calibration_ci",
+    "reliability_curve",
     "mean_ci",
 ]
 
 SEG_KEYS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "avg_hausdorff")
 SEG_LOWER_IS_BETTER = ("hd95", "assd", "avg_hausdorff")
 CLS_KEYS = ("accuracy", "f1_normal", "f1_pneumonia", "auroc")
+CALIBRATION_KEYS = ("sensitivity", "specificity", "ece", "brier")
+ECE_BINS = 15  # torchmetrics' default
 
 
 def _spacing(spacing, ndim: int) -> tuple[float, ...]:
@@ -286,6 +308,73 @@ def classification_metrics(labels, probs) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Calibration and the operating point
+# ------------------------------------------------------------------------------------------------
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.full(den.shape, np.nan), where=den > 0)
+
+
+def _calibration_rows(y: np.ndarray, score: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """The calibration metrics of each row of ``y``, ``score``, ``pred`` [R, N] (see
+    :func:`_classification_rows`)."""
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    (tn, fp), (fn, tp) = _confusion_counts(y, pred)
+    ece = [
+        binary_calibration_error(
+            torch.from_numpy(np.ascontiguousarray(s)), torch.from_numpy(t), n_bins=ECE_BINS, norm="l1",
+            validate_args=False,
+        ).item()
+        for s, t in zip(score, y)
+    ]  # fmt: skip
+    return {
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "ece": np.array(ece),
+        "brier": np.mean((score - y) ** 2, axis=-1),
+    }
+
+
+def _with_predicted(labels, probs, predicted) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y, score, pred = _labels_scores(labels, probs)
+    if predicted is not None:
+        pred = np.asarray(predicted).astype(np.int64).reshape(-1)
+        if pred.shape != y.shape:
+            raise ValueError(f"{y.size} labels but {pred.size} predicted labels")
+    return y, score, pred
+
+
+def calibration_metrics(labels, probs, predicted=None) -> dict[str, float]:
+    """sensitivity, specificity (of ``predicted``, the labels the model gave; default: the argmax
+    of ``probs``), ece, brier (of P(PNEUMONIA)); ``probs`` [N, 2] or [N]. See the module docstring."""
+    y, score, pred = _with_predicted(labels, probs, predicted)
+    if y.size == 0:
+        raise ValueError("no classification predictions")
+    return {k: float(v[0]) for k, v in _calibration_rows(y[None], score[None], pred[None]).items()}
+
+
+def reliability_curve(labels, probs, n_bins: int = ECE_BINS) -> dict[str, list]:
+    """The reliability diagram of P(PNEUMONIA) over ``n_bins`` equal-width bins, its non-empty
+    bins only: ``mean_predicted`` and ``fraction_positive`` (scikit-learn's ``calibration_curve``)
+    and ``count`` (images in the bin)."""
+    from sklearn.calibration import calibration_curve
+
+    y, score, _ = _labels_scores(labels, probs)
+    fraction, mean = calibration_curve(y, score, n_bins=n_bins, strategy="uniform")
+    # the bins calibration_curve puts the scores in (it returns no counts)
+    bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], score)
+    count = np.bincount(bins, minlength=n_bins)
+    return {
+        "mean_predicted": mean.tolist(),
+        "fraction_positive": fraction.tolist(),
+        "count": count[count > 0].tolist(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 # Bootstrap confidence intervals
 # ------------------------------------------------------------------------------------------------
 
@@ -341,6 +430,21 @@ def classification_ci(
 
     low, high = _percentile_bootstrap(rows, y.size, n_boot, seed, level)
     return {k: (float(lo), float(hi)) for k, lo, hi in zip(CLS_KEYS, low, high)}
+
+
+def calibration_ci(
+    labels, probs, predicted=None, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of :func:`calibration_metrics`, resampled as
+    :func:`classification_ci` (the same resamples for the same images, ``n_boot`` and ``seed``)."""
+    y, score, pred = _with_predicted(labels, probs, predicted)
+
+    def rows(i: np.ndarray) -> np.ndarray:
+        m = _calibration_rows(y[i], score[i], pred[i])
+        return np.stack([m[k] for k in CALIBRATION_KEYS])
+
+    low, high = _percentile_bootstrap(rows, y.size, n_boot, seed, level)
+    return {k: (float(lo), float(hi)) for k, lo, hi in zip(CALIBRATION_KEYS, low, high)}
 
 
 def mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

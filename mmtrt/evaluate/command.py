@@ -45,6 +45,14 @@ def _name_for(path: Path) -> str:
     "grpc(s):// prefix is accepted. Repeat it for several servers of the same model: the "
     "requests are spread over those that are ready, and one whose server fails is sent to another."
 )
+@click.option(
+    "--calibration",
+    "calibration_export",
+    type=click.Path(path_type=Path),
+    help="An export folder whose calibration (`mmtrt calibrate`: temperature and operating point) "
+    "the CHECKPOINT(s) are evaluated with, as its served models apply it; the report shows ECE and "
+    "Brier before and after. A served model (--url) always answers with its own export's.",
+)
 @click.option("--model", "served_model", default=JOINT_MODEL, help="Served model name (the joint model).")
 @batch_size_option("Images per forward / request (capped at the served model's max_batch_size).")
 @click.option(
@@ -74,12 +82,13 @@ def _name_for(path: Path) -> str:
     help="torch CPU threads (0 = torch's default).",
 )
 def evaluate(
-    checkpoints, cls_data, seg_data, cross_cls, cross_seg, out, split, names, server, served_model,
+    checkpoints, cls_data, seg_data, cross_cls, cross_seg, out, split, names, server, calibration_export, served_model,
     batch_size, n_boot, seed, gallery, seg_spacing, threads,
 ):  # fmt: skip
     """Evaluate CHECKPOINT(s) and/or a served model (--url) on the test split of the in-domain
     (--cls-data/--seg-data) and cross-domain (--cross-cls/--cross-seg) sources: accuracy, F1,
-    ROC AUC, Dice, Jaccard, HD95, ASSD... with 95% bootstrap intervals, in OUT/metrics.json,
+    ROC AUC, sensitivity, specificity, calibration error, Brier score, Dice, Jaccard, HD95, ASSD...
+    with 95% bootstrap intervals, in OUT/metrics.json,
     summary.csv, per_image.csv, figures/ and one self-contained OUT/report.html."""
     from mmtrt.serving.errors import InferError
 
@@ -109,10 +118,23 @@ def evaluate(
         import torch
 
         torch.set_num_threads(threads)
+    calibration = None
+    if calibration_export is not None:
+        from mmtrt.calibration import MANIFEST_KEY, Calibration, CalibrationError
+        from mmtrt.export.manifest import ExportError, read_manifest
+
+        try:
+            manifest = read_manifest(calibration_export, check_files=False)
+            calibration = Calibration.from_manifest(manifest)
+        except (ExportError, CalibrationError) as e:
+            fail(f"--calibration: {e}")
+        if MANIFEST_KEY not in manifest:
+            fail(f"--calibration: {calibration_export} is not calibrated (run `mmtrt calibrate` on it)")
     predictors = []
     try:
         for i, ckpt in enumerate(checkpoints):
-            predictors.append(CheckpointPredictor(ckpt, name=names[i] if names else _name_for(ckpt)))
+            name = names[i] if names else _name_for(ckpt)
+            predictors.append(CheckpointPredictor(ckpt, name=name, calibration=calibration))
         if server.urls:
             servers = server.servers(say=lambda m: click.echo(m, err=True))
             predictors.append(TritonPredictor(servers, served_model))

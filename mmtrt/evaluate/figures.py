@@ -1,6 +1,6 @@
 """The figures of `mmtrt evaluate` (matplotlib, Agg, PNG): per-image Dice box plots, boundary
-visualisations, ROC curves, confusion matrices, a saliency gallery, the sources' intensity
-histograms. Each function returns the paths it wrote; :func:`make_all` returns
+visualisations, ROC curves, confusion matrices, reliability diagrams, a saliency gallery, the
+sources' intensity histograms. Each function returns the paths it wrote; :func:`make_all` returns
 ``[(title, path), ...]`` in report order."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mmtrt.files import atomic_write
+from mmtrt.metrics import ECE_BINS
 
 DPI = 90
 
@@ -152,6 +153,46 @@ def confusions(path: Path, results: dict) -> Path | None:
     return _save(fig, path)
 
 
+def reliability(path: Path, results: dict, domain: str) -> Path | None:
+    """The reliability diagram of P(PNEUMONIA) on ``domain``, one line per model (dashed: before
+    the temperature evaluate applied): each bin's fraction of PNEUMONIA images against its mean
+    predicted probability (the diagonal is perfect calibration), with the images per bin below."""
+    plt = _plt()
+    models = list(results["results"])
+    curves = [
+        (m, results["results"][m][domain]["classification"])
+        for m in models
+        if "classification" in results["results"][m].get(domain, {})
+    ]
+    if not curves:
+        return None
+    fig, (ax, bars) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, alpha=0.6, label="perfect calibration")
+    width = 0.8 / (ECE_BINS * len(curves))  # the models' bars side by side
+    for k, (m, c) in enumerate(curves):
+        colour = plt.cm.tab10.colors[models.index(m) % 10]
+        r = c["reliability"]
+        ece = c["ece"]["value"]
+        ax.plot(r["mean_predicted"], r["fraction_positive"], "o-", color=colour, ms=4,
+                label=f"{m} (ECE {ece:.3f})")  # fmt: skip
+        if "reliability_uncalibrated" in c:  # before the temperature
+            u = c["reliability_uncalibrated"]
+            ax.plot(u["mean_predicted"], u["fraction_positive"], "x--", color=colour, ms=4, alpha=0.6,
+                    label=f"{m}, uncalibrated (ECE {c['ece_uncalibrated']['value']:.3f})")  # fmt: skip
+        x = np.asarray(r["mean_predicted"]) + (k - (len(curves) - 1) / 2) * width
+        bars.bar(x, r["count"], width=width, color=colour, alpha=0.6)
+    ax.set_ylabel("fraction PNEUMONIA")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{domain}: reliability of P(PNEUMONIA)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    bars.set_xlabel("mean predicted P(PNEUMONIA) in the bin")
+    bars.set_ylabel("images")
+    bars.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def saliency_gallery(path: Path, collected: dict, domain: str) -> Path | None:
     """Rows = classification gallery images (NORMAL and PNEUMONIA), columns = the image, then
     each model's saliency over it (each map scaled to its own 99th percentile)."""
@@ -216,6 +257,9 @@ def make_all(folder: Path, results: dict, collected: dict, hist: dict) -> list[t
         figs.append((f"Boundaries, {d}", boundaries(folder / f"boundaries_{slug}.png", collected, d)))
     figs.append(("ROC curves", roc(folder / "roc.png", results)))
     figs.append(("Confusion matrices", confusions(folder / "confusion.png", results)))
+    for d in domains:
+        slug = d.replace(" ", "_")
+        figs.append((f"Reliability, {d}", reliability(folder / f"reliability_{slug}.png", results, d)))
     for d in domains:
         slug = d.replace(" ", "_")
         figs.append(

@@ -3,9 +3,17 @@
 Both take the same float32 images [B, 1, 256, 256] in [0, 1] (as mmtrt.data's loaders give them)
 and return the same arrays, so the same images give the same numbers either way:
 
-    probs     [B, 2]       softmax of the class logits (NORMAL, PNEUMONIA)
+    probs     [B, 2]       the class probabilities (NORMAL, PNEUMONIA) the model answers: softmax
+                           of the class logits, calibrated (mmtrt.calibration) when it has a
+                           calibration
+    label     [B]          the class it answers (0 NORMAL, 1 PNEUMONIA): at its operating point
     mask      [B, H, W]    foreground probability (sigmoid of the mask logits)
     saliency  [B, H, W]    |d logit[argmax] / d image| (the saliency graph)
+
+A checkpoint given a :class:`~mmtrt.calibration.Calibration` (an export's, ``mmtrt evaluate
+--calibration``) applies it as the served models do, and also returns ``uncalibrated_probs``, the
+softmax before it. A served model answers its own export's calibration (its ``probs`` and
+``label`` outputs; the argmax where a model has no ``label``).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ class CheckpointPredictor:
 
     kind = "checkpoint"
 
-    def __init__(self, path: Path, name: str | None = None, device: str = "cpu"):
+    def __init__(self, path: Path, name: str | None = None, device: str = "cpu", calibration=None):
         import torch
 
         from mmtrt.checkpoint import CheckpointError, load_checkpoint
@@ -48,15 +56,32 @@ class CheckpointPredictor:
         self.image_size = int(cfg.get("image_size", 256))  # what it was trained (and validated) at
         self.name = name or self.path.stem
         self.source = str(self.path)
+        self.calibration = calibration
 
     def describe(self) -> dict:
-        return {
+        out = {
             "kind": self.kind,
             "source": self.source,
             "saliency_bridge": self.bridge,
             "image_size": self.image_size,
             "step": self.meta.get("step"),
             "origin": self.meta.get("origin"),
+        }
+        if self.calibration is not None:
+            out["calibration"] = {
+                "temperature": self.calibration.temperature,
+                "threshold": self.calibration.threshold,
+            }
+        return out
+
+    def _answer(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """probs and label as the served models answer them (and the softmax before calibration)."""
+        if self.calibration is None:
+            return {"probs": probs, "label": np.argmax(probs, 1)}
+        return {
+            "probs": self.calibration.probabilities(probs),
+            "label": self.calibration.labels(probs),
+            "uncalibrated_probs": probs,
         }
 
     def predict(self, images: np.ndarray, need_mask: bool = True) -> dict[str, np.ndarray]:
@@ -67,13 +92,13 @@ class CheckpointPredictor:
         with torch.no_grad():  # (the saliency graph is explicit forward ops: no autograd)
             if not need_mask:
                 logits = enc(x).logits
-                return {"probs": torch.softmax(logits.float(), 1).cpu().numpy()}
+                return self._answer(torch.softmax(logits.float(), 1).cpu().numpy())
             logits, tape = enc.forward_with_tape(x)
             saliency = enc.input_gradient(logits, tape).abs()
             feed = saliency if self.bridge else torch.zeros_like(x)
             mask = torch.sigmoid(self.model.decoder(tape.skips, x, feed).float())
         return {
-            "probs": torch.softmax(logits.float(), 1).cpu().numpy(),
+            **self._answer(torch.softmax(logits.float(), 1).cpu().numpy()),
             "mask": mask[:, 0].cpu().numpy(),
             "saliency": saliency[:, 0].float().cpu().numpy(),
         }
@@ -113,6 +138,7 @@ class TritonPredictor:
                 f"model '{model}' at {self.where} has no {missing} output(s) (outputs: "
                 f"{info.output_names}); evaluate needs the joint model (mmtrt repo's 'multimix')"
             )
+        self.outputs = self.OUTPUTS + (("label",) if "label" in info.output_names else ())
         self._session = self._servers.session()
 
     OUTPUTS = ("probs", "mask", "saliency")
@@ -128,14 +154,18 @@ class TritonPredictor:
         parts: list[dict[str, np.ndarray]] = []
         for s in range(0, len(images), step):
             try:
-                answer = self._session.send(self.model, image_inputs(images[s : s + step]), self.OUTPUTS)
+                answer = self._session.send(self.model, image_inputs(images[s : s + step]), self.outputs)
             except Exception as e:  # noqa: BLE001 - rejected, or the server gone for good
                 raise EvaluateError(f"inference on {self.where} failed: {e}") from None
             parts.append(answer.outputs)
         probs = np.concatenate([p["probs"] for p in parts]).astype(np.float32)
         mask = np.concatenate([p["mask"] for p in parts])[:, 0].astype(np.float32)
         saliency = np.concatenate([p["saliency"] for p in parts])[:, 0].astype(np.float32)
-        return {"probs": probs, "mask": mask, "saliency": saliency}
+        if "label" in self.outputs:
+            label = np.concatenate([p["label"] for p in parts]).reshape(-1).astype(np.int64)
+        else:  # a model without the label output (gpu flavour): serves uncalibrated exports only
+            label = np.argmax(probs, 1)
+        return {"probs": probs, "label": label, "mask": mask, "saliency": saliency}
 
     def close(self) -> None:
         session = getattr(self, "_session", None)

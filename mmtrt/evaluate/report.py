@@ -10,7 +10,10 @@ import math
 from pathlib import Path
 
 from mmtrt.files import atomic_write_text
-from mmtrt.metrics import CLS_KEYS, SEG_KEYS, SEG_LOWER_IS_BETTER
+from mmtrt.metrics import CALIBRATION_KEYS, CLS_KEYS, ECE_BINS, SEG_KEYS, SEG_LOWER_IS_BETTER
+
+CALIBRATED_EXTRA = ("ece_uncalibrated", "brier_uncalibrated")
+LOWER_IS_BETTER = (*SEG_LOWER_IS_BETTER, "ece", "brier", *CALIBRATED_EXTRA)
 
 CSS = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -54,10 +57,19 @@ def _table(results: dict, task: str, keys, value_key: str, units: dict) -> str:
         return ""
     head = "".join(
         f"<th>{html.escape(k)}{' (' + units.get(k, '') + ')' if units.get(k) else ''}"
-        f"{' ↓' if k in SEG_LOWER_IS_BETTER else ''}</th>"
+        f"{' ↓' if k in LOWER_IS_BETTER else ''}</th>"
         for k in keys
     )
     return f"<table><tr><th>model</th><th>domain</th><th>n</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _calibration(model: dict) -> str:
+    c = model.get("calibration")
+    if c:
+        return f"temperature {c['temperature']:.4g}, threshold {c['threshold']:.4g}"
+    if model.get("kind") == "triton":
+        return "its export's, applied by the server"
+    return "none (argmax)"
 
 
 def write_html(path: Path, results: dict, figures: list[tuple[str, Path]]) -> Path:
@@ -67,7 +79,7 @@ def write_html(path: Path, results: dict, figures: list[tuple[str, Path]]) -> Pa
     seg_keys = [*SEG_KEYS, "ssim"]
     models = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{html.escape(str(d.get('kind')))}</td>"
-        f"<td><code>{html.escape(str(d.get('source')))}</code></td></tr>"
+        f"<td><code>{html.escape(str(d.get('source')))}</code></td><td>{_calibration(d)}</td></tr>"
         for n, d in results["models"].items()
     )
     domains = "".join(
@@ -92,9 +104,15 @@ def write_html(path: Path, results: dict, figures: list[tuple[str, Path]]) -> Pa
 {results["mask_threshold"]}; intervals: {b["level"]:.0%} percentile bootstrap over {b["over"]},
 {b["resamples"]} resamples, seed {b["seed"]}. Metric definitions: <code>mmtrt/metrics.py</code>
 (hd95 / assd: MONAI surface distances; avg_hausdorff: the region-based average; ↓ lower is better).</p>
-<h2>Models</h2><table><tr><th>name</th><th>kind</th><th>source</th></tr>{models}</table>
+<h2>Models</h2><table><tr><th>name</th><th>kind</th><th>source</th><th>calibration</th></tr>{models}</table>
 <h2>Data</h2><table><tr><th>domain</th><th>classification</th><th>segmentation</th><th>native spacing (mm)</th></tr>{domains}</table>
 <h2>Classification</h2>{_table(results, "classification", CLS_KEYS, "value", {})}
+<h2>Calibration and operating point</h2><p>Sensitivity, specificity and the confusion matrices:
+of the label the model answers, at its operating point (the more probable class for a model
+without a calibration). ECE: expected calibration error of P(PNEUMONIA) over {ECE_BINS}
+equal-width bins; Brier score: mean squared error of P(PNEUMONIA) (↓ lower is better for both);
+<code>_uncalibrated</code>: the same before the temperature of <code>--calibration</code>.</p>
+{_table(results, "classification", CALIBRATION_KEYS + CALIBRATED_EXTRA, "value", {})}
 <h2>Segmentation (mean per image)</h2>{_table(results, "segmentation", seg_keys, "mean", seg_units)}
 <h2>Figures</h2>{"".join(figs)}
 </body></html>

@@ -23,12 +23,16 @@ import numpy as np
 
 from mmtrt.files import atomic_write_text
 from mmtrt.metrics import (
+    CALIBRATION_KEYS,
     CLS_KEYS,
     SEG_KEYS,
+    calibration_ci,
+    calibration_metrics,
     classification_ci,
     classification_metrics,
     confusion_matrix,
     mean_ci,
+    reliability_curve,
     roc_curve,
     segmentation_metrics,
 )
@@ -38,6 +42,8 @@ from .predictors import EvaluateError
 __all__ = ["Domain", "evaluate", "spacing_of"]
 
 MASK_THRESHOLD = 0.5
+#: what is also reported before the temperature of a calibration evaluate applies
+UNCALIBRATED_KEYS = ("ece", "brier")
 HIST_BINS = 64
 
 
@@ -53,7 +59,9 @@ class Collected:
     """One model on one domain."""
 
     cls_labels: np.ndarray | None = None
-    cls_probs: np.ndarray | None = None
+    cls_probs: np.ndarray | None = None  # as the model answers them (calibrated, if it is)
+    cls_predicted: np.ndarray | None = None  # the labels it answers (at its operating point)
+    cls_uncalibrated: np.ndarray | None = None  # the softmax before a calibration evaluate applied
     cls_files: list[str] = field(default_factory=list)
     seg_files: list[str] = field(default_factory=list)
     seg_metrics: list[dict[str, float]] = field(default_factory=list)
@@ -138,7 +146,7 @@ def _collect(
     t0 = time.perf_counter()
     cls_set = sets.get("cls")
     if cls_set is not None:
-        labels, probs = [], []
+        labels, probs, predicted, uncalibrated = [], [], [], []
         picks = set(_pick_cls(list(cls_set.labels), gallery))
 
         def need_mask(idx):
@@ -148,6 +156,9 @@ def _collect(
             predictor, domain, "cls", cls_set, batch, hist, need_mask
         ):
             probs.append(res["probs"])
+            predicted.append(res["label"])
+            if "uncalibrated_probs" in res:
+                uncalibrated.append(res["uncalibrated_probs"])
             labels += [int(y) for _, y in items]
             for j, i in enumerate(idx):
                 if i in picks:
@@ -158,6 +169,8 @@ def _collect(
                     }
         out.cls_labels = np.array(labels)
         out.cls_probs = np.concatenate(probs)
+        out.cls_predicted = np.concatenate(predicted)
+        out.cls_uncalibrated = np.concatenate(uncalibrated) if uncalibrated else None
         out.cls_files = [str(p) for p in cls_set.paths]
     seg_set = sets.get("seg")
     if seg_set is not None:
@@ -204,15 +217,27 @@ def _open_sets(domain: Domain, split: str | None, seg_spacing: float | None, siz
 def _summarise(c: Collected, n_boot: int, seed: int) -> dict:
     res: dict = {}
     if c.cls_labels is not None:
-        m = classification_metrics(c.cls_labels, c.cls_probs)
-        ci = classification_ci(c.cls_labels, c.cls_probs, n_boot=n_boot, seed=seed)
-        pred = np.argmax(c.cls_probs, 1)
-        cls = {"n": int(len(c.cls_labels))}
-        for k in CLS_KEYS:
+        y, probs, pred = c.cls_labels, c.cls_probs, c.cls_predicted
+        # one set of resamples (same images, resamples and seed) for every interval
+        m = {**classification_metrics(y, probs), **calibration_metrics(y, probs, pred)}
+        ci = {
+            **classification_ci(y, probs, n_boot=n_boot, seed=seed),
+            **calibration_ci(y, probs, pred, n_boot=n_boot, seed=seed),
+        }
+        cls = {"n": int(len(y))}
+        for k in (*CLS_KEYS, *CALIBRATION_KEYS):
             cls[k] = {"value": m[k], "ci95": list(ci[k])}
-        cls["confusion"] = confusion_matrix(c.cls_labels, pred).tolist()
-        fpr, tpr, _ = roc_curve(c.cls_labels, c.cls_probs[:, 1])
+        cls["confusion"] = confusion_matrix(y, pred).tolist()
+        fpr, tpr, _ = roc_curve(y, probs[:, 1])
         cls["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        cls["reliability"] = reliability_curve(y, probs)
+        if c.cls_uncalibrated is not None:  # the same metrics before the temperature
+            raw = c.cls_uncalibrated
+            m = calibration_metrics(y, raw)
+            ci = calibration_ci(y, raw, n_boot=n_boot, seed=seed)
+            for k in UNCALIBRATED_KEYS:
+                cls[f"{k}_uncalibrated"] = {"value": m[k], "ci95": list(ci[k])}
+            cls["reliability_uncalibrated"] = reliability_curve(y, raw)
         res["classification"] = cls
     if c.seg_metrics:
         seg = {"n": len(c.seg_metrics)}
@@ -365,9 +390,9 @@ def _write_csvs(out: Path, results: dict, collected: dict) -> None:
     for model, per in collected.items():
         for dom, c in per.items():
             if c.cls_labels is not None:
-                for fname, y, p in zip(c.cls_files, c.cls_labels, c.cls_probs):
+                for fname, y, p, k in zip(c.cls_files, c.cls_labels, c.cls_probs, c.cls_predicted):
                     per_image.append(
-                        [model, dom, "classification", fname, int(y), f"{p[1]:.6f}", int(np.argmax(p))]
+                        [model, dom, "classification", fname, int(y), f"{p[1]:.6f}", int(k)]
                         + [""] * (len(SEG_KEYS) + 1)
                     )
             for fname, m in zip(c.seg_files, c.seg_metrics):

@@ -4,7 +4,9 @@ The manifest is the one spec of an export, as a MONAI bundle's metadata is: serv
 (through :func:`read_manifest`) to build and check a Triton repository. Keys other code relies
 on: `format`, `files.<name>.sha256` for every file of the folder, the top-level `max_batch`, and
 `graphs.<graph>` = {"file", "inputs", "outputs"} with every tensor's shape and dtype
-(:func:`graph_record`), from which the repository's config.pbtxt tensor blocks are rendered.
+(:func:`graph_record`), from which the repository's config.pbtxt tensor blocks are rendered;
+and `calibration` when `mmtrt calibrate` has run (read by :mod:`mmtrt.calibration`, applied by
+the served models).
 """
 
 from __future__ import annotations

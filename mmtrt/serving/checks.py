@@ -23,6 +23,7 @@ BACKEND_MODULES = (
     "serving/settings.py",
     "serving/python_backend.py",
     "files.py",
+    "calibration.py",
     "runtimes/ort.py",
     "runtimes/openvino.py",
     "data/decoded.py",

@@ -6,10 +6,11 @@ Images are read with :func:`mmtrt.data.load_image` (THE normalisation: grayscale
 image answered once). Each gets a JSON file (probabilities, label, mask foreground fraction,
 source file, the server that answered, the image's metadata: native size, pixel spacing, view,
 DICOM UIDs) and a PNG overlay (the X-ray in grey, the lung-mask contour, the saliency as a heat
-map, the predicted class and its probability); DICOM sources optionally a DICOM Segmentation and
-Secondary Capture (:mod:`mmtrt.dicom_results`). Works with both repository flavours: it requests
-``probs`` (plus ``mask`` and ``saliency`` when the model has them) and takes the label as
-argmax(probs).
+map, the predicted class and its probability); DICOM sources optionally a DICOM Segmentation,
+Secondary Capture and Structured Report (:mod:`mmtrt.dicom_results`). Works with both repository flavours: it requests
+``probs`` (plus ``label``, ``mask`` and ``saliency`` when the model has them) and takes the served
+label, the class at the export's operating point (:mod:`mmtrt.calibration`); a model without a
+``label`` output (the gpu flavour, which serves only uncalibrated exports) gives argmax(probs).
 
 The input gate (:mod:`mmtrt.data.gate`) judges each DICOM file's header before anything is sent:
 a file it refuses is not decoded or sent, and the server's file model applies its own gate (its
@@ -68,6 +69,7 @@ class ImageResult:
     source: Path
     meta: ImageMeta | None = None
     probs: np.ndarray | None = None
+    served_label: int | None = None  # the model's label output, when it has one
     mask_fraction: float | None = None
     json_path: Path | None = None
     overlay_path: Path | None = None
@@ -88,6 +90,8 @@ class ImageResult:
 
     @property
     def label_index(self) -> int | None:
+        if self.served_label is not None:
+            return self.served_label
         return None if self.probs is None else int(np.argmax(self.probs))
 
     @property
@@ -134,13 +138,15 @@ def render_overlay(
     path: Path,
     *,
     probs: np.ndarray,
+    label: int | None = None,
     mask: np.ndarray | None = None,
     saliency: np.ndarray | None = None,
     title: str | None = None,
     size_px: int = 512,
 ) -> Path:
     """Write a PNG: ``image`` (H x W in [0, 1]) in grey, the saliency as a heat map whose opacity
-    grows with its value, the mask's 0.5 contour, and the predicted class with its probability.
+    grows with its value, the mask's 0.5 contour, and the predicted class (``label``, default the
+    argmax of ``probs``) with its probability.
     Uses matplotlib's object API (no pyplot, no global backend change)."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -168,7 +174,7 @@ def render_overlay(
         ax.contour(mask, levels=[MASK_THRESHOLD], colors=["#39ff14"], linewidths=1.6)
     if mask is not None:
         handles.append(Line2D([], [], color="#39ff14", lw=1.6, label="lung mask"))
-    k = int(np.argmax(probs))
+    k = int(np.argmax(probs)) if label is None else int(label)
     colour = "#ff5050" if CLASSES[k] == "PNEUMONIA" else "#50c8ff"
     ax.text(
         0.02,
@@ -450,7 +456,9 @@ def model_routes(
                 f"model '{name}' has no 'probs' output (outputs: {outputs}); is it a MultiMix model?"
             )
         wanted = tuple(
-            o for o in ("probs", "mask", "saliency", ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON) if o in outputs
+            o
+            for o in ("probs", "label", "mask", "saliency", ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON)
+            if o in outputs
         )
         routes[kind] = Route(kind, name, info.max_batch_size, wanted, info.newest_version)
     return routes, modes
@@ -536,6 +544,8 @@ def write_result(
         refuse(r, reason, by=model, out=out, stem=stem, say=say, sent=sent, server=server)
         return
     r.probs = np.asarray(got["probs"], dtype=np.float64)
+    if "label" in got:
+        r.served_label = int(np.asarray(got["label"]).reshape(-1)[0])
     if ORIGINAL_SIZE in got:
         r.served_size = tuple(int(v) for v in got[ORIGINAL_SIZE])
         if r.meta is not None and r.served_size != (r.meta.rows, r.meta.columns):
@@ -556,6 +566,7 @@ def write_result(
                 image,
                 out / f"{stem}.png",
                 probs=r.probs,
+                label=r.label_index,
                 mask=mask,
                 saliency=saliency,
                 title=f"{r.source.name} | {model}",

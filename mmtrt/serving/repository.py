@@ -80,8 +80,8 @@ class ModelSpec:
     mmtrt's image decoder: image files as BYTES -> images and their native sizes) or "ensemble"
     (an ensemble of the engine models of ``pipeline``, one of :data:`mmtrt.graphs.PIPELINES`,
     or of the models of ``steps``: (name, spec) pairs, in order). ``outputs``: the tensors it
-    serves (default: all its graph's); ``label`` is derived by the python model (the argmax of
-    ``probs``). Its tensors' types and dims come from the export manifest's graphs.
+    serves (default: all its graph's); ``label`` is derived by the python model (the class at the
+    export's operating point, :mod:`mmtrt.calibration`), which also calibrates ``probs``. Its tensors' types and dims come from the export manifest's graphs.
     ``description``: what it is, the first line of its config.pbtxt."""
 
     kind: str
@@ -184,7 +184,7 @@ FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
     },
 }
 assert tuple(FLAVOUR_MODELS) == FLAVOURS
-LABEL = Tensor("label", "TYPE_INT64", (1,))  # derived by the python model: argmax of probs
+LABEL = Tensor("label", "TYPE_INT64", (1,))  # derived by the python model: the operating point's class
 #: CPU flavour: model name -> the ONNX file of the export it serves (the models that run one)
 MODELS: dict[str, str] = {
     name: spec.onnx_file for name, spec in FLAVOUR_MODELS["cpu"].items() if spec.onnx_file
@@ -417,6 +417,24 @@ def _served_file(spec: ModelSpec, manifest: dict, precision: str) -> str:
     return manifest["graphs"][spec.graph].get("reduced_precision_file") or spec.onnx_file
 
 
+def _check_calibration(manifest: dict, flavour: str, export_dir: Path) -> None:
+    """The export's calibration (mmtrt.calibration) must be readable, and servable: the python
+    models apply it; the gpu flavour's ensembles answer the engines' probabilities with no python
+    step, so they would answer uncalibrated probabilities and the argmax label."""
+    from mmtrt.calibration import Calibration, CalibrationError
+
+    try:
+        calibration = Calibration.from_manifest(manifest)
+    except CalibrationError as e:
+        raise ServingError(f"{export_dir / 'manifest.json'}: {e}") from None
+    if flavour == "gpu" and calibration != Calibration():
+        raise ServingError(
+            f"{export_dir} is calibrated (temperature {calibration.temperature:.4g}, threshold "
+            f"{calibration.threshold:.4g}), which the gpu flavour cannot apply (its ensembles have "
+            "no python step): serve it with --flavour cpu"
+        )
+
+
 def _max_batch(settings: RepositorySettings, manifest: dict, export_dir: Path) -> int:
     """The settings' max_batch, else the manifest's; for ``gpu``, the engines' optimisation-profile
     maximum when the manifest records one, and never above it."""
@@ -565,6 +583,7 @@ def build_repository(
     )
     specs = {name: FLAVOUR_MODELS[flavour][name] for name in names}
     manifest = _read_manifest(export_dir)
+    _check_calibration(manifest, flavour, export_dir)
     max_batch = _max_batch(settings, manifest, export_dir)
     runtime, precision = ONNXRUNTIME_ASKED_FOR, "fp32"
     if flavour == "cpu":

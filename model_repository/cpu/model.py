@@ -19,7 +19,10 @@ differs between the models lives in their ``config.pbtxt``:
   compiled-blob cache (``ov_num_threads``, ``ov_num_streams``, ``ov_cache_dir``). A missing or
   invalid parameter stops the load, naming it;
 - the ``input`` (one image tensor) and the ``output`` list: each output is the ONNX output of the
-  same name, except ``label`` when the graph has none: the argmax of ``probs`` (INT64 [n, 1]).
+  same name, except ``probs`` and ``label``, which apply the calibration the export's manifest
+  records (mmtrt/calibration.py: a temperature and a threshold on P(PNEUMONIA); without one,
+  ``probs`` is the graph's and ``label`` its argmax): ``probs`` the calibrated probabilities,
+  ``label`` the class at the operating point (INT64 [n, 1]).
   The ONNX graph may have more outputs than the config lists (e.g. the encoder's skips): they are
   not computed for the response;
 - optionally, the input ``accepted`` (BOOL [n, 1], ``optional: true``): the input gate's verdict
@@ -42,17 +45,18 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from mmtrt_backend import files, openvino, ort
+from mmtrt_backend.calibration import Calibration, CalibrationError
 from mmtrt_backend.python_backend import failed, invalid_input, load_error, read_settings
 from mmtrt_backend.settings import GraphSettings
 
-LABEL = "label"  # derived output: argmax of PROBS
+LABEL = "label"  # derived output: the class of PROBS at the export's operating point
 PROBS = "probs"
 ACCEPTED = "accepted"  # optional input: the input gate's verdict per image
 REFUSED_LABEL = -1  # the label of an image not run (refused by the gate)
 
 
 def _verified_onnx_path(version_dir, onnx_name, model_name):
-    """Path of the ONNX file after checking its sha256 against the manifest beside it."""
+    """(path of the ONNX file, the manifest beside it), the file's sha256 checked against it."""
     onnx_path = os.path.join(version_dir, onnx_name)
     manifest_path = os.path.join(version_dir, "manifest.json")
     if not os.path.isfile(onnx_path):
@@ -73,7 +77,7 @@ def _verified_onnx_path(version_dir, onnx_name, model_name):
             f"sha256 mismatch for {onnx_path}: manifest says {expected}, file has {actual}. "
             "The file was modified or corrupted after export (tampered file); refusing to load",
         )
-    return onnx_path
+    return onnx_path, manifest
 
 
 def _runner(path, settings, model_name):
@@ -147,7 +151,11 @@ class TritonPythonModel:
         self.output_dims = {o["name"]: [int(d) for d in o["dims"]] for o in model_config["output"]}
 
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        onnx_path = _verified_onnx_path(version_dir, settings.onnx_file, self.model_name)
+        onnx_path, manifest = _verified_onnx_path(version_dir, settings.onnx_file, self.model_name)
+        try:
+            self.calibration = Calibration.from_manifest(manifest)
+        except CalibrationError as e:
+            raise load_error(self.model_name, f"{version_dir}/manifest.json: {e}") from None
         self.runner = _runner(onnx_path, settings, self.model_name)
 
         # The graph must have the config's input and every config output (or probs for label).
@@ -231,8 +239,10 @@ class TritonPythonModel:
         if accepted.any():
             images = batch if accepted.all() else batch[accepted]  # (a mask copies)
             results = self.runner({self.input_name: images}, outputs=self.fetch)
-            if LABEL not in results and any(name == LABEL for name, _ in self.outputs):
-                results[LABEL] = np.argmax(results[PROBS], axis=1).reshape(-1, 1)
+            if PROBS in results:  # the label from the graph's probabilities, then the calibrated ones
+                if any(name == LABEL for name, _ in self.outputs):
+                    results[LABEL] = self.calibration.labels(results[PROBS]).reshape(-1, 1)
+                results[PROBS] = self.calibration.probabilities(results[PROBS])
         outputs = []
         for name, dtype in self.outputs:
             if accepted.all():

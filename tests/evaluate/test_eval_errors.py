@@ -67,3 +67,19 @@ def test_nothing_to_do(ckpt, data, tmp_path):
     assert res.exit_code == 1 and "CHECKPOINT or --url" in res.output
     res = run(ckpt, "--out", tmp_path / "o")
     assert res.exit_code == 1 and "no data" in res.output
+
+
+def test_calibration_from_a_folder_that_is_not_a_calibrated_export(ckpt, data, tmp_path):
+    from mmtrt.export.manifest import write_manifest
+
+    base = (ckpt, "--cls-data", data / "cls", "--out", tmp_path / "o", "--calibration")
+    res = run(*base, tmp_path / "nope")
+    assert res.exit_code == 1 and "--calibration" in res.output and "no such export folder" in res.output
+    export = tmp_path / "export"
+    export.mkdir()
+    write_manifest(export, {"files": {}})
+    res = run(*base, export)
+    assert res.exit_code == 1 and "not calibrated" in res.output and "mmtrt calibrate" in res.output
+    write_manifest(export, {"files": {}, "calibration": {"temperature": 0, "threshold": 0.5}})
+    res = run(*base, export)
+    assert res.exit_code == 1 and "temperature 0" in res.output

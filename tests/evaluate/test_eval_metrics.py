@@ -17,12 +17,16 @@ import torch
 from scipy import ndimage
 
 from mmtrt.metrics import (
+    CALIBRATION_KEYS,
     CLS_KEYS,
     average_hausdorff,
+    calibration_ci,
+    calibration_metrics,
     classification_ci,
     classification_metrics,
     confusion_matrix,
     mean_ci,
+    reliability_curve,
     roc_curve,
     segmentation_metrics,
 )
@@ -184,6 +188,56 @@ def test_classification_metrics_match_scikit_learn_and_torchmetrics():
         )
         if 0 < yi.sum() < yi.size:
             assert m["auroc"] == pytest.approx(skm.roc_auc_score(yi, pi[:, 1]), abs=1e-12)
+
+
+def test_calibration_metrics_match_torchmetrics_scikit_learn_and_closed_forms():
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+    from torchmetrics.classification import BinaryCalibrationError
+
+    rng = np.random.default_rng(4)
+    p1 = rng.uniform(0, 1, 300)
+    y = (rng.uniform(0, 1, 300) < p1**2).astype(int)  # over-confident in PNEUMONIA
+    probs = np.stack([1 - p1, p1], 1)
+    for i in [np.arange(300), *rng.integers(0, 300, (10, 300))]:
+        m = calibration_metrics(y[i], probs[i])
+        ece = BinaryCalibrationError(n_bins=15, norm="l1")(torch.from_numpy(p1[i]), torch.from_numpy(y[i]))
+        assert m["ece"] == pytest.approx(float(ece), abs=1e-6)
+        assert m["brier"] == pytest.approx(brier_score_loss(y[i], p1[i]), abs=1e-15)
+    # the reliability diagram's bins: scikit-learn's, and their counts add up to the images
+    r = reliability_curve(y, probs)
+    fraction, mean = calibration_curve(y, p1, n_bins=15)
+    assert r["fraction_positive"] == fraction.tolist() and r["mean_predicted"] == mean.tolist()
+    assert sum(r["count"]) == 300 and len(r["count"]) == len(mean) == 15
+    # closed forms: sensitivity and specificity of the labels given, ECE of a constant prediction
+    y4, p4 = np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.7, 0.8, 0.4, 0.9])
+    m = calibration_metrics(y4, p4)  # labels: p > 0.5
+    assert (m["sensitivity"], m["specificity"]) == (pytest.approx(2 / 3), 0.5)
+    m = calibration_metrics(y4, p4, predicted=[0, 0, 1, 1, 1])
+    assert (m["sensitivity"], m["specificity"]) == (1.0, 1.0)
+    assert m["brier"] == pytest.approx(np.mean((p4 - y4) ** 2))
+    assert calibration_metrics(y4, np.full(5, 0.6))["ece"] == pytest.approx(0.0)
+    assert calibration_metrics(y4, np.full(5, 0.9))["ece"] == pytest.approx(0.3)
+    assert math.isnan(calibration_metrics([1, 1], [0.2, 0.8])["specificity"])  # no NORMAL image
+    with pytest.raises(ValueError, match="predicted labels"):
+        calibration_metrics(y4, p4, predicted=[0, 1])
+
+
+def test_calibration_intervals_are_seeded_and_share_the_classification_resamples():
+    y = np.array([0, 1] * 40)
+    p = np.clip(y * 0.3 + np.random.default_rng(2).uniform(0, 0.7, 80), 0, 1)
+    ci = calibration_ci(y, p, n_boot=200, seed=5)
+    assert list(ci) == list(CALIBRATION_KEYS) and ci == calibration_ci(y, p, n_boot=200, seed=5)
+    m = calibration_metrics(y, p)
+    for k in ("sensitivity", "specificity", "brier"):
+        assert ci[k][0] <= m[k] <= ci[k][1] and ci[k][0] < ci[k][1]
+    # the same resamples as classification_ci: at one label per image, the accuracy's interval
+    # is the sensitivity's (all images PNEUMONIA)
+    ones = np.ones(30, dtype=int)
+    q = np.random.default_rng(3).uniform(0, 1, 30)
+    assert calibration_ci(ones, q, n_boot=100, seed=1)["sensitivity"] == pytest.approx(
+        classification_ci(ones, q, n_boot=100, seed=1)["accuracy"], abs=1e-15
+    )
 
 
 def test_bootstrap_is_seeded_and_brackets_the_estimate():

@@ -125,11 +125,22 @@ class DevTools:
 def test_report_opens_in_chromium_with_every_image_loaded(report, tmp_path):
     html = (report / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # self-contained
+    assert "<h2>Calibration and operating point</h2>" in html
+    metrics = json.loads((report / "metrics.json").read_text())
+    for domain in ("in-domain", "cross-domain"):
+        block = metrics["results"]["one"][domain]["classification"]
+        for k in ("sensitivity", "specificity", "brier"):
+            lo, hi = block[k]["ci95"]
+            assert lo <= block[k]["value"] <= hi
+        lo, hi = block["ece"]["ci95"]  # (resampling biases ECE up: its value may lie below)
+        assert 0 <= lo <= hi <= 1
+        assert sum(block["reliability"]["count"]) == block["n"]
     figures = sorted((report / "figures").glob("*.png"))
     names = {p.name for p in figures}
     for want in ("dice_boxplot.png", "roc.png", "confusion.png", "intensity_histograms.png",
                  "boundaries_in-domain.png", "boundaries_cross-domain.png",
-                 "saliency_in-domain.png", "saliency_cross-domain.png"):  # fmt: skip
+                 "saliency_in-domain.png", "saliency_cross-domain.png",
+                 "reliability_in-domain.png", "reliability_cross-domain.png"):  # fmt: skip
         assert want in names
     profile = tmp_path / "profile"
     profile.mkdir()
