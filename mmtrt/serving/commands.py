@@ -11,7 +11,6 @@ from mmtrt.cli_options import ServerOptions, allow_option, batch_size_option, se
 
 from .client import CLASSIFIER_MODEL, DEFAULT_PORTS, FILE_MODELS, IMAGE_MODEL, JOINT_MODEL
 from .replicas import ServeSettings
-from .server import ServerTls
 from .settings import Option, RepositorySettings, from_options, options
 from .supervisor import MAX_RESTARTS, RESTART_WINDOW_S, RestartPolicy
 
@@ -215,6 +214,7 @@ def serve(
     """
     from .errors import ServingError
     from .replicas import serve_replicas
+    from .server import ServerTls
 
     bad = [a for a in tritonserver_args if not a.startswith("--")]
     if bad:

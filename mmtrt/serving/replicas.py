@@ -27,10 +27,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .client import DEFAULT_PORTS
-from .server import ServerTls
 from .supervisor import RestartPolicy, exit_status
+
+if TYPE_CHECKING:  # (the server side is loaded only when serving)
+    from .server import ServerTls
 
 REPLICA_PORT_STEP = 10
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
