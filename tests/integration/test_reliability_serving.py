@@ -300,7 +300,7 @@ def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, re
     nothing brings the model back (it is even still reported READY), until the server is
     restarted: TritonServer.dead_stubs() sees it, TritonServer.restart() cures it."""
     stubs = server.stub_processes()
-    assert sorted(m for _, m, _ in stubs) == ["classifier", "file_decoder", "multimix"], stubs
+    assert sorted(m for _, m, _ in stubs) == ["classifier", "file_decoder", "file_decoder", "multimix"], stubs
     victim = next(pid for pid, m, _ in stubs if m == "multimix")
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 30
@@ -394,6 +394,7 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
             assert listening_sockets(port) == ["127.0.0.1"]
         assert sorted(m for _, m, _ in python_stub_processes(new_pid)) == [
             "classifier",
+            "file_decoder",  # two decoder instances by default (DecoderQueue)
             "file_decoder",
             "multimix",
         ]
