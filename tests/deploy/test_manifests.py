@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import needs_server
 
+from mmtrt.serving.admin import ADMIN_APIS, HEADER, RESTRICT_FLAGS
+
 yaml = pytest.importorskip("yaml")
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (the test extra)")
 
@@ -112,6 +114,13 @@ def test_deployment_wiring(name):
     flags = _flags(c)
     assert {k: int(flags[f"{k}-port"]) for k in ports} == ports, "tritonserver flags vs containerPorts"
     assert flags["model-control-mode"] == "none" and flags["strict-readiness"] == "true"
+    # the admin APIs restricted on both protocols, as `mmtrt serve` does, under the Secret's key
+    for flag in RESTRICT_FLAGS.values():
+        apis, _, header = flags[flag[2:]].partition(":")
+        assert sorted(apis.split(",")) == sorted(ADMIN_APIS), flag
+        assert header == f"{HEADER}=$(MMTRT_ADMIN_KEY)", flag
+    (key,) = [e for e in c["env"] if e["name"] == "MMTRT_ADMIN_KEY"]
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "mmtrt-admin-key", "key": "key"}
     # probes: Triton's health endpoints, over the HTTP container port
     for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
         get = c[probe]["httpGet"]
