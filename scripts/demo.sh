@@ -22,23 +22,26 @@ EPOCHS=${EPOCHS:-6}
 STEPS=${STEPS:-25}
 SEED=${SEED:-0}
 
-step "1/8 synthetic chest X-rays in the Kermany / JSRT layouts, and two other sources (NIH, Montgomery) for cross-domain tests"
+step "1/9 synthetic chest X-rays in the Kermany / JSRT layouts, and two other sources (NIH, Montgomery) for cross-domain tests"
 mmtrt synth "$WORK/data" --n-cls 100 --n-seg 24 --seed 0 --difficulty 0.0
 mmtrt synth "$WORK/cross_nih" --source nih --n-cls 16 --seed 0 --difficulty 0.0 > /dev/null
 mmtrt synth "$WORK/cross_mcu" --source montgomery --n-seg 8 --seed 0 --difficulty 0.0 > /dev/null
 
-step "2/8 training: $SEG_LABELS seg labels (the rest unlabelled, KL_seg), every cls label, $((EPOCHS * STEPS)) steps"
+step "2/9 training: $SEG_LABELS seg labels (the rest unlabelled, KL_seg), every cls label, $((EPOCHS * STEPS)) steps"
 mmtrt train --out "$WORK/train" --cls-data "$WORK/data/cls" --seg-data "$WORK/data/seg" \
     --seg-labels "$SEG_LABELS" --cls-labels -1 --batch-size 8 --seg-batch 2 --lr 3e-4 \
     --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --lr-step 3 --lr-gamma 0.3 --seed "$SEED" --compile off
 
-step "3/8 export: ONNX graphs checked against PyTorch, manifest, TensorRT where available"
+step "3/9 export: ONNX graphs checked against PyTorch, manifest, TensorRT where available"
 mmtrt export "$WORK/train/best.pt" --out "$WORK/export" --precision fp32 --max-batch 8
 
-step "4/8 Triton model repository (CPU flavour: python backend + onnxruntime)"
+step "4/9 calibration on the validation split: a temperature and the Youden operating point, into the export's manifest"
+mmtrt calibrate "$WORK/export" --data "$WORK/data/cls" --split val --operating-point youden
+
+step "5/9 Triton model repository (CPU flavour: python backend + onnxruntime)"
 mmtrt repo "$WORK/export" "$WORK/repo"
 
-step "5/8 serve it with the bundled Triton server (loopback only)"
+step "6/9 serve it with the bundled Triton server (loopback only)"
 mmtrt serve "$WORK/repo" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" \
     > "$WORK/serve.log" 2>&1 &
 server_pid=$!
@@ -51,19 +54,47 @@ cat "$WORK/serve.log"
 # the admin APIs (the model's config, read by infer and evaluate) need the key mmtrt serve made
 export "$(grep -o 'MMTRT_ADMIN_KEY_FILE=[^ ]*' "$WORK/serve.log")"
 
-step "6/8 inference through the server (gRPC): JSON + overlay per image"
+step "7/9 inference through the server (gRPC): JSON + overlay per image; a CT slice and a lateral chest view are refused"
+# inputs the model was not made for: pydicom's bundled CT slice, and a chest X-ray whose header says lateral (LL)
+python - "$WORK/not_for_the_model" "$WORK/data/cls/test/NORMAL/synth_000000.png" <<'PY'
+import shutil, sys
+from pathlib import Path
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+shutil.copy(get_testdata_file("CT_small.dcm"), out / "ct_slice.dcm")
+pixels = np.asarray(Image.open(sys.argv[2]).convert("L"))
+ds = Dataset()
+ds.file_meta = FileMetaDataset()
+ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "LL"
+ds.Rows, ds.Columns = pixels.shape
+ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+ds.PixelData = pixels.tobytes()
+ds.save_as(out / "lateral_chest.dcm", enforce_file_format=True)
+PY
 mmtrt infer --url "127.0.0.1:$GRPC_PORT" --protocol grpc --out "$WORK/predictions" \
-    "$WORK"/data/cls/test/NORMAL/synth_00000{0,2,4}.png "$WORK"/data/cls/test/PNEUMONIA/synth_00000{1,3,5}.png
+    "$WORK"/data/cls/test/NORMAL/synth_00000{0,2,4}.png "$WORK"/data/cls/test/PNEUMONIA/synth_00000{1,3,5}.png \
+    "$WORK/not_for_the_model/ct_slice.dcm" "$WORK/not_for_the_model/lateral_chest.dcm"
 
-step "7/8 evaluate best.pt in process and through the server, in-domain and cross-domain: metrics, figures, report"
-mmtrt evaluate "$WORK/train/best.pt" --name best.pt --url "127.0.0.1:$GRPC_PORT" --protocol grpc \
+step "8/9 evaluate best.pt (with the export's calibration) in process and through the server, in-domain and cross-domain: metrics, calibration, operating point, figures, report"
+mmtrt evaluate "$WORK/train/best.pt" --name best.pt --calibration "$WORK/export" --url "127.0.0.1:$GRPC_PORT" --protocol grpc \
     --cls-data "$WORK/data/cls" --seg-data "$WORK/data/seg" \
     --cross-cls "$WORK/cross_nih/cls" --cross-seg "$WORK/cross_mcu/seg" --out "$WORK/evaluate"
 stop_server
 server_pid=
 unset MMTRT_ADMIN_KEY_FILE  # that server's key is gone with it
 
-step "8/8 benchmark: PyTorch reference vs onnxruntime vs OpenVINO vs Triton (tensors and PNG files), same images"
+step "9/9 benchmark: PyTorch reference vs onnxruntime vs OpenVINO vs Triton (tensors and PNG files), same images"
 mmtrt bench "$WORK/train/best.pt" "$WORK/export" --out "$WORK/bench" --batch-size 8 --concurrency 4 --seconds 2 \
     --targets reference,ort-fused,ov-fused,triton,triton-bytes --no-perf-analyzer
 
@@ -74,6 +105,12 @@ acc, dice = m["classification"]["accuracy"], m["segmentation"]["dice"]
 print(f"\nThe trained model on its synthetic test split ({m['classification']['n']} cls / {m['segmentation']['n']} seg images):")
 print(f"  classification accuracy {acc['value']:.3f} (95% CI {acc['ci95'][0]:.3f}-{acc['ci95'][1]:.3f})")
 print(f"  segmentation Dice       {dice['mean']:.3f} (95% CI {dice['ci95'][0]:.3f}-{dice['ci95'][1]:.3f})")
+c = m["classification"]
+sens, spec = c["sensitivity"], c["specificity"]
+print(f"  at the operating point  sensitivity {sens['value']:.3f} (95% CI {sens['ci95'][0]:.3f}-{sens['ci95'][1]:.3f}), "
+      f"specificity {spec['value']:.3f} (95% CI {spec['ci95'][0]:.3f}-{spec['ci95'][1]:.3f})")
+if "ece_uncalibrated" in c:
+    print(f"  calibration error (ECE) {c['ece_uncalibrated']['value']:.3f} before the temperature, {c['ece']['value']:.3f} after")
 ok = acc["value"] >= 0.85 and dice["mean"] >= 0.90
 print("  targets (accuracy >= 0.85, Dice >= 0.90): " + ("met" if ok else "NOT met"))
 PY
