@@ -30,8 +30,9 @@ pip_install --no-deps --require-hashes -r requirements-triton.lock
 test -x "$(.venv/bin/python -c 'import mmtrt.serving as s; print(s.find_tritonserver())')"
 # Debian packages some tests need, installed in CI or where missing when apt-get can run (root);
 # else those tests skip, saying why: nginx + its njs module (tests/integration/test_nginx_guard.py),
-# headless Chromium (the test that opens `mmtrt evaluate`'s HTML report) and dicom3tools (dciodvfy,
-# the standard's validator, run on every DICOM object the tests write; in CI its absence fails them).
+# headless Chromium (the test that opens `mmtrt evaluate`'s HTML report), dicom3tools (dciodvfy,
+# the standard's validator, run on every DICOM object the tests write) and Orthanc with its
+# DICOMweb plugin (the PACS of the DICOMweb tests); in CI the absence of the last two fails them.
 debian=()
 if [ "${CI:-}" = "true" ] || ! command -v nginx >/dev/null 2>&1 || [ ! -e /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
     debian+=(nginx-light libnginx-mod-http-js)
@@ -39,6 +40,9 @@ fi
 command -v chromium >/dev/null 2>&1 || debian+=(chromium)
 if [ "${CI:-}" = "true" ] || ! command -v dciodvfy >/dev/null 2>&1; then
     debian+=(dicom3tools)
+fi
+if [ "${CI:-}" = "true" ] || ! command -v Orthanc >/dev/null 2>&1; then
+    debian+=(orthanc orthanc-dicomweb)  # a real PACS for the DICOMweb tests
 fi
 if [ ${#debian[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -117,6 +117,82 @@ def dicom_conformance(*paths: Path) -> dict[str, list[str]]:
     return warnings
 
 
+# --------------------------------------------------------------------------- a real PACS: Orthanc
+
+ORTHANC = shutil.which("Orthanc")
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+class Orthanc:
+    """A real Orthanc (Debian packages orthanc + orthanc-dicomweb) as a plain process on loopback
+    ports, with a temporary storage folder: ``rest`` is its REST root, ``dicomweb`` its DICOMweb
+    root, ``dicom_port`` / ``aet`` its DIMSE side; ``modalities`` are the AEs it may send to."""
+
+    def __init__(self, folder: Path, modalities: dict[str, tuple[str, str, int]] | None = None):
+        import json
+
+        if ORTHANC is None or not ORTHANC_DICOMWEB.exists():
+            why = "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; scripts/setup.sh does it as root)"
+            if os.environ.get("CI") == "true":
+                pytest.fail(why)
+            pytest.skip(why)
+        from mmtrt.serving.server import _free_port
+
+        self.http_port, self.dicom_port, self.aet = (
+            _free_port("127.0.0.1"),
+            _free_port("127.0.0.1"),
+            "TESTPACS",
+        )
+        self.rest = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb = self.rest + "/dicom-web"
+        config = {
+            "Name": "TESTPACS",
+            "StorageDirectory": str(folder / "db"),
+            "IndexDirectory": str(folder / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [str(ORTHANC_DICOMWEB)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomModalities": {name: list(ae) for name, ae in (modalities or {}).items()},
+        }
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(folder / "orthanc.log", "wb")
+        self.proc = subprocess.Popen(
+            [ORTHANC, str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.get("/system")
+                break
+            except OSError:
+                assert self.proc.poll() is None, (folder / "orthanc.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "Orthanc did not answer /system within 30 s"
+                time.sleep(0.1)
+
+    def get(self, path: str):
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.rest + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: bytes, content_type: str = "application/dicom"):
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(self.rest + path, data=body, headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=10)
+        self.log.close()
+
+
 # --------------------------------------------------------------------------- the export under test
 
 

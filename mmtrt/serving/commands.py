@@ -251,7 +251,7 @@ def serve(
 
 
 @click.command("infer")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @server_options(
     f"Server address [default: 127.0.0.1:{DEFAULT_PORTS['http']} for http, "
     f"127.0.0.1:{DEFAULT_PORTS['grpc']} for grpc]; an http(s):// or grpc(s):// prefix is accepted. "
@@ -299,6 +299,25 @@ def serve(
     help="manifest.json of the export the server runs: its checkpoint sha256 is recorded in "
     "the DICOM results and makes their UIDs (else they say 'unknown').",
 )
+@click.option(
+    "--dicomweb",
+    metavar="URL",
+    default=None,
+    help="Pull the images from this DICOMweb root (e.g. http://pacs:8042/dicom-web) instead of "
+    "IMAGES: the instances of --study (QIDO-RS to list, WADO-RS to retrieve), except "
+    "Segmentations, Structured Reports, presentation states and Secondary Captures. They are "
+    "kept in a private temporary folder while they are classified, then deleted.",
+)
+@click.option("--study", metavar="UID", default=None, help="Study Instance UID to pull (with --dicomweb).")
+@click.option("--series", metavar="UID", default=None, help="Only this series of --study (with --dicomweb).")
+@click.option(
+    "--stow",
+    metavar="URL",
+    default=None,
+    help="Store the DICOM results (Segmentation, Secondary Capture, Structured Report) with "
+    "STOW-RS at this DICOMweb root (e.g. the --dicomweb archive, into the source's study); they "
+    "are written to --dicom-out too (default OUT/dicom).",
+)
 @allow_option()
 def infer(
     images: tuple[Path, ...],
@@ -309,6 +328,10 @@ def infer(
     out: Path,
     dicom_out: Path | None,
     export_manifest: Path | None,
+    dicomweb: str | None,
+    study: str | None,
+    series: str | None,
+    stow: str | None,
     allow: frozenset[str],
 ):
     """Classify IMAGES (PNG/JPEG/TIFF/DICOM of any size, or folders of them) with a running
@@ -330,9 +353,14 @@ def infer(
             + ", ".join(f"{v} (--model {k})" for k, v in FILE_MODELS.items()),
             param_hint="--send bytes",
         )
-    paths = expand_inputs(images)
-    if not paths:
-        raise click.ClickException("no image files given (the folders hold none)")
+    if dicomweb is None and (study or series):
+        raise click.UsageError("--study and --series choose what --dicomweb pulls: give --dicomweb URL too")
+    if dicomweb is not None and (images or not study):
+        raise click.UsageError("--dicomweb pulls the images of --study UID: give --study, and no IMAGES")
+    if dicomweb is None and not images:
+        raise click.UsageError("give IMAGES (files or folders), or --dicomweb URL --study UID")
+    if stow is not None and dicom_out is None:
+        dicom_out = out / "dicom"
     checkpoint_sha256 = None
     if export_manifest is not None:
         from mmtrt.dicom_results import checkpoint_sha256_from_manifest
@@ -346,20 +374,41 @@ def infer(
     def say(line: str):
         click.echo(line, err=True)
 
-    try:
-        results = infer_files(
-            paths,
-            server.servers(say),
-            model=model,
-            send=send,
-            batch_size=batch_size,
-            out=out,
-            dicom_out=dicom_out,
-            checkpoint_sha256=checkpoint_sha256,
-            relaxed=allow,
-        )
-    except InferError as e:
-        raise click.ClickException(str(e)) from None
+    def run(paths):
+        if not paths:
+            raise click.ClickException("no image files given (the folders hold none)")
+        try:
+            return infer_files(
+                paths,
+                server.servers(say),
+                model=model,
+                send=send,
+                batch_size=batch_size,
+                out=out,
+                dicom_out=dicom_out,
+                checkpoint_sha256=checkpoint_sha256,
+                relaxed=allow,
+            )
+        except InferError as e:
+            raise click.ClickException(str(e)) from None
+
+    if dicomweb is None:
+        results = run(expand_inputs(images))
+    else:
+        from mmtrt.dicomweb import DicomWebError, pull_study
+
+        try:
+            with pull_study(dicomweb, study, series, say=say) as pulled:
+                results = run(pulled.files)
+        except DicomWebError as e:
+            raise click.ClickException(str(e)) from None
+    if stow is not None:
+        from mmtrt.dicomweb import DicomWebError, store_results
+
+        try:
+            store_results(stow, [p for r in results if r.dicom_paths for p in r.dicom_paths], say=say)
+        except DicomWebError as e:
+            raise click.ClickException(f"{e} (the results are in {dicom_out})") from None
     _report_results(results, out)
 
 

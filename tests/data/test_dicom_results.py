@@ -7,6 +7,7 @@ through the real Triton server."""
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 from dicom_fixtures import jpeg_baseline, save, xray_dataset, xray_pixels
-from helpers import dicom_conformance, needs_server, ort_session
+from helpers import Orthanc, dicom_conformance, needs_server, ort_session
 from PIL import Image
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
@@ -538,6 +539,112 @@ def test_infer_dicom_out_through_the_server(server, export_dir, dicom_inputs, tm
         assert area.value == pytest.approx(int(seg.pixel_array.sum()) * 0.175 * 0.175)
     assert json.loads((out / "plain.json").read_text())["dicom_results"] is None
     dicom_conformance(*sorted(dicom_out.iterdir()))
+
+
+@needs_server
+def test_infer_pulls_a_study_from_a_pacs_and_stores_the_results_in_it(server, tmp_path):
+    """A study in a real Orthanc (a PA radiograph, a lateral one, a CT slice and a report):
+    `mmtrt infer --dicomweb --study --stow` pulls its images with QIDO-RS + WADO-RS, answers the
+    PA, refuses the lateral and the CT with the reason, skips the report, and stores the PA's
+    SEG, SC and SR with STOW-RS into the same study; a second run skips mmtrt's own results and
+    replaces them (same UIDs) rather than adding copies. The pulled files do not outlive it."""
+    pacs = Orthanc(tmp_path)
+    try:
+        study, series = generate_uid(), generate_uid()
+        common = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        pa = xray_dataset(_twelve(31, (300, 260)), **common)
+        lateral = xray_dataset(_twelve(32, (300, 260)), ViewPosition="LL", InstanceNumber=2, **common)
+        ct = xray_dataset(_twelve(33, (256, 256)), modality="CT", InstanceNumber=3, **common)
+        report = pydicom.dcmread(pydicom.data.get_testdata_file("reportsi.dcm"))
+        report.StudyInstanceUID = study
+        for i, ds in enumerate((pa, lateral, ct, report)):
+            pacs.post("/instances", save(ds, tmp_path / f"in{i}.dcm").read_bytes())
+        out = tmp_path / "out"
+        args = [
+            "infer",
+            "--url",
+            server.http_url,
+            "--out",
+            out,
+            "--dicomweb",
+            pacs.dicomweb,
+            "--study",
+            study,
+        ]
+        args += ["--stow", pacs.dicomweb]
+        r = CliRunner().invoke(main, list(map(str, args)))
+        assert r.exit_code == 0, r.output
+        assert (
+            "pulled 3 instance(s) of study" in r.stderr
+            and "skipped 1 (not images to classify: Structured Report)" in r.stderr
+        )
+        assert "3 image(s): 1 ok" in r.stdout and "2 refused, 0 failed" in r.stdout
+        assert f"{lateral.SOPInstanceUID}.dcm: View Position (0018,5101) is 'LL'" in r.stderr
+        assert f"{ct.SOPInstanceUID}.dcm: Modality (0008,0060) is 'CT'" in r.stderr
+        assert "stored 3 result(s) with STOW-RS" in r.stderr
+        record = json.loads((out / f"{pa.SOPInstanceUID}.json").read_text())
+        assert record["outcome"] == "answered" and record["image"]["sop_instance_uid"] == pa.SOPInstanceUID
+        assert not Path(record["source"]).exists()  # the pulled copy is gone
+        written = sorted(p.name for p in (out / "dicom").iterdir())
+        assert written == sorted(f"{pa.SOPInstanceUID}.{e}.dcm" for e in ("seg", "sc", "sr"))
+
+        from dicomweb_client.api import DICOMwebClient
+
+        client = DICOMwebClient(pacs.dicomweb)
+
+        def in_pacs():  # SOP Instance UID -> SOP Class UID of each instance of the study
+            return {
+                i["00080018"]["Value"][0]: i["00080016"]["Value"][0]
+                for i in client.search_for_instances(study)
+            }
+
+        stored = in_pacs()
+        results = {pydicom.dcmread(out / "dicom" / name).SOPInstanceUID for name in written}
+        assert (
+            set(stored)
+            == {pa.SOPInstanceUID, lateral.SOPInstanceUID, ct.SOPInstanceUID, report.SOPInstanceUID} | results
+        )
+        # what the archive holds is what was written: read back through DICOMweb and validated
+        for name in written:
+            mine = pydicom.dcmread(out / "dicom" / name)
+            theirs = client.retrieve_instance(study, mine.SeriesInstanceUID, mine.SOPInstanceUID)
+            assert theirs.SOPClassUID == mine.SOPClassUID and theirs.StudyInstanceUID == study
+            theirs.save_as(tmp_path / f"back-{name}", enforce_file_format=True)
+        dicom_conformance(*sorted(tmp_path.glob("back-*")))
+        # run again: mmtrt's own SEG/SC/SR are skipped; the same UIDs replace, nothing is added
+        r = CliRunner().invoke(main, list(map(str, args)))
+        assert r.exit_code == 0, r.output
+        assert (
+            "pulled 3 instance(s)" in r.stderr
+            and "Secondary Capture" in r.stderr
+            and "Segmentation" in r.stderr
+        )
+        assert in_pacs() == stored
+        assert not [p for p in Path(tempfile.gettempdir()).glob("mmtrt-dicomweb-*")]
+    finally:
+        pacs.stop()
+
+
+@needs_server
+def test_infer_dicomweb_failures_are_clear(server, tmp_path):
+    pacs = Orthanc(tmp_path)
+    try:
+        unknown = generate_uid()
+        args = ["infer", "--url", server.http_url, "--out", tmp_path / "out", "--dicomweb", pacs.dicomweb]
+        r = CliRunner().invoke(main, list(map(str, [*args, "--study", unknown])))
+        assert (
+            r.exit_code == 1 and f"DICOMweb {pacs.dicomweb}: study {unknown} has no instances" in r.stderr
+        ), r.output
+        r = CliRunner().invoke(main, list(map(str, [*args, "--study", unknown, tmp_path])))
+        assert r.exit_code == 2 and "give --study, and no IMAGES" in r.stderr
+        r = CliRunner().invoke(main, list(map(str, [*args[:5], "--study", unknown])))
+        assert r.exit_code == 2 and "give --dicomweb URL too" in r.stderr
+    finally:
+        pacs.stop()
+    r = CliRunner().invoke(main, list(map(str, [*args, "--study", unknown])))  # the archive is down
+    assert (
+        r.exit_code == 1 and f"DICOMweb {pacs.dicomweb}: QIDO-RS search of study {unknown} failed" in r.stderr
+    )
 
 
 def test_infer_help_shows_the_dicom_path():
