@@ -311,18 +311,32 @@ def client_for(protocol: str, server: TritonServer) -> TritonClient:
     return TritonClient(url, protocol, timeout_s=120.0)
 
 
-def model_statistics(server: TritonServer, model: str) -> dict:
+def model_statistics(server: TritonServer, model: str, since: dict | None = None) -> dict:
     """Triton's counts of ``model``: requests (inferences), executions, executions of more than
-    one request, the batch sizes it ran."""
-    with TritonClient(server.http_url) as client:
-        s = client.statistics(model)
-    multi = sum(b["compute_infer"]["count"] for b in s["batch_stats"] if b["batch_size"] > 1)
-    return {
-        "inferences": s["inference_count"],
-        "executions": s["execution_count"],
-        "multi_executions": multi,
-        "batch_sizes": sorted(b["batch_size"] for b in s["batch_stats"]),
-    }
+    one request, the batch sizes it ran. With ``since`` (an earlier reading), the counts once
+    they have moved on from it and settled: Triton records an execution after its responses
+    have gone out, so a client can hold every answer before the counts include them."""
+
+    def read() -> dict:
+        with TritonClient(server.http_url) as client:
+            s = client.statistics(model)
+        multi = sum(b["compute_infer"]["count"] for b in s["batch_stats"] if b["batch_size"] > 1)
+        return {
+            "inferences": s["inference_count"],
+            "executions": s["execution_count"],
+            "multi_executions": multi,
+            "batch_sizes": sorted(b["batch_size"] for b in s["batch_stats"]),
+        }
+
+    now = read()
+    deadline = time.monotonic() + 10
+    while since is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        again = read()
+        if again == now and now["executions"] != since["executions"]:
+            break
+        now = again
+    return now
 
 
 def post_infer(server: TritonServer, model: str, body: bytes, headers: dict) -> tuple[int, dict]:

@@ -477,7 +477,7 @@ def test_concurrent_clients_are_batched(server, ort_ref):
                 for k in ("probs", "mask", "saliency"):
                     np.testing.assert_allclose(out[k], first[i][0][k], rtol=1e-5, atol=1e-5)
         first = first or results
-    after = model_statistics(server, "multimix")
+    after = model_statistics(server, "multimix", since=before)
     n = 2 * len(jobs)
     assert after["inferences"] - before["inferences"] == n
     assert after["executions"] - before["executions"] < n, (before, after)
@@ -541,7 +541,7 @@ def test_nan_request_among_good_ones(server, ort_ref):
     jobs[5] = ("grpc", inf)
     before = model_statistics(server, "multimix")
     results = _run_concurrently(server, jobs)
-    after = model_statistics(server, "multimix")
+    after = model_statistics(server, "multimix", since=before)
     for i, ((out, err), (_, x)) in enumerate(zip(results, jobs)):
         if i in (2, 5):
             assert out is None and isinstance(err, RequestError)

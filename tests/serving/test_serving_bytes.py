@@ -190,7 +190,7 @@ def test_bad_files_fail_alone_among_good_ones(server, files, expected):
         t.start()
     for t in threads:
         t.join(180)
-    after = model_statistics(server, "file_decoder")
+    after = model_statistics(server, "file_decoder", since=before)
     for i, (name, (_, words)) in enumerate(jobs.items()):
         protocol, got = results[name]
         if words is None:
