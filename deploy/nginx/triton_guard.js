@@ -3,17 +3,23 @@
 // Triton 2.51's HTTP front end is aborted by single requests before any model code runs
 // (benchmarks/results/reliability.md): a JSON tensor whose "shape" claims ~2^56 elements
 // (std::bad_alloc) and JSON nested ~100000 levels deep (stack overflow). nginx limits the body
-// size itself (client_max_body_size: 413); this check, run on the body nginx holds in memory,
-// refuses with 400 before anything reaches Triton:
+// size itself (client_max_body_size: 413); this check, run on the body nginx received whole
+// into a file, refuses before anything reaches Triton:
 //   - JSON nested deeper than MAX_DEPTH (the inference JSON needs 4 levels, 7 with the data of
 //     [n, 1, 256, 256] as nested arrays), or with more than MAX_STRUCTURE brackets and quotes;
 //   - an input or output whose shape is not a list of non-negative integers, or whose element
 //     count exceeds MAX_ELEMENTS (a batch of 8 images of 1 x 256 x 256 is 524288);
-//   - a body nginx did not keep in memory (larger than client_body_buffer_size).
+//   - a JSON body above MAX_JSON (413), a binary request's JSON header above MAX_HEADER.
 // With the binary tensor protocol only the JSON header (Inference-Header-Content-Length bytes)
 // is scanned. A request that passes goes on unchanged (internal redirect to @triton).
 
+import fs from 'fs';
+
 const MAX_DEPTH = 16;
+// the JSON of a request: a whole JSON body (a batch of 8 images as JSON floats is ~6 MB), or the
+// header of a binary request (a few hundred bytes)
+const MAX_JSON = 8 * 1024 * 1024;
+const MAX_HEADER = 64 * 1024;
 const MAX_ELEMENTS = 8 * 1 * 256 * 256;
 // brackets and quotes in one request: a batch of 8 images as nested JSON arrays needs ~8300
 const MAX_STRUCTURE = 65536;
@@ -82,28 +88,51 @@ function refuse(r, status, message) {
     r.return(status, JSON.stringify({ error: `refused by the proxy: ${message}` }) + '\n');
 }
 
-function check(r) {
-    const body = r.requestBuffer;
-    if (body === undefined || body === null) {
-        // no body (Triton answers that itself), or a body nginx wrote to a file: too large here
-        if (r.headersIn['Content-Length'] && r.headersIn['Content-Length'] !== '0') {
-            refuse(r, 413, 'request body larger than the proxy checks in memory');
-            return;
+// The JSON of a request, read from the file nginx received its body into (client_body_in_file_only):
+// the first Inference-Header-Content-Length bytes of a binary request (at most MAX_HEADER), else
+// the whole body (at most MAX_JSON). Returns {text} or {status, message}.
+function requestJson(r) {
+    const path = r.variables.request_body_file;
+    if (!path) {
+        return { text: '' }; // no body: Triton answers that itself
+    }
+    const fd = fs.openSync(path, 'r');
+    try {
+        const size = fs.fstatSync(fd).size;
+        let n = size;
+        const headerLength = r.headersIn['Inference-Header-Content-Length'];
+        if (headerLength !== undefined) {
+            n = Number(headerLength);
+            if (!Number.isInteger(n) || n < 0 || n > size) {
+                return { status: 400, message: 'Inference-Header-Content-Length is not a length within the body' };
+            }
+            if (n > MAX_HEADER) {
+                return { status: 400, message: `a JSON header of ${n} bytes, above ${MAX_HEADER}` };
+            }
+        } else if (size > MAX_JSON) {
+            return {
+                status: 413,
+                message: `a JSON body of ${size} bytes, above ${MAX_JSON}: send large files with the binary tensor extension`,
+            };
         }
-        r.internalRedirect('@triton');
+        const buffer = Buffer.alloc(n);
+        fs.readSync(fd, buffer, 0, n, 0);
+        return { text: buffer.toString() };
+    } finally {
+        fs.closeSync(fd);
+    }
+}
+
+function check(r) {
+    const json = requestJson(r);
+    if (json.status !== undefined) {
+        refuse(r, json.status, json.message);
         return;
     }
-    let text;
-    const headerLength = r.headersIn['Inference-Header-Content-Length'];
-    if (headerLength !== undefined) {
-        const n = Number(headerLength);
-        if (!Number.isInteger(n) || n < 0 || n > body.length) {
-            refuse(r, 400, 'Inference-Header-Content-Length is not a length within the body');
-            return;
-        }
-        text = body.slice(0, n).toString();
-    } else {
-        text = body.toString();
+    const text = json.text;
+    if (text === '') {
+        r.internalRedirect('@triton');
+        return;
     }
     if (deeperThan(text, MAX_DEPTH)) {
         refuse(r, 400, `JSON nested deeper than ${MAX_DEPTH} levels or with more than ${MAX_STRUCTURE} brackets`);
