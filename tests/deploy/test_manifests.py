@@ -122,9 +122,22 @@ def test_deployment_wiring(name):
     (key,) = [e for e in c["env"] if e["name"] == "MMTRT_ADMIN_KEY"]
     assert key["valueFrom"]["secretKeyRef"] == {"name": "mmtrt-admin-key", "key": "key"}
     # probes: Triton's health endpoints, over the HTTP container port
-    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
-        get = c[probe]["httpGet"]
-        assert get["path"] == path and ports.get(get["port"], get["port"]) == ports["http"], probe
+    get = c["readinessProbe"]["httpGet"]
+    assert get["path"] == "/v2/health/ready" and ports.get(get["port"], get["port"]) == ports["http"]
+    if flavour == "cpu":  # python models: the probe that sees a dead stub (mmtrt/serving/liveness.py)
+        command = c["livenessProbe"]["exec"]["command"]
+        assert command[:2] == ["python3", "/opt/mmtrt/liveness.py"]
+        options = dict(zip(command[2::2], command[3::2]))
+        assert options == {
+            "--repository": flags["model-repository"],
+            "--pid": "1",
+            "--http": f"127.0.0.1:{ports['http']}",
+        }
+        dockerfile = (DEPLOY / "cpu" / "Dockerfile").read_text()
+        assert "COPY mmtrt/serving/liveness.py /opt/mmtrt/liveness.py" in dockerfile
+    else:
+        get = c["livenessProbe"]["httpGet"]
+        assert get["path"] == "/v2/health/live" and ports.get(get["port"], get["port"]) == ports["http"]
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     # metrics scraping
     ann = pod["metadata"]["annotations"]

@@ -23,7 +23,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -36,7 +39,7 @@ from PIL import Image
 
 from mmtrt.bench import soak as soak_module
 from mmtrt.bench.http_abort import CRASHERS, post_raw
-from mmtrt.serving import build_repository
+from mmtrt.serving import build_repository, liveness
 from mmtrt.serving.client import TritonClient
 from mmtrt.serving.errors import RequestError
 from mmtrt.serving.processes import python_stub_processes, stub_argvs
@@ -294,19 +297,25 @@ def test_soak_concurrency_16(server, pool, references):
 # --------------------------------------------------------------------------- a stub killed
 
 
-def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, references):
+def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, references, tmp_path):
     """What Triton 2.51 does by itself when a model's stub process dies: the server stays live and
     ready, the other model serves on, the dead model's requests fail with a clear error, and
     nothing brings the model back (it is even still reported READY), until the server is
     restarted: TritonServer.dead_stubs() sees it, TritonServer.restart() cures it."""
     stubs = server.stub_processes()
     assert sorted(m for _, m, _ in stubs) == ["classifier", "file_decoder", "file_decoder", "multimix"], stubs
+    assert _liveness_probe(server, tmp_path) == (0, "")
     victim = next(pid for pid, m, _ in stubs if m == "multimix")
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while server.dead_stubs() != ["multimix"]:
         assert time.monotonic() < deadline, server.stub_processes()
         time.sleep(0.05)
+    # the Kubernetes liveness probe sees what Triton's health endpoints do not
+    assert _liveness_probe(server, tmp_path) == (
+        1,
+        "not live: model multimix: 0 of 1 python stub process(es) alive",
+    )
     x = pool[:1]
     for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
         with _client(protocol, url) as client:
@@ -323,8 +332,33 @@ def test_killed_stub_fails_its_requests_clearly_server_stays_up(server, pool, re
     server.restart(timeout=180)
     print(f"\nrestart after a dead stub: {time.monotonic() - t0:.1f} s")
     assert server.pid != old_pid and server.ports == ports and server.dead_stubs() == []
+    assert _liveness_probe(server, tmp_path) == (0, "")
     with client_for("http", server) as client:
         assert soak_module.mismatch(client.infer("multimix", {"image": x}), references[0]) is None
+
+
+def _liveness_probe(server, tmp_path) -> tuple[int, str]:
+    """The cpu pods' livenessProbe command (deploy/cpu/deployment.yaml), run as the serving image
+    runs it: the one file copied alone, by an isolated Python (standard library only)."""
+    probe = tmp_path / "liveness.py"
+    shutil.copy(liveness.__file__, probe)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            str(probe),
+            "--repository",
+            str(server.repository),
+            "--pid",
+            str(server.pid),
+            "--http",
+            server.http_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done.returncode, done.stderr.strip()
 
 
 def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, pool, references, image_files):
