@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from benchmarks import command_line, report_option, script
 
@@ -37,19 +36,17 @@ def _shm_mib() -> float:
 
 
 def _send_grpc(address: str, payload: bytes) -> str:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
+    from mmtrt.serving.client import TritonClient, file_inputs
+    from mmtrt.serving.errors import RequestError
 
-    client = grpcclient.InferenceServerClient(address)
-    tensor = grpcclient.InferInput("file", [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([payload], dtype=object))
     try:
-        client.infer(MODEL, [tensor], client_timeout=300)
+        with TritonClient(address, "grpc", timeout_s=300) as client:
+            client.infer(MODEL, file_inputs([payload]))
         return "answered"
-    except InferenceServerException as e:
-        return str(e.status())
-    finally:
-        client.close()
+    except RequestError as e:
+        return e.status or str(e)[:60]
+    except OSError as e:
+        return f"no answer ({type(e).__name__})"
 
 
 def _send_http(address: str, payload: bytes) -> str:

@@ -32,7 +32,8 @@ test -x "$(.venv/bin/python -c 'import mmtrt.serving as s; print(s.find_tritonse
 # else those tests skip, saying why: nginx + its njs module (tests/integration/test_nginx_guard.py),
 # headless Chromium (the test that opens `mmtrt evaluate`'s HTML report), dicom3tools (dciodvfy,
 # the standard's validator, run on every DICOM object the tests write) and Orthanc with its
-# DICOMweb plugin (the PACS of the DICOMweb tests); in CI the absence of the last two fails them.
+# DICOMweb plugin (the PACS of the DICOMweb tests) and prometheus (promtool); in CI the absence
+# of the last three fails their tests.
 debian=()
 if [ "${CI:-}" = "true" ] || ! command -v nginx >/dev/null 2>&1 || [ ! -e /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
     debian+=(nginx-light libnginx-mod-http-js)
@@ -43,6 +44,9 @@ if [ "${CI:-}" = "true" ] || ! command -v dciodvfy >/dev/null 2>&1; then
 fi
 if [ "${CI:-}" = "true" ] || ! command -v Orthanc >/dev/null 2>&1; then
     debian+=(orthanc orthanc-dicomweb)  # a real PACS for the DICOMweb tests
+fi
+if [ "${CI:-}" = "true" ] || ! command -v promtool >/dev/null 2>&1; then
+    debian+=(prometheus)  # promtool: the alerting rules of deploy/monitoring/ checked and unit-tested
 fi
 if [ ${#debian[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

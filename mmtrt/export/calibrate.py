@@ -104,6 +104,9 @@ def calibrate_export(
             "ece_after": after["ece"],
             "sensitivity": after["sensitivity"],
             "specificity": after["specificity"],
+            # the served models publish these as the baseline their drift alerts compare with
+            "mean_pneumonia_probability": float(calibrated[:, 1].mean()),
+            "pneumonia_rate": float(calibration.labels(probs).mean()),
         },
     }
     write_manifest(folder, {**manifest, MANIFEST_KEY: record})

@@ -22,6 +22,7 @@ BACKEND_PACKAGE = "mmtrt_backend"
 BACKEND_MODULES = (
     "serving/settings.py",
     "serving/python_backend.py",
+    "serving/model_metrics.py",
     "files.py",
     "calibration.py",
     "runtimes/ort.py",

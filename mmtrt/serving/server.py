@@ -340,6 +340,7 @@ class TritonServer:
             f"--metrics-address={h}",
             f"--metrics-port={self.ports['metrics']}",
             "--allow-gpu-metrics=false",
+            "--metrics-config=summary_latencies=true",  # queue / request time quantiles (the alerts' p99)
             "--log-verbose=0",
             *(self.tls.tritonserver_args() if self.tls is not None else ()),
         ]

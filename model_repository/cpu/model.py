@@ -46,11 +46,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from mmtrt_backend import files, openvino, ort
 from mmtrt_backend.calibration import Calibration, CalibrationError
+from mmtrt_backend.model_metrics import ModelMetrics
 from mmtrt_backend.python_backend import failed, invalid_input, load_error, read_settings
 from mmtrt_backend.settings import GraphSettings
 
 LABEL = "label"  # derived output: the class of PROBS at the export's operating point
 PROBS = "probs"
+MASK = "mask"
 ACCEPTED = "accepted"  # optional input: the input gate's verdict per image
 REFUSED_LABEL = -1  # the label of an image not run (refused by the gate)
 
@@ -157,6 +159,9 @@ class TritonPythonModel:
         except CalibrationError as e:
             raise load_error(self.model_name, f"{version_dir}/manifest.json: {e}") from None
         self.runner = _runner(onnx_path, settings, self.model_name)
+        validation = (manifest.get("calibration") or {}).get("validation") or {}
+        baseline = validation if "mean_pneumonia_probability" in validation else None
+        self.metrics = ModelMetrics(self.model_name, args["model_version"], baseline)
 
         # The graph must have the config's input and every config output (or probs for label).
         have_in = self.runner.inputs
@@ -267,6 +272,7 @@ class TritonPythonModel:
                 valid.append((i, arr, accepted))
             else:
                 responses[i] = invalid_input(self.model_name, problem)
+                self.metrics.request("invalid")
         if not valid:
             return responses
 
@@ -277,23 +283,27 @@ class TritonPythonModel:
         except Exception as e:  # runtime failure: every request of the batch gets it
             for i, _, _ in valid:
                 responses[i] = failed(self.model_name, f"{self.runtime} failed: {e}")
+                self.metrics.request("failed")
             return responses
 
         start = 0
-        for i, arr, _ in valid:
+        for i, arr, ok in valid:
             stop = start + arr.shape[0]
             parts = [(name, value[start:stop]) for name, value in outputs]
             problem = _non_finite(parts, arr)
             if problem:  # never answer NaN: e.g. finite inputs near the float32 maximum
                 responses[i] = invalid_input(self.model_name, problem)
+                self.metrics.request("invalid")
             else:
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[
                         pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in parts
                     ]
                 )
+                answered = {name: value[ok] for name, value in parts if name in (PROBS, LABEL, MASK)}
+                self.metrics.images_answered(ok, answered.get(PROBS), answered.get(LABEL), answered.get(MASK))
             start = stop
         return responses
 
     def finalize(self):
-        self.runner = None
+        self.runner = self.metrics = None

@@ -226,7 +226,7 @@ def test_networkpolicy_admits_grpc_and_metrics_not_http():
         assert rule.get("from"), "a rule without 'from' admits everyone"
     (metrics_rule,) = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 8002]
     monitoring = metrics_rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-    (adapter,) = _kind("ConfigMap")
+    (adapter,) = [c for c in _kind("ConfigMap") if c["metadata"]["name"] == "prometheus-adapter-mmtrt"]
     assert adapter["metadata"]["namespace"] == monitoring
 
 
@@ -243,7 +243,7 @@ def test_pdb_and_hpa_target_the_deployments():
         assert len(matched) == 1, pdb["metadata"]["name"]
         assert pdb["spec"]["minAvailable"] < deployments[matched[0]]["spec"]["replicas"]
 
-    (adapter,) = _kind("ConfigMap")
+    (adapter,) = [c for c in _kind("ConfigMap") if c["metadata"]["name"] == "prometheus-adapter-mmtrt"]
     rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
     (rule,) = rules
     assert "nv_inference_queue_duration_us" in rule["seriesQuery"]
@@ -274,7 +274,7 @@ def test_triton_metric_names_exist_in_the_real_server(server):
     with TritonClient(server.grpc_url, "grpc") as client:
         client.infer("classifier", image_inputs(np.zeros((1, 1, 256, 256))))
     page = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    (adapter,) = _kind("ConfigMap")
+    (adapter,) = [c for c in _kind("ConfigMap") if c["metadata"]["name"] == "prometheus-adapter-mmtrt"]
     rule = yaml.safe_load(adapter["data"]["config.yaml"])["rules"][0]
     names = set(re.findall(r"\b(nv_[a-z_]+)\{", rule["seriesQuery"] + rule["metricsQuery"]))
     assert names == {"nv_inference_queue_duration_us", "nv_inference_request_success"}, names

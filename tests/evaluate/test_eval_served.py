@@ -8,6 +8,7 @@ labels."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -151,3 +152,25 @@ def test_infer_answers_the_served_label_at_the_operating_point(
         assert record["label"] == ("NORMAL", "PNEUMONIA")[local["label"][j]]
         got = [record["probabilities"]["NORMAL"], record["probabilities"]["PNEUMONIA"]]
         np.testing.assert_allclose(got, local["probs"][j], atol=1e-5)
+
+
+def test_served_models_publish_the_calibration_baseline(server, export_dir):
+    """The drift alerts' baseline (deploy/monitoring/): each served graph model publishes the mean
+    P(PNEUMONIA) and the PNEUMONIA rate of the validation images the export was calibrated on."""
+    import urllib.request
+
+    validation = json.loads((export_dir / "manifest.json").read_text())["calibration"]["validation"]
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
+        page = r.read().decode()
+    for name, key in (
+        ("mmtrt_baseline_pneumonia_probability", "mean_pneumonia_probability"),
+        ("mmtrt_baseline_pneumonia_rate", "pneumonia_rate"),
+    ):
+        values = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(rf'^{name}{{model="(\w+)",version="1"}} (\S+)$', page, re.M)
+        }
+        assert set(values) >= {"multimix", "classifier"}, page[:2000]
+        assert 0 <= validation[key] <= 1
+        for model, value in values.items():
+            assert value == pytest.approx(validation[key], abs=1e-9), (name, model)

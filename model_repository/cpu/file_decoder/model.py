@@ -37,10 +37,12 @@ official python-backend examples (initialize / execute / finalize).
 import base64
 import io
 import json
+import time
 import warnings
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from mmtrt_backend.model_metrics import ModelMetrics
 from mmtrt_backend.python_backend import failed, invalid_input, load_error, read_settings
 from mmtrt_backend.settings import ImageLimits
 
@@ -73,6 +75,7 @@ class TritonPythonModel:
                 f"config.pbtxt must have the input '{INPUT}' and the outputs {', '.join(OUTPUTS)}",
             )
         self.size = int(outputs[IMAGE]["dims"][-1])
+        self.metrics = ModelMetrics(self.model_name, args["model_version"])
         try:  # the version folder is on the stub's sys.path; mmtrt repo copied the package there
             import pydicom  # noqa: F401 - the decoder imports it when it meets a DICOM file
             from mmtrt_backend import gate, images
@@ -148,7 +151,9 @@ class TritonPythonModel:
             if problem:
                 return None, problem
             try:  # a file that is no usable image is an error, refused or not
+                t0 = time.perf_counter()
                 image, size = self._decode(data, where)
+                self.metrics.decode_seconds.observe(time.perf_counter() - t0)
             except self.images.DataError as e:
                 return None, str(e)
             verdict = self.gate.judge_file(self.images.EncodedFile(data, where), self.relaxed)
@@ -168,10 +173,13 @@ class TritonPythonModel:
                 result, problem = self._request(request)
             except Exception as e:  # noqa: BLE001 - the decoder failing, not the request: HTTP 500
                 responses.append(failed(self.model_name, f"decoding failed ({type(e).__name__}: {e})"))
+                self.metrics.request("failed")
                 continue
             if problem:
                 responses.append(invalid_input(self.model_name, problem))
+                self.metrics.request("invalid")
                 continue
+            self.metrics.images_answered(result[2].reshape(-1))
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(name, value) for name, value in zip(OUTPUTS, result)]
@@ -180,4 +188,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self.images = self.gate = None
+        self.images = self.gate = self.metrics = None
