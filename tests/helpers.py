@@ -117,6 +117,33 @@ def dicom_conformance(*paths: Path) -> dict[str, list[str]]:
     return warnings
 
 
+# --------------------------------------------------------------------------- monitoring rules
+
+MONITORING = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
+
+
+def rule_groups() -> dict:
+    """deploy/monitoring/'s Prometheus rule file (inside its ConfigMap), as Prometheus reads it."""
+    import yaml
+
+    (config_map,) = [d for d in yaml.safe_load_all((MONITORING / "mmtrt-rules.yaml").read_text()) if d]
+    return yaml.safe_load(config_map["data"]["mmtrt-rules.yml"])
+
+
+def recording_rules() -> set[str]:
+    return {r["record"] for g in rule_groups()["groups"] for r in g["rules"] if "record" in r}
+
+
+def rule_series() -> set[str]:
+    """The scraped series the rules read (mmtrt_* and nv_*; histograms by their _sum / _count /
+    _bucket series)."""
+    names = set()
+    for group in rule_groups()["groups"]:
+        for rule in group["rules"]:
+            names |= set(re.findall(r"\b((?:mmtrt|nv)_[a-z_]+)\b", rule["expr"]))
+    return names
+
+
 # --------------------------------------------------------------------------- a real PACS: Orthanc
 
 ORTHANC = shutil.which("Orthanc")

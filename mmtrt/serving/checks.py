@@ -23,6 +23,7 @@ BACKEND_MODULES = (
     "serving/settings.py",
     "serving/python_backend.py",
     "serving/model_metrics.py",
+    "serving/audit.py",
     "files.py",
     "calibration.py",
     "runtimes/ort.py",

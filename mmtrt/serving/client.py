@@ -763,7 +763,9 @@ class Session:
         self._clients[k] = client
         return client
 
-    def _attempt(self, k, model, inputs, outputs, tried, what) -> tuple[Answer | None, Exception | None]:
+    def _attempt(
+        self, k, model, inputs, outputs, tried, what, request_id=""
+    ) -> tuple[Answer | None, Exception | None]:
         """One attempt on server ``k``: (its answer, None), or (None, the transient failure:
         counted). A failure that is not transient is raised."""
         servers, ep = self.servers, self.servers.endpoints[k]
@@ -774,7 +776,7 @@ class Session:
         if tried is not None:
             tried.append(ep.url)
         try:
-            answer = client.infer(model, inputs, outputs)
+            answer = client.infer(model, inputs, outputs, request_id=request_id)
         except Exception as e:
             if classify(e) != TRANSIENT:
                 raise
@@ -795,11 +797,13 @@ class Session:
         max_attempts: int | None = None,
         deadline: float | None = None,
         what: str = "a request",
+        request_id: str = "",
     ) -> Answer:
         """Send one request to the next usable server; while it fails transiently, to the next
         (the same one when it is the only one, once its back-off has passed). An attempt is a
         send, or a connection to a server that failed; ``tried`` (when given) gets the url of
-        each server the request was sent to. Raises the error of a request that is not
+        each server the request was sent to; ``request_id`` goes with every send (the server's
+        audit trail records it). Raises the error of a request that is not
         transient (invalid input: never sent again), NoServerLeft, and, after ``max_attempts``
         attempts or once ``deadline`` (time.monotonic()) has passed, the last failure."""
         servers = self.servers
@@ -811,7 +815,7 @@ class Session:
             ep = servers.endpoints[k]
             attempts += 1
             try:
-                answer, last = self._attempt(k, model, inputs, outputs, tried, what)
+                answer, last = self._attempt(k, model, inputs, outputs, tried, what, request_id)
             finally:
                 with servers._lock:
                     ep.in_flight -= 1

@@ -22,6 +22,7 @@ repository setting) to the files sent as bytes, answering ``accepted`` false and
 from __future__ import annotations
 
 import json
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -230,6 +231,8 @@ class Batch:
     indices: list[int]
     loaded: list[Loaded] | None = None
     servers: list[str] = field(default_factory=list)
+    # sent with the request, recorded in each image's JSON and in the server's audit trail
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def infer_files(
@@ -328,7 +331,13 @@ def infer_files(
             inputs = image_inputs(np.stack([x.pixels for x in batch.loaded])[:, None])
         what = f"a batch of {len(batch.loaded)} image(s)"
         return session.send(
-            route.model, inputs, route.outputs, tried=batch.servers, max_attempts=max_attempts, what=what
+            route.model,
+            inputs,
+            route.outputs,
+            tried=batch.servers,
+            max_attempts=max_attempts,
+            what=what,
+            request_id=batch.request_id,
         )
 
     given_up: list[Batch] = []
@@ -344,7 +353,11 @@ def infer_files(
                 if dicom_out is not None
                 else None
             )
-            server = {"url": outcome.endpoint.url, "protocol": servers.protocol}
+            server = {
+                "url": outcome.endpoint.url,
+                "protocol": servers.protocol,
+                "request_id": batch.request_id,
+            }
             server.update(attempts=len(batch.servers), tried=list(batch.servers))
             for j, x in enumerate(loaded):
                 write_result(

@@ -107,7 +107,7 @@ class ModelMetrics:
         if labels is not None:
             for label in np.asarray(labels).reshape(-1):
                 self.predictions[int(label)].increment(1)
-        if mask is not None:
+        if mask is not None and len(mask):
             m = np.asarray(mask)
             for fraction in (m.reshape(len(m), -1) > MASK_THRESHOLD).mean(axis=1):
                 self.mask_fraction.observe(float(fraction))

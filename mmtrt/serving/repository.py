@@ -113,16 +113,19 @@ ORIGINAL_SIZE = Tensor("original_size", "TYPE_INT32", (2,))  # rows, columns of 
 # the input gate's verdict on that file (mmtrt.data.gate), and the reason of a refusal
 ACCEPTED = Tensor(client.ACCEPTED, "TYPE_BOOL", (1,))
 REFUSAL_REASON = Tensor(client.REFUSAL_REASON, "TYPE_STRING", (1,))
+# what the audit trail names the file by: JSON, its SOP Instance UID or its sha256
+SOURCE = Tensor("source", "TYPE_STRING", (1,))
 
 _CPU_MULTIMIX = ModelSpec(
     "onnx",
     "multimix",
     outputs=("probs", "label", "mask", "saliency"),
-    optional_inputs=(replace(ACCEPTED, optional=True),),
+    optional_inputs=tuple(replace(t, optional=True) for t in (ACCEPTED, REFUSAL_REASON, SOURCE)),
     description="MultiMix fused graph (classification + lung mask + saliency), cpu flavour: the "
     "python model model.py runs the ONNX file of its parameter onnx_file with onnxruntime or OpenVINO. "
-    "Optional input accepted (the input gate's verdict, from file_decoder in multimix_image): an "
-    "image given false is not run, its outputs are zeros and its label -1.",
+    "Optional inputs from file_decoder in multimix_image: accepted (the input gate's verdict: an "
+    "image given false is not run, its outputs are zeros and its label -1), refusal_reason and "
+    "source (what the audit trail names the file by).",
 )
 _FILE_DECODER = ModelSpec(
     "decode",
@@ -302,7 +305,9 @@ def model_tensors(spec: ModelSpec, manifest: dict) -> ModelTensors:
     steps take from outside, the outputs they produce; the file decoder: ``file`` -> the image
     and its ``original_size``), the outputs narrowed to ``spec.outputs``."""
     if spec.kind == "decode":
-        return ModelTensors((FILE,), (_image_tensor(manifest), ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON))
+        return ModelTensors(
+            (FILE,), (_image_tensor(manifest), ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON, SOURCE)
+        )
     inputs: dict[str, Tensor] = {}
     available: dict[str, Tensor] = {"label": LABEL} if spec.kind == "onnx" else {}
     for part_inputs, part_outputs in _parts(spec, manifest):
@@ -477,6 +482,7 @@ def served_model(
             precision=precision,
             onnxruntime=settings.onnxruntime,
             openvino=settings.openvino,
+            audit=settings.audit,
         )
     instances = settings.gpu_instances if spec.kind == "plan" else 1
     queue = {}

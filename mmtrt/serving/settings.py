@@ -209,6 +209,39 @@ class DecoderQueue:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """Where the cpu flavour's graph models write their audit trail (mmtrt/serving/audit.py: one
+    JSON line per image answered or refused, one rotated file per model instance)."""
+
+    folder: str = setting(
+        "",
+        option="--audit-dir",
+        parameter="audit_dir",
+        path=True,
+        help="cpu: folder of the served models' audit trail, one JSON line per image (request id, "
+        "model and version, checkpoint sha256, SOP Instance UID or sha256, outcome, latency; no "
+        "patient data) [default: none, no audit trail].",
+    )
+    max_mib: int = setting(
+        64,
+        option="--audit-max-mib",
+        parameter="audit_max_mib",
+        minimum=1,
+        help="cpu: size at which an audit file is rotated.",
+    )
+    backups: int = setting(
+        10,
+        option="--audit-backups",
+        parameter="audit_backups",
+        minimum=1,
+        help="cpu: rotated audit files kept per model instance.",
+    )
+
+    def __post_init__(self):
+        _check(self, "audit")
+
+
+@dataclass(frozen=True)
 class GraphSettings:
     """What the cpu flavour's graph model (model_repository/cpu/model.py) runs, and how: the ONNX
     file of its version folder (the export's float32 graph, or its ``precision`` copy), the
@@ -220,6 +253,7 @@ class GraphSettings:
     precision: str = setting("fp32", parameter="precision", choices=PRECISIONS)
     onnxruntime: OnnxRuntimeSettings = OnnxRuntimeSettings()
     openvino: OpenVINOSettings = OpenVINOSettings()
+    audit: AuditSettings = AuditSettings()
 
     def __post_init__(self):
         _check(self)
@@ -273,6 +307,7 @@ class RepositorySettings:
     openvino: OpenVINOSettings = OpenVINOSettings()
     image_limits: ImageLimits = ImageLimits()
     decoder_queue: DecoderQueue = DecoderQueue()
+    audit: AuditSettings = AuditSettings()
 
     def __post_init__(self):
         if self.models is not None:

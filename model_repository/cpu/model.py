@@ -28,7 +28,12 @@ differs between the models lives in their ``config.pbtxt``:
 - optionally, the input ``accepted`` (BOOL [n, 1], ``optional: true``): the input gate's verdict
   on each image, which ``file_decoder`` gives in the ensemble ``multimix_image``. An image given
   false is not run: its outputs are zeros and its label -1, so that nothing of it can be taken
-  for a result. A request without it has every image accepted.
+  for a result. A request without it has every image accepted. With it, ``file_decoder`` also
+  gives ``refusal_reason`` and ``source`` (BYTES [n, 1]: what names each file), for the audit
+  trail;
+- with the parameter ``audit_dir`` (an ``AuditSettings``), one JSON line per image answered or
+  refused in ``<audit_dir>/<instance>.jsonl`` (mmtrt/serving/audit.py); every request also moves
+  the Prometheus metrics of mmtrt/serving/model_metrics.py.
 
 Every request is validated on its own (dtype, shape, batch size, finite values); the valid
 requests of one execution (dynamic batching) run as one batch and are split back, an
@@ -41,10 +46,12 @@ Structure follows the official python-backend examples (initialize / execute / f
 
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from mmtrt_backend import files, openvino, ort
+from mmtrt_backend.audit import AuditLog, new_request_id, source_of_tensor
 from mmtrt_backend.calibration import Calibration, CalibrationError
 from mmtrt_backend.model_metrics import ModelMetrics
 from mmtrt_backend.python_backend import failed, invalid_input, load_error, read_settings
@@ -54,6 +61,9 @@ LABEL = "label"  # derived output: the class of PROBS at the export's operating 
 PROBS = "probs"
 MASK = "mask"
 ACCEPTED = "accepted"  # optional input: the input gate's verdict per image
+REASON = "refusal_reason"  # optional input: why the gate refused an image
+SOURCE = "source"  # optional input: what the audit trail names an image's file by (JSON)
+OPTIONAL_INPUTS = (ACCEPTED, REASON, SOURCE)  # the ones file_decoder gives in multimix_image
 REFUSED_LABEL = -1  # the label of an image not run (refused by the gate)
 
 
@@ -137,10 +147,10 @@ class TritonPythonModel:
 
         inputs = [i for i in model_config["input"] if not i.get("optional")]
         optional = [i["name"] for i in model_config["input"] if i.get("optional")]
-        if len(inputs) != 1 or optional not in ([], [ACCEPTED]):
+        if len(inputs) != 1 or not set(optional) <= set(OPTIONAL_INPUTS):
             raise load_error(
                 self.model_name,
-                f"expected one input in config.pbtxt (and optionally '{ACCEPTED}'), got "
+                f"expected one input in config.pbtxt (and optionally {', '.join(OPTIONAL_INPUTS)}), got "
                 f"{[i['name'] for i in model_config['input']]}",
             )
         self.input_name = inputs[0]["name"]
@@ -162,6 +172,14 @@ class TritonPythonModel:
         validation = (manifest.get("calibration") or {}).get("validation") or {}
         baseline = validation if "mean_pneumonia_probability" in validation else None
         self.metrics = ModelMetrics(self.model_name, args["model_version"], baseline)
+        self.version = args["model_version"]
+        self.checkpoint_sha256 = (manifest.get("checkpoint") or {}).get("sha256")
+        audit = settings.audit
+        self.audit = (
+            AuditLog(audit.folder, args["model_instance_name"], audit.max_mib * 2**20, audit.backups)
+            if audit.folder
+            else None
+        )
 
         # The graph must have the config's input and every config output (or probs for label).
         have_in = self.runner.inputs
@@ -261,7 +279,47 @@ class TritonPythonModel:
             outputs.append((name, value))
         return outputs
 
+    def _strings(self, request, name, n):
+        """The optional BYTES input ``name`` of a request as n strings (None when absent)."""
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return None
+        values = tensor.as_numpy().reshape(-1)
+        if values.size != n:
+            return None
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+    def _audit(self, request, arr, ok, parts, started):
+        """One audit line per image of an answered request (answered or refused by the gate)."""
+        n = arr.shape[0]
+        sources = self._strings(request, SOURCE, n)
+        reasons = self._strings(request, REASON, n) or [""] * n
+        request_id = request.request_id()
+        answer = dict(parts)
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        for k in range(n):
+            source = json.loads(sources[k]) if sources else source_of_tensor(arr[k])
+            request_id = request_id or source.pop("request_id", "") or new_request_id()
+            source.pop("request_id", None)
+            line = {
+                "request_id": request_id,
+                "model": self.model_name,
+                "version": self.version,
+                "checkpoint_sha256": self.checkpoint_sha256,
+                "image": k,
+                "source": source,
+                "outcome": "answered" if ok[k] else "refused",
+                "gate": {"accepted": bool(ok[k]), "reason": reasons[k]},
+                "latency_ms": latency_ms,
+            }
+            if ok[k] and LABEL in answer:
+                line["label"] = int(answer[LABEL][k].reshape(-1)[0])
+            if ok[k] and PROBS in answer:
+                line["p_pneumonia"] = round(float(answer[PROBS][k][1]), 6)
+            self.audit.write(**line)
+
     def execute(self, requests):
+        started = time.perf_counter()
         responses = [None] * len(requests)
         valid = []  # (request index, input array, accepted per image)
         for i, request in enumerate(requests):
@@ -302,8 +360,12 @@ class TritonPythonModel:
                 )
                 answered = {name: value[ok] for name, value in parts if name in (PROBS, LABEL, MASK)}
                 self.metrics.images_answered(ok, answered.get(PROBS), answered.get(LABEL), answered.get(MASK))
+                if self.audit is not None:
+                    self._audit(requests[i], arr, ok, parts, started)
             start = stop
         return responses
 
     def finalize(self):
-        self.runner = self.metrics = None
+        if self.audit is not None:
+            self.audit.close()
+        self.runner = self.metrics = self.audit = None

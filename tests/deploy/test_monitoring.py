@@ -14,30 +14,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import MONITORING, recording_rules, rule_groups
 
 yaml = pytest.importorskip("yaml")
 
-MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
 PROMTOOL = shutil.which("promtool")
-
-
-def rule_groups() -> dict:
-    """The rule file inside the ConfigMap, as Prometheus reads it."""
-    (config_map,) = [d for d in yaml.safe_load_all((MONITORING / "mmtrt-rules.yaml").read_text()) if d]
-    return yaml.safe_load(config_map["data"]["mmtrt-rules.yml"])
-
-
-def recording_rules() -> set[str]:
-    return {r["record"] for g in rule_groups()["groups"] for r in g["rules"] if "record" in r}
-
-
-def raw_series() -> set[str]:
-    """The scraped series the rules read (mmtrt_* and nv_*), without histogram suffixes."""
-    names = set()
-    for group in rule_groups()["groups"]:
-        for rule in group["rules"]:
-            names |= set(re.findall(r"\b((?:mmtrt|nv)_[a-z_]+)\b", rule["expr"]))
-    return names
 
 
 def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -147,8 +147,17 @@ def test_built_configs_parse(repo, export_dir):
         cfg = validate_config(repo / name / "config.pbtxt")
         assert cfg.name == name and cfg.backend == "python"
         assert cfg.max_batch_size == MAX_BATCH
-        # multimix also takes the input gate's verdict, optional (multimix_image gives it)
-        gated = [("accepted", mc.TYPE_BOOL, [1], True)] if name == "multimix" else []
+        # multimix also takes the input gate's verdict, its reason and what names the file,
+        # optional (multimix_image gives them)
+        gated = (
+            [
+                ("accepted", mc.TYPE_BOOL, [1], True),
+                ("refusal_reason", mc.TYPE_STRING, [1], True),
+                ("source", mc.TYPE_STRING, [1], True),
+            ]
+            if name == "multimix"
+            else []
+        )
         assert [(i.name, i.data_type, list(i.dims), i.optional) for i in cfg.input] == [
             ("image", mc.TYPE_FP32, [1, 256, 256], False),
             *gated,

@@ -40,6 +40,7 @@ from helpers import (
     ort_session,
     png_header_only,
     post_infer,
+    rule_series,
 )
 
 from mmtrt.cli import main
@@ -48,7 +49,7 @@ from mmtrt.serving import ServingError, build_repository, validate_repository
 from mmtrt.serving.client import ACCEPTED, IMAGE_MODEL, REFUSAL_REASON, Servers, file_inputs, image_inputs
 from mmtrt.serving.errors import RequestError
 from mmtrt.serving.faults import INVALID, classify
-from mmtrt.serving.settings import ImageLimits
+from mmtrt.serving.settings import AuditSettings, ImageLimits
 
 pytestmark = needs_server
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,12 @@ CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"  # 1
 
 
 @pytest.fixture(scope="module")
-def repo(export_dir, tmp_path_factory):
+def audit_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("audit") / "trail"
+
+
+@pytest.fixture(scope="module")
+def repo(export_dir, tmp_path_factory, audit_dir):
     return build_repository(
         export_dir,
         tmp_path_factory.mktemp("built") / "repo",
@@ -67,6 +73,7 @@ def repo(export_dir, tmp_path_factory):
         max_queue_delay_us=QUEUE_DELAY_US,
         ort_threads=1,
         image_limits=LIMITS,
+        audit=AuditSettings(folder=str(audit_dir)),
     )
 
 
@@ -559,9 +566,81 @@ def test_served_models_publish_what_they_answer(server, files, refused_files):
     # baseline gauges need a calibrated export: tests/evaluate/test_eval_served.py)
     import urllib.request
 
-    from deploy.test_monitoring import raw_series
-
     with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
         page = set(re.findall(r"^(\w+)[{ ]", r.read().decode(), re.M))
-    missing = {n for n in raw_series() if not n.startswith("mmtrt_baseline_")} - page
+    missing = {n for n in rule_series() if not n.startswith("mmtrt_baseline_")} - page
     assert not missing, missing
+
+
+# --------------------------------------------------------------------------- the audit trail
+
+
+def _audit_lines(audit_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (audit_dir / "multimix_0_0.jsonl").read_text().splitlines()]
+
+
+def test_audit_trail_one_line_per_image(server, files, refused_files, audit_dir, tmp_path):
+    """One JSON line per image answered or refused, over HTTP and gRPC, for tensors and files:
+    the client's request id, model, version, the image's SOP Instance UID or sha256, outcome,
+    gate verdict; `mmtrt infer` sends an id per request and records it; no patient data; 0600."""
+    import hashlib
+
+    x = np.stack([load_image(files[n]) for n in ("xray.png", "xray.jpg")])[:, None]
+    before = len(_audit_lines(audit_dir)) if (audit_dir / "multimix_0_0.jsonl").exists() else 0
+    with client_for("http", server) as client:
+        client.infer("multimix", image_inputs(x), ("label",), request_id="audit-http-1")
+    three = [files["xray.png"], refused_files["lateral.dcm"], files["ct.dcm"]]
+    with client_for("grpc", server) as client:
+        client.infer(
+            IMAGE_MODEL, file_inputs([p.read_bytes() for p in three]), ("label",), request_id="audit-grpc-1"
+        )
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        main,
+        [
+            "infer",
+            "--url",
+            server.http_url,
+            "--out",
+            str(out),
+            "--allow",
+            "modality",
+            str(files["xray.jpg"]),
+            str(files["ct.dcm"]),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    lines = _audit_lines(audit_dir)[before:]
+    assert len(lines) == 2 + 3 + 2, lines
+    http, grpc, infer = lines[:2], lines[2:5], lines[5:]
+    for line in lines:
+        assert (line["model"], line["version"]) == ("multimix", "1") and "checkpoint_sha256" in line
+        assert line["latency_ms"] > 0 and line["time"].endswith("+00:00")
+    assert [line["request_id"] for line in http] == ["audit-http-1"] * 2
+    assert [line["source"] for line in http] == [
+        {"tensor_sha256": hashlib.sha256(x[k].tobytes()).hexdigest()} for k in range(2)
+    ]
+    assert [line["outcome"] for line in http] == ["answered"] * 2 and all(
+        0 <= line["p_pneumonia"] <= 1 for line in http
+    )
+    # files through multimix_image: the PNG by its sha256, the DICOM files by their SOP Instance UID
+    assert [line["request_id"] for line in grpc] == ["audit-grpc-1"] * 3
+    assert grpc[0]["source"] == {"file_sha256": hashlib.sha256(three[0].read_bytes()).hexdigest()}
+    assert grpc[1]["source"] == {"sop_instance_uid": pydicom.dcmread(three[1]).SOPInstanceUID}
+    assert grpc[2]["source"] == {"sop_instance_uid": pydicom.dcmread(three[2]).SOPInstanceUID}
+    assert [line["outcome"] for line in grpc] == ["answered", "refused", "answered"]
+    assert (
+        grpc[1]["gate"] == {"accepted": False, "reason": REFUSED["lateral.dcm"][1]} and "label" not in grpc[1]
+    )
+    # mmtrt infer: one id per request, recorded in each image's JSON
+    recorded = {
+        json.loads((out / f"{stem}.json").read_text())["server"]["request_id"] for stem in ("xray", "ct")
+    }
+    assert {line["request_id"] for line in infer} == recorded and all(len(i) == 32 for i in recorded)
+    text = (audit_dir / "multimix_0_0.jsonl").read_text()
+    for patient in ("Test^Synthetic", "SYN-0001", "19700101", "CompressedSamples"):
+        assert patient not in text
+    assert (audit_dir.stat().st_mode & 0o777, (audit_dir / "multimix_0_0.jsonl").stat().st_mode & 0o777) == (
+        0o700,
+        0o600,
+    )

@@ -11,7 +11,9 @@ input images. The first step of the ensemble ``multimix_image`` (file_decoder ->
   gate's verdict on the file's DICOM header (mmtrt/data/gate.py: body part, view, modality;
   other formats carry no such header and are accepted). A file is decoded first (one that is no
   usable image is an error, below, refused or not); a refused file's image is then zeros and its
-  size 0 x 0, and ``multimix`` (the next step of the ensemble) does not run it.
+  size 0 x 0, and ``multimix`` (the next step of the ensemble) does not run it; and ``source``
+  (BYTES ``[n, 1]``, JSON: the file's SOP Instance UID, else its sha256, and the request id),
+  what ``multimix``'s audit trail names the file by.
 
 Decoding is mmtrt's one decoder, ``read_image`` of mmtrt/data/images.py (with dicom.py and
 decoded.py), which ``mmtrt repo`` copies into this version folder with the other mmtrt modules
@@ -35,6 +37,7 @@ official python-backend examples (initialize / execute / finalize).
 """
 
 import base64
+import hashlib
 import io
 import json
 import time
@@ -51,7 +54,8 @@ IMAGE = "image"
 SIZE = "original_size"
 ACCEPTED = "accepted"
 REASON = "refusal_reason"
-OUTPUTS = (IMAGE, SIZE, ACCEPTED, REASON)
+SOURCE = "source"
+OUTPUTS = (IMAGE, SIZE, ACCEPTED, REASON, SOURCE)
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=" + b" \t\r\n"
 
 
@@ -102,11 +106,14 @@ class TritonPythonModel:
         self._decode(buf.getvalue(), "the load-time check image")
 
     def _decode(self, data, where):
-        """(pixels [size, size], (rows, columns)) of one file's bytes; DataError names ``where``."""
+        """(pixels [size, size], (rows, columns), what the audit trail names the file by) of one
+        file's bytes; DataError names ``where``."""
         with warnings.catch_warnings():  # e.g. a DICOM Modality other than CR/DX: accepted
             warnings.simplefilter("ignore")
             decoded = self.images.read_image(self.images.EncodedFile(data, where), self.size)
-        return decoded.pixels, (decoded.meta.rows, decoded.meta.columns)
+        uid = decoded.meta.sop_instance_uid
+        source = {"sop_instance_uid": uid} if uid else {"file_sha256": hashlib.sha256(data).hexdigest()}
+        return decoded.pixels, (decoded.meta.rows, decoded.meta.columns), source
 
     def _payload(self, data, where):
         """(the file's bytes, None), or (None, what is wrong with them)."""
@@ -144,7 +151,7 @@ class TritonPythonModel:
                 f"input tensor '{INPUT}' holds {files.size} files, above max_batch_size {self.max_batch}",
             )
         rid = request.request_id()
-        pixels, sizes, verdicts = [], [], []
+        pixels, sizes, verdicts, sources = [], [], [], []
         for k, element in enumerate(files):
             where = f"image {k}" + (f" of request '{rid}'" if rid else "")
             data, problem = self._payload(bytes(element), where)
@@ -152,7 +159,7 @@ class TritonPythonModel:
                 return None, problem
             try:  # a file that is no usable image is an error, refused or not
                 t0 = time.perf_counter()
-                image, size = self._decode(data, where)
+                image, size, source = self._decode(data, where)
                 self.metrics.decode_seconds.observe(time.perf_counter() - t0)
             except self.images.DataError as e:
                 return None, str(e)
@@ -162,9 +169,17 @@ class TritonPythonModel:
             pixels.append(image)
             sizes.append(size)
             verdicts.append(verdict)
+            sources.append([json.dumps({**source, "request_id": rid}).encode()])
         accepted = np.array([[v.accepted] for v in verdicts], dtype=bool)
         reasons = np.array([[v.reason.encode()] for v in verdicts], dtype=np.object_)
-        return (np.stack(pixels)[:, None], np.asarray(sizes, dtype=np.int32), accepted, reasons), None
+        sources = np.array(sources, dtype=np.object_)
+        return (
+            np.stack(pixels)[:, None],
+            np.asarray(sizes, dtype=np.int32),
+            accepted,
+            reasons,
+            sources,
+        ), None
 
     def execute(self, requests):
         responses = []
