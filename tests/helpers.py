@@ -117,6 +117,46 @@ def dicom_conformance(*paths: Path) -> dict[str, list[str]]:
     return warnings
 
 
+# --------------------------------------------------------------------------- certificates
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _ca(d: Path, name: str) -> tuple[Path, Path]:
+    cert, key = d / f"{name}.pem", d / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+             "-out", str(cert), "-subj", f"/CN={name}")  # fmt: skip
+    return cert, key
+
+
+def _signed(d: Path, name: str, ca: tuple[Path, Path], ext: str) -> tuple[Path, Path]:
+    cert, key, csr, extfile = d / f"{name}.pem", d / f"{name}.key", d / f"{name}.csr", d / f"{name}.ext"
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"
+    )
+    extfile.write_text(ext + "\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+             "-days", "1", "-out", str(cert), "-extfile", str(extfile))  # fmt: skip
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def make_pki(d: Path) -> dict[str, tuple[Path, Path]]:
+    """(certificate, key) PEM files made with openssl in ``d``: a CA, the server's certificate for
+    127.0.0.1 and a client's, both signed by it, and another CA. Skips without openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make certificates")
+    ca = _ca(d, "hospital-ca")
+    return {
+        "ca": ca,
+        "server": _signed(d, "server", ca, "subjectAltName=IP:127.0.0.1"),
+        "client": _signed(d, "client", ca, "extendedKeyUsage=clientAuth"),
+        "other_ca": _ca(d, "other-ca"),
+    }
+
+
 # --------------------------------------------------------------------------- monitoring rules
 
 MONITORING = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"

@@ -15,6 +15,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .server import ServerTls
 
 __all__ = ["GUARD_DIR", "NJS_MODULE", "GuardUnavailable", "NginxGuard", "find_nginx"]
 
@@ -28,6 +32,20 @@ _SHIPPED = {
     "http_listen": "listen 127.0.0.1:8080;",
     "grpc_listen": "listen 127.0.0.1:8081 http2;",
 }
+
+
+def _tls_lines(tls: ServerTls | None) -> str:
+    """The directives the shipped configuration's comments show for TLS (and mutual TLS)."""
+    if tls is None:
+        return ""
+    lines = [
+        f"ssl_certificate {Path(tls.cert_file).resolve()};",
+        f"ssl_certificate_key {Path(tls.key_file).resolve()};",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+    ]
+    if tls.ca_file is not None:
+        lines += [f"ssl_client_certificate {Path(tls.ca_file).resolve()};", "ssl_verify_client on;"]
+    return "".join(f"\n    {line}" for line in lines)
 
 
 class GuardUnavailable(RuntimeError):
@@ -61,20 +79,22 @@ def _free_port() -> int:
 class NginxGuard:
     """nginx running the shipped guard in front of Triton's ``http_upstream`` and
     ``grpc_upstream`` ("host:port"), with its files in ``folder``; ``http`` and ``grpc`` are the
-    addresses clients use. Start with :meth:`start` or as a context manager."""
+    addresses clients use; ``tls``: both listen with TLS (and ask for client certificates signed
+    by its CA, when it has one). Start with :meth:`start` or as a context manager."""
 
-    def __init__(self, http_upstream: str, grpc_upstream: str, folder: Path):
+    def __init__(self, http_upstream: str, grpc_upstream: str, folder: Path, tls: ServerTls | None = None):
         self.nginx = find_nginx()
         self.folder = Path(folder)
         self.http = f"127.0.0.1:{_free_port()}"
         self.grpc = f"127.0.0.1:{_free_port()}"
         self.proc: subprocess.Popen | None = None
+        ssl = " ssl" if tls is not None else ""
         self._replacements = {
             "js_path": f"js_path {GUARD_DIR}/;",
             "http_upstream": f"server {http_upstream};",
             "grpc_upstream": f"server {grpc_upstream};",
-            "http_listen": f"listen {self.http};",
-            "grpc_listen": f"listen {self.grpc} http2;",
+            "http_listen": f"listen {self.http}{ssl};{_tls_lines(tls)}",
+            "grpc_listen": f"listen {self.grpc}{ssl} http2;{_tls_lines(tls)}",
         }
 
     def _write_config(self) -> Path:

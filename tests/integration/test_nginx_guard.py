@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 import pytest
-from helpers import needs_server
+from helpers import make_pki, needs_server
 
 from mmtrt.bench.http_abort import CRASHERS
+from mmtrt.serving.errors import RequestError
 from mmtrt.serving.guard import GuardUnavailable, NginxGuard, find_nginx
 
 try:
@@ -282,3 +283,55 @@ def test_grpc_through_the_proxy(server, proxy):
     )
     assert set(statuses) == {str(grpc.StatusCode.RESOURCE_EXHAUSTED)}
     assert after < 1.10 * before
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(server, pki, tmp_path_factory):
+    """The guard with TLS on both protocols, asking for client certificates of the CA."""
+    from mmtrt.serving.server import ServerTls
+
+    (cert, key), (ca, _) = pki["server"], pki["ca"]
+    tls = ServerTls(cert, key, ca)
+    with NginxGuard(server.http_url, server.grpc_url, tmp_path_factory.mktemp("nginx-tls"), tls=tls) as guard:
+        yield guard
+
+
+def test_tls_through_the_proxy(server, tls_proxy, pki):
+    """HTTPS and gRPC with TLS through the guard, a client certificate of the hospital's CA:
+    answered as directly over plaintext; plaintext, a client without a certificate or with one of
+    another CA, and a client that trusts another CA are refused."""
+    from mmtrt.serving.client import Tls, TritonClient, image_inputs
+
+    (ca, _), (cert, key), (other_ca, other_key) = pki["ca"], pki["client"], pki["other_ca"]
+    good = Tls(str(ca), str(cert), str(key))
+    x = np.random.default_rng(4).random((2, 1, 256, 256)).astype(np.float32)
+    with TritonClient(server.http_url) as client:
+        direct = client.infer("classifier", image_inputs(x), ("probs",))["probs"]
+    for address, protocol in ((f"https://{tls_proxy.http}", "http"), (f"grpcs://{tls_proxy.grpc}", "grpc")):
+        with TritonClient(address, protocol, tls=good) as client:
+            assert np.array_equal(client.infer("classifier", image_inputs(x), ("probs",))["probs"], direct), (
+                protocol
+            )
+    # plaintext to the TLS port: nginx answers 400 itself
+    status, data = _post(tls_proxy.http, b"{}")
+    assert status == 400 and b"plain HTTP request was sent to HTTPS port" in data, (status, data[:200])
+    for who, tls in {
+        "no client certificate": Tls(str(ca)),
+        "a certificate of another CA": Tls(str(ca), str(other_ca), str(other_key)),
+        "trusts another CA": Tls(str(other_ca), str(cert), str(key)),
+    }.items():
+        for address, protocol in (
+            (f"https://{tls_proxy.http}", "http"),
+            (f"grpcs://{tls_proxy.grpc}", "grpc"),
+        ):
+            with pytest.raises((RequestError, OSError)):
+                with TritonClient(
+                    address, protocol, tls=tls, connect_timeout_s=10.0, timeout_s=10.0
+                ) as client:
+                    client.infer("classifier", image_inputs(x), ("probs",))
+                pytest.fail(f"{who} over {protocol} was answered")

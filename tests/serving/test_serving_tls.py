@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import ServeCommand, encoded, needs_server
+from helpers import ServeCommand, encoded, make_pki, needs_server
 
 from mmtrt.cli import main
 from mmtrt.data import synth_xray
@@ -27,42 +26,9 @@ from mmtrt.serving.errors import RequestError
 pytestmark = needs_server
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def _ca(d: Path, name: str) -> tuple[Path, Path]:
-    cert, key = d / f"{name}.pem", d / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
-             "-out", str(cert), "-subj", f"/CN={name}")  # fmt: skip
-    return cert, key
-
-
-def _signed(d: Path, name: str, ca: tuple[Path, Path], ext: str) -> tuple[Path, Path]:
-    cert, key, csr, extfile = d / f"{name}.pem", d / f"{name}.key", d / f"{name}.csr", d / f"{name}.ext"
-    _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"
-    )
-    extfile.write_text(ext + "\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-             "-days", "1", "-out", str(cert), "-extfile", str(extfile))  # fmt: skip
-    os.chmod(key, 0o600)
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """A CA, the server's certificate for 127.0.0.1 and a client's, both signed by it; another CA."""
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl to make certificates")
-    d = tmp_path_factory.mktemp("pki")
-    ca = _ca(d, "hospital-ca")
-    return {
-        "ca": ca,
-        "server": _signed(d, "server", ca, "subjectAltName=IP:127.0.0.1"),
-        "client": _signed(d, "client", ca, "extendedKeyUsage=clientAuth"),
-        "other_ca": _ca(d, "other-ca"),
-    }
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
