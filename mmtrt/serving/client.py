@@ -330,8 +330,10 @@ class TritonClient:
     def is_ready(self) -> bool:
         return bool(self._call("is_server_ready", timeout_s=self.connect_timeout_s))
 
-    def model_ready(self, name: str) -> bool:
-        return bool(self._call("is_model_ready", name))
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether model ``name`` is ready: ``version`` of it, or (``""``) any version the
+        server's version policy serves."""
+        return bool(self._call("is_model_ready", name, version))
 
     # ------------------------------------------------------------------ models
 
@@ -375,13 +377,13 @@ class TritonClient:
             config = json_format.MessageToDict(answer.config, preserving_proto_field_name=True)
         return ModelInfo(name, versions, inputs, outputs, int(config.get("max_batch_size", 0)), config)
 
-    def ready_model(self, name: str) -> ModelInfo:
-        """:meth:`model` of a model that is ready; InferError naming the models there otherwise."""
+    def ready_model(self, name: str, version: str = "") -> ModelInfo:
+        """:meth:`model` of a model that is ready (``version`` of it when given); InferError
+        naming the models there otherwise."""
+        what = f"version {version} of model '{name}'" if version else f"model '{name}'"
         try:
-            if not self.model_ready(name):
-                raise InferError(
-                    f"model '{name}' is not ready on the server at {self.address} ({self._model_list()})"
-                )
+            if not self.model_ready(name, version):
+                raise InferError(f"{what} is not ready on the server at {self.address} ({self._model_list()})")
             return self.model(name)
         except RequestError as e:
             raise InferError(f"model '{name}' at {self.address}: {_short(e)}") from None
@@ -430,11 +432,13 @@ class TritonClient:
         outputs: Sequence[str] | None = None,
         *,
         request_id: str = "",
+        model_version: str = "",
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """One request: each input array is sent as its own data type (FP32, BYTES for an object
         array of bytes ...), in Triton's binary tensor format; returns ``outputs`` (all the model's
-        when None) by name."""
+        when None) by name. ``model_version``: the version that must answer (``""``: the newest
+        the server serves); a version the server does not serve is an InferError."""
         from tritonclient.utils import np_to_triton_dtype
 
         module = self._module
@@ -447,7 +451,13 @@ class TritonClient:
                 tensors.append(tensor)
             requested = [module.InferRequestedOutput(o) for o in outputs] if outputs else None
         result = self._call(
-            "infer", model, tensors, outputs=requested, request_id=request_id, timeout_s=timeout_s
+            "infer",
+            model,
+            tensors,
+            model_version=model_version,
+            outputs=requested,
+            request_id=request_id,
+            timeout_s=timeout_s,
         )
         if outputs is None:
             response = result.get_response()
@@ -763,7 +773,9 @@ class Session:
         self._clients[k] = client
         return client
 
-    def _attempt(self, k, model, inputs, outputs, tried, what) -> tuple[Answer | None, Exception | None]:
+    def _attempt(
+        self, k, model, inputs, outputs, tried, what, model_version=""
+    ) -> tuple[Answer | None, Exception | None]:
         """One attempt on server ``k``: (its answer, None), or (None, the transient failure:
         counted). A failure that is not transient is raised."""
         servers, ep = self.servers, self.servers.endpoints[k]
@@ -774,7 +786,7 @@ class Session:
         if tried is not None:
             tried.append(ep.url)
         try:
-            answer = client.infer(model, inputs, outputs)
+            answer = client.infer(model, inputs, outputs, model_version=model_version)
         except Exception as e:
             if classify(e) != TRANSIENT:
                 raise
@@ -795,13 +807,15 @@ class Session:
         max_attempts: int | None = None,
         deadline: float | None = None,
         what: str = "a request",
+        model_version: str = "",
     ) -> Answer:
         """Send one request to the next usable server; while it fails transiently, to the next
         (the same one when it is the only one, once its back-off has passed). An attempt is a
         send, or a connection to a server that failed; ``tried`` (when given) gets the url of
         each server the request was sent to. Raises the error of a request that is not
         transient (invalid input: never sent again), NoServerLeft, and, after ``max_attempts``
-        attempts or once ``deadline`` (time.monotonic()) has passed, the last failure."""
+        attempts or once ``deadline`` (time.monotonic()) has passed, the last failure.
+        ``model_version``: as in :meth:`TritonClient.infer`."""
         servers = self.servers
         attempts, last = 0, None
         while True:
@@ -811,7 +825,7 @@ class Session:
             ep = servers.endpoints[k]
             attempts += 1
             try:
-                answer, last = self._attempt(k, model, inputs, outputs, tried, what)
+                answer, last = self._attempt(k, model, inputs, outputs, tried, what, model_version)
             finally:
                 with servers._lock:
                     ep.in_flight -= 1

@@ -244,6 +244,7 @@ def infer_files(
     dicom_out: Path | None = None,
     checkpoint_sha256: str | None = None,
     relaxed: frozenset[str] = frozenset(),
+    model_version: str = "",
 ) -> list[ImageResult]:
     """Run ``paths`` through ``model`` on ``servers``, in batches of ``batch_size`` (at most the
     model's max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when
@@ -272,6 +273,8 @@ def infer_files(
     Secondary Capture) and ``dicom_out/<stem>.sr.dcm`` (the classification and the lung area as a
     Structured Report), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them
     and, with the source's SOP Instance UID, makes their UIDs.
+    ``model_version``: the version of the model sent to that must answer every request (a
+    server that does not serve it is not used); ``""``: the newest each server serves.
     A source whose outputs cannot all be written gets an error and keeps none of them.
 
     The input gate (:func:`mmtrt.data.gate.judge_file`, its rules ``relaxed`` as asked) judges
@@ -286,11 +289,11 @@ def infer_files(
     paths = [Path(p) for p in paths]
     modes = send_modes(paths, send, model)
     with servers.first_ready() as client:
-        routes, modes = model_routes(client, model, modes, send, say)
+        routes, modes = model_routes(client, model, modes, send, say, model_version)
 
     def same_routes(other: TritonClient) -> str | None:
         try:  # the same models as the first server, taking the same kinds of input
-            theirs, _ = model_routes(other, model, modes, "tensor", say)
+            theirs, _ = model_routes(other, model, modes, "tensor", say, model_version)
         except InferError as e:  # ready, but without the model: never usable
             return str(e)
         if theirs != routes:
@@ -328,7 +331,13 @@ def infer_files(
             inputs = image_inputs(np.stack([x.pixels for x in batch.loaded])[:, None])
         what = f"a batch of {len(batch.loaded)} image(s)"
         return session.send(
-            route.model, inputs, route.outputs, tried=batch.servers, max_attempts=max_attempts, what=what
+            route.model,
+            inputs,
+            route.outputs,
+            tried=batch.servers,
+            max_attempts=max_attempts,
+            what=what,
+            model_version=model_version,
         )
 
     given_up: list[Batch] = []
@@ -401,7 +410,7 @@ SEND_MODES = ("auto", "bytes", "tensor")
 class Route:
     """How a batch goes to the server: ``send`` "tensor" (the decoded images) or "bytes" (the
     files), the served ``model`` that takes them, its max_batch_size, the outputs asked for and
-    (not compared between servers) the model's newest version there."""
+    (not compared between servers) the version asked for, else the model's newest there."""
 
     send: str
     model: str
@@ -436,20 +445,21 @@ def send_modes(paths: Sequence[Path], send: str, model: str) -> list[str]:
 
 
 def model_routes(
-    client: TritonClient, model: str, modes: list[str], send: str, say
+    client: TritonClient, model: str, modes: list[str], send: str, say, version: str = ""
 ) -> tuple[dict[str, Route], list[str]]:
     """The :class:`Route` of each kind in ``modes``, and the modes: with ``send`` "auto", a
-    server without the file-decoding model gets every file as a tensor (said once)."""
+    server without the file-decoding model gets every file as a tensor (said once). ``version``:
+    the version each route's model must have ready (``""``: any)."""
     routes = {}
     for kind in dict.fromkeys(modes):
         name = FILE_MODELS[model] if kind == "bytes" else model
         try:
-            info = client.ready_model(name)
+            info = client.ready_model(name, version)
         except InferError as e:
             if kind != "bytes" or send != "auto":
                 raise
             say(f"note: {e}: sending the DICOM files as decoded images to '{model}'")
-            return model_routes(client, model, ["tensor"] * len(modes), "tensor", say)
+            return model_routes(client, model, ["tensor"] * len(modes), "tensor", say, version)
         outputs = info.output_names
         if "probs" not in outputs:
             raise InferError(
@@ -460,7 +470,7 @@ def model_routes(
             for o in ("probs", "label", "mask", "saliency", ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON)
             if o in outputs
         )
-        routes[kind] = Route(kind, name, info.max_batch_size, wanted, info.newest_version)
+        routes[kind] = Route(kind, name, info.max_batch_size, wanted, version or info.newest_version)
     return routes, modes
 
 

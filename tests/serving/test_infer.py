@@ -143,6 +143,25 @@ def test_infer_classifier_model(server, images, expected, tmp_path):
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_infer_pinned_model_version(server, images, expected, tmp_path, protocol):
+    """--model-version N: version N answers (the repository's only one here, 1); a version the
+    server does not serve is a clear error before anything is sent."""
+    url = server.http_url if protocol == "http" else server.grpc_url
+    f = GOOD[0]
+    out = tmp_path / "out"
+    r = _run("--url", url, "--protocol", protocol, "--model-version", "1", "--out", out, images / f)
+    assert r.exit_code == 0, r.output
+    got = list(_read(out, "chest_a")["probabilities"].values())
+    np.testing.assert_allclose(got, expected[f][0], rtol=1e-5, atol=1e-6)
+    r = _run("--url", url, "--protocol", protocol, "--model-version", "2", "--out", tmp_path / "o2", images / f)
+    assert r.exit_code != 0
+    assert "version 2 of model 'multimix' is not ready" in r.stderr
+    assert not (tmp_path / "o2" / "chest_a.json").exists()
+    r = _run("--url", url, "--model-version", "0", images / f)
+    assert r.exit_code == 2 and "--model-version" in r.stderr
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_unreachable_server_retries_then_fails_clearly(images, tmp_path, protocol):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
