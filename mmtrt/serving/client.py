@@ -383,7 +383,9 @@ class TritonClient:
         what = f"version {version} of model '{name}'" if version else f"model '{name}'"
         try:
             if not self.model_ready(name, version):
-                raise InferError(f"{what} is not ready on the server at {self.address} ({self._model_list()})")
+                raise InferError(
+                    f"{what} is not ready on the server at {self.address} ({self._model_list()})"
+                )
             return self.model(name)
         except RequestError as e:
             raise InferError(f"model '{name}' at {self.address}: {_short(e)}") from None

@@ -153,7 +153,9 @@ def test_infer_pinned_model_version(server, images, expected, tmp_path, protocol
     assert r.exit_code == 0, r.output
     got = list(_read(out, "chest_a")["probabilities"].values())
     np.testing.assert_allclose(got, expected[f][0], rtol=1e-5, atol=1e-6)
-    r = _run("--url", url, "--protocol", protocol, "--model-version", "2", "--out", tmp_path / "o2", images / f)
+    r = _run(
+        "--url", url, "--protocol", protocol, "--model-version", "2", "--out", tmp_path / "o2", images / f
+    )
     assert r.exit_code != 0
     assert "version 2 of model 'multimix' is not ready" in r.stderr
     assert not (tmp_path / "o2" / "chest_a.json").exists()
