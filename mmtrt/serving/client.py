@@ -437,10 +437,26 @@ class TritonClient:
         model_version: str = "",
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
+        """:meth:`infer_versioned`'s outputs."""
+        return self.infer_versioned(
+            model, inputs, outputs, request_id=request_id, model_version=model_version, timeout_s=timeout_s
+        )[0]
+
+    def infer_versioned(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        request_id: str = "",
+        model_version: str = "",
+        timeout_s: float | None = None,
+    ) -> tuple[dict[str, np.ndarray], str]:
         """One request: each input array is sent as its own data type (FP32, BYTES for an object
         array of bytes ...), in Triton's binary tensor format; returns ``outputs`` (all the model's
         when None) by name. ``model_version``: the version that must answer (``""``: the newest
-        the server serves); a version the server does not serve is an InferError."""
+        the server serves); a version the server does not serve is an InferError. Also returns
+        the version that answered (the response's model_version)."""
         from tritonclient.utils import np_to_triton_dtype
 
         module = self._module
@@ -461,14 +477,13 @@ class TritonClient:
             request_id=request_id,
             timeout_s=timeout_s,
         )
-        if outputs is None:
-            response = result.get_response()
-            outputs = (
-                [o["name"] for o in response["outputs"]]
-                if self.protocol == "http"
-                else [o.name for o in response.outputs]
-            )
-        return {name: result.as_numpy(name) for name in outputs}
+        response = result.get_response()
+        if self.protocol == "http":
+            answered_by = str(response.get("model_version", ""))
+            names = [o["name"] for o in response["outputs"]]
+        else:
+            answered_by, names = response.model_version, [o.name for o in response.outputs]
+        return {name: result.as_numpy(name) for name in outputs or names}, answered_by
 
 
 def _short(e: BaseException) -> str:
@@ -512,6 +527,7 @@ class Answer:
 
     outputs: dict[str, np.ndarray]
     endpoint: Endpoint
+    model_version: str = ""  # the version that answered
 
 
 class Servers:
@@ -788,7 +804,7 @@ class Session:
         if tried is not None:
             tried.append(ep.url)
         try:
-            answer = client.infer(model, inputs, outputs, model_version=model_version)
+            answer, answered_by = client.infer_versioned(model, inputs, outputs, model_version=model_version)
         except Exception as e:
             if classify(e) != TRANSIENT:
                 raise
@@ -797,7 +813,7 @@ class Session:
             return None, e
         first = next(iter(inputs.values()), None)
         servers._answered(ep, len(first) if first is not None and np.ndim(first) else 1)
-        return Answer(answer, ep), None
+        return Answer(answer, ep, answered_by), None
 
     def send(
         self,

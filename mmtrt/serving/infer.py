@@ -349,7 +349,7 @@ def infer_files(
         loaded = batch.loaded or []
         if isinstance(outcome, Answer):
             dicom = (
-                (dicom_out, (route.model, route.version, checkpoint_sha256))
+                (dicom_out, (route.model, outcome.model_version or route.version, checkpoint_sha256))
                 if dicom_out is not None
                 else None
             )
@@ -364,6 +364,7 @@ def infer_files(
                     stem=stems[x.index],
                     overlays=overlays,
                     model=route.model,
+                    model_version=outcome.model_version or None,
                     sent=route.send,
                     server=server,
                     dicom=dicom,
@@ -538,12 +539,14 @@ def write_result(
     model: str,
     sent: str,
     server: dict,
+    model_version: str | None = None,
     dicom=None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> None:
     """Fill ``r`` from one image's outputs (``got``: probs [2], mask / saliency [1, H, W]) and,
     with ``out``, write its overlay PNG, its DICOM results (``dicom``: (folder, (model, version,
-    checkpoint sha256)), for DICOM sources) and its JSON (the served ``model``, what was ``sent``:
+    checkpoint sha256)), for DICOM sources) and its JSON (the served ``model`` and the
+    ``model_version`` that answered, what was ``sent``:
     "tensor" or "bytes", and the ``server`` that answered: url, protocol ...). A result that
     cannot be written whole is removed and becomes the image's error. An image sent as bytes comes
     back with the size the server decoded (``original_size``); one that differs from the size
@@ -587,7 +590,8 @@ def write_result(
             r.dicom_paths = _write_dicom(r, folder, stem, info, mask)
             written += r.dicom_paths
         r.json_path = out / f"{stem}.json"
-        text = json.dumps(_record(r, model=model, sent=sent, server=server), indent=2) + "\n"
+        record = _record(r, model=model, model_version=model_version, sent=sent, server=server)
+        text = json.dumps(record, indent=2) + "\n"
         atomic_write(r.json_path, lambda fh: fh.write(text.encode()))
     except (OSError, ValueError) as e:  # ValueError: DICOM results that cannot be made
         for p in written:
@@ -661,7 +665,7 @@ def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
     )
 
 
-def _record(r: ImageResult, *, model: str, sent: str, server: dict) -> dict:
+def _record(r: ImageResult, *, model: str, model_version: str | None, sent: str, server: dict) -> dict:
     decoded = "mmtrt.data.load_image: grayscale, [0, 1], 256x256 bilinear"
     return {
         "source": str(r.source.resolve()),
@@ -674,6 +678,7 @@ def _record(r: ImageResult, *, model: str, sent: str, server: dict) -> dict:
         "mask_threshold": MASK_THRESHOLD if r.mask_fraction is not None else None,
         "overlay": r.overlay_path.name if r.overlay_path else None,
         "model": model,
+        "model_version": model_version,
         "server": server,
         "sent": sent,
         "input": f"the file's bytes, decoded by the server with {decoded}" if sent == "bytes" else decoded,
