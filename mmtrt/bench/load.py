@@ -84,7 +84,8 @@ def run_load(
     given up during a measurement); at most ``max_attempts`` attempts a request, none after the
     deadline. A request rejected as invalid input is counted (``invalid``) and never sent again.
     ``extra``: ``failures`` (requests that never got an answer: invalid ones included),
-    ``invalid``, ``retries`` (sends again), ``answered_by`` (requests per server)."""
+    ``invalid``, ``retries`` (sends again), ``answered_by`` (requests per server),
+    ``answered_versions`` (requests per model version that answered, from the responses)."""
     from mmtrt.serving.client import Backoff, Servers, file_inputs, image_inputs
     from mmtrt.serving.faults import INVALID, classify
 
@@ -96,6 +97,7 @@ def run_load(
     failures: list[str] = []
     counts = {"invalid": 0, "retries": 0}
     answered_by = {u: 0 for u in urls}
+    answered_versions: dict[str, int] = {}
     lock = threading.Lock()
     warmed, go = threading.Barrier(concurrency + 1), threading.Barrier(concurrency + 1)
     deadline = [0.0]  # time.monotonic()
@@ -140,6 +142,8 @@ def run_load(
                     latencies.append((time.perf_counter() - t0) * 1e3)
                     counts["retries"] += len(tried) - 1
                     answered_by[answer.endpoint.url] += 1
+                    v = answer.model_version
+                    answered_versions[v] = answered_versions.get(v, 0) + 1
         finally:
             session.close()
 
@@ -165,6 +169,7 @@ def run_load(
         "failures": len(failures),
         "invalid": counts["invalid"],
         "retries": counts["retries"],
+        "answered_versions": dict(sorted(answered_versions.items())),
     }
     if len(urls) > 1:
         extra["answered_by"] = dict(answered_by)

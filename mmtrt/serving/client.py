@@ -330,8 +330,10 @@ class TritonClient:
     def is_ready(self) -> bool:
         return bool(self._call("is_server_ready", timeout_s=self.connect_timeout_s))
 
-    def model_ready(self, name: str) -> bool:
-        return bool(self._call("is_model_ready", name))
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether model ``name`` is ready: ``version`` of it, or (``""``) any version the
+        server's version policy serves."""
+        return bool(self._call("is_model_ready", name, version))
 
     # ------------------------------------------------------------------ models
 
@@ -375,12 +377,14 @@ class TritonClient:
             config = json_format.MessageToDict(answer.config, preserving_proto_field_name=True)
         return ModelInfo(name, versions, inputs, outputs, int(config.get("max_batch_size", 0)), config)
 
-    def ready_model(self, name: str) -> ModelInfo:
-        """:meth:`model` of a model that is ready; InferError naming the models there otherwise."""
+    def ready_model(self, name: str, version: str = "") -> ModelInfo:
+        """:meth:`model` of a model that is ready (``version`` of it when given); InferError
+        naming the models there otherwise."""
+        what = f"version {version} of model '{name}'" if version else f"model '{name}'"
         try:
-            if not self.model_ready(name):
+            if not self.model_ready(name, version):
                 raise InferError(
-                    f"model '{name}' is not ready on the server at {self.address} ({self._model_list()})"
+                    f"{what} is not ready on the server at {self.address} ({self._model_list()})"
                 )
             return self.model(name)
         except RequestError as e:
@@ -430,11 +434,29 @@ class TritonClient:
         outputs: Sequence[str] | None = None,
         *,
         request_id: str = "",
+        model_version: str = "",
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
+        """:meth:`infer_versioned`'s outputs."""
+        return self.infer_versioned(
+            model, inputs, outputs, request_id=request_id, model_version=model_version, timeout_s=timeout_s
+        )[0]
+
+    def infer_versioned(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        request_id: str = "",
+        model_version: str = "",
+        timeout_s: float | None = None,
+    ) -> tuple[dict[str, np.ndarray], str]:
         """One request: each input array is sent as its own data type (FP32, BYTES for an object
         array of bytes ...), in Triton's binary tensor format; returns ``outputs`` (all the model's
-        when None) by name."""
+        when None) by name. ``model_version``: the version that must answer (``""``: the newest
+        the server serves); a version the server does not serve is an InferError. Also returns
+        the version that answered (the response's model_version)."""
         from tritonclient.utils import np_to_triton_dtype
 
         module = self._module
@@ -447,16 +469,21 @@ class TritonClient:
                 tensors.append(tensor)
             requested = [module.InferRequestedOutput(o) for o in outputs] if outputs else None
         result = self._call(
-            "infer", model, tensors, outputs=requested, request_id=request_id, timeout_s=timeout_s
+            "infer",
+            model,
+            tensors,
+            model_version=model_version,
+            outputs=requested,
+            request_id=request_id,
+            timeout_s=timeout_s,
         )
-        if outputs is None:
-            response = result.get_response()
-            outputs = (
-                [o["name"] for o in response["outputs"]]
-                if self.protocol == "http"
-                else [o.name for o in response.outputs]
-            )
-        return {name: result.as_numpy(name) for name in outputs}
+        response = result.get_response()
+        if self.protocol == "http":
+            answered_by = str(response.get("model_version", ""))
+            names = [o["name"] for o in response["outputs"]]
+        else:
+            answered_by, names = response.model_version, [o.name for o in response.outputs]
+        return {name: result.as_numpy(name) for name in outputs or names}, answered_by
 
 
 def _short(e: BaseException) -> str:
@@ -500,6 +527,7 @@ class Answer:
 
     outputs: dict[str, np.ndarray]
     endpoint: Endpoint
+    model_version: str = ""  # the version that answered
 
 
 class Servers:
@@ -764,7 +792,7 @@ class Session:
         return client
 
     def _attempt(
-        self, k, model, inputs, outputs, tried, what, request_id=""
+        self, k, model, inputs, outputs, tried, what, request_id="", model_version=""
     ) -> tuple[Answer | None, Exception | None]:
         """One attempt on server ``k``: (its answer, None), or (None, the transient failure:
         counted). A failure that is not transient is raised."""
@@ -776,7 +804,9 @@ class Session:
         if tried is not None:
             tried.append(ep.url)
         try:
-            answer = client.infer(model, inputs, outputs, request_id=request_id)
+            answer, answered_by = client.infer_versioned(
+                model, inputs, outputs, request_id=request_id, model_version=model_version
+            )
         except Exception as e:
             if classify(e) != TRANSIENT:
                 raise
@@ -785,7 +815,7 @@ class Session:
             return None, e
         first = next(iter(inputs.values()), None)
         servers._answered(ep, len(first) if first is not None and np.ndim(first) else 1)
-        return Answer(answer, ep), None
+        return Answer(answer, ep, answered_by), None
 
     def send(
         self,
@@ -798,6 +828,7 @@ class Session:
         deadline: float | None = None,
         what: str = "a request",
         request_id: str = "",
+        model_version: str = "",
     ) -> Answer:
         """Send one request to the next usable server; while it fails transiently, to the next
         (the same one when it is the only one, once its back-off has passed). An attempt is a
@@ -805,7 +836,8 @@ class Session:
         each server the request was sent to; ``request_id`` goes with every send (the server's
         audit trail records it). Raises the error of a request that is not
         transient (invalid input: never sent again), NoServerLeft, and, after ``max_attempts``
-        attempts or once ``deadline`` (time.monotonic()) has passed, the last failure."""
+        attempts or once ``deadline`` (time.monotonic()) has passed, the last failure.
+        ``model_version``: as in :meth:`TritonClient.infer`."""
         servers = self.servers
         attempts, last = 0, None
         while True:
@@ -815,7 +847,9 @@ class Session:
             ep = servers.endpoints[k]
             attempts += 1
             try:
-                answer, last = self._attempt(k, model, inputs, outputs, tried, what, request_id)
+                answer, last = self._attempt(
+                    k, model, inputs, outputs, tried, what, request_id, model_version
+                )
             finally:
                 with servers._lock:
                     ep.in_flight -= 1

@@ -318,6 +318,15 @@ def serve(
     "STOW-RS at this DICOMweb root (e.g. the --dicomweb archive, into the source's study); they "
     "are written to --dicom-out too (default OUT/dicom).",
 )
+@click.option(
+    "--model-version",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="The version of the model that must answer (a version the servers' repository serves, "
+    "see model_repository/README.md); a server without it ready is not used. Default: the newest "
+    "each server serves.",
+)
 @allow_option()
 def infer(
     images: tuple[Path, ...],
@@ -333,6 +342,7 @@ def infer(
     series: str | None,
     stow: str | None,
     allow: frozenset[str],
+    model_version: int | None,
 ):
     """Classify IMAGES (PNG/JPEG/TIFF/DICOM of any size, or folders of them) with a running
     server: per image OUT/<name>.json (probabilities, label, lung-mask fraction, the image's
@@ -388,6 +398,7 @@ def infer(
                 dicom_out=dicom_out,
                 checkpoint_sha256=checkpoint_sha256,
                 relaxed=allow,
+                model_version=str(model_version or ""),
             )
         except InferError as e:
             raise click.ClickException(str(e)) from None

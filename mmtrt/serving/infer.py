@@ -247,6 +247,7 @@ def infer_files(
     dicom_out: Path | None = None,
     checkpoint_sha256: str | None = None,
     relaxed: frozenset[str] = frozenset(),
+    model_version: str = "",
 ) -> list[ImageResult]:
     """Run ``paths`` through ``model`` on ``servers``, in batches of ``batch_size`` (at most the
     model's max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when
@@ -275,6 +276,8 @@ def infer_files(
     Secondary Capture) and ``dicom_out/<stem>.sr.dcm`` (the classification and the lung area as a
     Structured Report), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them
     and, with the source's SOP Instance UID, makes their UIDs.
+    ``model_version``: the version of the model sent to that must answer every request (a
+    server that does not serve it is not used); ``""``: the newest each server serves.
     A source whose outputs cannot all be written gets an error and keeps none of them.
 
     The input gate (:func:`mmtrt.data.gate.judge_file`, its rules ``relaxed`` as asked) judges
@@ -289,11 +292,11 @@ def infer_files(
     paths = [Path(p) for p in paths]
     modes = send_modes(paths, send, model)
     with servers.first_ready() as client:
-        routes, modes = model_routes(client, model, modes, send, say)
+        routes, modes = model_routes(client, model, modes, send, say, model_version)
 
     def same_routes(other: TritonClient) -> str | None:
         try:  # the same models as the first server, taking the same kinds of input
-            theirs, _ = model_routes(other, model, modes, "tensor", say)
+            theirs, _ = model_routes(other, model, modes, "tensor", say, model_version)
         except InferError as e:  # ready, but without the model: never usable
             return str(e)
         if theirs != routes:
@@ -338,6 +341,7 @@ def infer_files(
             max_attempts=max_attempts,
             what=what,
             request_id=batch.request_id,
+            model_version=model_version,
         )
 
     given_up: list[Batch] = []
@@ -349,7 +353,7 @@ def infer_files(
         loaded = batch.loaded or []
         if isinstance(outcome, Answer):
             dicom = (
-                (dicom_out, (route.model, route.version, checkpoint_sha256))
+                (dicom_out, (route.model, outcome.model_version or route.version, checkpoint_sha256))
                 if dicom_out is not None
                 else None
             )
@@ -368,6 +372,7 @@ def infer_files(
                     stem=stems[x.index],
                     overlays=overlays,
                     model=route.model,
+                    model_version=outcome.model_version or None,
                     sent=route.send,
                     server=server,
                     dicom=dicom,
@@ -414,7 +419,7 @@ SEND_MODES = ("auto", "bytes", "tensor")
 class Route:
     """How a batch goes to the server: ``send`` "tensor" (the decoded images) or "bytes" (the
     files), the served ``model`` that takes them, its max_batch_size, the outputs asked for and
-    (not compared between servers) the model's newest version there."""
+    (not compared between servers) the version asked for, else the model's newest there."""
 
     send: str
     model: str
@@ -449,20 +454,21 @@ def send_modes(paths: Sequence[Path], send: str, model: str) -> list[str]:
 
 
 def model_routes(
-    client: TritonClient, model: str, modes: list[str], send: str, say
+    client: TritonClient, model: str, modes: list[str], send: str, say, version: str = ""
 ) -> tuple[dict[str, Route], list[str]]:
     """The :class:`Route` of each kind in ``modes``, and the modes: with ``send`` "auto", a
-    server without the file-decoding model gets every file as a tensor (said once)."""
+    server without the file-decoding model gets every file as a tensor (said once). ``version``:
+    the version each route's model must have ready (``""``: any)."""
     routes = {}
     for kind in dict.fromkeys(modes):
         name = FILE_MODELS[model] if kind == "bytes" else model
         try:
-            info = client.ready_model(name)
+            info = client.ready_model(name, version)
         except InferError as e:
             if kind != "bytes" or send != "auto":
                 raise
             say(f"note: {e}: sending the DICOM files as decoded images to '{model}'")
-            return model_routes(client, model, ["tensor"] * len(modes), "tensor", say)
+            return model_routes(client, model, ["tensor"] * len(modes), "tensor", say, version)
         outputs = info.output_names
         if "probs" not in outputs:
             raise InferError(
@@ -473,7 +479,7 @@ def model_routes(
             for o in ("probs", "label", "mask", "saliency", ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON)
             if o in outputs
         )
-        routes[kind] = Route(kind, name, info.max_batch_size, wanted, info.newest_version)
+        routes[kind] = Route(kind, name, info.max_batch_size, wanted, version or info.newest_version)
     return routes, modes
 
 
@@ -541,12 +547,14 @@ def write_result(
     model: str,
     sent: str,
     server: dict,
+    model_version: str | None = None,
     dicom=None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> None:
     """Fill ``r`` from one image's outputs (``got``: probs [2], mask / saliency [1, H, W]) and,
     with ``out``, write its overlay PNG, its DICOM results (``dicom``: (folder, (model, version,
-    checkpoint sha256)), for DICOM sources) and its JSON (the served ``model``, what was ``sent``:
+    checkpoint sha256)), for DICOM sources) and its JSON (the served ``model`` and the
+    ``model_version`` that answered, what was ``sent``:
     "tensor" or "bytes", and the ``server`` that answered: url, protocol ...). A result that
     cannot be written whole is removed and becomes the image's error. An image sent as bytes comes
     back with the size the server decoded (``original_size``); one that differs from the size
@@ -590,7 +598,8 @@ def write_result(
             r.dicom_paths = _write_dicom(r, folder, stem, info, mask)
             written += r.dicom_paths
         r.json_path = out / f"{stem}.json"
-        text = json.dumps(_record(r, model=model, sent=sent, server=server), indent=2) + "\n"
+        record = _record(r, model=model, model_version=model_version, sent=sent, server=server)
+        text = json.dumps(record, indent=2) + "\n"
         atomic_write(r.json_path, lambda fh: fh.write(text.encode()))
     except (OSError, ValueError) as e:  # ValueError: DICOM results that cannot be made
         for p in written:
@@ -664,7 +673,7 @@ def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
     )
 
 
-def _record(r: ImageResult, *, model: str, sent: str, server: dict) -> dict:
+def _record(r: ImageResult, *, model: str, model_version: str | None, sent: str, server: dict) -> dict:
     decoded = "mmtrt.data.load_image: grayscale, [0, 1], 256x256 bilinear"
     return {
         "source": str(r.source.resolve()),
@@ -677,6 +686,7 @@ def _record(r: ImageResult, *, model: str, sent: str, server: dict) -> dict:
         "mask_threshold": MASK_THRESHOLD if r.mask_fraction is not None else None,
         "overlay": r.overlay_path.name if r.overlay_path else None,
         "model": model,
+        "model_version": model_version,
         "server": server,
         "sent": sent,
         "input": f"the file's bytes, decoded by the server with {decoded}" if sent == "bytes" else decoded,

@@ -240,6 +240,7 @@ def test_load_generator_counts_invalid_requests_and_never_resends_them(server, p
     # + the 2 warm-up requests; a resent invalid request would make it more
     assert executed == m.calls + m.extra["invalid"] + 2, "an invalid request was sent more than once"
     assert abs(m.calls - m.extra["invalid"]) <= 1  # they alternate
+    assert m.extra["answered_versions"] == {"1": m.calls}  # each answer names its version
 
 
 def test_soak_resends_transient_failures_but_not_invalid_input(server, export_dir):

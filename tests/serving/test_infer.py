@@ -95,6 +95,7 @@ def test_infer_http_writes_json_and_overlay_per_image(server, images, expected, 
         assert record["label_index"] == int(np.argmax(probs))
         assert record["mask_foreground_fraction"] == pytest.approx(fraction, abs=1e-4)
         assert record["overlay"] == f"{stem}.png" and record["model"] == "multimix"
+        assert record["model_version"] == "1"
         assert record["image"]["rows"] == Image.open(images / f).height and record["dicom_results"] is None
         overlay = Image.open(out / f"{stem}.png")
         assert overlay.size == (512, 512)
@@ -140,6 +141,29 @@ def test_infer_classifier_model(server, images, expected, tmp_path):
     )  # the encoder graph's probs = the fused one's
     assert record["mask_foreground_fraction"] is None and record["model"] == "classifier"
     assert (out / "chest_b.png").is_file()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_infer_pinned_model_version(server, images, expected, tmp_path, protocol):
+    """--model-version N: version N answers (the repository's only one here, 1); a version the
+    server does not serve is a clear error before anything is sent."""
+    url = server.http_url if protocol == "http" else server.grpc_url
+    f = GOOD[0]
+    out = tmp_path / "out"
+    r = _run("--url", url, "--protocol", protocol, "--model-version", "1", "--out", out, images / f)
+    assert r.exit_code == 0, r.output
+    record = _read(out, "chest_a")
+    assert record["model_version"] == "1"  # the version that answered, from the response
+    got = list(record["probabilities"].values())
+    np.testing.assert_allclose(got, expected[f][0], rtol=1e-5, atol=1e-6)
+    r = _run(
+        "--url", url, "--protocol", protocol, "--model-version", "2", "--out", tmp_path / "o2", images / f
+    )
+    assert r.exit_code != 0
+    assert "version 2 of model 'multimix' is not ready" in r.stderr
+    assert not (tmp_path / "o2" / "chest_a.json").exists()
+    r = _run("--url", url, "--model-version", "0", images / f)
+    assert r.exit_code == 2 and "--model-version" in r.stderr
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
