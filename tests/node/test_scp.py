@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -225,13 +226,21 @@ def test_tls_refuses_plaintext_and_a_wrong_ca(tls_node, pki):
 
 def test_a_silent_tls_peer_does_not_block_others(tls_node, pki):
     settings, spool = tls_node
-    silent = socket.create_connection(("127.0.0.1", settings.port))  # connects, never speaks
-    try:
-        start = time.monotonic()
+
+    def send_one():
         assoc = _associate(settings.port, tls=(_client_context(pki, "modality"), "localhost"))
         assert assoc.is_established
-        assert assoc.send_c_store(_dx(6)).Status == admission.SUCCESS
+        status = assoc.send_c_store(_dx(6)).Status
         assoc.release()
+        return status
+
+    silent = socket.create_connection(("127.0.0.1", settings.port))  # connects, never speaks
+    pool = ThreadPoolExecutor(1)
+    try:
+        start = time.monotonic()
+        # a node blocked by the silent peer would hang here: bounded, so the test fails instead
+        assert pool.submit(send_one).result(timeout=10) == admission.SUCCESS
         assert time.monotonic() - start < 2.5  # under the node's 3 s handshake timeout
     finally:
         silent.close()
+        pool.shutdown(wait=False)
