@@ -25,6 +25,7 @@ COMMANDS = {
     "export": "mmtrt.export.command:export",
     "calibrate": "mmtrt.export.calibrate:calibrate",
     "build-engines": "mmtrt.export.command:build_engines_command",
+    "dicom-node": "mmtrt.node.command:dicom_node",
 }
 
 

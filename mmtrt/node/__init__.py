@@ -1,0 +1,1 @@
+"""`mmtrt dicom-node`: mmtrt as a DICOM application entity (Storage SCP, durable spool)."""
