@@ -117,6 +117,26 @@ def _shape_fits(onnx_shape, batched_dims):
     )
 
 
+_SOURCE_KEYS = ("sop_instance_uid", "file_sha256", "request_id")
+_MAX_TEXT = 512  # a client can send the optional inputs itself: what it says is bounded
+
+
+def _named_source(text):
+    """What names a file, from file_decoder's ``source`` (JSON); anything else a client sent as
+    that input is kept only as a bounded claim, never trusted as a name."""
+    try:
+        source = json.loads(text)
+    except ValueError:
+        source = None
+    if (
+        isinstance(source, dict)
+        and source
+        and all(k in _SOURCE_KEYS and isinstance(v, str) for k, v in source.items())
+    ):
+        return {k: v[:_MAX_TEXT] for k, v in source.items()}
+    return {"claimed": text[:_MAX_TEXT]}
+
+
 def _non_finite(parts, arr):
     """A message if an output of one request holds NaN or Inf, else None. Finite inputs can still
     overflow float32 inside the graph (values near 3.4e38); that request gets an error instead of
@@ -298,7 +318,7 @@ class TritonPythonModel:
         answer = dict(parts)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         for k in range(n):
-            source = json.loads(sources[k]) if sources else source_of_tensor(arr[k])
+            source = _named_source(sources[k]) if sources else source_of_tensor(arr[k])
             request_id = request_id or source.pop("request_id", "") or new_request_id()
             source.pop("request_id", None)
             line = {
@@ -309,7 +329,7 @@ class TritonPythonModel:
                 "image": k,
                 "source": source,
                 "outcome": "answered" if ok[k] else "refused",
-                "gate": {"accepted": bool(ok[k]), "reason": reasons[k]},
+                "gate": {"accepted": bool(ok[k]), "reason": reasons[k][:_MAX_TEXT]},
                 "latency_ms": latency_ms,
             }
             if ok[k] and LABEL in answer:
@@ -361,7 +381,10 @@ class TritonPythonModel:
                 answered = {name: value[ok] for name, value in parts if name in (PROBS, LABEL, MASK)}
                 self.metrics.images_answered(ok, answered.get(PROBS), answered.get(LABEL), answered.get(MASK))
                 if self.audit is not None:
-                    self._audit(requests[i], arr, ok, parts, started)
+                    try:
+                        self._audit(requests[i], arr, ok, parts, started)
+                    except Exception as e:  # noqa: BLE001 - the answer stands; the log says what is missing
+                        pb_utils.Logger.log_error(f"model '{self.model_name}': audit line not written: {e}")
             start = stop
         return responses
 

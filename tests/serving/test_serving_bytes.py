@@ -644,3 +644,15 @@ def test_audit_trail_one_line_per_image(server, files, refused_files, audit_dir,
         0o700,
         0o600,
     )
+
+
+def test_audit_trail_bounds_what_a_client_claims(server, files, audit_dir):
+    """multimix's optional inputs can come from any client: a `source` that is not what
+    file_decoder writes is answered and recorded only as a bounded claim."""
+    x = load_image(files["xray.png"])[None, None]
+    claim = np.array([[b"not json " * 200]], dtype=np.object_)
+    with client_for("http", server) as client:
+        got = client.infer("multimix", {"image": x, "source": claim}, ("label",), request_id="audit-claim")
+    assert got["label"].shape == (1, 1)
+    (line,) = [line for line in _audit_lines(audit_dir) if line["request_id"] == "audit-claim"]
+    assert line["source"] == {"claimed": ("not json " * 200)[:512]} and line["outcome"] == "answered"
