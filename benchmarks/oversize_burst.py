@@ -25,10 +25,9 @@ MODEL = "file_decoder"  # the first step of multimix_image: where a file's bytes
 
 
 def _tree_rss_mib(pid: int) -> float:
-    import psutil
+    from mmtrt.bench.soak import server_rss  # tritonserver and its stubs (its process group)
 
-    process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+    return server_rss(pid)[0] / 2**20
 
 
 def _shm_mib() -> float:

@@ -162,6 +162,14 @@ def make_pki(d: Path) -> dict[str, tuple[Path, Path]]:
 MONITORING = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
 
 
+def metrics_page(server: TritonServer) -> str:
+    """The server's Prometheus metrics page, as Prometheus scrapes it."""
+    import urllib.request
+
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
+        return r.read().decode()
+
+
 def rule_groups() -> dict:
     """deploy/monitoring/'s Prometheus rule file (inside its ConfigMap), as Prometheus reads it."""
     import yaml

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .server import _free_port
+
 if TYPE_CHECKING:
     from .server import ServerTls
 
@@ -70,12 +72,6 @@ def find_nginx() -> str:
     return nginx
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class NginxGuard:
     """nginx running the shipped guard in front of Triton's ``http_upstream`` and
     ``grpc_upstream`` ("host:port"), with its files in ``folder``; ``http`` and ``grpc`` are the
@@ -85,8 +81,8 @@ class NginxGuard:
     def __init__(self, http_upstream: str, grpc_upstream: str, folder: Path, tls: ServerTls | None = None):
         self.nginx = find_nginx()
         self.folder = Path(folder)
-        self.http = f"127.0.0.1:{_free_port()}"
-        self.grpc = f"127.0.0.1:{_free_port()}"
+        self.http = f"127.0.0.1:{_free_port('127.0.0.1')}"
+        self.grpc = f"127.0.0.1:{_free_port('127.0.0.1')}"
         self.proc: subprocess.Popen | None = None
         ssl = " ssl" if tls is not None else ""
         self._replacements = {

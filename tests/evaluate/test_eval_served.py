@@ -157,11 +157,10 @@ def test_infer_answers_the_served_label_at_the_operating_point(
 def test_served_models_publish_the_calibration_baseline(server, export_dir):
     """The drift alerts' baseline (deploy/monitoring/): each served graph model publishes the mean
     P(PNEUMONIA) and the PNEUMONIA rate of the validation images the export was calibrated on."""
-    import urllib.request
+    from helpers import metrics_page
 
     validation = json.loads((export_dir / "manifest.json").read_text())["calibration"]["validation"]
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
-        page = r.read().decode()
+    page = metrics_page(server)
     for name, key in (
         ("mmtrt_baseline_pneumonia_probability", "mean_pneumonia_probability"),
         ("mmtrt_baseline_pneumonia_rate", "pneumonia_rate"),

@@ -236,9 +236,9 @@ def test_file_model_through_the_proxy(server, proxy):
 
 
 def _tritonserver_rss(server) -> int:
-    import psutil
+    from mmtrt.bench.soak import server_rss  # tritonserver and its stubs
 
-    return psutil.Process(server.pid).memory_info().rss
+    return server_rss(server.pid)[0]
 
 
 def test_grpc_through_the_proxy(server, proxy):

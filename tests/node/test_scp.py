@@ -20,13 +20,8 @@ from pynetdicom.sop_class import Verification
 from mmtrt.node import admission
 from mmtrt.node.scp import ScpSettings, TlsFiles, start_scp
 from mmtrt.node.spool import Spool
+from mmtrt.serving.server import _free_port
 from tests.data.dicom_fixtures import pydicom_file, xray_dataset, xray_pixels
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _dx(seed: int = 0, **attributes):
@@ -49,7 +44,7 @@ def _associate(port, calling="MODALITY", tls=None):
 @pytest.fixture()
 def node(tmp_path):
     spool = Spool(tmp_path / "spool")
-    settings = ScpSettings(port=_free_port(), allowed_calling_aets=("MODALITY",))
+    settings = ScpSettings(port=_free_port("127.0.0.1"), allowed_calling_aets=("MODALITY",))
     server = start_scp(settings, spool)
     yield settings, spool
     server.shutdown()
@@ -194,7 +189,7 @@ def pki(tmp_path_factory):
 def tls_node(tmp_path, pki):
     spool = Spool(tmp_path / "spool")
     tls = TlsFiles(pki["node"][0], pki["node"][1], pki["ca"][0])
-    settings = ScpSettings(port=_free_port(), tls=tls, network_timeout_s=3)
+    settings = ScpSettings(port=_free_port("127.0.0.1"), tls=tls, network_timeout_s=3)
     server = start_scp(settings, spool)
     yield settings, spool
     server.shutdown()

@@ -35,6 +35,7 @@ from helpers import (
     client_for,
     dicom_conformance,
     encoded,
+    metrics_page,
     model_statistics,
     needs_server,
     ort_session,
@@ -494,14 +495,10 @@ def test_repository_renders_the_limits_and_checks_the_decoder(repo, tmp_path, mo
 _SAMPLE = re.compile(r"^(mmtrt_[a-z_]+)\{([^}]*)\} (\S+)$")
 
 
-def _mmtrt_metrics(server) -> dict[tuple, float]:
-    """mmtrt's series on the server's real metrics page: (name, sorted labels) -> value."""
-    import urllib.request
-
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
-        text = r.read().decode()
+def _mmtrt_metrics(page: str) -> dict[tuple, float]:
+    """mmtrt's series on a metrics page: (name, sorted labels) -> value."""
     series = {}
-    for line in text.splitlines():
+    for line in page.splitlines():
         m = _SAMPLE.match(line)
         if m:
             labels = tuple(sorted(tuple(kv.split("=", 1)) for kv in re.findall(r'\w+="[^"]*"', m.group(2))))
@@ -527,7 +524,7 @@ def test_served_models_publish_what_they_answer(server, files, refused_files):
     tensors to multimix (HTTP and gRPC), a NaN tensor (invalid), files to multimix_image with one
     refused by the gate, an undecodable file (invalid at the decoder)."""
     x = np.stack([load_image(files[n]) for n in ("xray.png", "xray.jpg", "xray16.png")])[:, None]
-    before = _mmtrt_metrics(server)
+    before = _mmtrt_metrics(metrics_page(server))
     labels = []
     with client_for("http", server) as client:
         labels += client.infer("multimix", image_inputs(x), ("label",))["label"].ravel().tolist()
@@ -542,7 +539,8 @@ def test_served_models_publish_what_they_answer(server, files, refused_files):
         labels += got["label"].ravel().tolist()[:1]
         with pytest.raises(RequestError):
             client.infer(IMAGE_MODEL, file_inputs([b"not an image at all"]))
-    after = _mmtrt_metrics(server)
+    page = metrics_page(server)
+    after = _mmtrt_metrics(page)
     assert got[ACCEPTED].ravel().tolist() == [True, False]
     mm, fd = {"model": "multimix"}, {"model": "file_decoder"}
     # multimix: 3 requests of tensors + the ensemble's one answered, the NaN one invalid
@@ -564,11 +562,8 @@ def test_served_models_publish_what_they_answer(server, files, refused_files):
     assert ("mmtrt_requests_total", (("model", "multimix"), ("outcome", "failed"), ("version", "1"))) in after
     # every series the Prometheus rules of deploy/monitoring/ read is on the real page (the
     # baseline gauges need a calibrated export: tests/evaluate/test_eval_served.py)
-    import urllib.request
-
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
-        page = set(re.findall(r"^(\w+)[{ ]", r.read().decode(), re.M))
-    missing = {n for n in rule_series() if not n.startswith("mmtrt_baseline_")} - page
+    names = set(re.findall(r"^(\w+)[{ ]", page, re.M))
+    missing = {n for n in rule_series() if not n.startswith("mmtrt_baseline_")} - names
     assert not missing, missing
 
 
