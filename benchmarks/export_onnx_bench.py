@@ -53,7 +53,18 @@ def prepare_export(export: Path | None, checkpoint: Path | None) -> tuple[Path, 
     model = MultiMix().eval()
     save_checkpoint(work / "ckpt.pt", model, meta={"origin": "random initialisation", "seed": 0})
     print(f"exporting a random-initialised checkpoint into {work / 'export'} (takes a few minutes)")
-    export_model(work / "ckpt.pt", work / "export", engines=False, echo=lambda *a, **k: None)
+    from mmtrt.data import write_synthetic_datasets
+
+    write_synthetic_datasets(
+        work / "data", n_cls={"train": 16, "val": 16, "test": 0}, n_seg=0
+    )  # the image gate's
+    export_model(
+        work / "ckpt.pt",
+        work / "export",
+        engines=False,
+        ood_data=work / "data" / "cls",
+        echo=lambda *a, **k: None,
+    )
     return work / "export", load_checkpoint(work / "ckpt.pt")[0]
 
 

@@ -30,6 +30,9 @@ SERVED_OVER_REFERENCE = {"CPU with bf16 hardware": 4.0, "CPU without bf16 hardwa
 SALIENCY_OVER_ENCODER = 2.0  # time of the saliency graph / time of the encoder graph, one runtime
 SERVED_OVER_IN_PROCESS = 0.9  # a Triton flavour / the same runtime in process, images per second
 FILES_OVER_TENSORS = 1.1  # time per image sending PNG files / sending tensors, one server
+#: the image gate (benchmarks/ood_gate.py): AUROC between the in-domain test split and non-chest
+#: images, at no more than this share of in-domain test images rejected
+OOD_GATE = {"auroc": 0.99, "in_domain_false_reject": 0.02}
 
 
 def in_process_counterpart(target: Target) -> Target | None:

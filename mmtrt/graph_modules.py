@@ -15,22 +15,22 @@ from mmtrt.model import MultiMix
 class EncoderGraph(nn.Module):
     def __init__(self, model: MultiMix):
         super().__init__()
-        self.encoder = model.encoder
+        self.encoder, self.ood = model.encoder, model.ood
 
     def forward(self, image: torch.Tensor):
         logits, skips = self.encoder(image)
-        return (logits, logits.softmax(dim=1), *skips)
+        return (logits, logits.softmax(dim=1), *skips, *self.ood(skips))
 
 
 class SaliencyGraph(nn.Module):
     def __init__(self, model: MultiMix):
         super().__init__()
-        self.encoder = model.encoder
+        self.encoder, self.ood = model.encoder, model.ood
 
     def forward(self, image: torch.Tensor):
         logits, tape = self.encoder.forward_with_tape(image)
         saliency = self.encoder.input_gradient(logits, tape).abs()
-        return (logits, logits.softmax(dim=1), *tape.skips, saliency)
+        return (logits, logits.softmax(dim=1), *tape.skips, saliency, *self.ood(tape.skips))
 
 
 class DecoderGraph(nn.Module):
@@ -49,5 +49,8 @@ class FusedGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        out = self.model(image)
-        return (out["logits"].softmax(dim=1), out["mask"].sigmoid(), out["saliency"])
+        model = self.model
+        logits, tape = model.encoder.forward_with_tape(image)  # MultiMix.forward, with its skips
+        saliency = model.encoder.input_gradient(logits, tape).abs()
+        mask_logits = model.decoder(tape.skips, image, saliency)
+        return (logits.softmax(dim=1), mask_logits.sigmoid(), saliency, *model.ood(tape.skips))

@@ -4,10 +4,13 @@ This module names them (no torch needed: serving and clients read it too); their
 in :mod:`mmtrt.graph_modules`. All share the batch as their first, dynamic axis; images are
 float32 [B, 1, 256, 256] in [0, 1].
 
-    encoder    image -> logits, probs, skip1..skip5          (classification-only requests)
-    saliency   image -> logits, probs, skip1..skip5, saliency (one encoder pass + its input-gradient)
+    encoder    image -> logits, probs, skip1..skip5, ood_score, in_distribution   (classification only)
+    saliency   image -> logits, probs, skip1..skip5, saliency, ood_score, in_distribution
     decoder    image, saliency, skip1..skip5 -> mask_logits, mask
-    multimix   image -> probs, mask, saliency                (the fused joint pipeline)
+    multimix   image -> probs, mask, saliency, ood_score, in_distribution      (the fused pipeline)
+
+Every graph that sees an image also says whether it looks like the training images (the image
+gate of :mod:`mmtrt.ood`: its score and the verdict at the export's threshold).
 
 `saliency` + `decoder` is the split joint pipeline (what a Triton ensemble of engines runs);
 `multimix` is the same computation in one graph. :data:`PIPELINES` names these chains once, and
@@ -21,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 SKIPS = ("skip1", "skip2", "skip3", "skip4", "skip5")
+#: the image gate (mmtrt.ood): float32 [B, 1] score, bool [B, 1] score <= the export's threshold
+OOD = ("ood_score", "in_distribution")
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,10 @@ class GraphSpec:
 GRAPHS: dict[str, GraphSpec] = {
     spec.name: spec
     for spec in (
-        GraphSpec("encoder", "EncoderGraph", ("image",), ("logits", "probs", *SKIPS)),
-        GraphSpec("saliency", "SaliencyGraph", ("image",), ("logits", "probs", *SKIPS, "saliency")),
+        GraphSpec("encoder", "EncoderGraph", ("image",), ("logits", "probs", *SKIPS, *OOD)),
+        GraphSpec("saliency", "SaliencyGraph", ("image",), ("logits", "probs", *SKIPS, "saliency", *OOD)),
         GraphSpec("decoder", "DecoderGraph", ("image", "saliency", *SKIPS), ("mask_logits", "mask")),
-        GraphSpec("multimix", "FusedGraph", ("image",), ("probs", "mask", "saliency")),
+        GraphSpec("multimix", "FusedGraph", ("image",), ("probs", "mask", "saliency", *OOD)),
     )
 }
 
@@ -56,7 +61,7 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "classify": ("encoder",),
 }
 #: what a joint prediction is, whichever pipeline makes it
-JOINT_OUTPUTS = ("probs", "mask", "saliency")
+JOINT_OUTPUTS = ("probs", "mask", "saliency", *OOD)
 
 #: a per-graph runner: named input arrays -> named output arrays (all the graph's outputs)
 Runner = Callable[[Mapping[str, object]], Mapping[str, object]]

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtrt.ood import OODGate
+
 NUM_CLASSES = 2
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # alphabetical folder order, as in the Kermany dataset
 ENCODER_WIDTHS = (16, 32, 64, 128, 256)
@@ -277,6 +279,8 @@ class MultiMix(nn.Module):
         }
         self.encoder = Encoder(in_channels, widths, num_classes, dropout)
         self.decoder = Decoder(widths, bridge_channels=in_channels + 1, dropout=dropout)
+        # the image gate of the exported graphs (mmtrt.ood): fitted by `mmtrt export`, not trained
+        self.ood = OODGate(widths, num_classes)
 
     def forward(self, images: torch.Tensor, detach_saliency: bool = False) -> dict[str, torch.Tensor]:
         logits, tape = self.encoder.forward_with_tape(images)

@@ -32,7 +32,7 @@ mmtrt train --out "$WORK/train" --cls-data "$WORK/data/cls" --seg-data "$WORK/da
     --seg-labels "$SEG_LABELS" --cls-labels -1 --batch-size 8 --seg-batch 2 --lr 3e-4 \
     --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --lr-step 3 --lr-gamma 0.3 --seed "$SEED" --compile off
 
-step "3/9 export: ONNX graphs checked against PyTorch, manifest, TensorRT where available"
+step "3/9 export: the image gate fitted on the training images, ONNX graphs checked against PyTorch, manifest, TensorRT where available"
 mmtrt export "$WORK/train/best.pt" --out "$WORK/export" --precision fp32 --max-batch 8
 
 step "4/9 calibration on the validation split: a temperature and the Youden operating point, into the export's manifest"
@@ -54,8 +54,9 @@ cat "$WORK/serve.log"
 # the admin APIs (the model's config, read by infer and evaluate) need the key mmtrt serve made
 export "$(grep -o 'MMTRT_ADMIN_KEY_FILE=[^ ]*' "$WORK/serve.log")"
 
-step "7/9 inference through the server (gRPC): JSON + overlay per image; a CT slice and a lateral chest view are refused"
-# inputs the model was not made for: pydicom's bundled CT slice, and a chest X-ray whose header says lateral (LL)
+step "7/9 inference through the server (gRPC): JSON + overlay per image; a CT slice, a lateral chest view and a photograph are refused"
+# inputs the model was not made for: pydicom's bundled CT slice and a chest X-ray whose header
+# says lateral (LL), refused by their headers; a photograph (matplotlib's), refused by the image gate
 python - "$WORK/not_for_the_model" "$WORK/data/cls/test/NORMAL/synth_000000.png" <<'PY'
 import shutil, sys
 from pathlib import Path
@@ -67,6 +68,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 shutil.copy(get_testdata_file("CT_small.dcm"), out / "ct_slice.dcm")
+import matplotlib
+shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", out / "photograph.jpg")
 pixels = np.asarray(Image.open(sys.argv[2]).convert("L"))
 ds = Dataset()
 ds.file_meta = FileMetaDataset()
@@ -84,7 +87,8 @@ ds.save_as(out / "lateral_chest.dcm", enforce_file_format=True)
 PY
 mmtrt infer --url "127.0.0.1:$GRPC_PORT" --protocol grpc --out "$WORK/predictions" \
     "$WORK"/data/cls/test/NORMAL/synth_00000{0,2,4}.png "$WORK"/data/cls/test/PNEUMONIA/synth_00000{1,3,5}.png \
-    "$WORK/not_for_the_model/ct_slice.dcm" "$WORK/not_for_the_model/lateral_chest.dcm"
+    "$WORK/not_for_the_model/ct_slice.dcm" "$WORK/not_for_the_model/lateral_chest.dcm" \
+    "$WORK/not_for_the_model/photograph.jpg"
 
 step "8/9 evaluate best.pt (with the export's calibration) in process and through the server, in-domain and cross-domain: metrics, calibration, operating point, figures, report"
 mmtrt evaluate "$WORK/train/best.pt" --name best.pt --calibration "$WORK/export" --url "127.0.0.1:$GRPC_PORT" --protocol grpc \

@@ -283,7 +283,10 @@ def _export_key() -> str:
     import mmtrt.export.onnx_graphs  # noqa: F401 - loads what it depends on
 
     names = sorted(
-        n for n in sys.modules if n in ("mmtrt.model", "mmtrt.graphs") or n.startswith("mmtrt.export")
+        n
+        for n in sys.modules
+        if n in ("mmtrt.model", "mmtrt.graphs", "mmtrt.graph_modules", "mmtrt.ood")
+        or n.startswith("mmtrt.export")
     )
     digest = hashlib.sha256()
     for name in names:
@@ -359,6 +362,44 @@ def _real_export_into(folder: Path, graphs) -> Path:
             "note": "tests real_export (seed 0, untrained)",
             "graphs": {f.stem: graph_record(f, onnx.load(str(f), load_external_data=False)) for f in files},
             "files": {f.name: file_entry(f, kind="onnx", graph=f.stem) for f in files},
+        },
+    )
+    return folder
+
+
+def gated_export(folder: Path, data: Path, graphs=("multimix", "encoder")) -> Path:
+    """An export like :func:`real_export`'s (seed 0, untrained) whose image gate is fitted, as
+    `mmtrt export` fits it, on the classification root ``data`` (train/ and val/): its graphs
+    answer ``in_distribution`` false for images unlike those; ``ood.npz`` and the manifest's
+    ``ood`` record are written as an export's."""
+    import onnx
+    import torch
+
+    from mmtrt.export.manifest import file_entry, graph_record, write_file, write_manifest
+    from mmtrt.export.onnx_graphs import export_onnx
+    from mmtrt.graphs import GRAPHS
+    from mmtrt.model import MultiMix
+    from mmtrt.ood import MANIFEST_KEY, STATS_FILE, fit_gate, stats_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = MultiMix().eval()
+    record = fit_gate(model, data, quantile=0.99, echo=lambda *_: None)
+    for graph in graphs:
+        export_onnx(GRAPHS[graph], model, folder / f"{graph}.onnx", max_batch=MAX_BATCH)
+    write_file(folder / STATS_FILE, stats_bytes(model.ood))
+    files = sorted(folder.glob("*.onnx"))
+    write_manifest(
+        folder,
+        {
+            "max_batch": MAX_BATCH,
+            "note": "tests gated_export (seed 0, untrained, image gate fitted)",
+            "graphs": {f.stem: graph_record(f, onnx.load(str(f))) for f in files},
+            "files": {
+                **{f.name: file_entry(f, kind="onnx", graph=f.stem) for f in files},
+                STATS_FILE: file_entry(folder / STATS_FILE, kind="out-of-distribution statistics"),
+            },
+            MANIFEST_KEY: {**record, "sha256": file_entry(folder / STATS_FILE)["sha256"]},
         },
     )
     return folder

@@ -22,8 +22,12 @@ from .metrics import selection_score
 
 
 class RunState:
-    def __init__(self, model: MultiMix, cfg: TrainConfig, device: torch.device, out: Path):
+    def __init__(
+        self, model: MultiMix, cfg: TrainConfig, device: torch.device, out: Path, cls_root: Path | None = None
+    ):
         self.model, self.cfg, self.device, self.out = model, cfg, device, Path(out)
+        # what the checkpoints say they were trained on (`mmtrt export` fits its image gate there)
+        self.cls_root = str(Path(cls_root).resolve()) if cls_root is not None else None
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma
@@ -57,6 +61,7 @@ class RunState:
             "step": step,
             "seed": self.cfg.seed,
             "metrics": metrics or {},
+            "cls_data": self.cls_root,
             **extra,
             "train_config": self.cfg.to_dict(),
         }

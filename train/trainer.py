@@ -202,7 +202,7 @@ def _train(cfg: TrainConfig, out: Path, dd: Dist) -> dict[str, Any]:
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=not full,
         )
-    state = RunState(model, cfg, device, out)
+    state = RunState(model, cfg, device, out, cls_root if cfg.uses_cls else None)
     optimizer, scheduler, scaler = state.optimizer, state.scheduler, state.scaler
     if cfg.resume:
         state.resume(jlog.write, clean=dd.main)

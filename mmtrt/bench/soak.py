@@ -559,7 +559,26 @@ def _export(out: Path) -> Path:
     mmtrt = [sys.executable, "-c", "from mmtrt.cli import main; main()"]
     ckpt = out / "init.pt"
     subprocess.run(mmtrt + ["init", str(ckpt)], check=True)
-    subprocess.run(mmtrt + ["export", str(ckpt), "--out", str(out / "export"), "--no-engines"], check=True)
+    # the image gate is fitted on synthetic chest X-rays (the soak sends random tensors: a
+    # refused image is still an answer)
+    subprocess.run(
+        mmtrt + ["synth", str(out / "data"), "--n-cls", "12", "--n-seg", "0"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        mmtrt
+        + [
+            "export",
+            str(ckpt),
+            "--out",
+            str(out / "export"),
+            "--no-engines",
+            "--ood-data",
+            str(out / "data" / "cls"),
+        ],
+        check=True,
+    )
     return out / "export"
 
 

@@ -41,7 +41,7 @@ from .decoded import DataError, Source, as_source
 from .dicom import RADIOGRAPH_MODALITIES, read_dataset
 from .images import looks_like_dicom
 
-__all__ = ["RULES", "Verdict", "ACCEPTED", "judge", "judge_file", "relaxed_rules"]
+__all__ = ["RULES", "Verdict", "ACCEPTED", "judge", "judge_file", "relaxed_rules", "out_of_distribution"]
 
 #: rule name -> the attribute it judges (the names ``--allow`` takes)
 RULES = {
@@ -172,3 +172,17 @@ def judge_file(source: Source, relaxed: Iterable[str] = ()) -> Verdict:
     except DataError:
         return ACCEPTED
     return judge(ds, relaxed)
+
+
+def out_of_distribution(score: float, threshold: float | None = None) -> str:
+    """The reason an image the image gate of the exported graphs (mmtrt/ood.py) refused is given:
+    its pixels do not look like the images the export's gate was fitted on."""
+    above = (
+        f"above the export's threshold {threshold:.4g}"
+        if threshold is not None
+        else "above the export's threshold"
+    )
+    return (
+        f"out of distribution: the image gate's score {score:.4g} is {above} (the image does not "
+        "look like the chest X-rays the model was fitted on)"
+    )

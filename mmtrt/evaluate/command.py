@@ -51,7 +51,8 @@ def _name_for(path: Path) -> str:
     type=click.Path(path_type=Path),
     help="An export folder whose calibration (`mmtrt calibrate`: temperature and operating point) "
     "the CHECKPOINT(s) are evaluated with, as its served models apply it; the report shows ECE and "
-    "Brier before and after. A served model (--url) always answers with its own export's.",
+    "Brier before and after. Its image gate too: the images it refuses are counted, not scored. "
+    "A served model (--url) always answers with its own export's.",
 )
 @click.option("--model", "served_model", default=JOINT_MODEL, help="Served model name (the joint model).")
 @batch_size_option("Images per forward / request (capped at the served model's max_batch_size).")
@@ -118,15 +119,19 @@ def evaluate(
         import torch
 
         torch.set_num_threads(threads)
-    calibration = None
+    calibration = gate = None
     if calibration_export is not None:
         from mmtrt.calibration import MANIFEST_KEY, Calibration, CalibrationError
         from mmtrt.export.manifest import ExportError, read_manifest
+        from mmtrt.ood import MANIFEST_KEY as OOD_KEY
+        from mmtrt.ood import STATS_FILE, OODError, read_stats
 
         try:
             manifest = read_manifest(calibration_export, check_files=False)
             calibration = Calibration.from_manifest(manifest)
-        except (ExportError, CalibrationError) as e:
+            # the export's image gate too: the checkpoint refuses what the served models refuse
+            gate = read_stats(calibration_export / STATS_FILE) if OOD_KEY in manifest else None
+        except (ExportError, CalibrationError, OODError) as e:
             fail(f"--calibration: {e}")
         if MANIFEST_KEY not in manifest:
             fail(f"--calibration: {calibration_export} is not calibrated (run `mmtrt calibrate` on it)")
@@ -134,7 +139,7 @@ def evaluate(
     try:
         for i, ckpt in enumerate(checkpoints):
             name = names[i] if names else _name_for(ckpt)
-            predictors.append(CheckpointPredictor(ckpt, name=name, calibration=calibration))
+            predictors.append(CheckpointPredictor(ckpt, name=name, calibration=calibration, gate=gate))
         if server.urls:
             servers = server.servers(say=lambda m: click.echo(m, err=True))
             predictors.append(TritonPredictor(servers, served_model))

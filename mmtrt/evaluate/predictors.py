@@ -9,11 +9,15 @@ and return the same arrays, so the same images give the same numbers either way:
     label     [B]          the class it answers (0 NORMAL, 1 PNEUMONIA): at its operating point
     mask      [B, H, W]    foreground probability (sigmoid of the mask logits)
     saliency  [B, H, W]    |d logit[argmax] / d image| (the saliency graph)
+    answered  [B] bool     the images its image gate (mmtrt.ood) finds in distribution: the others
+                           are refused (a served model's outputs for them are zeros)
 
 A checkpoint given a :class:`~mmtrt.calibration.Calibration` (an export's, ``mmtrt evaluate
 --calibration``) applies it as the served models do, and also returns ``uncalibrated_probs``, the
 softmax before it. A served model answers its own export's calibration (its ``probs`` and
-``label`` outputs; the argmax where a model has no ``label``).
+``label`` outputs; the argmax where a model has no ``label``). Likewise for the image gate: a
+checkpoint given the export's gate statistics (``ood.npz``) refuses what the served models refuse;
+without them it answers every image.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class CheckpointPredictor:
 
     kind = "checkpoint"
 
-    def __init__(self, path: Path, name: str | None = None, device: str = "cpu", calibration=None):
+    def __init__(self, path: Path, name: str | None = None, device: str = "cpu", calibration=None, gate=None):
         import torch
 
         from mmtrt.checkpoint import CheckpointError, load_checkpoint
@@ -57,6 +61,8 @@ class CheckpointPredictor:
         self.name = name or self.path.stem
         self.source = str(self.path)
         self.calibration = calibration
+        if gate is not None:  # the export's image gate (mmtrt.ood statistics)
+            self.model.ood.load(gate)
 
     def describe(self) -> dict:
         out = {
@@ -91,14 +97,17 @@ class CheckpointPredictor:
         enc = self.model.encoder
         with torch.no_grad():  # (the saliency graph is explicit forward ops: no autograd)
             if not need_mask:
-                logits = enc(x).logits
-                return self._answer(torch.softmax(logits.float(), 1).cpu().numpy())
+                logits, skips = enc(x)
+                answered = self.model.ood(skips)[1].reshape(-1).cpu().numpy()
+                return {**self._answer(torch.softmax(logits.float(), 1).cpu().numpy()), "answered": answered}
             logits, tape = enc.forward_with_tape(x)
             saliency = enc.input_gradient(logits, tape).abs()
             feed = saliency if self.bridge else torch.zeros_like(x)
             mask = torch.sigmoid(self.model.decoder(tape.skips, x, feed).float())
+            answered = self.model.ood(tape.skips)[1].reshape(-1).cpu().numpy()
         return {
             **self._answer(torch.softmax(logits.float(), 1).cpu().numpy()),
+            "answered": answered,
             "mask": mask[:, 0].cpu().numpy(),
             "saliency": saliency[:, 0].float().cpu().numpy(),
         }
@@ -138,7 +147,7 @@ class TritonPredictor:
                 f"model '{model}' at {self.where} has no {missing} output(s) (outputs: "
                 f"{info.output_names}); evaluate needs the joint model (mmtrt repo's 'multimix')"
             )
-        self.outputs = self.OUTPUTS + (("label",) if "label" in info.output_names else ())
+        self.outputs = self.OUTPUTS + tuple(o for o in ("label", "in_distribution") if o in info.output_names)
         self._session = self._servers.session()
 
     OUTPUTS = ("probs", "mask", "saliency")
@@ -165,7 +174,11 @@ class TritonPredictor:
             label = np.concatenate([p["label"] for p in parts]).reshape(-1).astype(np.int64)
         else:  # a model without the label output (gpu flavour): serves uncalibrated exports only
             label = np.argmax(probs, 1)
-        return {"probs": probs, "label": label, "mask": mask, "saliency": saliency}
+        if "in_distribution" in self.outputs:
+            answered = np.concatenate([p["in_distribution"] for p in parts]).reshape(-1).astype(bool)
+        else:
+            answered = np.ones(len(images), dtype=bool)
+        return {"probs": probs, "label": label, "mask": mask, "saliency": saliency, "answered": answered}
 
     def close(self) -> None:
         session = getattr(self, "_session", None)

@@ -50,8 +50,10 @@ def _table(results: dict, task: str, keys, value_key: str, units: dict) -> str:
             if not block:
                 continue
             cells = "".join(_cell(block, k, value_key) for k in keys)
+            refused = block.get("refused") or 0
             rows.append(
-                f"<tr><td>{html.escape(model)}</td><td>{html.escape(dom)}</td><td>{block['n']}</td>{cells}</tr>"
+                f"<tr><td>{html.escape(model)}</td><td>{html.escape(dom)}</td><td>{block['n']}</td>"
+                f"<td>{refused}</td>{cells}</tr>"
             )
     if not rows:
         return ""
@@ -60,7 +62,10 @@ def _table(results: dict, task: str, keys, value_key: str, units: dict) -> str:
         f"{' ↓' if k in LOWER_IS_BETTER else ''}</th>"
         for k in keys
     )
-    return f"<table><tr><th>model</th><th>domain</th><th>n</th>{head}</tr>{''.join(rows)}</table>"
+    return (
+        f"<table><tr><th>model</th><th>domain</th><th>n</th><th>refused (image gate)</th>{head}</tr>"
+        f"{''.join(rows)}</table>"
+    )
 
 
 def _calibration(model: dict) -> str:

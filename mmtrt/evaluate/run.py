@@ -67,6 +67,9 @@ class Collected:
     seg_metrics: list[dict[str, float]] = field(default_factory=list)
     gallery_seg: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # index -> arrays
     gallery_cls: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    # images the predictor's image gate refused: left out of the metrics, counted and listed
+    cls_refused: list[str] = field(default_factory=list)
+    seg_refused: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -146,7 +149,7 @@ def _collect(
     t0 = time.perf_counter()
     cls_set = sets.get("cls")
     if cls_set is not None:
-        labels, probs, predicted, uncalibrated = [], [], [], []
+        labels, probs, predicted, uncalibrated, files = [], [], [], [], []
         picks = set(_pick_cls(list(cls_set.labels), gallery))
 
         def need_mask(idx):
@@ -155,13 +158,16 @@ def _collect(
         for idx, items, x, res in _predicted_batches(
             predictor, domain, "cls", cls_set, batch, hist, need_mask
         ):
-            probs.append(res["probs"])
-            predicted.append(res["label"])
+            ok = res["answered"]
+            out.cls_refused += [str(cls_set.paths[i]) for j, i in enumerate(idx) if not ok[j]]
+            probs.append(res["probs"][ok])
+            predicted.append(res["label"][ok])
             if "uncalibrated_probs" in res:
-                uncalibrated.append(res["uncalibrated_probs"])
-            labels += [int(y) for _, y in items]
+                uncalibrated.append(res["uncalibrated_probs"][ok])
+            labels += [int(y) for j, (_, y) in enumerate(items) if ok[j]]
+            files += [str(cls_set.paths[i]) for j, i in enumerate(idx) if ok[j]]
             for j, i in enumerate(idx):
-                if i in picks:
+                if i in picks and ok[j]:
                     out.gallery_cls[i] = {
                         "image": x[j, 0],
                         "saliency": res["saliency"][j],
@@ -171,13 +177,17 @@ def _collect(
         out.cls_probs = np.concatenate(probs)
         out.cls_predicted = np.concatenate(predicted)
         out.cls_uncalibrated = np.concatenate(uncalibrated) if uncalibrated else None
-        out.cls_files = [str(p) for p in cls_set.paths]
+        out.cls_files = files
     seg_set = sets.get("seg")
     if seg_set is not None:
         picks = set(_pick(len(seg_set), gallery))
         batches = _predicted_batches(predictor, domain, "seg", seg_set, batch, hist, lambda idx: True)
         for idx, items, x, res in batches:
             for j, i in enumerate(idx):
+                if not res["answered"][j]:
+                    out.seg_refused.append(str(seg_set.paths[i]))
+                    continue
+                out.seg_files.append(str(seg_set.paths[i]))
                 target = items[j][1].numpy()[0] > 0.5
                 prob = res["mask"][j]
                 m = segmentation_metrics(prob > MASK_THRESHOLD, target, spacing=spacing["seg"][i], prob=prob)
@@ -189,7 +199,6 @@ def _collect(
                         "pred": prob > MASK_THRESHOLD,
                         "saliency": res["saliency"][j],
                     }
-        out.seg_files = [str(p) for p in seg_set.paths]
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -216,6 +225,8 @@ def _open_sets(domain: Domain, split: str | None, seg_spacing: float | None, siz
 
 def _summarise(c: Collected, n_boot: int, seed: int) -> dict:
     res: dict = {}
+    if c.cls_labels is not None and not len(c.cls_labels):
+        raise EvaluateError(f"the image gate refused every classification image ({len(c.cls_refused)})")
     if c.cls_labels is not None:
         y, probs, pred = c.cls_labels, c.cls_probs, c.cls_predicted
         # one set of resamples (same images, resamples and seed) for every interval
@@ -238,9 +249,12 @@ def _summarise(c: Collected, n_boot: int, seed: int) -> dict:
             for k in UNCALIBRATED_KEYS:
                 cls[f"{k}_uncalibrated"] = {"value": m[k], "ci95": list(ci[k])}
             cls["reliability_uncalibrated"] = reliability_curve(y, raw)
+        cls["refused"] = len(c.cls_refused)  # by the image gate: not in n, nor in the metrics
         res["classification"] = cls
+    if c.seg_refused and not c.seg_metrics:
+        raise EvaluateError(f"the image gate refused every segmentation image ({len(c.seg_refused)})")
     if c.seg_metrics:
-        seg = {"n": len(c.seg_metrics)}
+        seg = {"n": len(c.seg_metrics), "refused": len(c.seg_refused)}
         keys = [k for k in (*SEG_KEYS, "ssim") if k in c.seg_metrics[0]]
         for k in keys:
             v = np.array([m[k] for m in c.seg_metrics])
@@ -401,6 +415,11 @@ def _write_csvs(out: Path, results: dict, collected: dict) -> None:
                     + [f"{m[k]:.6f}" for k in SEG_KEYS]
                     + [f"{m['ssim']:.6f}" if "ssim" in m else ""]
                 )
+            for task, refused in (("classification", c.cls_refused), ("segmentation", c.seg_refused)):
+                per_image += [
+                    [model, dom, task, fname, "", "", "refused"] + [""] * (len(SEG_KEYS) + 1)
+                    for fname in refused
+                ]
     _write_csv(
         out / "per_image.csv",
         ["model", "domain", "task", "file", "label", "p_pneumonia", "predicted", *SEG_KEYS, "ssim"],

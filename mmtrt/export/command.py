@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mmtrt.export.exporter import DEFAULT_MAX_BATCH
+from mmtrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OOD_QUANTILE
 
 
 @click.command("export")
@@ -31,9 +31,25 @@ from mmtrt.export.exporter import DEFAULT_MAX_BATCH
     default=True,
     help="Build TensorRT engines when TensorRT and a CUDA GPU are present.",
 )
-def export(checkpoint, out, precision, max_batch, opset, overwrite, engines):
-    """Export a MultiMix CHECKPOINT to ONNX graphs with a dynamic batch axis, check them against
-    PyTorch in onnxruntime, write a manifest, and build TensorRT engines where possible."""
+@click.option(
+    "--ood-data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="In-distribution images the image gate is fitted on: a classification root with train/ "
+    "(the Gaussians) and val/ (the threshold) [default: the checkpoint's training data].",
+)
+@click.option(
+    "--ood-quantile",
+    type=click.FloatRange(0.5, 1.0, max_open=True),
+    default=DEFAULT_OOD_QUANTILE,
+    show_default=True,
+    help="The image gate's threshold: this quantile of the held-out (val/) images' scores; the "
+    "share of such images it rejects is written in the manifest.",
+)
+def export(checkpoint, out, precision, max_batch, opset, overwrite, engines, ood_data, ood_quantile):
+    """Export a MultiMix CHECKPOINT to ONNX graphs with a dynamic batch axis and an image gate
+    (an out-of-distribution score fitted on in-distribution images), check them against PyTorch
+    in onnxruntime and OpenVINO, write a manifest, and build TensorRT engines where possible."""
     from mmtrt.checkpoint import CheckpointError
     from mmtrt.export.exporter import export_model
     from mmtrt.export.manifest import ExportError
@@ -47,6 +63,8 @@ def export(checkpoint, out, precision, max_batch, opset, overwrite, engines):
             opset=opset,
             overwrite=overwrite,
             engines=engines,
+            ood_data=ood_data,
+            ood_quantile=ood_quantile,
             echo=click.echo,
         )
     except (ExportError, CheckpointError) as exc:

@@ -1,7 +1,8 @@
 """Exporting a checkpoint and building its TensorRT engines (the library behind `mmtrt export`
 and `mmtrt build-engines`, which are in :mod:`mmtrt.export.command`).
 
-export: checkpoint -> the four ONNX graphs (+ mixed-precision copies for fp16/bf16) -> parity
+export: checkpoint -> the image gate's statistics fitted on in-distribution images (mmtrt.ood) ->
+the four ONNX graphs (+ mixed-precision copies for fp16/bf16) -> parity
 against PyTorch on fresh inputs -> parity.json + manifest.json -> TensorRT engines where TensorRT
 and a CUDA GPU exist (otherwise it says which were not built and the command that builds them).
 Everything is written into a temporary folder beside --out and renamed into place only once it
@@ -15,6 +16,7 @@ Progress goes to the ``echo(message, nl=True)`` callback (default: standard outp
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import shutil
 import sys
@@ -40,6 +42,8 @@ from mmtrt.export.manifest import (
 from mmtrt.files import NotOurFolder, check_replaceable, move_folder_into_place
 
 DEFAULT_MAX_BATCH = 8
+# the image gate's threshold: this quantile of held-out in-distribution scores (1% rejected)
+DEFAULT_OOD_QUANTILE = 0.99
 
 
 def _print(message: str = "", nl: bool = True) -> None:
@@ -55,11 +59,17 @@ def export_model(
     opset: int | None = None,
     overwrite: bool = False,
     engines: bool = True,
+    ood_data: Path | None = None,
+    ood_quantile: float = DEFAULT_OOD_QUANTILE,
     echo=_print,
     progress=None,
 ) -> dict:
     """Export, validate and (where possible) build engines; returns the manifest.
-    Raises ExportError / CheckpointError with a message for the user."""
+
+    ``ood_data``: the classification root (Kermany layout, train/ and val/) the image gate is
+    fitted on (train) and its threshold chosen on (val, at ``ood_quantile``); by default the
+    classification data the checkpoint was trained on, where its training config names a folder
+    that exists. Raises ExportError / CheckpointError with a message for the user."""
     import onnx
 
     from mmtrt.checkpoint import file_sha256, load_checkpoint
@@ -67,6 +77,8 @@ def export_model(
     from mmtrt.export.precision import MIN_OPSET, PRECISIONS, mixed_precision, policy, reduced_convolutions
     from mmtrt.export.validate import format_table, installed_runtimes, serving_runners, validate
     from mmtrt.graphs import GRAPHS
+    from mmtrt.ood import MANIFEST_KEY as OOD_KEY
+    from mmtrt.ood import STATS_FILE, OODError, fit_gate, stats_bytes
     from mmtrt.runtimes import openvino, ort
 
     started = time.perf_counter()
@@ -93,10 +105,15 @@ def export_model(
 
     model, meta = load_checkpoint(checkpoint)  # CheckpointError names the file and the problem
     checkpoint_sha = file_sha256(checkpoint)
+    ood_data = _ood_data(ood_data, meta, checkpoint)
     echo(f"mmtrt export: {checkpoint} (sha256 {checkpoint_sha[:12]}...) -> {out}")
     echo(f"  precision {precision}, max batch {max_batch}, opset {opset}")
     for line in _policy_lines(policy(precision)):
         echo("  " + line)
+    try:
+        ood = fit_gate(model, ood_data, quantile=ood_quantile, echo=echo)
+    except OODError as exc:
+        raise ExportError(f"--ood-data: {exc}") from None
 
     # OpenVINO runs a mixed copy's reduced convolutions natively where the CPU has the hardware
     native_reduced, note = openvino.reduced_precision_native(precision)
@@ -105,6 +122,8 @@ def export_model(
     staging = _staging_folder(out)
     try:
         protos, files, runners, graphs, fp32_files = {}, {}, {}, {}, {}
+        write_file(staging / STATS_FILE, stats_bytes(model.ood))
+        files[STATS_FILE] = {"kind": "out-of-distribution statistics"}
         for i, (name, spec) in enumerate(GRAPHS.items(), 1):
             t0 = time.perf_counter()
             echo(
@@ -194,6 +213,7 @@ def export_model(
             },
             "engines": engine_status,
             "versions": versions(),
+            OOD_KEY: {**ood, "sha256": file_entry(staging / STATS_FILE)["sha256"]},
         }
         manifest = write_manifest(staging, manifest)
         move_folder_into_place(staging, out)
@@ -281,7 +301,12 @@ def build_engines(folder: Path, *, echo=_print, progress=None) -> dict:
     references = {graph: ort.runner(folder / info["file"]) for graph, info in manifest["graphs"].items()}
     parity = json.loads((folder / PARITY).read_text())
     report = validate_against(
-        runners, references, parity, manifest["model"]["in_channels"], progress=progress or _progress(echo)
+        runners,
+        references,
+        parity,
+        manifest["model"]["in_channels"],
+        progress=progress or _progress(echo),
+        ood_threshold=float((manifest.get("ood") or {}).get("threshold", math.inf)),
     )
     echo(format_table(report["rows"]))
     write_json(folder / ENGINE_PARITY, {"created": now(), **report})
@@ -321,6 +346,20 @@ def build_engines(folder: Path, *, echo=_print, progress=None) -> dict:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _ood_data(given: Path | None, meta: dict, checkpoint: Path) -> Path:
+    """The folder the image gate is fitted on: ``given``, else the checkpoint's training data."""
+    if given is not None:
+        return Path(given)
+    trained_on = meta.get("cls_data") or (meta.get("train_config") or {}).get("cls_data")
+    if trained_on and Path(trained_on).is_dir():
+        return Path(trained_on)
+    raise ExportError(
+        "the image gate (an out-of-distribution score inside the graphs) is fitted on "
+        "in-distribution images: pass --ood-data DIR, a classification root with train/ and val/ "
+        f"(Kermany layout){f'; {checkpoint} was trained on {trained_on}, which is not a folder here' if trained_on else ''}"
+    )
 
 
 def _staging_folder(out: Path) -> Path:

@@ -78,6 +78,9 @@ class Tolerances:
     # reduced precision: the backward half of the saliency runs reduced, so its error is judged
     # by itself (mean per-image relative error against float64) instead of the float32 ratio
     saliency_rel: float | None = None
+    # the image gate's score: relative L2 error; its verdict must agree wherever the reference
+    # score is not within 10x that of the threshold
+    ood_rel: float = 1e-4
 
 
 # fp32: the issue's tolerances. fp16/bf16 apply to the mixed-precision copies, whose saliency
@@ -106,6 +109,7 @@ TOLERANCES = {
         mask_abs=5e-3,
         mask_dice=0.995,
         saliency_rel=5e-3,
+        ood_rel=5e-3,
     ),
     "bf16": Tolerances(
         class_rel=2e-2,
@@ -114,6 +118,7 @@ TOLERANCES = {
         mask_abs=3e-2,
         mask_dice=0.98,
         saliency_rel=2e-2,
+        ood_rel=2e-2,
     ),
 }
 # A TensorRT engine is checked against onnxruntime, not float64: two runtimes that each stay
@@ -182,6 +187,7 @@ class ReferenceModel:
         self.model = model.eval()
         self.model64 = MultiMix(**model.config).double().eval()
         self.model64.load_state_dict(model.state_dict())
+        self.model64.ood.load(model.ood.statistics())  # fitted at export, not in the state dict
         self.graphs = pytorch.runners(self.model)
 
     @torch.no_grad()
@@ -230,15 +236,16 @@ def _kind(name: str) -> str:
         return "class"
     if name in SKIPS:
         return "skip"
-    return name  # saliency, mask, mask_logits
+    return name  # saliency, mask, mask_logits, ood_score, in_distribution
 
 
 class ParityCheck:
     """Collects the comparisons of one or more runtimes' graphs and judges them."""
 
-    def __init__(self):
+    def __init__(self, ood_threshold: float = math.inf):
         self.stats: dict[tuple[str, str, str, str], _Stat] = {}  # (label, precision, output, kind)
         self.batches_seen: set[int] = set()
+        self.ood_threshold = ood_threshold  # the image gate's, inside the graphs
 
     def _stat(self, label, precision, output, kind) -> _Stat:
         return self.stats.setdefault((label, precision, output, kind), _Stat())
@@ -278,6 +285,11 @@ class ParityCheck:
                     decisive = (top2[:, 1] - top2[:, 0]) > 10 * tol.class_rel * np.abs(e).max(axis=1)
                     stat.decisive += int(decisive.sum())
                     stat.agree += int(((a.argmax(1) == e.argmax(1)) & decisive).sum())
+                elif family == "in_distribution":
+                    score = np.asarray(expected["ood_score"], dtype=np.float64)[rows].reshape(-1)
+                    decisive = np.abs(score - self.ood_threshold) > 10 * tol.ood_rel * np.abs(score)
+                    stat.decisive += int(decisive.sum())
+                    stat.agree += int(((a.reshape(-1) == e.reshape(-1)) & decisive).sum())
                 elif family in ("mask", "mask_logits"):
                     threshold = 0.5 if family == "mask" else 0.0
                     for i in range(len(rows)):
@@ -322,6 +334,14 @@ class ParityCheck:
             elif family == "skip":
                 if rel > tol.skip_rel:
                     problems.append(f"relative error {rel:.2e} > {tol.skip_rel:g}")
+            elif family == "ood_score":
+                if rel > tol.ood_rel:
+                    problems.append(f"relative error {rel:.2e} > {tol.ood_rel:g}")
+            elif family == "in_distribution":
+                row["agree"] = s.agree / s.decisive if s.decisive else 1.0
+                row["ties"] = s.samples - s.decisive
+                if row["agree"] < 1.0:
+                    problems.append(f"verdict agreement {row['agree']:.4f} < 1 away from the threshold")
             elif family in ("mask", "mask_logits"):
                 row["dice"] = s.dice
                 if family == "mask" and s.max_abs > tol.mask_abs:
@@ -412,7 +432,7 @@ def validate(
     label is what the table calls it (e.g. "encoder" or "encoder.fp16").
     """
     references = ReferenceModel(model)
-    check = ParityCheck()
+    check = ParityCheck(float(model.ood.threshold))
     batches = validation_batches(max_batch)
     channels = model.config["in_channels"]
     for batch in progress(batches):
@@ -437,6 +457,7 @@ def validate_against(
     parity: dict,
     channels: int = 1,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
+    ood_threshold: float = math.inf,
 ) -> dict:
     """Check runners (TensorRT engines) against reference runners (onnxruntime, by graph) on the
     export's validation inputs, reading PyTorch's saliency errors from the export's parity report."""
@@ -446,7 +467,7 @@ def validate_against(
         for r in parity["rows"]
         if r["output"] == "saliency" and r["precision"] == "fp32" and r["graph"] == "saliency"
     }
-    check = ParityCheck()
+    check = ParityCheck(ood_threshold)
     for batch in progress(batches):
         images = batch.images(channels).numpy()
         # the reference tensors: the joint pipeline's (the decoder takes what the saliency graph

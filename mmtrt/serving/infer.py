@@ -15,8 +15,11 @@ label, the class at the export's operating point (:mod:`mmtrt.calibration`); a m
 The input gate (:mod:`mmtrt.data.gate`) judges each DICOM file's header before anything is sent:
 a file it refuses is not decoded or sent, and the server's file model applies its own gate (its
 repository setting) to the files sent as bytes, answering ``accepted`` false and a
-``refusal_reason``. Either way the image is *refused*, not failed: its JSON says ``"outcome":
-"refused"`` and the reason, it gets no overlay and no DICOM results, and the run goes on.
+``refusal_reason``. The image gate inside the served graphs (:mod:`mmtrt.ood`) judges the
+pixels of every image it runs: one it finds out of distribution (``in_distribution`` false) is
+refused too, with its score. Either way the image is *refused*, not failed: its JSON says
+``"outcome": "refused"`` and the reason, it gets no overlay and no DICOM results, and the run
+goes on.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import numpy as np
 
 from mmtrt.data.datasets import CLASSES
 from mmtrt.data.dicom import DicomWarning
-from mmtrt.data.gate import judge_file
+from mmtrt.data.gate import judge_file, out_of_distribution
 from mmtrt.data.images import IMAGE_EXTENSIONS, DataError, ImageMeta, looks_like_dicom, read_image
 from mmtrt.files import atomic_write
+from mmtrt.graphs import OOD
 
 from .client import (
     ACCEPTED,
@@ -79,6 +83,7 @@ class ImageResult:
     served_size: tuple[int, int] | None = None  # (rows, columns) the server decoded (sent as bytes)
     refusal_reason: str | None = None  # refused by the input gate (here or in the server): why
     refused_by: str | None = None  # "mmtrt infer" or the served model that refused it
+    ood_score: float | None = None  # the image gate's score (mmtrt.ood), when the model ran it
 
     @property
     def ok(self) -> bool:
@@ -476,7 +481,7 @@ def model_routes(
             )
         wanted = tuple(
             o
-            for o in ("probs", "label", "mask", "saliency", ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON)
+            for o in ("probs", "label", "mask", "saliency", *OOD, ORIGINAL_SIZE, ACCEPTED, REFUSAL_REASON)
             if o in outputs
         )
         routes[kind] = Route(kind, name, info.max_batch_size, wanted, version or info.newest_version)
@@ -559,9 +564,16 @@ def write_result(
     cannot be written whole is removed and becomes the image's error. An image sent as bytes comes
     back with the size the server decoded (``original_size``); one that differs from the size
     decoded here is said. An image the server's input gate refused (``accepted`` false) is
-    written as refused (:func:`refuse`): its other outputs are no result."""
+    written as refused (:func:`refuse`): its other outputs are no result; so is one the image gate
+    of the served graph finds out of distribution (``in_distribution`` false)."""
     if ACCEPTED in got and not bool(np.asarray(got[ACCEPTED]).reshape(-1)[0]):
         reason = _text(got.get(REFUSAL_REASON)) or "refused by the server's input gate (no reason given)"
+        refuse(r, reason, by=model, out=out, stem=stem, say=say, sent=sent, server=server)
+        return
+    if "ood_score" in got:
+        r.ood_score = float(np.asarray(got["ood_score"]).reshape(-1)[0])
+    if "in_distribution" in got and not bool(np.asarray(got["in_distribution"]).reshape(-1)[0]):
+        reason = out_of_distribution(r.ood_score)
         refuse(r, reason, by=model, out=out, stem=stem, say=say, sent=sent, server=server)
         return
     r.probs = np.asarray(got["probs"], dtype=np.float64)
@@ -641,6 +653,7 @@ def refuse(
         "outcome": "refused",
         "refusal_reason": reason,
         "refused_by": by,
+        "ood_score": r.ood_score,
         "label": None,
         "probabilities": None,
         "server": server,
@@ -684,6 +697,7 @@ def _record(r: ImageResult, *, model: str, model_version: str | None, sent: str,
         "probabilities": {name: float(p) for name, p in zip(CLASSES, r.probs)},
         "mask_foreground_fraction": r.mask_fraction,
         "mask_threshold": MASK_THRESHOLD if r.mask_fraction is not None else None,
+        "ood_score": r.ood_score,
         "overlay": r.overlay_path.name if r.overlay_path else None,
         "model": model,
         "model_version": model_version,

@@ -6,12 +6,14 @@ metrics: what the model answers, not only that it answers. Every series carries 
 - ``mmtrt_requests_total{outcome}``: requests answered, ``invalid`` (the request's own fault:
   HTTP 400 / gRPC INVALID_ARGUMENT) or ``failed`` (the model's: HTTP 500);
 - ``mmtrt_images_total{outcome}``: images of answered requests, ``answered`` or ``refused`` by
-  the input gate;
+  the input gate (the DICOM header's or the image gate's);
 - ``mmtrt_predictions_total{label}``: the labels answered (NORMAL / PNEUMONIA, at the export's
   operating point), for the models that answer one;
 - ``mmtrt_pneumonia_probability``: histogram of the answered P(PNEUMONIA) (calibrated);
 - ``mmtrt_lung_mask_fraction``: histogram of the fraction of each answered image inside the lung
   mask (mask > 0.5), for the models that answer a mask;
+- ``mmtrt_ood_score``: histogram of the image gate's score of every image the graph ran on
+  (mmtrt/ood.py; about 1 for a typical training image; above the export's threshold: refused);
 - ``mmtrt_decode_seconds``: histogram of the time to decode one file (``file_decoder``);
 - ``mmtrt_baseline_pneumonia_probability`` / ``mmtrt_baseline_pneumonia_rate``: gauges of the
   mean P(PNEUMONIA) and the PNEUMONIA rate on the validation images the export was calibrated on
@@ -28,6 +30,7 @@ import triton_python_backend_utils as pb_utils
 
 PROBABILITY_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 MASK_FRACTION_BUCKETS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0]
+OOD_SCORE_BUCKETS = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 1000.0]
 DECODE_SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 CLASSES = ("NORMAL", "PNEUMONIA")
 MASK_THRESHOLD = 0.5
@@ -63,6 +66,7 @@ class ModelMetrics:
         self._mask = _family(
             "mmtrt_lung_mask_fraction", "Fraction of each answered image inside the lung mask", histogram
         )
+        self._ood = _family("mmtrt_ood_score", "The image gate's score of each image run", histogram)
         self._decode = _family("mmtrt_decode_seconds", "Seconds to decode one image file", histogram)
         self._baseline_probability = _family(
             "mmtrt_baseline_pneumonia_probability",
@@ -82,6 +86,7 @@ class ModelMetrics:
         self.predictions = [self._predictions.Metric(labels={**labels, "label": c}) for c in CLASSES]
         self.probability = self._probability.Metric(labels=labels, buckets=PROBABILITY_BUCKETS)
         self.mask_fraction = self._mask.Metric(labels=labels, buckets=MASK_FRACTION_BUCKETS)
+        self.ood_score = self._ood.Metric(labels=labels, buckets=OOD_SCORE_BUCKETS)
         self.decode_seconds = self._decode.Metric(labels=labels, buckets=DECODE_SECONDS_BUCKETS)
         if baseline:
             self._baseline_probability.Metric(labels=labels).set(
@@ -92,9 +97,10 @@ class ModelMetrics:
     def request(self, outcome):
         self.requests[outcome].increment(1)
 
-    def images_answered(self, accepted, probs=None, labels=None, mask=None):
-        """One answered request: ``accepted`` bool [n] (the gate's verdicts), and the outputs of
-        its accepted images: ``probs`` [k, 2], ``labels`` [k], ``mask`` [k, 1, H, W]."""
+    def images_answered(self, accepted, probs=None, labels=None, mask=None, ood_scores=None):
+        """One answered request: ``accepted`` bool [n] (the gates' verdicts), the outputs of its
+        accepted images: ``probs`` [k, 2], ``labels`` [k], ``mask`` [k, 1, H, W], and the image
+        gate's scores of the images it ran on."""
         self.request("answered")
         n_accepted = int(np.count_nonzero(accepted))
         if n_accepted:
@@ -107,6 +113,9 @@ class ModelMetrics:
         if labels is not None:
             for label in np.asarray(labels).reshape(-1):
                 self.predictions[int(label)].increment(1)
+        if ood_scores is not None:
+            for score in np.asarray(ood_scores).reshape(-1):
+                self.ood_score.observe(float(score))
         if mask is not None and len(mask):
             m = np.asarray(mask)
             for fraction in (m.reshape(len(m), -1) > MASK_THRESHOLD).mean(axis=1):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mmtrt.files import NotOurFolder, check_replaceable, file_sha256, move_folder_into_place
-from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, PIPELINES
+from mmtrt.graphs import GRAPHS, JOINT_OUTPUTS, OOD, PIPELINES
 
 from . import client
 from .checks import (
@@ -119,11 +119,12 @@ SOURCE = Tensor("source", "TYPE_STRING", (1,))
 _CPU_MULTIMIX = ModelSpec(
     "onnx",
     "multimix",
-    outputs=("probs", "label", "mask", "saliency"),
+    outputs=("probs", "label", "mask", "saliency", *OOD),
     optional_inputs=tuple(replace(t, optional=True) for t in (ACCEPTED, REFUSAL_REASON, SOURCE)),
     description="MultiMix fused graph (classification + lung mask + saliency), cpu flavour: the "
     "python model model.py runs the ONNX file of its parameter onnx_file with onnxruntime or OpenVINO. "
-    "Optional inputs from file_decoder in multimix_image: accepted (the input gate's verdict: an "
+    "The image gate inside the graph answers ood_score and in_distribution; an image out of "
+    "distribution gets zeros and label -1 otherwise. Optional inputs from file_decoder in multimix_image: accepted (the input gate's verdict: an "
     "image given false is not run, its outputs are zeros and its label -1), refusal_reason and "
     "source (what the audit trail names the file by).",
 )
@@ -152,9 +153,10 @@ FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
         "classifier": ModelSpec(
             "onnx",
             "encoder",
-            outputs=("probs", "label"),
+            outputs=("probs", "label", *OOD),
             description="MultiMix classification only (encoder graph; no mask, no saliency), cpu "
-            "flavour: the python model model.py runs the ONNX file of its parameter onnx_file.",
+            "flavour: the python model model.py runs the ONNX file of its parameter onnx_file; an "
+            "image out of distribution (image gate) gets zeros and label -1.",
         ),
         "file_decoder": _FILE_DECODER,
         IMAGE_MODEL: ModelSpec(
@@ -176,13 +178,15 @@ FLAVOUR_MODELS: dict[str, dict[str, ModelSpec]] = {
             pipeline="joint",
             outputs=JOINT_OUTPUTS,
             description="MultiMix joint pipeline, gpu flavour: the ensemble saliency -> decoder (no "
-            "label: clients take argmax(probs)).",
+            "label: clients take argmax(probs); no python step either: an image whose "
+            "in_distribution is false is answered like any other, and clients must refuse it).",
         ),
         "classifier": ModelSpec(
             "ensemble",
             pipeline="classify",
-            outputs=("probs",),
-            description="MultiMix classification only, gpu flavour: the encoder engine's probs.",
+            outputs=("probs", *OOD),
+            description="MultiMix classification only, gpu flavour: the encoder engine's probs and "
+            "image gate (clients must refuse an image whose in_distribution is false).",
         ),
     },
 }

@@ -25,10 +25,14 @@ differs between the models lives in their ``config.pbtxt``:
   ``label`` the class at the operating point (INT64 [n, 1]).
   The ONNX graph may have more outputs than the config lists (e.g. the encoder's skips): they are
   not computed for the response;
+- the image gate inside the graph (mmtrt/ood.py): ``ood_score`` and ``in_distribution`` (BOOL
+  [n, 1]: the score at or below the threshold the export fitted). An image out of distribution
+  is answered with its score and false, and every other output zeros and its label -1: nothing
+  of it can be taken for a result;
 - optionally, the input ``accepted`` (BOOL [n, 1], ``optional: true``): the input gate's verdict
-  on each image, which ``file_decoder`` gives in the ensemble ``multimix_image``. An image given
-  false is not run: its outputs are zeros and its label -1, so that nothing of it can be taken
-  for a result. A request without it has every image accepted. With it, ``file_decoder`` also
+  on each image's DICOM header, which ``file_decoder`` gives in the ensemble ``multimix_image``.
+  An image given false is not run: its outputs are zeros (``in_distribution`` false, score 0)
+  and its label -1. A request without it has every image accepted. With it, ``file_decoder`` also
   gives ``refusal_reason`` and ``source`` (BYTES [n, 1]: what names each file), for the audit
   trail;
 - with the parameter ``audit_dir`` (an ``AuditSettings``), one JSON line per image answered or
@@ -53,6 +57,7 @@ import triton_python_backend_utils as pb_utils
 from mmtrt_backend import files, openvino, ort
 from mmtrt_backend.audit import AuditLog, new_request_id, source_of_tensor
 from mmtrt_backend.calibration import Calibration, CalibrationError
+from mmtrt_backend.gate import out_of_distribution
 from mmtrt_backend.model_metrics import ModelMetrics
 from mmtrt_backend.python_backend import failed, invalid_input, load_error, read_settings
 from mmtrt_backend.settings import GraphSettings
@@ -60,6 +65,8 @@ from mmtrt_backend.settings import GraphSettings
 LABEL = "label"  # derived output: the class of PROBS at the export's operating point
 PROBS = "probs"
 MASK = "mask"
+OOD_SCORE = "ood_score"  # the image gate's outputs, kept for an image out of distribution
+IN_DISTRIBUTION = "in_distribution"
 ACCEPTED = "accepted"  # optional input: the input gate's verdict per image
 REASON = "refusal_reason"  # optional input: why the gate refused an image
 SOURCE = "source"  # optional input: what the audit trail names an image's file by (JSON)
@@ -194,6 +201,7 @@ class TritonPythonModel:
         self.metrics = ModelMetrics(self.model_name, args["model_version"], baseline)
         self.version = args["model_version"]
         self.checkpoint_sha256 = (manifest.get("checkpoint") or {}).get("sha256")
+        self.ood_threshold = (manifest.get("ood") or {}).get("threshold")  # for the audit's reasons
         audit = settings.audit
         self.audit = (
             AuditLog(audit.folder, args["model_instance_name"], audit.max_mib * 2**20, audit.backups)
@@ -219,13 +227,16 @@ class TritonPythonModel:
             raise load_error(
                 self.model_name, f"{onnx_path} does not fit config.pbtxt: " + "; ".join(problems)
             )
-        # The ONNX outputs to compute: the config's, plus probs when label derives from it.
+        # The ONNX outputs to compute: the config's, plus probs when label derives from it, plus
+        # the image gate's verdict, which decides what is answered.
         self.fetch = [name for name, _ in self.outputs if name in have_out]
         if (
             any(name == LABEL and LABEL not in have_out for name, _ in self.outputs)
             and PROBS not in self.fetch
         ):
             self.fetch.append(PROBS)
+        if IN_DISTRIBUTION in have_out and IN_DISTRIBUTION not in self.fetch:
+            self.fetch.append(IN_DISTRIBUTION)
 
     def _check(self, request):
         """(array, None) for a valid request, (None, message) otherwise."""
@@ -276,9 +287,12 @@ class TritonPythonModel:
         return accepted.reshape(n), None
 
     def _run(self, batch, accepted):
-        """The config's outputs for ``batch``: the graph's on the accepted images, zeros (label
-        -1) for the others, which are not run."""
+        """(the config's outputs for ``batch``, the images answered: bool [n]). The graph runs on
+        the accepted images; the answered ones are those it also finds in distribution. Every
+        other image's outputs are zeros (label -1), except the image gate's own for an image it
+        ran on."""
         results = {}
+        answered = accepted.copy()
         if accepted.any():
             images = batch if accepted.all() else batch[accepted]  # (a mask copies)
             results = self.runner({self.input_name: images}, outputs=self.fetch)
@@ -286,18 +300,22 @@ class TritonPythonModel:
                 if any(name == LABEL for name, _ in self.outputs):
                     results[LABEL] = self.calibration.labels(results[PROBS]).reshape(-1, 1)
                 results[PROBS] = self.calibration.probabilities(results[PROBS])
+            if IN_DISTRIBUTION in results:
+                answered[accepted] = results[IN_DISTRIBUTION].reshape(-1)
         outputs = []
         for name, dtype in self.outputs:
-            if accepted.all():
+            if answered.all():
                 outputs.append((name, results[name].astype(dtype, copy=False)))
                 continue
             value = np.full(
                 [len(batch), *self.output_dims[name]], REFUSED_LABEL if name == LABEL else 0, dtype=dtype
             )
-            if name in results:
+            if name in results and name in (OOD_SCORE, IN_DISTRIBUTION):
                 value[accepted] = results[name]
+            elif name in results:  # (none when no image of the batch was run)
+                value[answered] = results[name][answered[accepted]]
             outputs.append((name, value))
-        return outputs
+        return outputs, answered
 
     def _strings(self, request, name, n):
         """The optional BYTES input ``name`` of a request as n strings (None when absent)."""
@@ -309,13 +327,15 @@ class TritonPythonModel:
             return None
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
-    def _audit(self, request, arr, ok, parts, started):
-        """One audit line per image of an answered request (answered or refused by the gate)."""
+    def _audit(self, request, arr, ok, scored, parts, started):
+        """One audit line per image of an answered request (answered or refused by a gate)."""
         n = arr.shape[0]
         sources = self._strings(request, SOURCE, n)
         reasons = self._strings(request, REASON, n) or [""] * n
-        request_id = request.request_id()
         answer = dict(parts)
+        for k in np.flatnonzero(scored & ~ok):  # run, and refused by the image gate
+            reasons[k] = out_of_distribution(float(answer[OOD_SCORE][k].reshape(-1)[0]), self.ood_threshold)
+        request_id = request.request_id()
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         for k in range(n):
             source = _named_source(sources[k]) if sources else source_of_tensor(arr[k])
@@ -332,6 +352,8 @@ class TritonPythonModel:
                 "gate": {"accepted": bool(ok[k]), "reason": reasons[k][:_MAX_TEXT]},
                 "latency_ms": latency_ms,
             }
+            if scored[k] and OOD_SCORE in answer:
+                line["ood_score"] = round(float(answer[OOD_SCORE][k].reshape(-1)[0]), 6)
             if ok[k] and LABEL in answer:
                 line["label"] = int(answer[LABEL][k].reshape(-1)[0])
             if ok[k] and PROBS in answer:
@@ -357,7 +379,7 @@ class TritonPythonModel:
         batch = valid[0][1] if len(valid) == 1 else np.concatenate([a for _, a, _ in valid])
         accepted = np.concatenate([ok for _, _, ok in valid])
         try:
-            outputs = self._run(batch, accepted)
+            outputs, answered = self._run(batch, accepted)
         except Exception as e:  # runtime failure: every request of the batch gets it
             for i, _, _ in valid:
                 responses[i] = failed(self.model_name, f"{self.runtime} failed: {e}")
@@ -365,8 +387,9 @@ class TritonPythonModel:
             return responses
 
         start = 0
-        for i, arr, ok in valid:
+        for i, arr, _ in valid:
             stop = start + arr.shape[0]
+            ok = answered[start:stop]
             parts = [(name, value[start:stop]) for name, value in outputs]
             problem = _non_finite(parts, arr)
             if problem:  # never answer NaN: e.g. finite inputs near the float32 maximum
@@ -378,11 +401,16 @@ class TritonPythonModel:
                         pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in parts
                     ]
                 )
-                answered = {name: value[ok] for name, value in parts if name in (PROBS, LABEL, MASK)}
-                self.metrics.images_answered(ok, answered.get(PROBS), answered.get(LABEL), answered.get(MASK))
+                mine = {name: value for name, value in parts if name in (PROBS, LABEL, MASK, OOD_SCORE)}
+                scored = accepted[start:stop]  # the images the graph ran on have a score
+                self.metrics.images_answered(
+                    ok,
+                    *(mine[n][ok] if n in mine else None for n in (PROBS, LABEL, MASK)),
+                    ood_scores=mine[OOD_SCORE][scored] if OOD_SCORE in mine else None,
+                )
                 if self.audit is not None:
                     try:
-                        self._audit(requests[i], arr, ok, parts, started)
+                        self._audit(requests[i], arr, ok, scored, parts, started)
                     except Exception as e:  # noqa: BLE001 - the answer stands; the log says what is missing
                         pb_utils.Logger.log_error(f"model '{self.model_name}': audit line not written: {e}")
             start = stop

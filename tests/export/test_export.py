@@ -32,6 +32,7 @@ from mmtrt.export.precision import mixed_precision, reduced_convolutions
 from mmtrt.export.validate import TOLERANCES, validate_against
 from mmtrt.files import FOLDER_MARK
 from mmtrt.graphs import GRAPHS
+from mmtrt.ood import read_stats
 from mmtrt.parity import KINDS
 from mmtrt.runtimes import ort
 
@@ -52,9 +53,19 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def export(checkpoint, tmp_path_factory):
+def ood_data(tmp_path_factory) -> Path:
+    """In-distribution images for the image gate: a small synthetic Kermany tree."""
+    from mmtrt.data import write_synthetic_datasets
+
+    root = tmp_path_factory.mktemp("ood-data")
+    write_synthetic_datasets(root, n_cls={"train": 16, "val": 12, "test": 0}, n_seg=0, seed=5)
+    return root / "cls"
+
+
+@pytest.fixture(scope="module")
+def export(checkpoint, ood_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "multimix-fp32"
-    result = invoke("export", checkpoint, "--out", out, "--max-batch", MAX_BATCH)
+    result = invoke("export", checkpoint, "--out", out, "--max-batch", MAX_BATCH, "--ood-data", ood_data)
     assert result.exit_code == 0, result.output
     return types.SimpleNamespace(
         out=out, output=result.output, manifest=json.loads((out / "manifest.json").read_text())
@@ -68,6 +79,7 @@ def test_export_writes_the_documented_files_and_nothing_else(export):
     assert {p.name for p in export.out.iterdir()} == GRAPH_FILES | {
         "manifest.json",
         "parity.json",
+        "ood.npz",
         FOLDER_MARK,
     }
     assert [p.name for p in export.out.parent.iterdir()] == [export.out.name]  # no staging left over
@@ -130,6 +142,25 @@ def test_manifest_describes_every_file_and_how_it_was_made(export, checkpoint):
     assert m["graphs"]["multimix"]["outputs"]["mask"]["shape"] == ["batch", 1, 256, 256]
     assert m["precision_policy"]["precision"] == "fp32"
     assert m["parity"]["passed"] and m["parity"]["rows"]
+    gate = m["ood"]
+    assert gate["sha256"] == m["files"]["ood.npz"]["sha256"] == file_sha256(export.out / "ood.npz")
+    assert gate["fit"]["images"] == 16 and gate["held_out"]["images"] == 12  # train / val
+    assert gate["quantile"] == 0.99 and 0.0 <= gate["held_out"]["false_reject_rate"] <= 0.01
+    assert "Lee et al." in gate["method"]
+    stored = read_stats(export.out / "ood.npz")
+    assert float(stored["threshold"]) == pytest.approx(gate["threshold"])
+    assert m["graphs"]["multimix"]["outputs"]["in_distribution"] == {"shape": ["batch", 1], "dtype": "bool"}
+
+
+def test_export_needs_in_distribution_images_for_its_gate(tmp_path, checkpoint):
+    """A checkpoint that does not name its training data (this one: `mmtrt init`) is exported
+    only with --ood-data; the error says so before anything is written."""
+    result = invoke("export", checkpoint, "--out", tmp_path / "out")
+    assert result.exit_code != 0 and "--ood-data" in result.output and "train/" in result.output
+    assert not (tmp_path / "out").exists()
+    result = invoke("export", checkpoint, "--out", tmp_path / "out", "--ood-data", tmp_path / "none")
+    assert result.exit_code != 0 and "none" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_parity_json_meets_every_tolerance_on_every_kind_and_batch(export):
@@ -161,10 +192,21 @@ def test_the_same_checkpoint_gives_byte_identical_onnx(export, checkpoint, tmp_p
     code = (
         "import sys; from pathlib import Path; from mmtrt.checkpoint import load_checkpoint; "
         "from mmtrt.export.onnx_graphs import export_onnx; from mmtrt.graphs import GRAPHS; "
-        "model, _ = load_checkpoint(sys.argv[1]); "
+        "from mmtrt.ood import read_stats; "
+        "model, _ = load_checkpoint(sys.argv[1]); model.ood.load(read_stats(Path(sys.argv[3]))); "
         f"export_onnx(GRAPHS['encoder'], model, Path(sys.argv[2]), opset=18, max_batch={MAX_BATCH})"
     )
-    subprocess.run([sys.executable, "-c", code, str(checkpoint), str(tmp_path / "encoder.onnx")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(checkpoint),
+            str(tmp_path / "encoder.onnx"),
+            str(export.out / "ood.npz"),
+        ],
+        check=True,
+    )
     assert (tmp_path / "encoder.onnx").read_bytes() == (export.out / "encoder.onnx").read_bytes()
 
 
@@ -313,10 +355,10 @@ def test_bf16_needs_opset_22(tmp_path, checkpoint):
     assert not (tmp_path / "out").exists()
 
 
-def test_unwritable_out_fails_clearly(tmp_path, checkpoint):
+def test_unwritable_out_fails_clearly(tmp_path, checkpoint, ood_data):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = invoke("export", checkpoint, "--out", blocker / "export")
+    result = invoke("export", checkpoint, "--out", blocker / "export", "--ood-data", ood_data)
     assert result.exit_code != 0 and "cannot write the export folder" in result.output
     assert blocker.is_file()
 
@@ -330,7 +372,7 @@ def test_an_existing_export_is_not_overwritten_by_accident(tmp_path, checkpoint)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_a_failed_parity_check_leaves_no_complete_looking_folder(tmp_path, checkpoint, monkeypatch):
+def test_a_failed_parity_check_leaves_no_complete_looking_folder(tmp_path, checkpoint, ood_data, monkeypatch):
     """The export step is replaced by a tiny graph writer and the validation by a failing report,
     to run the failure path in a second."""
     import mmtrt.export.onnx_graphs as onnx_graphs
@@ -361,7 +403,7 @@ def test_a_failed_parity_check_leaves_no_complete_looking_folder(tmp_path, check
     monkeypatch.setattr(onnx_graphs, "export_onnx", tiny_export)
     monkeypatch.setattr(validate, "validate", lambda *a, **k: dict(failing))
     out = tmp_path / "export"
-    result = invoke("export", checkpoint, "--out", out)
+    result = invoke("export", checkpoint, "--out", out, "--ood-data", ood_data)
     assert (
         result.exit_code != 0 and "parity check failed" in result.output and "made to fail" in result.output
     )

@@ -134,10 +134,20 @@ def test_built_configs_parse(repo, export_dir):
 
     expected = {
         "multimix": (
-            {"probs": [2], "label": [1], "mask": [1, 256, 256], "saliency": [1, 256, 256]},
+            {
+                "probs": [2],
+                "label": [1],
+                "mask": [1, 256, 256],
+                "saliency": [1, 256, 256],
+                "ood_score": [1],
+                "in_distribution": [1],
+            },
             "multimix.onnx",
         ),
-        "classifier": ({"probs": [2], "label": [1]}, "encoder.onnx"),
+        "classifier": (
+            {"probs": [2], "label": [1], "ood_score": [1], "in_distribution": [1]},
+            "encoder.onnx",
+        ),
     }
     # and the image-file model: the ensemble file_decoder -> multimix (tests/serving/test_serving_bytes.py)
     assert sorted(p.parent.name for p in repo.glob("*/config.pbtxt")) == sorted(
@@ -302,7 +312,14 @@ def test_server_live_both_protocols(server, protocol):
         assert client.is_live() and client.is_ready()
         for model in ("multimix", "classifier"):
             assert client.model_ready(model)
-        assert client.model("multimix").output_names == ["probs", "label", "mask", "saliency"]
+        assert client.model("multimix").output_names == [
+            "probs",
+            "label",
+            "mask",
+            "saliency",
+            "ood_score",
+            "in_distribution",
+        ]
     metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     assert "nv_inference_request_success" in metrics
 

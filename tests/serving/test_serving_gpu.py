@@ -75,6 +75,7 @@ def _io(tensors) -> dict:
 
 
 FP32 = (onnx.TensorProto.FLOAT, mc.TYPE_FP32)
+BOOL = (onnx.TensorProto.BOOL, mc.TYPE_BOOL)
 
 
 def test_served_models_render_and_parse(export_dir, tmp_path):
@@ -153,14 +154,18 @@ def test_ensemble_steps_point_at_models_of_the_repository(gpu_repo):
 def test_tensor_names_and_dims_agree_with_the_onnx_graphs(export_dir, gpu_repo):
     onnx_io = {g: _onnx_io(export_dir / f"{g}.onnx") for g in ("encoder", "saliency", "decoder", "multimix")}
     models = {p.parent.name: _config(p) for p in gpu_repo.glob("*/config.pbtxt")}
-    # each engine: exactly its ONNX graph's inputs and outputs, FP32, same dims after the batch
+    # each engine: exactly its ONNX graph's inputs and outputs, FP32 (the image gate's verdict
+    # BOOL), same dims after the batch
     for name in ENGINES:
         for kind, tensors in (("inputs", models[name].input), ("outputs", models[name].output)):
             want = onnx_io[name][kind]
             have = _io(tensors)
             assert list(have) == list(want), (name, kind)
             for tensor, (dtype, dims) in have.items():
-                assert (want[tensor][0], dtype) == FP32, (name, tensor)
+                assert (want[tensor][0], dtype) == (BOOL if tensor == "in_distribution" else FP32), (
+                    name,
+                    tensor,
+                )
                 assert dims == want[tensor][1], (name, tensor, dims, want[tensor][1])
     # each ensemble tensor: the dims of the graph output that produces it / input that reads it
     for name in ENSEMBLES:
