@@ -106,7 +106,9 @@ python - "$WORK/evaluate/metrics.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))["results"]["best.pt"]["in-domain"]
 acc, dice = m["classification"]["accuracy"], m["segmentation"]["dice"]
-print(f"\nThe trained model on its synthetic test split ({m['classification']['n']} cls / {m['segmentation']['n']} seg images):")
+c, g = m["classification"], m["segmentation"]
+print(f"\nThe trained model on its synthetic test split ({c['n']} cls / {g['n']} seg images answered; "
+      f"{c.get('refused', 0)} / {g.get('refused', 0)} refused by the export's image gate, not scored):")
 print(f"  classification accuracy {acc['value']:.3f} (95% CI {acc['ci95'][0]:.3f}-{acc['ci95'][1]:.3f})")
 print(f"  segmentation Dice       {dice['mean']:.3f} (95% CI {dice['ci95'][0]:.3f}-{dice['ci95'][1]:.3f})")
 c = m["classification"]
