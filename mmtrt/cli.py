@@ -19,6 +19,7 @@ COMMANDS = {
     "import-weights": "mmtrt.commands:import_weights",
     "repo": "mmtrt.serving.commands:repo",
     "serve": "mmtrt.serving.commands:serve",
+    "update": "mmtrt.serving.commands:update",
     "infer": "mmtrt.serving.commands:infer",
     "bench": "mmtrt.bench.command:bench",
     "evaluate": "mmtrt.evaluate.command:evaluate",

@@ -367,8 +367,8 @@ def _real_export_into(folder: Path, graphs) -> Path:
     return folder
 
 
-def gated_export(folder: Path, data: Path, graphs=("multimix", "encoder")) -> Path:
-    """An export like :func:`real_export`'s (seed 0, untrained) whose image gate is fitted, as
+def gated_export(folder: Path, data: Path, graphs=("multimix", "encoder"), seed: int = 0) -> Path:
+    """An export like :func:`real_export`'s (``seed``, untrained) whose image gate is fitted, as
     `mmtrt export` fits it, on the classification root ``data`` (train/ and val/): its graphs
     answer ``in_distribution`` false for images unlike those; ``ood.npz`` and the manifest's
     ``ood`` record are written as an export's."""
@@ -382,7 +382,7 @@ def gated_export(folder: Path, data: Path, graphs=("multimix", "encoder")) -> Pa
     from mmtrt.ood import MANIFEST_KEY, STATS_FILE, fit_gate, stats_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = MultiMix().eval()
     record = fit_gate(model, data, quantile=0.99, echo=lambda *_: None)
     for graph in graphs:
@@ -393,7 +393,7 @@ def gated_export(folder: Path, data: Path, graphs=("multimix", "encoder")) -> Pa
         folder,
         {
             "max_batch": MAX_BATCH,
-            "note": "tests gated_export (seed 0, untrained, image gate fitted)",
+            "note": f"tests gated_export (seed {seed}, untrained, image gate fitted)",
             "graphs": {f.stem: graph_record(f, onnx.load(str(f))) for f in files},
             "files": {
                 **{f.name: file_entry(f, kind="onnx", graph=f.stem) for f in files},

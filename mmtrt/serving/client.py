@@ -245,7 +245,9 @@ def file_inputs(files: Sequence[bytes]) -> dict[str, np.ndarray]:
 
 
 #: the calls to Triton's admin APIs that mmtrt's tools make (restricted by `mmtrt serve`)
-_ADMIN_METHODS = frozenset({"get_model_config", "get_model_repository_index", "get_inference_statistics"})
+_ADMIN_METHODS = frozenset(
+    {"get_model_config", "get_model_repository_index", "get_inference_statistics", "load_model"}
+)
 
 
 def is_restricted(error: RequestError) -> bool:
@@ -376,6 +378,12 @@ class TritonClient:
 
             config = json_format.MessageToDict(answer.config, preserving_proto_field_name=True)
         return ModelInfo(name, versions, inputs, outputs, int(config.get("max_batch_size", 0)), config)
+
+    def load_model(self, name: str, timeout_s: float = 300.0) -> None:
+        """Load model ``name`` again from the repository (explicit model control): Triton loads
+        the versions its configuration's version policy names while the loaded ones keep
+        serving, then unloads the ones no longer named once their requests are answered."""
+        self._call("load_model", name, timeout_s=timeout_s)
 
     def ready_model(self, name: str, version: str = "") -> ModelInfo:
         """:meth:`model` of a model that is ready (``version`` of it when given); InferError

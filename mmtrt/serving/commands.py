@@ -433,3 +433,56 @@ def _report_results(results, out: Path) -> None:
         raise click.ClickException(
             f"{len(failed)} of {len(results)} image(s) failed: " + ", ".join(str(r.source) for r in failed)
         )
+
+
+# --------------------------------------------------------------------------- update
+
+
+@click.command("update")
+@click.argument("repository", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--add",
+    "export",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="An export (`mmtrt export`) of the same architecture: added as the next version of the "
+    "repository's graph models and served.",
+)
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Serve this version instead (e.g. roll back to 1).",
+)
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A running server of REPOSITORY (`mmtrt serve`) to switch, one at a time; repeatable. "
+    "Without it only the repository changes (a server started later serves the new version).",
+)
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", help="Its endpoint.")
+def update(repository: Path, export: Path | None, version: int | None, urls: tuple[str, ...], protocol: str):
+    """Put a new model version in service without stopping the servers: add an export as the
+    next version of REPOSITORY's models (--add), or serve another of its versions (--version),
+    then load it on each running server (--url; they need MMTRT_ADMIN_KEY_FILE, the key `mmtrt
+    serve` printed). Each server answers with the old version until the new one is loaded."""
+    from .errors import InferError, ServingError
+    from .update import add_version, graph_models, load_on, serve_version
+
+    if (export is None) == (version is None):
+        raise click.UsageError("give --add EXPORT or --version N")
+    try:
+        if export is not None:
+            version = add_version(repository, export)
+            click.echo(f"added {export} as version {version} of {', '.join(graph_models(repository))}")
+        before = serve_version(repository, version)
+        for model, old in before.items():
+            click.echo(f"{model}: serves version {version} (was {old})")
+        load_on(urls, protocol, list(before), say=click.echo)
+    except (ServingError, InferError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the server's refusal (RequestError), named as it is
+        raise click.ClickException(f"loading on the server failed: {e}") from None

@@ -140,6 +140,8 @@ def serve_replicas(settings: ServeSettings, echo: Callable[..., None]) -> None:
                 extra_args=extra_args,
                 tritonserver=binary,
                 tls=s.tls,
+                # explicit model control: `mmtrt update` loads another version while it serves
+                model_control_mode="explicit",
             )
             for i, p in enumerate(ports)
         ]

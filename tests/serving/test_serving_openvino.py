@@ -59,8 +59,8 @@ def test_configs_name_openvino_its_file_and_precision(repo, export_dir):
 def test_served_openvino_answers_as_in_process_openvino(server, in_process, protocol):
     with client_for(protocol, server) as client:
         for model, outputs in (
-            ("multimix", ("probs", "mask", "saliency")),
-            ("classifier", ("probs",)),
+            ("multimix", ("probs", "mask", "saliency", "ood_score", "in_distribution")),
+            ("classifier", ("probs", "ood_score", "in_distribution")),
         ):
             for kind, batch in (("random", 1), ("flat", 3), ("xray", 8)):
                 images = IMAGE_KINDS[kind](batch, seed=9100 + batch).numpy()
@@ -242,7 +242,7 @@ def test_served_bf16_copies_answer_as_in_process_openvino(bf16_export, tmp_path)
                 images = IMAGE_KINDS[kind](batch, seed=9300 + batch).numpy()
                 result = client.infer("multimix", {"image": images})
                 expected = expected_runner({"image": images})
-                for name in ("probs", "mask", "saliency"):
+                for name in ("probs", "mask", "saliency", "ood_score", "in_distribution"):
                     np.testing.assert_allclose(result[name], expected[name], rtol=1e-5, atol=1e-6)
     finally:
         srv.stop()
