@@ -63,11 +63,15 @@ def _wait(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _triton(server):
+    return lambda: Servers([server.http_url])
+
+
 class _Worker:
     """A :class:`Worker` running in a thread, as `mmtrt dicom-node` runs it."""
 
-    def __init__(self, spool: Spool, server, destinations, **options):
-        self.worker = Worker(spool, lambda: Servers([server.http_url]), destinations, poll_s=0.2, **options)
+    def __init__(self, spool: Spool, servers, destinations, **options):
+        self.worker = Worker(spool, servers, destinations, poll_s=0.2, **options)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
         self.thread.start()
@@ -131,9 +135,15 @@ def test_a_study_from_orthanc_comes_back_with_its_results(server, tmp_path):
     node_port = _free_port("127.0.0.1")
     (tmp_path / "pacs").mkdir()
     pacs = Orthanc(tmp_path / "pacs", modalities={"mmtrt": ("MMTRT", "127.0.0.1", node_port)})
+    (tmp_path / "archive").mkdir()
+    archive = Orthanc(tmp_path / "archive")  # a second destination, by STOW-RS
     spool = Spool(tmp_path / "spool")
     scp = start_scp(ScpSettings(port=node_port, allowed_calling_aets=(pacs.aet,)), spool)
-    worker = _Worker(spool, server, [CStoreDestination("127.0.0.1", pacs.dicom_port, pacs.aet)])
+    destinations = [
+        CStoreDestination("127.0.0.1", pacs.dicom_port, pacs.aet),
+        StowDestination(archive.dicomweb),
+    ]
+    worker = _Worker(spool, _triton(server), destinations)
     try:
         study, series = generate_uid(), generate_uid()
         pa = _radiograph(41, StudyInstanceUID=study, SeriesInstanceUID=series)
@@ -193,6 +203,8 @@ def test_a_study_from_orthanc_comes_back_with_its_results(server, tmp_path):
             for i in DICOMwebClient(pacs.dicomweb).search_for_instances(study)
         }
         assert found == {uid: ds.SOPClassUID for uid, ds in stored.items()}
+        in_archive = DICOMwebClient(archive.dicomweb).search_for_instances(study)
+        assert {i["00080018"]["Value"][0] for i in in_archive} == set(results)  # the results only
         assert list(worker.worker._private().iterdir()) == []  # nothing left of the results
         dicom_conformance(*sorted(Path(ds.filename) for ds in results.values()))
 
@@ -206,6 +218,7 @@ def test_a_study_from_orthanc_comes_back_with_its_results(server, tmp_path):
         worker.close()
         scp.shutdown()
         pacs.stop()
+        archive.stop()
 
 
 @needs_server
@@ -223,7 +236,7 @@ def test_a_destination_that_is_down_gets_the_results_once_back(server, tmp_path,
         CStoreDestination("127.0.0.1", early.server.server_address[1], "CATCHER"),
         CStoreDestination("127.0.0.1", port, "CATCHER"),
     ]
-    worker = _Worker(spool, server, destinations, backoff=FAST)
+    worker = _Worker(spool, _triton(server), destinations, backoff=FAST)
     catcher = None
     try:
         _wait(lambda: caplog.text.count("retrying 1 image(s)") >= 3, 60, "three retries")
@@ -246,6 +259,45 @@ def test_a_destination_that_is_down_gets_the_results_once_back(server, tmp_path,
 
 
 @needs_server
+def test_no_triton_server_keeps_the_images_until_one_answers(server, tmp_path, caplog):
+    """Triton unreachable: the image stays in incoming/, retried with one log line each time;
+    once a server answers (the dead one first in --url order: fail-over) it is done."""
+    caplog.set_level(logging.INFO, logger="mmtrt.node")
+    dead = f"127.0.0.1:{_free_port('127.0.0.1')}"
+    up = threading.Event()
+
+    def servers():
+        return Servers([dead, server.http_url] if up.is_set() else [dead], retries=0)
+
+    spool = Spool(tmp_path / "spool")
+    pa = _radiograph(47)
+    spool.store(_bytes(pa), pa.SOPInstanceUID)
+    catcher = _Catcher(_free_port("127.0.0.1"))
+    destination = CStoreDestination("127.0.0.1", catcher.server.server_address[1], "CATCHER")
+    worker = _Worker(spool, servers, [destination], backoff=FAST)
+    try:
+        _wait(lambda: caplog.text.count("retrying 1 image(s)") >= 2, 60, "two retries")
+        assert f"cannot reach a ready Triton server at {dead}" in caplog.text
+        assert [p.name for p in spool.pending()] == [f"{pa.SOPInstanceUID}.dcm"] and catcher.received == []
+        up.set()
+        _wait(lambda: spool.pending() == [], 60, "the image done once a server answers")
+        assert len(catcher.received) == 3 and list(spool.failed.iterdir()) == []
+    finally:
+        worker.close()
+        catcher.close()
+
+
+def test_store_destinations_are_parsed():
+    assert CStoreDestination.parse("PACS@10.0.0.2:4242", "NODE") == CStoreDestination(
+        "10.0.0.2", 4242, "PACS", "NODE"
+    )
+    assert CStoreDestination.parse("PACS@[::1]:104").host == "::1"
+    for bad in ("PACS@host", "@host:104", "PACS@host:0", "A234567890123456X@h:104", "PACS@h:99999"):
+        with pytest.raises(ValueError, match="is not AET@HOST:PORT"):
+            CStoreDestination.parse(bad)
+
+
+@needs_server
 def test_permanent_failures_go_to_failed_with_the_reason(server, tmp_path):
     """A spooled file that cannot be decoded, and results a destination refuses for good (0xA900):
     both in failed/ with the reason; an unreachable DICOMweb root is only transient."""
@@ -257,7 +309,7 @@ def test_permanent_failures_go_to_failed_with_the_reason(server, tmp_path):
     spool.store(_bytes(pa), pa.SOPInstanceUID)
     refusing = _Catcher(_free_port("127.0.0.1"), status=0xA900)
     worker = _Worker(
-        spool, server, [CStoreDestination("127.0.0.1", refusing.server.server_address[1], "CATCHER")]
+        spool, _triton(server), [CStoreDestination("127.0.0.1", refusing.server.server_address[1], "CATCHER")]
     )
     try:
         _wait(lambda: len(list(spool.failed.glob("*.dcm"))) == 2, 60, "both images failed")
