@@ -103,7 +103,8 @@ class Worker:
                     report = self.run_once()
                 except Exception as e:  # noqa: BLE001 - a bug must not end the node's worker
                     log.exception("worker pass failed: %s", e)
-                    report = PassReport(waiting={"*": f"{type(e).__name__}: {e}"})
+                    why = f"the pass failed: {type(e).__name__}: {e}"
+                    report = PassReport(waiting={p.name: why for p in self.spool.pending()} or {"": why})
                 if report.waiting:
                     failures += 1
                     delay = self.backoff.delay(failures)
@@ -135,7 +136,8 @@ class Worker:
             self._folder = None
         self._ready.clear()
 
-    def _private(self) -> Path:
+    def results_folder(self) -> Path:
+        """The private folder (0700) of the results not yet acknowledged."""
         if self._folder is None:  # mkdtemp: 0700, the results hold patients' data
             self._folder = Path(tempfile.mkdtemp(prefix="mmtrt-node-"))
         return self._folder
@@ -163,7 +165,7 @@ class Worker:
         from mmtrt.serving.infer import InferError, infer_files
 
         self._passes += 1
-        work = self._private() / f"pass-{self._passes}"
+        work = self.results_folder() / f"pass-{self._passes}"
         out, dicom_out = work / "json", work / "dicom"
         dicom_out.mkdir(parents=True)
         servers = self._current = self.servers()

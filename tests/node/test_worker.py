@@ -205,7 +205,7 @@ def test_a_study_from_orthanc_comes_back_with_its_results(server, tmp_path):
         assert found == {uid: ds.SOPClassUID for uid, ds in stored.items()}
         in_archive = DICOMwebClient(archive.dicomweb).search_for_instances(study)
         assert {i["00080018"]["Value"][0] for i in in_archive} == set(results)  # the results only
-        assert list(worker.worker._private().iterdir()) == []  # nothing left of the results
+        assert list(worker.worker.results_folder().iterdir()) == []  # nothing left of the results
         dicom_conformance(*sorted(Path(ds.filename) for ds in results.values()))
 
         # sent again: processed again, stored again under the same UIDs: nothing added
