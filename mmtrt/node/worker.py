@@ -214,6 +214,11 @@ class Worker:
             else:
                 self._fail(r.source, "no DICOM results were made for it (is it a DICOM file?)", report)
         shutil.rmtree(out, ignore_errors=True)  # the JSON and PNG: the DICOM results carry them
+        for folder in (dicom_out, work):  # nothing kept from this pass (all failed or waiting)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def _deliver(self, path: Path, report: PassReport) -> None:
         ready = self._ready[path.name]

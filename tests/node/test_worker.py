@@ -317,6 +317,7 @@ def test_permanent_failures_go_to_failed_with_the_reason(server, tmp_path):
         assert "pixel" in reasons[f"{broken.SOPInstanceUID}.reason.txt"].lower()
         assert "refused with status 0xA900" in reasons[f"{pa.SOPInstanceUID}.reason.txt"]
         assert spool.pending() == []
+        assert list(worker.worker.results_folder().iterdir()) == []  # nothing kept of them
     finally:
         worker.close()
         refusing.close()
