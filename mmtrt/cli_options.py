@@ -82,10 +82,12 @@ def _secret_value(key: str, value: str) -> str:
     return value
 
 
-def server_options(url_help: str):
+def server_options(url_help: str, tls_prefix: str = "tls"):
     """The options of a command that talks to Triton servers: ``--url`` (repeatable; what the
-    command does with it is ``url_help``), ``--protocol``, ``--header``, ``--retries`` and
-    ``--retry-delay``. The command receives them as one argument ``server`` (:class:`ServerOptions`)."""
+    command does with it is ``url_help``), ``--protocol``, ``--header``, ``--retries``,
+    ``--retry-delay`` and ``--tls-ca / --tls-cert / --tls-key`` (named ``--<tls_prefix>-ca`` ...
+    by a command whose own --tls-* options are something else, e.g. a DICOM port's). The
+    command receives them as one argument ``server`` (:class:`ServerOptions`)."""
     options = (
         click.option("--url", "urls", multiple=True, metavar="HOST:PORT", help=url_help),
         click.option(
@@ -122,25 +124,48 @@ def server_options(url_help: str):
     pem = click.Path(exists=True, dir_okay=False)
     options += (
         click.option(
-            "--tls-ca",
+            f"--{tls_prefix}-ca",
+            "client_tls_ca",
             type=pem,
             default=None,
             help="TLS: trust the servers whose certificate this CA (PEM) signed [default: the "
-            "system's CAs, when an address is https:// or grpcs:// or a --tls-* file is given].",
+            f"system's CAs, when an address is https:// or grpcs:// or a --{tls_prefix}-* file is given].",
         ),
         click.option(
-            "--tls-cert", type=pem, default=None, help="TLS: this client's certificate (mutual TLS)."
+            f"--{tls_prefix}-cert",
+            "client_tls_cert",
+            type=pem,
+            default=None,
+            help="TLS: this client's certificate (mutual TLS).",
         ),
-        click.option("--tls-key", type=pem, default=None, help="TLS: the client certificate's key."),
+        click.option(
+            f"--{tls_prefix}-key",
+            "client_tls_key",
+            type=pem,
+            default=None,
+            help="TLS: the client certificate's key.",
+        ),
     )
 
     def decorate(command):
         @functools.wraps(command)
         def with_server(
-            *args, urls, protocol, headers, retries, retry_delay, tls_ca, tls_cert, tls_key, **kwargs
+            *args,
+            urls,
+            protocol,
+            headers,
+            retries,
+            retry_delay,
+            client_tls_ca,
+            client_tls_cert,
+            client_tls_key,
+            **kwargs,
         ):
+            tls_ca, tls_cert, tls_key = client_tls_ca, client_tls_cert, client_tls_key
             if (tls_cert is None) != (tls_key is None):
-                raise click.UsageError("a client certificate needs both --tls-cert and --tls-key")
+                raise click.UsageError(
+                    f"a client certificate needs both --{tls_prefix}-cert and --{tls_prefix}-key"
+                )
             tls = Tls(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert else None
             server = ServerOptions(tuple(urls), protocol, headers, retries, retry_delay, tls)
             return command(*args, server=server, **kwargs)

@@ -12,6 +12,10 @@ For a source radiograph ``ds`` and MultiMix's outputs on it:
   pneumonia present / absent, its probability, the lung area of the mask (mm2 when the source's
   pixel spacing is valid, else pixels), the algorithm, and references to the source and the SEG.
 
+An image the input gate refuses gets none of these but a **not-evaluated report**
+(:func:`make_not_evaluated_report`): a small Comprehensive SR that references it and says why it
+was not evaluated, so that a reader of the study sees that it was looked at, not forgotten.
+
 All three reference the source image, copy its patient and study attributes (highdicom does)
 from :func:`copyable_source` (the source without the values that are invalid: those are left
 out, and the Type 2 ones are written empty), are a new series each, and are described as not for
@@ -41,6 +45,8 @@ __all__ = [
     "make_segmentation",
     "make_overlay_capture",
     "make_report",
+    "make_not_evaluated_report",
+    "write_not_evaluated",
     "write_datasets",
     "write_results",
     "DicomResultError",
@@ -54,6 +60,7 @@ MODEL_NAME = "MultiMix"
 SEG_SERIES_NUMBER = 9701  # high numbers: beside, not among, the modality's own series
 SC_SERIES_NUMBER = 9702
 SR_SERIES_NUMBER = 9703
+NOT_EVALUATED_SERIES_NUMBER = 9704  # the report of an image the input gate refused
 
 
 def _codes():
@@ -442,6 +449,68 @@ def make_report(
     )
     sr.SeriesDescription = _describe("MultiMix classification")
     return sr
+
+
+def make_not_evaluated_report(source, info: ResultInfo, reason: str):
+    """A Comprehensive SR saying that ``source`` was **not evaluated** and why (``reason``: the
+    input gate's, e.g. a lateral View Position or an image out of the model's distribution): no
+    finding, no probability, no SEG to reference. Its content is a Diagnostic Imaging Report
+    (LOINC 18748-4, no template claimed): the observer device mmtrt, a Comment (DCM 121106)
+    "Not evaluated by MultiMix: <reason>", and the source image. Its UIDs are its own
+    (:func:`result_uid` "not evaluated ..."), as deterministic as the other results', and its
+    series number :data:`NOT_EVALUATED_SERIES_NUMBER`."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    source = copyable_source(source)
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=result_uid(source, info, "observer device"),
+            name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER,
+            model_name=MODEL_NAME,
+        ),
+    )
+    root = hd.sr.ContainerContentItem(name=Code("18748-4", "LN", "Diagnostic imaging report"))
+    comment = (
+        f"Not evaluated by {MODEL_NAME} (mmtrt {info.mmtrt_version}, {info.model_identity}): "
+        f"{reason.strip()}. No finding, probability or segmentation was made for this image. "
+        f"{NOT_FOR_CLINICAL_USE}."
+    )
+    root.ContentSequence = [
+        *device,
+        hd.sr.TextContentItem(name=codes.DCM.Comment, value=comment, relationship_type="CONTAINS"),
+        hd.sr.SourceImageForMeasurementGroup.from_source_image(source),
+    ]
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[source],
+        content=root,
+        series_instance_uid=result_uid(source, info, "not evaluated sr series"),
+        series_number=NOT_EVALUATED_SERIES_NUMBER,
+        sop_instance_uid=result_uid(source, info, "not evaluated sr instance"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+    )
+    sr.SeriesDescription = _describe("MultiMix: not evaluated")
+    return sr
+
+
+def write_not_evaluated(
+    source_path: Path, *, out: Path, stem: str, info: ResultInfo, reason: str
+) -> list[Path]:
+    """Write ``out/<stem>.not-evaluated.sr.dcm`` (:func:`make_not_evaluated_report`) for the DICOM
+    file ``source_path``. DicomResultError if it cannot be made (OSError if it cannot be written)."""
+    from mmtrt.data.dicom import read_dataset
+
+    source = read_dataset(Path(source_path))
+    try:
+        report = make_not_evaluated_report(source, info, reason)
+    except Exception as e:  # highdicom refusing the source (missing or invalid attributes)
+        raise DicomResultError(f"cannot make the not-evaluated report ({type(e).__name__}: {e})") from e
+    return write_datasets([(Path(out) / f"{stem}.not-evaluated.sr.dcm", report)])
 
 
 def _lung_group(source, info: ResultInfo, segmentation, algorithm):

@@ -50,7 +50,13 @@ _TAG = {"study": "0020000D", "series": "0020000E", "sop_instance": "00080018", "
 
 
 class DicomWebError(RuntimeError):
-    """A DICOMweb request failed or its answer cannot be used; the message names the URL."""
+    """A DICOMweb request failed or its answer cannot be used; the message names the URL.
+    ``status``: the HTTP status the archive answered, None when it gave none (not reached, or
+    an answer that cannot be used)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def _client(url: str):
@@ -79,7 +85,8 @@ def _skipped_kind(sop_class: str | None) -> str | None:
 def _failure(url: str, what: str, e: Exception) -> DicomWebError:
     response = getattr(e, "response", None)
     status = f"HTTP {response.status_code}" if response is not None else type(e).__name__
-    return DicomWebError(f"DICOMweb {url}: {what} failed: {status}: {str(e)[:300]}")
+    code = int(response.status_code) if response is not None else None
+    return DicomWebError(f"DICOMweb {url}: {what} failed: {status}: {str(e)[:300]}", code)
 
 
 @dataclass
@@ -194,6 +201,7 @@ def store_results(url: str, paths: Sequence[Path], *, say: Callable[[str], None]
             for item in failed
         )
         raise DicomWebError(
-            f"DICOMweb {url}: the archive refused {len(failed)} of {len(datasets)} result(s): {reasons}"
+            f"DICOMweb {url}: the archive refused {len(failed)} of {len(datasets)} result(s): {reasons}",
+            409,  # what STOW-RS answers when some instances failed (PS3.18 10.5.3)
         )
     say(f"stored {len(datasets)} result(s) with STOW-RS at {url}")

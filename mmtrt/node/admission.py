@@ -4,6 +4,10 @@ Accepted: a single-frame grayscale image whose pixel data mmtrt can decode (CR a
 chest radiographs; the metadata gate of :mod:`mmtrt.data.gate` judges the rest later, after
 storage, because a refused chest image still gets a report). Each refusal answers only its own
 C-STORE; other instances on the association are unaffected.
+
+mmtrt's own results (a SEG, SC or SR whose Manufacturer is mmtrt), which a PACS sends back when
+it forwards a whole study again, are answered with success and not spooled: there is nothing to
+evaluate in them, and refusing them would fail the PACS's forwarding of the study.
 """
 
 from __future__ import annotations
@@ -31,10 +35,19 @@ STATUS_NAMES = {
 }
 
 
+#: the SOP classes of mmtrt's results (mmtrt.dicom_results): SEG, Secondary Capture, Comprehensive SR
+_RESULT_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4",
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.88.33",
+}
+
+
 @dataclass(frozen=True)
 class Admission:
     status: int
     reason: str = ""
+    spool: bool = True  # False: answered with success but not kept (mmtrt's own result)
 
     @property
     def accepted(self) -> bool:
@@ -52,6 +65,11 @@ def admit(data: bytes, name: str = "received instance") -> Admission:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as e:
         return Admission(UNDECODABLE, f"cannot read the data set ({type(e).__name__}: {e})")
+    if (
+        str(ds.get("Manufacturer", "")).strip() == "mmtrt"
+        and str(ds.get("SOPClassUID", "")) in _RESULT_CLASSES
+    ):
+        return Admission(SUCCESS, f"mmtrt's own result ({_sop_name(ds)}): nothing to evaluate", spool=False)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         return Admission(NOT_AN_IMAGE, f"no pixel data: SOP class {_sop_name(ds)} is not an image")
     frames = str(ds.get("NumberOfFrames", "1") or "1").strip()

@@ -75,6 +75,9 @@ def make_store_handler(spool: Spool):
         if not admission.accepted:
             log.info("refused %s: 0x%04X %s", uid, admission.status, admission.reason)
             return _status(admission.status, admission.reason)
+        if not admission.spool:
+            log.info("not spooled %s: %s", uid, admission.reason)
+            return 0x0000
         try:
             spool.store(data, uid)
         except OSError as e:

@@ -84,6 +84,8 @@ class ImageResult:
     refusal_reason: str | None = None  # refused by the input gate (here or in the server): why
     refused_by: str | None = None  # "mmtrt infer" or the served model that refused it
     ood_score: float | None = None  # the image gate's score (mmtrt.ood), when the model ran it
+    # the error may go away by itself: no server could answer, or the results could not be written
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
@@ -393,6 +395,7 @@ def infer_files(
                 error = f"{what} by {by}: {_short(outcome)}"
             for x in loaded:
                 results[x.index].error = f"{paths[x.index]}: inference failed: {error}"
+                results[x.index].transient = kind == TRANSIENT
             say(f"error: a batch of {len(loaded)} image(s) failed: {error}")
         batch.loaded = None  # the pixels are no longer needed
     if given_up:
@@ -401,8 +404,10 @@ def infer_files(
         unsent = [i for b in given_up if not b.servers for i in b.indices if results[i].error is None]
         for i in failed:
             results[i].error = f"{paths[i]}: inference failed: {reason}"
+            results[i].transient = True
         for i in unsent:
             results[i].error = f"{paths[i]}: not sent: giving up: {reason}"
+            results[i].transient = True
         say(
             f"error: giving up: {reason}; {len(failed)} image(s) failed and {len(unsent)} image(s) "
             "were not sent"
@@ -618,6 +623,7 @@ def write_result(
             p.unlink(missing_ok=True)
         r.overlay_path = r.json_path = r.dicom_paths = None
         r.error = f"{r.source}: cannot write the results to {out}: {e}"
+        r.transient = isinstance(e, OSError)  # a full or unwritable disk; a DICOM refusal stays
         say(f"error: {r.error}")
 
 
@@ -667,6 +673,7 @@ def refuse(
         r.json_path = path
     except OSError as e:
         r.error = f"{r.source}: cannot write the results to {out}: {e}"
+        r.transient = True
         say(f"error: {r.error}")
 
 

@@ -29,11 +29,13 @@ from mmtrt.dicom_results import (
     DicomResultError,
     ResultInfo,
     copyable_source,
+    make_not_evaluated_report,
     make_overlay_capture,
     make_report,
     make_segmentation,
     native_mask,
     write_datasets,
+    write_not_evaluated,
     write_results,
 )
 
@@ -426,6 +428,43 @@ def test_result_uids_follow_the_source_and_the_model(tmp_path):
     every = [uid for run in ("a", "model", "other") for pair in runs[run].values() for uid in pair]
     assert len(set(every)) == len(every) == 18
     assert all(uid.startswith(pydicom.uid.PYDICOM_ROOT_UID) for uid in every)
+
+
+def test_not_evaluated_report(tmp_path):
+    """An image the input gate refused: a Comprehensive SR that references it and says why, with
+    UIDs of its own (the same when made again, never the result SR's), conformant to dciodvfy;
+    nothing else is written for it."""
+    lateral = xray_dataset(_twelve(7, (64, 48)), ViewPosition="LL")
+    path = save(lateral, tmp_path / "lateral.dcm")
+    info = ResultInfo(checkpoint_sha256=SHA)
+    reason = "View Position (0018,5101) is 'LL': a lateral view"
+    (written,) = write_not_evaluated(path, out=tmp_path / "out", stem="lat", info=info, reason=reason)
+    assert written.name == "lat.not-evaluated.sr.dcm" and sorted((tmp_path / "out").iterdir()) == [written]
+    sr = pydicom.dcmread(written)
+    assert (
+        sr.SOPClassUID == pydicom.uid.ComprehensiveSRStorage
+        and sr.StudyInstanceUID == lateral.StudyInstanceUID
+    )
+    evidence = (
+        sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    )
+    assert [e.ReferencedSOPInstanceUID for e in evidence] == [lateral.SOPInstanceUID]
+    (comment,) = [
+        item.TextValue
+        for item in sr.ContentSequence
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
+    ]
+    assert comment.startswith("Not evaluated by MultiMix") and reason in comment and SHA in comment
+    (image,) = [item for item in sr.ContentSequence if item.ValueType == "IMAGE"]
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == lateral.SOPInstanceUID
+    assert "SEG" not in {item.ValueType for item in sr.ContentSequence}
+    again = make_not_evaluated_report(read_dataset(path), info, reason)
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (sr.SOPInstanceUID, sr.SeriesInstanceUID)
+    report = make_report(read_dataset(path), info, pneumonia_probability=0.5, pneumonia=False)
+    assert {report.SOPInstanceUID, report.SeriesInstanceUID}.isdisjoint(
+        {sr.SOPInstanceUID, sr.SeriesInstanceUID}
+    )
+    dicom_conformance(written)
 
 
 # --------------------------------------------------------------------------- through the server

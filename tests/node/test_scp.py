@@ -85,6 +85,30 @@ def test_accepted_and_refused_instances_on_one_association(node):
     assert not [p for p in spool.incoming.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
+def test_mmtrt_s_own_results_are_answered_and_not_spooled(node):
+    """A PACS forwarding a study again sends mmtrt's SEG and SR back: success, nothing spooled
+    (nothing in them to evaluate); the same SOP classes from another maker are judged as usual."""
+    from mmtrt.dicom_results import ResultInfo, make_not_evaluated_report, make_segmentation
+
+    settings, spool = node
+    source = _dx(5)
+    seg = make_segmentation(source, np.ones((64, 48), dtype=bool), ResultInfo())
+    report = make_not_evaluated_report(source, ResultInfo(), "a lateral view")
+    foreign = make_not_evaluated_report(source, ResultInfo(), "x")
+    foreign.Manufacturer = "another"
+    ae = AE(ae_title="MODALITY")
+    for ds in (seg, report):
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", settings.port, ae_title="MMTRT")
+    assert assoc.is_established
+    try:
+        statuses = [assoc.send_c_store(ds).Status for ds in (seg, report, foreign)]
+    finally:
+        assoc.release()
+    assert statuses == [admission.SUCCESS, admission.SUCCESS, admission.NOT_AN_IMAGE]
+    assert spool.pending() == []
+
+
 def test_unknown_calling_ae_is_rejected_at_association(node):
     settings, spool = node
     assoc = _associate(settings.port, calling="STRANGER")

@@ -1,0 +1,263 @@
+"""The node's worker: spooled images -> Triton (:func:`mmtrt.serving.infer.infer_files`, several
+servers with fail-over) -> their DICOM results -> every destination -> ``done/``.
+
+An image leaves ``incoming/`` only when each destination has acknowledged its results; until
+then it stays, and a failure is sorted:
+
+- **transient** (no Triton server could answer, a destination unreachable, busy or failing): the
+  image stays in the spool and is tried again after a wait that doubles with each pass that
+  fails in a row (:class:`~mmtrt.serving.client.Backoff`, 1 s .. 60 s by default), one log line
+  per retry. Results already made are kept (in the worker's private folder) and only sent again,
+  and a destination that acknowledged them is not sent them again;
+- **permanent** (the file cannot be decoded, the server answers that the input is invalid, its
+  results cannot be made, a destination refuses them for good): ``Spool.fail`` with the reason.
+
+An image the input gate refuses (its header, or the image gate in the served model) gets no SEG,
+SC or result SR but a *not-evaluated report* (:func:`mmtrt.dicom_results.make_not_evaluated_report`)
+sent to the destinations like any result, so the study shows that it was looked at and why it
+was not evaluated. Result UIDs come from the source and the model (:func:`mmtrt.dicom_results.result_uid`):
+sending them again replaces rather than duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmtrt.node.destinations import DeliveryError
+from mmtrt.node.spool import Spool
+from mmtrt.serving.client import Backoff, Servers
+
+log = logging.getLogger("mmtrt.node")
+
+RETRY_BACKOFF = Backoff(1.0, 60.0)
+
+
+@dataclass
+class _Ready:
+    """The results of one spooled image, waiting to be acknowledged by every destination."""
+
+    files: list[Path]
+    acknowledged: set[int] = field(default_factory=set)  # indices of the destinations that did
+
+
+@dataclass
+class PassReport:
+    """What one pass over the spool did."""
+
+    finished: list[str] = field(default_factory=list)  # spool names sent everywhere -> done/
+    failed: list[str] = field(default_factory=list)  # -> failed/
+    waiting: dict[str, str] = field(default_factory=dict)  # name -> why it stays (transient)
+
+
+class Worker:
+    """Processes the spool's pending images; :meth:`run` loops until ``stop`` is set.
+
+    ``servers``: makes the :class:`Servers` of a pass (a fresh one each time, so that servers
+    given up in one pass are tried again in the next). ``destinations``: objects with
+    ``send(paths)`` raising :class:`DeliveryError` (:mod:`mmtrt.node.destinations`)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        servers: Callable[[], Servers],
+        destinations: Sequence,
+        *,
+        batch_size: int = 8,
+        max_per_pass: int = 64,
+        checkpoint_sha256: str | None = None,
+        relaxed: frozenset[str] = frozenset(),
+        backoff: Backoff = RETRY_BACKOFF,
+        poll_s: float = 1.0,
+    ):
+        if not destinations:
+            raise ValueError("no destination: the results would have nowhere to go")
+        self.spool = spool
+        self.servers = servers
+        self.destinations = list(destinations)
+        self.batch_size = batch_size
+        self.max_per_pass = max_per_pass
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.relaxed = relaxed
+        self.backoff = backoff
+        self.poll_s = poll_s
+        self._ready: dict[str, _Ready] = {}
+        self._folder: Path | None = None
+        self._passes = 0
+        self._current: Servers | None = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Pass over the spool until ``stop`` is set: at once while images are finished, after
+        ``poll_s`` when there is nothing to do, after the backoff when a pass left images waiting."""
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    report = self.run_once()
+                except Exception as e:  # noqa: BLE001 - a bug must not end the node's worker
+                    log.exception("worker pass failed: %s", e)
+                    why = f"the pass failed: {type(e).__name__}: {e}"
+                    report = PassReport(waiting={p.name: why for p in self.spool.pending()} or {"": why})
+                if report.waiting:
+                    failures += 1
+                    delay = self.backoff.delay(failures)
+                    why = "; ".join(sorted(set(report.waiting.values())))[:500]
+                    log.warning(
+                        "retrying %d image(s) in %.1f s (attempt %d): %s",
+                        len(report.waiting),
+                        delay,
+                        failures,
+                        why,
+                    )
+                    stop.wait(delay)
+                else:
+                    failures = 0
+                    if not (report.finished or report.failed):
+                        stop.wait(self.poll_s)
+        finally:
+            self.close()
+
+    def interrupt(self) -> None:
+        """Wake a pass that waits for a Triton server (on stopping)."""
+        if self._current is not None:
+            self._current.close()
+
+    def close(self) -> None:
+        """Remove the private folder of results not yet acknowledged (made again if needed)."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        self._ready.clear()
+
+    def results_folder(self) -> Path:
+        """The private folder (0700) of the results not yet acknowledged."""
+        if self._folder is None:  # mkdtemp: 0700, the results hold patients' data
+            self._folder = Path(tempfile.mkdtemp(prefix="mmtrt-node-"))
+        return self._folder
+
+    # ------------------------------------------------------------------ one pass
+
+    def run_once(self) -> PassReport:
+        """One pass: infer the pending images that have no results yet, send every image's
+        results to the destinations that have not acknowledged them, settle each image."""
+        report = PassReport()
+        pending = self.spool.pending()[: self.max_per_pass]
+        names = {p.name for p in pending}
+        for name in [n for n in self._ready if n not in names]:  # gone meanwhile (operator)
+            self._forget(name)
+        to_infer = [p for p in pending if p.name not in self._ready]
+        if to_infer:
+            self._infer(to_infer, report)
+        for path in pending:
+            if path.name in self._ready:
+                self._deliver(path, report)
+        return report
+
+    def _infer(self, paths: list[Path], report: PassReport) -> None:
+        from mmtrt.dicom_results import DicomResultError, ResultInfo, write_not_evaluated
+        from mmtrt.serving.infer import InferError, infer_files
+
+        self._passes += 1
+        work = self.results_folder() / f"pass-{self._passes}"
+        out, dicom_out = work / "json", work / "dicom"
+        dicom_out.mkdir(parents=True)
+        servers = self._current = self.servers()
+        servers.say = lambda line: log.info("%s", line)
+        try:
+            results = infer_files(
+                paths,
+                servers,
+                batch_size=self.batch_size,
+                out=out,
+                dicom_out=dicom_out,
+                checkpoint_sha256=self.checkpoint_sha256,
+                relaxed=self.relaxed,
+            )
+        except InferError as e:  # no server ready at all, or none serving the model: later
+            for p in paths:
+                report.waiting[p.name] = str(e)
+            shutil.rmtree(work, ignore_errors=True)
+            return
+        finally:
+            servers.close()
+            self._current = None
+        info = ResultInfo(checkpoint_sha256=self.checkpoint_sha256)
+        for r in results:
+            name = r.source.name
+            if r.error is not None:
+                if r.transient:
+                    report.waiting[name] = r.error
+                else:
+                    self._fail(r.source, r.error, report)
+            elif r.refused:
+                try:
+                    files = write_not_evaluated(
+                        r.source, out=dicom_out, stem=r.source.stem, info=info, reason=r.refusal_reason
+                    )
+                except DicomResultError as e:
+                    self._fail(r.source, f"refused by the input gate ({r.refusal_reason}); {e}", report)
+                    continue
+                except OSError as e:
+                    report.waiting[name] = f"cannot write the not-evaluated report: {e}"
+                    continue
+                log.info("not evaluated: %s: %s", name, r.refusal_reason)
+                self._ready[name] = _Ready(files)
+            elif r.dicom_paths:
+                self._ready[name] = _Ready(list(r.dicom_paths))
+            else:
+                self._fail(r.source, "no DICOM results were made for it (is it a DICOM file?)", report)
+        shutil.rmtree(out, ignore_errors=True)  # the JSON and PNG: the DICOM results carry them
+        for folder in (dicom_out, work):  # nothing kept from this pass (all failed or waiting)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def _deliver(self, path: Path, report: PassReport) -> None:
+        ready = self._ready[path.name]
+        for k, destination in enumerate(self.destinations):
+            if k in ready.acknowledged:
+                continue
+            try:
+                destination.send(ready.files)
+            except DeliveryError as e:
+                if e.transient:
+                    report.waiting[path.name] = str(e)
+                    continue
+                done = [str(self.destinations[j]) for j in sorted(ready.acknowledged)]
+                acknowledged = f" (acknowledged by {', '.join(done)})" if done else ""
+                self._fail(path, f"{e}{acknowledged}", report)
+                return
+            except OSError as e:  # the result files themselves unreadable: make them again
+                report.waiting[path.name] = f"{destination}: cannot read the results: {e}"
+                self._forget(path.name)
+                return
+            ready.acknowledged.add(k)
+            log.info("sent %d result(s) of %s to %s", len(ready.files), path.name, destination)
+        if len(ready.acknowledged) == len(self.destinations):
+            self.spool.finish(path)
+            self._forget(path.name)
+            report.finished.append(path.name)
+
+    def _fail(self, path: Path, reason: str, report: PassReport) -> None:
+        log.error("failed: %s: %s", path.name, reason)
+        self.spool.fail(path, reason)
+        self._forget(path.name)
+        report.failed.append(path.name)
+
+    def _forget(self, name: str) -> None:
+        ready = self._ready.pop(name, None)
+        for p in ready.files if ready else ():
+            p.unlink(missing_ok=True)
+            for folder in (p.parent, p.parent.parent):  # a pass's folders, once emptied
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
