@@ -582,11 +582,13 @@ def write_results(
     mask_probs: np.ndarray | None = None,
     overlay_png: Path | None = None,
     probabilities: Sequence[float] | None = None,
+    label: int | None = None,
 ) -> list[Path]:
     """Make and write ``out/<stem>.seg.dcm`` (when ``mask_probs``, [H, W] probabilities),
     ``out/<stem>.sc.dcm`` (when ``overlay_png``) and ``out/<stem>.sr.dcm`` (when
-    ``probabilities``: [p(NORMAL), p(PNEUMONIA)], the finding being their argmax) for the DICOM
-    file ``source_path``. All are made in memory first, then written all-or-nothing.
+    ``probabilities``: [p(NORMAL), p(PNEUMONIA)]; the finding is ``label``, the class the model
+    answered at its export's operating point, or their argmax without one) for the DICOM file
+    ``source_path``. All are made in memory first, then written all-or-nothing.
     DicomResultError if they cannot be made (OSError if they cannot be written)."""
     from PIL import Image
 
@@ -606,8 +608,9 @@ def write_results(
             items.append((Path(out) / f"{stem}.sc.dcm", make_overlay_capture(source, rgb, info)))
         if probabilities is not None:
             p = [float(x) for x in probabilities]
+            pneumonia = p[1] > p[0] if label is None else int(label) == 1
             report = make_report(
-                source, info, pneumonia_probability=p[1], pneumonia=p[1] > p[0], segmentation=seg
+                source, info, pneumonia_probability=p[1], pneumonia=pneumonia, segmentation=seg
             )
             items.append((Path(out) / f"{stem}.sr.dcm", report))
     except OSError:

@@ -67,7 +67,10 @@ def boundaries(path: Path, collected: dict, domain: str) -> Path | None:
     models = [m for m in collected if collected[m].get(domain) and collected[m][domain].gallery_seg]
     if not models:
         return None
-    idx = sorted(collected[models[0]][domain].gallery_seg)
+    # the images every model answered (one its image gate refused has no entry)
+    idx = sorted(set.intersection(*(set(collected[m][domain].gallery_seg) for m in models)))
+    if not idx:
+        return None
     fig, axes = plt.subplots(
         len(idx), len(models), figsize=(2.6 * len(models), 2.6 * len(idx)), squeeze=False
     )
@@ -82,13 +85,13 @@ def boundaries(path: Path, collected: dict, domain: str) -> Path | None:
                     ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.0)
             ax.set_xticks([])
             ax.set_yticks([])
-            dice = c.seg_metrics[i]["dice"]
+            dice = g["dice"]
             if r == 0:
                 ax.set_title(f"{m}\nDice {dice:.3f}", fontsize=8)
             else:
                 ax.set_title(f"Dice {dice:.3f}", fontsize=8)
             if col == 0:
-                ax.set_ylabel(Path(c.seg_files[i]).name, fontsize=7)
+                ax.set_ylabel(Path(g["file"]).name, fontsize=7)
     fig.suptitle(f"{domain}: ground truth (green) vs prediction (red)", fontsize=10)
     return _save(fig, path)
 
@@ -201,7 +204,9 @@ def saliency_gallery(path: Path, collected: dict, domain: str) -> Path | None:
     if not models:
         return None
     first = collected[models[0]][domain]
-    idx = sorted(first.gallery_cls)
+    idx = sorted(set.intersection(*(set(collected[m][domain].gallery_cls) for m in models)))
+    if not idx:
+        return None
     fig, axes = plt.subplots(
         len(idx), len(models) + 1, figsize=(2.4 * (len(models) + 1), 2.4 * len(idx)), squeeze=False
     )
@@ -210,8 +215,8 @@ def saliency_gallery(path: Path, collected: dict, domain: str) -> Path | None:
         img = first.gallery_cls[i]["image"]
         ax = axes[r][0]
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{names[int(first.cls_labels[i])]} (true)", fontsize=8)
-        ax.set_ylabel(Path(first.cls_files[i]).name, fontsize=7)
+        ax.set_title(f"{names[first.gallery_cls[i]['label']]} (true)", fontsize=8)
+        ax.set_ylabel(Path(first.gallery_cls[i]["file"]).name, fontsize=7)
         for col, m in enumerate(models, start=1):
             g = collected[m][domain].gallery_cls[i]
             s = g["saliency"]

@@ -169,6 +169,8 @@ def _collect(
             for j, i in enumerate(idx):
                 if i in picks and ok[j]:
                     out.gallery_cls[i] = {
+                        "file": str(cls_set.paths[i]),
+                        "label": int(items[j][1]),
                         "image": x[j, 0],
                         "saliency": res["saliency"][j],
                         "probs": res["probs"][j],
@@ -194,6 +196,8 @@ def _collect(
                 out.seg_metrics.append(m)
                 if i in picks:
                     out.gallery_seg[i] = {
+                        "file": str(seg_set.paths[i]),
+                        "dice": m["dice"],
                         "image": x[j, 0],
                         "target": target,
                         "pred": prob > MASK_THRESHOLD,

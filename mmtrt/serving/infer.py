@@ -690,6 +690,7 @@ def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
         mask_probs=mask,
         overlay_png=r.overlay_path,
         probabilities=r.probs,
+        label=r.label_index,  # the served label (the export's operating point), as the JSON says
     )
 
 

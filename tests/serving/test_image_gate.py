@@ -210,3 +210,28 @@ def test_metrics_count_the_refused_and_observe_every_score(server, images):
     assert after["mmtrt_ood_score_count"] - before.get("mmtrt_ood_score_count", 0) == n
     assert after["mmtrt_images_totalrefused"] - before.get("mmtrt_images_totalrefused", 0) == refused
     assert after["mmtrt_images_totalanswered"] - before.get("mmtrt_images_totalanswered", 0) == n - refused
+
+
+def test_evaluate_counts_refused_images_and_scores_the_others(server, images, tmp_path):
+    """`mmtrt evaluate` through the server: images the image gate refuses are counted as refused
+    (and listed in per_image.csv), not scored; the metrics are over the answered ones."""
+    chest = [v for k, v in images.items() if k.startswith("chest:")]
+    root = tmp_path / "cls" / "test"
+    for label, pictures in (
+        ("NORMAL", [chest[0], images["skimage:coins"]]),
+        ("PNEUMONIA", [chest[1], images["pydicom:CT_small.dcm"]]),
+    ):
+        (root / label).mkdir(parents=True)
+        for k, picture in enumerate(pictures):
+            (root / label / f"{k}.png").write_bytes(encoded((picture[0] * 255).astype(np.uint8)))
+    out = tmp_path / "evaluate"
+    r = CliRunner().invoke(
+        main,
+        ["evaluate", "--url", server.http_url, "--cls-data", str(tmp_path / "cls"), "--out", str(out), "--bootstrap", "50"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "metrics.json").read_text())["results"]["triton:multimix"]["in-domain"]
+    assert result["classification"]["n"] == 2 and result["classification"]["refused"] == 2
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert sum(row.endswith(",refused,,,,,,,,") or ",refused," in row for row in rows) == 2
+    assert "refused (image gate)" in (out / "report.html").read_text()
