@@ -7,8 +7,11 @@ chest source it rejects (a domain shift, reported, not a failure).
 The scores are the export's own: its fp32 encoder graph in onnxruntime, as the served models
 compute them, compared with the threshold its manifest records.
 
+    bash scripts/demo.sh     # the main job: runs/demo/export, runs/demo/data/cls
+    mmtrt synth runs/ood/nih --source nih --n-cls 100 --seed 1 --difficulty 0.0
+    mmtrt synth runs/ood/montgomery --source montgomery --n-seg 50 --seed 1 --difficulty 0.0
     python -m benchmarks.ood_gate --export runs/demo/export --data runs/demo/data/cls \\
-        --cross nih=runs/demo/cross_nih/cls/test --cross montgomery=runs/demo/cross_mcu/seg/test/images
+        --cross nih=runs/ood/nih/cls/test --cross montgomery=runs/ood/montgomery/seg/test/CXR_png
 """
 
 from __future__ import annotations

@@ -121,6 +121,11 @@ def test_deployment_wiring(name):
         assert header == f"{HEADER}=$(MMTRT_ADMIN_KEY)", flag
     (key,) = [e for e in c["env"] if e["name"] == "MMTRT_ADMIN_KEY"]
     assert key["valueFrom"]["secretKeyRef"] == {"name": "mmtrt-admin-key", "key": "key"}
+    # a model update is a rolling update gated by readiness: no pod stops before its successor
+    # is ready, and the pod template names the version it serves (changing it rolls the pods)
+    rolling = dep["spec"]["strategy"]
+    assert rolling["type"] == "RollingUpdate" and rolling["rollingUpdate"]["maxUnavailable"] == 0
+    assert int(pod["metadata"]["annotations"]["mmtrt.io/served-version"]) >= 1
     # probes: Triton's health endpoints, over the HTTP container port
     get = c["readinessProbe"]["httpGet"]
     assert get["path"] == "/v2/health/ready" and ports.get(get["port"], get["port"]) == ports["http"]
