@@ -128,6 +128,7 @@ def _run(kind: str, paths, export: Path, work: Path) -> dict:
     work.mkdir()
     repo = build_repository(export, work / "repo", ort_threads=1)
     triton = TritonServer(repo, log_file=work / "triton.log").start(timeout=300)
+    (work / "orthanc").mkdir()
     pacs = Orthanc(work / "orthanc")
     port = _free_port("127.0.0.1")
     spool = work / "spool"
