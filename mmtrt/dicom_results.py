@@ -400,15 +400,7 @@ def make_report(
         version=info.mmtrt_version,
         parameters=[f"{k}={v}" for k, v in info.parameters().items()],
     )
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=result_uid(source, info, "observer device"),
-            name=MANUFACTURER,
-            manufacturer_name=MANUFACTURER,
-            model_name=MODEL_NAME,
-        ),
-    )
+    device = _observer_device(source, info)
     classification = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=result_uid(source, info, "pneumonia finding"), identifier="Pneumonia classification"
@@ -451,6 +443,22 @@ def make_report(
     return sr
 
 
+def _observer_device(source, info: ResultInfo):
+    """mmtrt as the observer device of a report on ``source`` (one UID per source and model)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=result_uid(source, info, "observer device"),
+            name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER,
+            model_name=MODEL_NAME,
+        ),
+    )
+
+
 def make_not_evaluated_report(source, info: ResultInfo, reason: str):
     """A Comprehensive SR saying that ``source`` was **not evaluated** and why (``reason``: the
     input gate's, e.g. a lateral View Position or an image out of the model's distribution): no
@@ -464,15 +472,7 @@ def make_not_evaluated_report(source, info: ResultInfo, reason: str):
     from pydicom.sr.coding import Code
 
     source = copyable_source(source)
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=result_uid(source, info, "observer device"),
-            name=MANUFACTURER,
-            manufacturer_name=MANUFACTURER,
-            model_name=MODEL_NAME,
-        ),
-    )
+    device = _observer_device(source, info)
     root = hd.sr.ContainerContentItem(name=Code("18748-4", "LN", "Diagnostic imaging report"))
     comment = (
         f"Not evaluated by {MODEL_NAME} (mmtrt {info.mmtrt_version}, {info.model_identity}): "
