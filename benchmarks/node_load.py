@@ -155,6 +155,7 @@ def _run(kind: str, paths, export: Path, work: Path) -> dict:
         elif kind == "Triton stopped":
             triton.stop()
             time.sleep(PAUSE_S)
+            triton.die_with_parent = False  # this thread ends soon; the server must outlive it
             triton.restart(timeout=300)
         elif kind == "destination down":
             os.kill(pacs.proc.pid, signal.SIGSTOP)
