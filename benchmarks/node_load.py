@@ -166,6 +166,12 @@ def _run(kind: str, paths, export: Path, work: Path) -> dict:
     faulter = threading.Thread(target=fault, daemon=True)
     watcher.start()
     faulter.start()
+    me = os.getpid()  # (its own threads only: the servers are its children)
+    cpu0 = {
+        "triton": _cpu_seconds(triton.pid),
+        "orthanc": _cpu_seconds(pacs.proc.pid),
+        "script": _cpu_seconds(me, False),
+    }
     t0 = time.monotonic()
     try:
         _send_all(paths, port, sent, half)
@@ -173,6 +179,12 @@ def _run(kind: str, paths, export: Path, work: Path) -> dict:
         while len(done) < len(paths) and time.monotonic() < deadline:
             time.sleep(0.5)
         elapsed = time.monotonic() - t0
+        cpu = {  # where the machine's time went (the node killed: its second process only)
+            "triton": _cpu_seconds(triton.pid) - cpu0["triton"],
+            "node": _cpu_seconds(node.proc.pid),
+            "orthanc": _cpu_seconds(pacs.proc.pid) - cpu0["orthanc"],
+            "modalities (this script)": _cpu_seconds(me, False) - cpu0["script"],
+        }
         reports = {}  # source SOP Instance UID -> SRs in Orthanc that reference it
         for item in pacs.post(
             "/tools/find",
@@ -200,11 +212,31 @@ def _run(kind: str, paths, export: Path, work: Path) -> dict:
         "failed_in_spool": len(list((spool / "failed").glob("*.dcm"))),
         "seconds": round(elapsed, 1),
         "images_per_s": round(len(done) / elapsed, 2),
+        "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
         "store_to_results_s": {
             "p50": round(float(np.percentile(latency, 50)), 2) if latency.size else None,
             "p95": round(float(np.percentile(latency, 95)), 2) if latency.size else None,
         },
     }
+
+
+def _cpu_seconds(pid: int | None, children: bool = True) -> float:
+    """CPU time (user + system) of a process (and its children) so far; 0 once it is gone."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True) if children else []
+    except (psutil.Error, ValueError, TypeError):
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def _referenced(tags: dict) -> set[str]:
@@ -223,15 +255,21 @@ def _infer_throughput(paths, export: Path, work: Path) -> dict:
     repo = build_repository(export, work / "repo", ort_threads=1)
     triton = TritonServer(repo, log_file=work / "triton.log").start(timeout=300)
     try:
+        cpu0 = {"triton": _cpu_seconds(triton.pid), "script": _cpu_seconds(os.getpid(), False)}
         t0 = time.monotonic()
         results = infer_files(paths, Servers([triton.http_url]), out=work / "out", dicom_out=work / "dicom")
         elapsed = time.monotonic() - t0
+        cpu = {
+            "triton": _cpu_seconds(triton.pid) - cpu0["triton"],
+            "infer": _cpu_seconds(os.getpid(), False) - cpu0["script"],
+        }
     finally:
         triton.stop()
     return {
         "images": len(results),
         "seconds": round(elapsed, 1),
         "images_per_s": round(len(results) / elapsed, 2),
+        "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
     }
 
 

@@ -214,7 +214,7 @@ def serve(
     """
     from .errors import ServingError
     from .replicas import serve_replicas
-    from .server import ServerTls
+    from .tls import ServerTls
 
     bad = [a for a in tritonserver_args if not a.startswith("--")]
     if bad:

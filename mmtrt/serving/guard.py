@@ -1,10 +1,16 @@
-"""The nginx guard of ``deploy/nginx/`` run as a local process in front of a Triton server, on free
-loopback ports: what the tests and the oversize benchmark put between clients and Triton.
+"""The nginx guard of ``deploy/nginx/`` run as a local process in front of a Triton server: what
+`mmtrt serve` puts between clients and Triton (see :class:`~mmtrt.serving.server.TritonServer`'s
+``guarded``), and what the tests and the oversize benchmark put in front of a server.
 
 The server blocks are the shipped ``deploy/nginx/mmtrt-triton.conf`` itself with only its
-addresses replaced (upstreams, listen ports, the njs path), so what is tested is what operators
-install. Needs nginx and its njs module (Debian: nginx-light libnginx-mod-http-js) and a source
-checkout (the ``deploy/`` folder is not part of the installed package).
+addresses replaced (upstreams, listen addresses, the njs path), so what is tested is what operators
+install; a local run adds one block that passes Triton's metrics page on. The listening sockets are
+bound here and handed to nginx (nginx's own ``NGINX`` variable for inherited sockets): a port is
+known before nginx starts, and nginx can run in a private network namespace
+(:func:`~mmtrt.serving.isolation.private_network_preexec`) where Triton, started into the same
+namespace, listens where no other process can connect. Needs nginx and its njs module (Debian:
+nginx-light libnginx-mod-http-js) and a source checkout (``deploy/`` is not part of the installed
+package).
 """
 
 from __future__ import annotations
@@ -14,13 +20,12 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .server import _free_port
-
 if TYPE_CHECKING:
-    from .server import ServerTls
+    from .tls import ServerTls
 
 __all__ = ["GUARD_DIR", "NJS_MODULE", "GuardUnavailable", "NginxGuard", "find_nginx"]
 
@@ -50,6 +55,25 @@ def _tls_lines(tls: ServerTls | None) -> str:
     return "".join(f"\n    {line}" for line in lines)
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(511)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class GuardUnavailable(RuntimeError):
     """nginx, its njs module or the shipped configuration is missing; the message says which."""
 
@@ -74,31 +98,81 @@ def find_nginx() -> str:
 
 class NginxGuard:
     """nginx running the shipped guard in front of Triton's ``http_upstream`` and
-    ``grpc_upstream`` ("host:port"), with its files in ``folder``; ``http`` and ``grpc`` are the
-    addresses clients use; ``tls``: both listen with TLS (and ask for client certificates signed
-    by its CA, when it has one). Start with :meth:`start` or as a context manager."""
+    ``grpc_upstream`` ("host:port"; ``metrics_upstream``: its metrics page passed on too), with its
+    files in ``folder``. It listens on ``host`` (HTTP on ``http_host``, default ``host``) at
+    ``ports`` ("http", "grpc", "metrics"; 0 or missing: a free port); :attr:`http`, :attr:`grpc`
+    and :attr:`metrics` are the addresses clients use once started. ``tls``: the gRPC listener
+    (and the HTTP one, unless ``http_tls`` is False) with TLS, asking for client certificates
+    signed by its CA when it has one. ``preexec``: what the nginx process runs before it starts
+    (e.g. entering a private network namespace). Start with :meth:`start` or as a context manager."""
 
-    def __init__(self, http_upstream: str, grpc_upstream: str, folder: Path, tls: ServerTls | None = None):
+    def __init__(
+        self,
+        http_upstream: str,
+        grpc_upstream: str,
+        folder: Path,
+        tls: ServerTls | None = None,
+        *,
+        metrics_upstream: str | None = None,
+        host: str = "127.0.0.1",
+        http_host: str | None = None,
+        ports: Mapping[str, int] | None = None,
+        http_tls: bool = True,
+        preexec: Callable[[], None] | None = None,
+    ):
         self.nginx = find_nginx()
         self.folder = Path(folder)
-        self.http = f"127.0.0.1:{_free_port('127.0.0.1')}"
-        self.grpc = f"127.0.0.1:{_free_port('127.0.0.1')}"
+        self.upstreams = {"http": http_upstream, "grpc": grpc_upstream, "metrics": metrics_upstream}
+        self.hosts = {"http": http_host or host, "grpc": host, "metrics": host}
+        self.requested_ports = {name: int((ports or {}).get(name, 0)) for name in self.hosts}
+        self.tls, self.http_tls, self.preexec = tls, http_tls, preexec
+        self.http = self.grpc = self.metrics = ""
         self.proc: subprocess.Popen | None = None
-        ssl = " ssl" if tls is not None else ""
-        self._replacements = {
-            "js_path": f"js_path {GUARD_DIR}/;",
-            "http_upstream": f"server {http_upstream};",
-            "grpc_upstream": f"server {grpc_upstream};",
-            "http_listen": f"listen {self.http}{ssl};{_tls_lines(tls)}",
-            "grpc_listen": f"listen {self.grpc}{ssl} http2;{_tls_lines(tls)}",
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The ports it listens on (once started)."""
+        return {
+            name: int(address.rsplit(":", 1)[1])
+            for name, address in (("http", self.http), ("grpc", self.grpc), ("metrics", self.metrics))
+            if address
         }
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def _write_config(self) -> Path:
+        tls = self.tls
+        http_tls = tls if self.http_tls else None
+        replacements = {
+            "js_path": f"js_path {GUARD_DIR}/;",
+            "http_upstream": f"server {self.upstreams['http']};",
+            "grpc_upstream": f"server {self.upstreams['grpc']};",
+            "http_listen": f"listen {self.http}{' ssl' if http_tls else ''};{_tls_lines(http_tls)}",
+            "grpc_listen": f"listen {self.grpc}{' ssl' if tls else ''} http2;{_tls_lines(tls)}",
+        }
         site = (GUARD_DIR / "mmtrt-triton.conf").read_text()
         for key, shipped in _SHIPPED.items():
             if site.count(shipped) != 1:
                 raise GuardUnavailable(f"{GUARD_DIR}/mmtrt-triton.conf: expected one `{shipped}`")
-            site = site.replace(shipped, self._replacements[key])
+            site = site.replace(shipped, replacements[key])
+        if self.metrics:  # Prometheus scrapes the page as from Triton itself
+            site += f"""
+server {{
+    listen {self.metrics};
+    location = /metrics {{
+        limit_except GET {{ deny all; }}
+        proxy_pass http://{self.upstreams["metrics"]};
+    }}
+    location / {{
+        return 404;
+    }}
+}}
+"""
         work = self.folder
         work.mkdir(parents=True, exist_ok=True)
         (work / "site.conf").write_text(site)
@@ -106,6 +180,8 @@ class NginxGuard:
             f"    {name}_temp_path {work / name};"
             for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
+        # root (only where it is root outside a user namespace too) keeps its workers as root: they
+        # read this folder, which is the caller's and private
         (work / "nginx.conf").write_text(
             f"""load_module {NJS_MODULE};
 {"user root;" if os.geteuid() == 0 else ""}
@@ -124,28 +200,38 @@ http {{
         return work / "nginx.conf"
 
     def start(self, timeout: float = 20.0) -> NginxGuard:
-        config = self._write_config()
-        args = [self.nginx, "-c", str(config), "-p", str(self.folder)]
-        check = subprocess.run([*args, "-t"], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise GuardUnavailable(f"nginx -t refused the guard's configuration: {check.stderr.strip()}")
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        names = [n for n in ("http", "grpc", "metrics") if self.upstreams[n] is not None]
+        sockets = [_listening_socket(self.hosts[n], self.requested_ports[n]) for n in names]
+        try:
+            for name, sock in zip(names, sockets):
+                setattr(self, name, _address(sock))
+            config = self._write_config()
+            (self.folder / "nginx.pid").unlink(missing_ok=True)
+            args = [self.nginx, "-c", str(config), "-p", str(self.folder)]
+            check = subprocess.run([*args, "-t"], capture_output=True, text=True)
+            if check.returncode != 0:
+                raise GuardUnavailable(f"nginx -t refused the guard's configuration: {check.stderr.strip()}")
+            fds = [sock.fileno() for sock in sockets]
+            self.proc = subprocess.Popen(
+                args,
+                stderr=subprocess.PIPE,
+                text=True,
+                pass_fds=fds,
+                env={**os.environ, "NGINX": "".join(f"{fd};" for fd in fds)},  # inherited sockets
+                preexec_fn=self.preexec,
+            )
+        finally:
+            for sock in sockets:  # nginx holds them now
+                sock.close()
         deadline = time.monotonic() + timeout
-        for address in (self.http, self.grpc):
-            host, port = address.rsplit(":", 1)
-            while True:
-                try:
-                    socket.create_connection((host, int(port)), timeout=1).close()
-                    break
-                except OSError:
-                    if self.proc.poll() is not None:
-                        raise GuardUnavailable(f"nginx exited: {self.proc.stderr.read()}") from None
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise GuardUnavailable(
-                            f"nginx did not listen on {address} within {timeout:.0f} s"
-                        ) from None
-                    time.sleep(0.05)
+        # nginx writes its pid file once its sockets are set up; connections queue until then
+        while not (self.folder / "nginx.pid").exists():
+            if self.proc.poll() is not None:
+                raise GuardUnavailable(f"nginx exited: {self.proc.stderr.read().strip()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise GuardUnavailable(f"nginx did not start within {timeout:.0f} s")
+            time.sleep(0.02)
         return self
 
     def stop(self) -> None:

@@ -10,7 +10,10 @@ is stopped and the others go on; when none is left :func:`serve_replicas` raises
 (`mmtrt serve` exits 1). SIGINT / SIGTERM / SIGHUP stop every replica, even while they start, and
 it returns (exit 0); a second signal does not interrupt that clean-up.
 
-Every replica restricts Triton's admin APIs (:mod:`~mmtrt.serving.admin`) to one key: a per-run
+Every replica is guarded (:class:`~mmtrt.serving.server.TritonServer`'s ``guarded``): the nginx
+guard of ``deploy/nginx/`` holds its ports and tritonserver listens behind it, in a network
+namespace of its own; without nginx a warning says so and Triton takes the ports itself. Every
+replica restricts Triton's admin APIs (:mod:`~mmtrt.serving.admin`) to one key: a per-run
 secret in a 0600 file, removed at the end, or the operator's ``admin_key_file``. The key is never
 printed, only the file's path (for mmtrt's tools: ``MMTRT_ADMIN_KEY_FILE``). A warning says when
 other local users could read the key (/proc without hidepid) or the request bytes (no private
@@ -33,7 +36,7 @@ from .client import DEFAULT_PORTS
 from .supervisor import RestartPolicy, exit_status
 
 if TYPE_CHECKING:  # (the server side is loaded only when serving)
-    from .server import ServerTls
+    from .tls import ServerTls
 
 REPLICA_PORT_STEP = 10
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -120,11 +123,17 @@ def serve_replicas(settings: ServeSettings, echo: Callable[..., None]) -> None:
     from .admin import AdminKey
     from .binary import find_tritonserver
     from .errors import ServingError
+    from .guard import GuardUnavailable, find_nginx
     from .server import TritonServer
     from .supervisor import Supervisor
 
     s = settings
     binary = find_tritonserver()
+    try:
+        find_nginx()
+        unguarded = ""
+    except GuardUnavailable as e:
+        unguarded = str(e)
     ports = replica_ports(s.replicas, s.http_port, s.grpc_port, s.metrics_port)
     key = AdminKey.load(s.admin_key_file) if s.admin_key_file else AdminKey.create()
     try:
@@ -140,6 +149,7 @@ def serve_replicas(settings: ServeSettings, echo: Callable[..., None]) -> None:
                 extra_args=extra_args,
                 tritonserver=binary,
                 tls=s.tls,
+                guarded=not unguarded,
                 # explicit model control: `mmtrt update` loads another version while it serves
                 model_control_mode="explicit",
             )
@@ -160,7 +170,7 @@ def serve_replicas(settings: ServeSettings, echo: Callable[..., None]) -> None:
                             f"{name}: HTTP http://{server.http_url}  gRPC {server.grpc_url}  "
                             f"metrics {server.metrics_url}  (pid {server.pid})"
                         )
-                for line, err in _ready_lines(servers, s.host, key, time.monotonic() - t0):
+                for line, err in _ready_lines(servers, s.host, key, time.monotonic() - t0, unguarded):
                     echo(line, err=err)
                 supervisors = [
                     Supervisor(server, timeout=s.timeout, policy=s.restarts, say=echo, name=name)
@@ -183,10 +193,11 @@ def _them(n: int) -> str:
     return "the server" if n == 1 else f"{n} replicas"
 
 
-def _ready_lines(servers: list, host: str, key, elapsed_s: float) -> list[tuple[str, bool]]:
+def _ready_lines(servers: list, host: str, key, elapsed_s: float, unguarded: str) -> list[tuple[str, bool]]:
     """(line, to stderr) once every replica is ready: one server's endpoints (several have had a
-    line each as they started), the models, where the admin key is, warnings (exposure, what
-    other local users could read), the client command line."""
+    line each as they started), the models, where the admin key is, warnings (no guard:
+    ``unguarded`` says why; exposure, what other local users could read), the client command
+    line."""
     from .admin import ADMIN_APIS, GRPC_HEADER_PREFIX, HEADER, KEY_FILE_ENV, proc_hides_command_lines
 
     one = len(servers) == 1
@@ -216,6 +227,24 @@ def _ready_lines(servers: list, host: str, key, elapsed_s: float) -> list[tuple[
                 "warning: /proc is mounted without hidepid: other local users can read the admin key "
                 "in the server's command line; on a shared host mount /proc with hidepid=invisible "
                 "(see docs/security.md)",
+                True,
+            )
+        )
+    network = servers[0].private_network
+    if unguarded:
+        lines.append(
+            (
+                f"warning: no guard in front of Triton ({unguarded}): any client that reaches its "
+                "ports can abort it with a chunked HTTP body (the watchdog restarts it); see "
+                "docs/security.md",
+                True,
+            )
+        )
+    elif network.kind is None:
+        lines.append(
+            (
+                f"warning: no private network namespace for Triton behind its guard ({network.reason}): "
+                "other local users can reach Triton's own loopback ports; see docs/security.md",
                 True,
             )
         )

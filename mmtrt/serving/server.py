@@ -8,8 +8,11 @@ process group. The server runs in its own process group with its output in a log
 that is kept after stop; start-up failures raise :class:`ServingError` carrying the tail of that
 log. Where the system allows it the server gets a /dev/shm of its own
 (:mod:`~mmtrt.serving.isolation`): other local users cannot read the request bytes its python
-backend passes through shared memory. Keys on the command line (restricted APIs) are shown as
-``***`` in the log and in :attr:`TritonServer.command`.
+backend passes through shared memory. A ``guarded`` server (what `mmtrt serve` runs) has the
+nginx guard of ``deploy/nginx/`` (:mod:`~mmtrt.serving.guard`) on its ports, and tritonserver
+itself listens in a network namespace of its own that only the guard reaches: every client,
+other local users included, goes through the guard's checks. Keys on the command line
+(restricted APIs) are shown as ``***`` in the log and in :attr:`TritonServer.command`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import time
 import urllib.request
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from .admin import redact
@@ -34,7 +36,14 @@ from .binary import bundled_root_of, find_tritonserver, prepare_backend_dir
 from .checks import BUILD_ENGINES_HINT, missing_plan_files, offline_config_problems
 from .config import parse_config
 from .errors import ServingError
-from .isolation import PrivateShm, private_shm, private_shm_preexec
+from .isolation import (
+    Isolation,
+    join_network_preexec,
+    private_network,
+    private_network_preexec,
+    private_shm,
+    private_shm_preexec,
+)
 from .logs import error_lines, ports_in_use
 from .processes import (
     SHM_PREFIX,
@@ -44,6 +53,7 @@ from .processes import (
     remove_shm_regions,
     stub_argvs,
 )
+from .tls import ServerTls
 
 __all__ = ["TritonServer", "restricted_headers"]
 
@@ -69,46 +79,6 @@ _MANAGED_FLAGS = frozenset(
         "--grpc-root-cert",
     }
 )
-
-
-@dataclass(frozen=True)
-class ServerTls:
-    """TLS of the gRPC endpoint, with tritonserver's own options: the server's certificate and
-    key (PEM) and, for mutual TLS, the CA whose client certificates it accepts (None: any client
-    that trusts the server). Triton's HTTP endpoint has no TLS: a server with TLS binds HTTP to
-    loopback only, for a TLS proxy on the same host (deploy/nginx)."""
-
-    cert_file: Path
-    key_file: Path
-    ca_file: Path | None = None
-
-    def __post_init__(self):
-        for what, path in (("certificate", self.cert_file), ("key", self.key_file), ("CA", self.ca_file)):
-            if path is None:
-                continue
-            try:
-                mode = os.stat(path).st_mode
-                with open(path, "rb") as fh:
-                    pem = fh.read(1 << 20)
-            except OSError as e:
-                raise ValueError(f"TLS {what} file {path}: {e.strerror}") from None
-            if b"-----BEGIN " not in pem:
-                raise ValueError(f"TLS {what} file {path} holds no PEM block")
-            if what == "key" and mode & 0o077:
-                raise ValueError(
-                    f"TLS key file {path} is readable by other users (mode {mode & 0o777:04o}): "
-                    f"`chmod 600 {path}`"
-                )
-
-    def tritonserver_args(self) -> list[str]:
-        args = [
-            "--grpc-use-ssl=true",
-            f"--grpc-server-cert={Path(self.cert_file).resolve()}",
-            f"--grpc-server-key={Path(self.key_file).resolve()}",
-        ]
-        if self.ca_file is not None:
-            args += [f"--grpc-root-cert={Path(self.ca_file).resolve()}", "--grpc-use-ssl-mutual=true"]
-        return args
 
 
 def restricted_headers(args: Sequence[str]) -> dict[str, str]:
@@ -194,7 +164,11 @@ class TritonServer:
     sets itself, such as ports and addresses, are refused). With ``die_with_parent`` (Linux), the
     server gets SIGTERM when the thread that started it ends, so even a SIGKILLed owner leaves no
     server behind: start it from a thread that outlives it (e.g. the main thread), or pass False.
-    :attr:`private_shm` says whether (and how) its /dev/shm is its own.
+    :attr:`private_shm` says whether (and how) its /dev/shm is its own. With ``guarded``, the
+    ports are the nginx guard's (:class:`~mmtrt.serving.guard.NginxGuard`, which then also holds
+    the gRPC TLS) and tritonserver listens behind it in a network namespace of its own
+    (:attr:`private_network` says whether, and how; without one it listens on free loopback
+    ports); the guard is started and stopped with it.
     """
 
     def __init__(
@@ -212,6 +186,7 @@ class TritonServer:
         exit_timeout_s: int = 5,
         die_with_parent: bool = True,
         tls: ServerTls | None = None,
+        guarded: bool = False,
     ):
         self.repository = Path(repository).resolve()
         self.host = host
@@ -242,7 +217,11 @@ class TritonServer:
             log_file = Path(name)
         self.log_path = Path(log_file)
         self.command: list[str] = []  # as logged: keys redacted
-        self.private_shm: PrivateShm = private_shm()
+        self.guarded = bool(guarded)
+        self.private_network: Isolation = private_network() if guarded else Isolation(None, "not guarded")
+        # behind the guard, /dev/shm is made private in the guard's namespaces
+        self.private_shm: Isolation = self.private_network if self.private_network.kind else private_shm()
+        self._guard = None
         self._proc: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._log_offset = 0
@@ -275,13 +254,20 @@ class TritonServer:
         return self._proc.pid if self._proc is not None else None
 
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """tritonserver runs (and, guarded, so does its guard)."""
+        guard_ok = self._guard is None or self._guard.is_running()
+        return self._proc is not None and self._proc.poll() is None and guard_ok
 
     @property
     def exit_code(self) -> int | None:
-        """The exit status of a server that ended by itself (negative: killed by that signal);
-        None while it runs or after stop()."""
-        return self._proc.poll() if self._proc is not None else None
+        """The exit status of a server that ended by itself (negative: killed by that signal;
+        guarded: the guard's, when tritonserver still runs); None while it runs or after stop()."""
+        if self._proc is None:
+            return None
+        code = self._proc.poll()
+        if code is None and self._guard is not None:
+            code = self._guard.proc.poll() if self._guard.proc is not None else None
+        return code
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> TritonServer:
@@ -323,8 +309,13 @@ class TritonServer:
         return ServingError("\n".join(parts))
 
     # ------------------------------------------------------------------ start / stop
-    def _build_command(self, binary: Path, backend_dir: Path | None) -> list[str]:
-        h = self.host
+    def _build_command(
+        self,
+        binary: Path,
+        backend_dir: Path | None,
+        listen: dict[str, tuple[str, int]],
+        tls: ServerTls | None,
+    ) -> list[str]:
         cmd = [
             str(binary),
             f"--model-repository={self.repository}",
@@ -333,16 +324,16 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--exit-timeout-secs={self.exit_timeout_s}",
-            f"--http-address={self.http_host}",
-            f"--http-port={self.ports['http']}",
-            f"--grpc-address={h}",
-            f"--grpc-port={self.ports['grpc']}",
-            f"--metrics-address={h}",
-            f"--metrics-port={self.ports['metrics']}",
+            f"--http-address={listen['http'][0]}",
+            f"--http-port={listen['http'][1]}",
+            f"--grpc-address={listen['grpc'][0]}",
+            f"--grpc-port={listen['grpc'][1]}",
+            f"--metrics-address={listen['metrics'][0]}",
+            f"--metrics-port={listen['metrics'][1]}",
             "--allow-gpu-metrics=false",
             "--metrics-config=summary_latencies=true",  # queue / request time quantiles (the alerts' p99)
             "--log-verbose=0",
-            *(self.tls.tritonserver_args() if self.tls is not None else ()),
+            *(tls.tritonserver_args() if tls is not None else ()),
         ]
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")
@@ -484,13 +475,18 @@ class TritonServer:
             )
 
     def _launch(self, binary: Path, bundled_root: Path | None) -> None:
-        for name, port in self._requested_ports.items():
-            self.ports[name] = port or _free_port(self.http_host if name == "http" else self.host)
         self._workdir = Path(tempfile.mkdtemp(prefix="mmtrt-triton-"))
+        if self.guarded:
+            listen, tls = self._start_guard(), None
+        else:
+            for name, port in self._requested_ports.items():
+                self.ports[name] = port or _free_port(self.http_host if name == "http" else self.host)
+            hosts = {"http": self.http_host, "grpc": self.host, "metrics": self.host}
+            listen, tls = {name: (hosts[name], self.ports[name]) for name in hosts}, self.tls
         backend_dir = None
         if bundled_root is not None:
             backend_dir = prepare_backend_dir(bundled_root, self._workdir / "backends")
-        command = self._build_command(binary, backend_dir)
+        command = self._build_command(binary, backend_dir, listen, tls)
         self.command = redact(command)
         with _open_log(self.log_path) as log:
             log.write(("=== mmtrt: " + " ".join(self.command) + "\n").encode())
@@ -508,12 +504,47 @@ class TritonServer:
             )
         _track(self)
 
+    def _start_guard(self) -> dict[str, tuple[str, int]]:
+        """Start the guard on this server's ports; the addresses tritonserver then listens on:
+        fixed loopback ports inside the guard's private network namespace, or free loopback ports
+        where there is none."""
+        from .guard import NginxGuard
+
+        kind = self.private_network.kind
+        inside = {"http": 8000, "grpc": 8001, "metrics": 8002} if kind else None
+        listen = {n: ("127.0.0.1", inside[n] if inside else _free_port("127.0.0.1")) for n in self.ports}
+        steps = [private_network_preexec(kind)] if kind else []
+        if self.die_with_parent and (death := parent_death_signal()) is not None:
+            steps.append(death)
+
+        def preexec():
+            for step in steps:
+                step()
+
+        self._guard = NginxGuard(
+            *(f"127.0.0.1:{listen[n][1]}" for n in ("http", "grpc")),
+            self._workdir / "guard",
+            self.tls,
+            metrics_upstream=f"127.0.0.1:{listen['metrics'][1]}",
+            host=self.host,
+            http_host=self.http_host,
+            ports=self._requested_ports,
+            http_tls=False,  # as without the guard: HTTP plaintext (on loopback when there is TLS)
+            preexec=preexec if steps else None,
+        ).start()
+        self.ports = self._guard.ports
+        return listen
+
     def _preexec(self):
-        """What the child runs before tritonserver: its private /dev/shm, then the parent-death
-        signal (after: entering a user namespace clears it)."""
+        """What the child runs before tritonserver: the guard's network namespace (guarded),
+        its private /dev/shm, then the parent-death signal (after: entering a user namespace
+        clears it)."""
         steps = []
+        joined = self._guard is not None and self.private_network.kind is not None
+        if joined:
+            steps.append(join_network_preexec(self._guard.pid, self.private_network.kind))
         if self.private_shm.kind is not None:
-            steps.append(private_shm_preexec(self.private_shm.kind))
+            steps.append(private_shm_preexec(self.private_shm.kind, joined=joined))
         if self.die_with_parent and (death := parent_death_signal()) is not None:
             steps.append(death)
 
@@ -603,6 +634,9 @@ class TritonServer:
                 time.sleep(0.05)
                 proc.poll()  # reap the leader so its pid (= the group id) frees
             proc.wait()
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.stop()
         remove_shm_regions(self._shm_regions)
         self._shm_regions = set()
         if self._workdir is not None:

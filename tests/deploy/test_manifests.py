@@ -23,7 +23,9 @@ kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-v
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_VERSIONS = ("1.29.0", "1.37.0")
-TRITON_IMAGE = re.compile(r"^nvcr\.io/nvidia/tritonserver:24\.10-py3$")  # Triton 2.51, as tested
+# the serving images: built by deploy/<flavour>/Dockerfile on a digest-pinned Triton 25.07+
+SERVING_IMAGE = re.compile(r"^registry\.example\.com/mmtrt/tritonserver-(cpu|gpu):(\d\d\.\d\d)-py3$")
+CHECK_TRITON_IMAGE = DEPLOY / "common" / "check-triton-image.sh"
 
 
 def _documents() -> list[tuple[Path, dict]]:
@@ -165,18 +167,23 @@ def test_deployment_wiring(name):
     repo = flags["model-repository"]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert any(repo.startswith(p + "/") for p in mounts), (repo, list(mounts))
+    image = SERVING_IMAGE.match(c["image"])
+    assert image and image.group(1) == flavour, c["image"]
+    dockerfile = (DEPLOY / flavour / "Dockerfile").read_text()
+    assert "ARG TRITON_IMAGE\nFROM ${TRITON_IMAGE}\nARG TRITON_IMAGE\n" in dockerfile  # no default base
+    assert 'RUN sh /opt/mmtrt/check-triton-image.sh "${TRITON_IMAGE}"' in dockerfile
     if flavour == "gpu":
-        assert TRITON_IMAGE.match(c["image"]), c["image"]
         assert res["limits"]["nvidia.com/gpu"] == "1"
         (init,) = pod["spec"]["initContainers"]
         script = " ".join(init["command"] + init["args"])
         assert "mmtrt build-engines /work/export" in script
         assert f"mmtrt repo /work/export {repo} --flavour gpu" in script
         assert init["resources"]["limits"]["nvidia.com/gpu"] == "1"  # built on the serving GPU
+        # the engines are built by the TensorRT of the serving image's release
+        assert init["image"].endswith(f":{image.group(2)}-py3"), init["image"]
+        build = (DEPLOY / "gpu" / "Dockerfile.build-engines").read_text()
+        assert f"FROM nvcr.io/nvidia/tensorrt:{image.group(2)}-py3" in build
     else:
-        dockerfile = (DEPLOY / "cpu" / "Dockerfile").read_text()
-        base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
-        assert TRITON_IMAGE.match(base), base
         assert "onnxruntime" in dockerfile and "numpy" in dockerfile  # model.py's imports
         assert "Pillow" in dockerfile and "pydicom" in dockerfile  # file_decoder's (mmtrt's decoder)
         assert repo == "/models/repo-cpu"
@@ -285,3 +292,32 @@ def test_triton_metric_names_exist_in_the_real_server(server):
     assert names == {"nv_inference_queue_duration_us", "nv_inference_request_success"}, names
     for name in names:
         assert re.search(rf'^{name}{{model="classifier",version="1"}} \d', page, re.M), name
+
+
+@pytest.mark.parametrize(
+    "image, why",
+    [
+        (f"nvcr.io/nvidia/tritonserver:25.07-py3@sha256:{'a' * 64}", None),
+        (f"nvcr.io/nvidia/tritonserver:25.10-py3@sha256:{'0123456789abcdef' * 4}", None),
+        (f"nvcr.io/nvidia/tritonserver:26.01-py3@sha256:{'b' * 64}", None),
+        ("", "not NVIDIA's tritonserver pinned by digest"),
+        ("nvcr.io/nvidia/tritonserver:25.10-py3", "not NVIDIA's tritonserver pinned by digest"),
+        (f"nvcr.io/nvidia/tritonserver:25.10-py3@sha256:{'a' * 63}", "pinned by digest"),
+        (f"docker.io/someone/tritonserver:25.10-py3@sha256:{'a' * 64}", "not NVIDIA's tritonserver"),
+        (f"nvcr.io/nvidia/tritonserver:24.10-py3@sha256:{'a' * 64}", "a release before 25.07"),
+        (f"nvcr.io/nvidia/tritonserver:25.06-py3@sha256:{'a' * 64}", "a release before 25.07"),
+        (f"nvcr.io/nvidia/tritonserver:25.10-py3-sdk@sha256:{'a' * 64}", "not a -py3 image"),
+    ],
+)
+def test_the_serving_images_refuse_an_affected_or_unpinned_triton(image, why):
+    """The check both Dockerfiles run on their base (`--build-arg TRITON_IMAGE=...`): NVIDIA's
+    tritonserver 25.07 or newer (earlier ones have CVE-2025-23310/23311/23319/23320/23334),
+    pinned by a sha256 digest; anything else stops the build with the reason."""
+    import subprocess
+
+    r = subprocess.run(["sh", str(CHECK_TRITON_IMAGE), image], capture_output=True, text=True)
+    if why is None:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 1 and why in r.stderr, (r.returncode, r.stderr)
+        assert "--build-arg TRITON_IMAGE=" in r.stderr

@@ -285,6 +285,27 @@ def test_grpc_through_the_proxy(server, proxy):
     assert after < 1.10 * before
 
 
+def test_triton_not_reachable_is_a_transient_error_with_a_clear_message(tmp_path):
+    """Triton down behind the guard (starting, or restarting after a crash): HTTP 503 with a JSON
+    error and gRPC UNAVAILABLE, both of which mmtrt's clients send again (not nginx's HTML 502,
+    which Triton's HTTP client cannot read)."""
+    from mmtrt.serving.client import TritonClient, image_inputs
+    from mmtrt.serving.faults import is_transient
+    from mmtrt.serving.server import _free_port
+
+    dead = f"127.0.0.1:{_free_port('127.0.0.1')}"  # nothing listens there
+    x = np.zeros((1, 1, 256, 256), np.float32)
+    with NginxGuard(dead, dead, tmp_path / "nginx") as guard:
+        status, body = _post(guard.http, b"{}", {"Content-Type": "application/json"})
+        assert status == 503, body
+        assert "not reachable behind the proxy" in json.loads(body)["error"]
+        for address, protocol in ((guard.http, "http"), (guard.grpc, "grpc")):
+            with TritonClient(address, protocol) as client, pytest.raises(RequestError) as info:
+                client.infer("classifier", image_inputs(x), ("probs",))
+            assert "not reachable behind the proxy" in str(info.value), (protocol, info.value)
+            assert is_transient(info.value), (protocol, info.value)
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
@@ -293,7 +314,7 @@ def pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tls_proxy(server, pki, tmp_path_factory):
     """The guard with TLS on both protocols, asking for client certificates of the CA."""
-    from mmtrt.serving.server import ServerTls
+    from mmtrt.serving.tls import ServerTls
 
     (cert, key), (ca, _) = pki["server"], pki["ca"]
     tls = ServerTls(cert, key, ca)

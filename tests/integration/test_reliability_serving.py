@@ -152,6 +152,7 @@ CLEAR_FAILURES = re.compile(
     r"|Connection refused|UNAVAILABLE"  # the server is restarting
     r"|Connection reset|HTTPConnectionClosed|Broken pipe|connection closed|Socket closed"
     r"|failed to connect|RST_STREAM|EOF"
+    r"|not reachable behind the proxy"  # the guard in front, while tritonserver restarts
 )
 
 
@@ -378,8 +379,9 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
     """`mmtrt serve` (loopback, auto ports) under load from 4 clients and an `mmtrt infer` run:
     SIGKILL the multimix stub; the affected requests fail with a clear error, the watchdog
     restarts tritonserver on the same ports, the clients get correct answers again, and the
-    retrying `mmtrt infer` loses no image. Then each request of CRASHERS aborts tritonserver, and
-    the watchdog restarts it each time."""
+    retrying `mmtrt infer` loses no image. Then each request of CRASHERS (which aborts a bare
+    tritonserver) is refused by the guard in front and the server runs on; tritonserver killed
+    outright is restarted by the watchdog too."""
     repo = own_repo
     serve = ServeCommand(str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     load = None
@@ -446,24 +448,27 @@ def test_serve_watchdog_restarts_a_killed_stub_under_load(own_repo, tmp_path, po
             "multimix",
         ]
 
-        # tritonserver itself crashing: single HTTP requests abort Triton 2.51's HTTP front end
-        # (Triton defects, see model_repository/README.md); the watchdog restarts it as well
-        log = Path(re.search(r"^starting .* \(log: (.*)\)$", text, re.M).group(1))
-        for n, (what, body) in enumerate(CRASHERS.items(), start=2):
+        # single HTTP requests that abort Triton 2.51's HTTP front end (Triton defects, see
+        # model_repository/README.md) are refused by the guard: tritonserver never sees them
+        for what, body in CRASHERS.items():
             status = post_raw(http, body)  # raw bytes: no client library sends these
-            again = serve.wait_for(
-                rf"^serving again after ([\d.]+) s \(pid (\d+), restart {n}\)", timeout=180
-            )
-            how = re.findall(r"exited on its own \((.*?)\)", "\n".join(serve.lines))[-1]
-            print(f"{what}: {status}; tritonserver {how}, restarted in {float(again.group(1)):.1f} s")
-            with _client("grpc", grpc) as client:
-                got = client.infer("multimix", {"image": pool[:1]})
-                assert soak_module.mismatch(got, references[0]) is None
-        assert sum(
-            bool(re.search(r"^warning: tritonserver exited on its own \(killed by SIG", line))
-            for line in serve.lines
-        ) == len(CRASHERS), serve.lines[-30:]
-        assert "std::bad_alloc" in log.read_text(errors="replace")
+            print(f"{what}: {status} from the guard")
+            assert status.startswith("HTTP 4"), (what, status)
+        time.sleep(1.0)  # (a crash would be seen at once)
+        assert psutil.Process(new_pid).status() != psutil.STATUS_ZOMBIE, "tritonserver died"
+        assert not [line for line in serve.lines if "tritonserver exited on its own" in line], serve.lines[
+            -30:
+        ]
+
+        # tritonserver itself crashing (killed): the watchdog restarts it as well
+        os.kill(new_pid, signal.SIGKILL)
+        again = serve.wait_for(r"^serving again after ([\d.]+) s \(pid (\d+), restart 2\)", timeout=180)
+        assert re.search(
+            r"^warning: tritonserver exited on its own \(killed by SIGKILL", "\n".join(serve.lines), re.M
+        ), serve.lines[-30:]
+        with _client("grpc", grpc) as client:
+            got = client.infer("multimix", {"image": pool[:1]})
+            assert soak_module.mismatch(got, references[0]) is None
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.finish() == 0, "\n".join(serve.lines)
     finally:

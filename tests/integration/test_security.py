@@ -1,5 +1,7 @@
 """What another local user (``nobody``) and a client without the admin key can do to a server
-started by `mmtrt serve`: Triton's admin APIs refuse them (403) while inference stays open; the
+started by `mmtrt serve`: its guard and Triton's admin APIs refuse them (404 / 403) while
+inference stays open; Triton listens only in its own network namespace, and a chunked body does
+not reach it as chunks; the
 key is in a 0600 file and in no output or log; the request bytes the python backend keeps in
 shared memory (a DICOM file with a patient's name) are in the server's own /dev/shm, which that
 user cannot read. Also: the key file checks, the redaction of keys, the hidepid detection, the
@@ -17,9 +19,11 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from data.dicom_fixtures import xray_dataset, xray_pixels
 from helpers import ServeCommand, needs_server, processes_mentioning
@@ -27,13 +31,14 @@ from helpers import ServeCommand, needs_server, processes_mentioning
 from mmtrt.serving import TritonServer, build_repository
 from mmtrt.serving.admin import (
     ADMIN_APIS,
+    HEADER,
     KEY_FILE_ENV,
     AdminKey,
     admin_headers,
     proc_hides_command_lines,
     redact,
 )
-from mmtrt.serving.isolation import PrivateShm
+from mmtrt.serving.isolation import Isolation
 from mmtrt.serving.processes import python_stub_processes, stub_argvs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +48,16 @@ as_root = pytest.mark.skipif(
     reason="acting as another local user needs root and setpriv (util-linux)",
 )
 PATIENT = "Quixotic^Zebedee"  # a name found nowhere else
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or "python3"  # one nobody may run
+# POST 6 MB with Transfer-Encoding: chunked in 1-byte chunks; prints the answer's status line
+CHUNKED_POST = """
+import socket, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with socket.create_connection((host, port), timeout=120) as s:
+    s.sendall(f"POST {path} HTTP/1.1\\r\\nHost: {host}\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n".encode())
+    s.sendall(b"1\\r\\nA\\r\\n" * (6 << 20) + b"0\\r\\n\\r\\n")
+    print(s.recv(200).decode("latin-1").splitlines()[0])
+"""
 
 
 def as_nobody(*cmd: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -212,28 +227,38 @@ def test_serve_restricts_admin_apis_and_keeps_request_bytes_private(export_dir, 
         assert "no private /dev/shm" not in text
         assert as_nobody("cat", str(key_file)).returncode != 0
 
-        # another local user: the admin APIs refuse, inference works
+        # another local user: the admin APIs refuse, inference works. Without a key the guard
+        # passes none of them on but the model configuration, which Triton refuses; with a wrong
+        # key the guard passes each on and Triton refuses it.
         stub_pid, stub_argv = stub_argvs(pid)[0]
         region = stub_argv[2]  # a stub's own shared-memory region (in its command line)
         register = json.dumps({"key": region, "offset": 0, "byte_size": 1 << 20}).encode()
         base = f"http://{http}/v2"
-        refused = {
-            "register": curl_as_nobody(
-                "POST", f"{base}/systemsharedmemory/region/{region}/register", register
-            ),
-            "log settings": curl_as_nobody(
-                "POST", f"{base}/logging", b'{"log_file": "/tmp/mmtrt-pwned.log"}'
-            ),
-            "log verbosity": curl_as_nobody("POST", f"{base}/logging", b'{"log_verbose_level": 1}'),
-            "trace settings": curl_as_nobody(
-                "POST", f"{base}/trace/setting", b'{"trace_level": ["TIMESTAMPS"]}'
-            ),
-            "model config": curl_as_nobody("GET", f"{base}/models/multimix/config"),
-            "statistics": curl_as_nobody("GET", f"{base}/models/stats"),
-            "repository index": curl_as_nobody("POST", f"{base}/repository/index", b"{}"),
+        admin_calls = {
+            "register": ("POST", f"{base}/systemsharedmemory/region/{region}/register", register),
+            "log settings": ("POST", f"{base}/logging", b'{"log_file": "/tmp/mmtrt-pwned.log"}'),
+            "log verbosity": ("POST", f"{base}/logging", b'{"log_verbose_level": 1}'),
+            "trace settings": ("POST", f"{base}/trace/setting", b'{"trace_level": ["TIMESTAMPS"]}'),
+            "model config": ("GET", f"{base}/models/multimix/config", b""),
+            "statistics": ("GET", f"{base}/models/stats", b""),
+            "repository index": ("POST", f"{base}/repository/index", b"{}"),
         }
-        for what, (status, body) in refused.items():
+        for what, call in admin_calls.items():
+            status, body = curl_as_nobody(*call)
+            assert status == (403 if what == "model config" else 404), (what, status, body)
+            status, body = curl_as_nobody(*call, headers={HEADER: "not-the-key-" + "x" * 20})
             assert status == 403 and b"restricted" in body, (what, status, body)
+        # Triton listens only in its own network namespace, where no other process can connect;
+        # a chunked body (6 MB in 1-byte chunks: it aborts Triton 2.51 wherever Triton parses
+        # it) reaches it only as one body with a Content-Length, and it keeps running
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert not [c for c in psutil.net_connections("tcp") if c.pid == pid]
+        host, port = http.rsplit(":", 1)
+        for path in ("/v2/models/classifier/infer", "/v2/logging"):
+            sent = as_nobody(SYSTEM_PYTHON, "-c", CHUNKED_POST, host, port, path)
+            assert sent.stdout.startswith((b"HTTP/1.1 400", b"HTTP/1.1 404")), (path, sent)
+        time.sleep(0.5)
+        assert psutil.pid_exists(pid), "tritonserver was aborted (the watchdog would start a new one)"
         x = np.random.default_rng(0).random((1, 1, 256, 256), dtype=np.float32)
         request = {
             "inputs": [
@@ -249,8 +274,8 @@ def test_serve_restricts_admin_apis_and_keeps_request_bytes_private(export_dir, 
         try:
             with pytest.raises(InferenceServerException, match="restricted"):
                 client.get_model_config("multimix")
-            with pytest.raises(InferenceServerException, match="restricted"):
-                client.update_log_settings({"log_verbose_level": 1})
+            with pytest.raises(InferenceServerException, match="not served through the proxy"):
+                client.update_log_settings({"log_verbose_level": 1})  # (the guard's answer)
             headers = admin_headers("grpc", key_file)
             assert client.get_model_config("multimix", headers=headers).config.max_batch_size == 8
             assert client.get_inference_statistics("classifier", headers=headers).model_stats
@@ -341,7 +366,7 @@ def test_a_server_in_a_user_namespace_serves_and_is_watched(export_dir, tmp_path
     found (the watchdog's view), and stopping it leaves no process of that namespace."""
     repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",))
     srv = TritonServer(repo, log_file=tmp_path / "triton.log")
-    srv.private_shm = PrivateShm("user namespace")
+    srv.private_shm = Isolation("user namespace")
     with srv:
         assert os.readlink(f"/proc/{srv.pid}/ns/user") != os.readlink("/proc/self/ns/user")
         assert [m for _, m, _ in python_stub_processes(srv.pid)] == ["classifier"]

@@ -138,7 +138,7 @@ def test_tls_files_reach_tritonclient(export_dir, certificate, tmp_path):
     """Triton's gRPC endpoint with mutual TLS: a client given the CA, its certificate and its key
     is served; one without its certificate, one without the CA, and one without TLS are not."""
     from mmtrt.serving import TritonServer, build_repository
-    from mmtrt.serving.server import ServerTls
+    from mmtrt.serving.tls import ServerTls
 
     cert, key = certificate
     repo = build_repository(export_dir, tmp_path / "repo", models=("classifier",), ort_threads=1)

@@ -131,16 +131,23 @@ def test_serve_command_serves_until_sigterm(export_dir, tmp_path):
             assert r["probs"].shape == (2, 2) and r["mask"].shape == (2, 1, 256, 256)
             with pytest.raises(RequestError):  # restricted without the header
                 client.models()
-        # gRPC: the header name gets Triton's "triton-grpc-protocol-" prefix
+        # gRPC: the header name gets Triton's "triton-grpc-protocol-" prefix; the guard passes an
+        # admin route on only with mmtrt's key header (any value: Triton checks the keys)
+        guard_pass = {"triton-grpc-protocol-mmtrt-admin-key": "-"}
         with TritonClient(grpc, "grpc", headers={"triton-grpc-protocol-admin-key": SECRET}) as client:
+            with pytest.raises(RequestError, match="not served through the proxy"):
+                client.models()
+        with TritonClient(
+            grpc, "grpc", headers={"triton-grpc-protocol-admin-key": SECRET, **guard_pass}
+        ) as client:
             assert client.models()
         with TritonClient(http) as client:
             np.testing.assert_allclose(
                 client.infer("classifier", {"image": x})["probs"], r["probs"], rtol=1e-4, atol=1e-5
             )
-            with pytest.raises(RequestError, match="403|restricted|header"):
+            with pytest.raises(RequestError, match="404"):  # the guard: no key header
                 client.models()
-        with TritonClient(http, headers={"admin-key": SECRET}) as client:
+        with TritonClient(http, headers={"admin-key": SECRET, "mmtrt-admin-key": "-"}) as client:
             assert client.models()
 
         serve.proc.send_signal(signal.SIGTERM)
