@@ -1,6 +1,6 @@
 """The DICOM node under load and faults, with real components: the Triton server, a real Orthanc as
 the destination, `mmtrt dicom-node` as its own process, and four modalities (pynetdicom SCUs)
-sending 200 radiographs over 4 concurrent associations. Four runs:
+sending 200 radiographs over 4 concurrent associations. The runs:
 
 - plain: every image's results stored in Orthanc; the time from an image's C-STORE to its results
   stored (acknowledged by Orthanc: the image moves to the spool's done/), p50 / p95;
@@ -10,7 +10,8 @@ sending 200 radiographs over 4 concurrent associations. Four runs:
 
 Each counts, in Orthanc, the images with no SR (lost) and any image with more than one SR
 (duplicated), and the spool's failed/. The throughput of the node is compared with `mmtrt infer`
-on the same files (the same server, DICOM results written, no sending).
+on the same files (the same server, DICOM results written, no sending), the two measured one
+after the other ``--pairs`` times.
 
     python -m benchmarks.node_load --export runs/demo/export
 """
@@ -276,37 +277,59 @@ def _infer_throughput(paths, export: Path, work: Path) -> dict:
 @script(__doc__)
 @click.option("--export", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
-    "--runs", default="plain,node killed,Triton stopped,destination down", help="Which runs, comma-separated."
+    "--faults", default="node killed,Triton stopped,destination down", help="Fault runs, comma-separated."
+)
+@click.option(
+    "--pairs",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 10),
+    help="How many times `mmtrt infer` and the node's plain run are measured, one after the other "
+    "(the overhead is given per pair and as their median: a shared machine's speed drifts).",
 )
 @report_option("node_load")
-def main(export: Path, runs: str, out: Path):
+def main(export: Path, faults: str, pairs: int, out: Path):
     from mmtrt.bench.report import environment, markdown_table
 
-    rows = []
+    rows, infers = [], []
     with tempfile.TemporaryDirectory(prefix="mmtrt-node-load-") as work:
         work = Path(work)
         paths = _radiographs(IMAGES, work / "images")
-        infer = _infer_throughput(paths, export, work / "infer")
-        click.echo(f"mmtrt infer: {infer}")
-        for i, kind in enumerate(k.strip() for k in runs.split(",")):
-            rows.append(_run(kind, paths, export, work / f"run{i}"))
+        for i in range(pairs):
+            infers.append(_infer_throughput(paths, export, work / f"infer{i}"))
+            click.echo(f"mmtrt infer: {infers[-1]}")
+            rows.append(_run("plain", paths, export, work / f"plain{i}"))
             click.echo(json.dumps(rows[-1]))
-    plain = next((r for r in rows if r["run"] == "plain"), None)
-    overhead = None if plain is None else 1 - plain["images_per_s"] / infer["images_per_s"]
+        for i, kind in enumerate(k.strip() for k in faults.split(",") if k.strip()):
+            rows.append(_run(kind, paths, export, work / f"fault{i}"))
+            click.echo(json.dumps(rows[-1]))
+    plains = [r for r in rows if r["run"] == "plain"]
+    overheads = [1 - r["images_per_s"] / infer["images_per_s"] for r, infer in zip(plains, infers)]
+    overhead = float(np.median(overheads))
     env = environment()
     report = {
         "command": command_line(),
         "environment": env,
-        "infer": infer,
+        "infer": infers,
         "rows": rows,
-        "node_overhead": overhead,
+        "node_overhead": {"per_pair": [round(o, 3) for o in overheads], "median": round(overhead, 3)},
     }
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     table = [
         {k: str(r[k]) for k in ("run", "accepted", "results_in_orthanc", "lost", "duplicated", "failed_in_spool", "seconds", "images_per_s")}
         | {"C-STORE -> results p50 / p95 s": f"{r['store_to_results_s']['p50']} / {r['store_to_results_s']['p95']}"}
+        | {"CPU s (node / Triton)": f"{r['cpu_s'].get('node')} / {r['cpu_s'].get('triton')}"}
         for r in rows
     ]  # fmt: skip
+    pair_table = [
+        {
+            "pair": str(i + 1),
+            "mmtrt infer images/s (CPU s)": f"{infer['images_per_s']} ({infer['cpu_s']['infer']})",
+            "node images/s (CPU s)": f"{r['images_per_s']} ({r['cpu_s'].get('node')})",
+            "overhead": f"{o:.0%}",
+        }
+        for i, (infer, r, o) in enumerate(zip(infers, plains, overheads))
+    ]
     out.with_suffix(".md").write_text(
         f"# The DICOM node under load and faults ({env['date']})\n\nCommand: `{command_line()}`  \n"
         f"Machine: {env['cpu']}, {env['cpu_cores']} cores\n\n"
@@ -316,14 +339,11 @@ def main(export: Path, runs: str, out: Path):
         f"(pauses of {PAUSE_S:.0f} s). Lost: an accepted image with no SR in Orthanc; duplicated: "
         "one with more than one.\n\n"
         + markdown_table(table)
-        + f"\n\n`mmtrt infer` on the same files, same server, DICOM results written: {infer['images_per_s']} "
-        f"images/s ({infer['seconds']} s)"
-        + (
-            f"; the node's plain run: {plain['images_per_s']} images/s, **overhead {overhead:.0%}**"
-            if plain
-            else ""
-        )
-        + " (C-STORE in, results out, durable spool).\n"
+        + "\n\nThroughput against `mmtrt infer` on the same files (the same server, DICOM results "
+        "written, nothing sent), each pair measured one after the other:\n\n"
+        + markdown_table(pair_table)
+        + f"\n\nNode overhead (C-STORE in, durable spool, results out): **median {overhead:.0%}** "
+        f"({', '.join(f'{o:.0%}' for o in overheads)}).\n"
     )
     click.echo(out.with_suffix(".md").read_text())
 

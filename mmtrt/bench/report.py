@@ -37,13 +37,20 @@ def environment() -> dict:
 
 
 def cpu_model() -> str:
+    """The CPU's model name and its vector extensions as lscpu names them (the same model name
+    comes with or without AVX-512 / AMX, and the figures depend on which)."""
+    from mmtrt.runtimes.openvino import cpu_flags
+
+    name = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    vector = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
+    return f"{name} ({' '.join(vector) if vector else 'no AVX'})"
 
 
 def ratio_table(measurements: list[Measurement], baseline: str) -> list[dict]:

@@ -3,6 +3,7 @@ the worker that sends them to Triton and their results to the destinations."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -55,6 +56,14 @@ from mmtrt.serving.client import DEFAULT_PORTS
     "as --ae-title; repeatable.",
 )
 @click.option(
+    "--store-associations",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="C-STORE associations the node opens at once to each --store AE (an archive that "
+    "writes each instance to disk before answering stores several at once faster).",
+)
+@click.option(
     "--stow",
     "stows",
     multiple=True,
@@ -86,6 +95,7 @@ def dicom_node(
     tls_key,
     tls_ca,
     stores,
+    store_associations,
     stows,
     server: ServerOptions,
     batch_size,
@@ -113,7 +123,8 @@ def dicom_node(
     destinations = []
     for text in stores:
         try:
-            destinations.append(CStoreDestination.parse(text, calling_ae=ae_title))
+            destination = CStoreDestination.parse(text, calling_ae=ae_title)
+            destinations.append(dataclasses.replace(destination, associations=store_associations))
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--store") from None
     destinations += [StowDestination(url) for url in stows]
@@ -127,6 +138,7 @@ def dicom_node(
         except (OSError, ExportError) as e:
             raise click.ClickException(f"--export-manifest {export_manifest}: unreadable ({e})") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO: ~30 lines per result made
     log = logging.getLogger("mmtrt.node")
     spool = Spool(spool_dir)
     worker = Worker(

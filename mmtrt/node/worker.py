@@ -1,5 +1,6 @@
 """The node's worker: spooled images -> Triton (:func:`mmtrt.serving.infer.infer_files`, several
-servers with fail-over) -> their DICOM results -> every destination -> ``done/``.
+servers with fail-over) -> their DICOM results -> every destination -> ``done/``; one pass's
+results are sent while the next pass's images are inferred.
 
 An image leaves ``incoming/`` only when each destination has acknowledged its results; until
 then it stays, and a failure is sorted:
@@ -26,6 +27,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,14 +55,21 @@ class PassReport:
     finished: list[str] = field(default_factory=list)  # spool names sent everywhere -> done/
     failed: list[str] = field(default_factory=list)  # -> failed/
     waiting: dict[str, str] = field(default_factory=dict)  # name -> why it stays (transient)
+    inferred: list[str] = field(default_factory=list)  # results made, to be sent next pass
+
+    def merge(self, other: PassReport) -> None:
+        self.finished += other.finished
+        self.failed += other.failed
+        self.waiting.update(other.waiting)
+        self.inferred += other.inferred
 
 
 class Worker:
     """Processes the spool's pending images; :meth:`run` loops until ``stop`` is set.
 
     ``servers``: makes the :class:`Servers` of a pass (a fresh one each time, so that servers
-    given up in one pass are tried again in the next). ``destinations``: objects with
-    ``send(paths)`` raising :class:`DeliveryError` (:mod:`mmtrt.node.destinations`)."""
+    given up in one pass are tried again in the next). ``destinations``: objects whose
+    ``send(results)`` answers per image (:mod:`mmtrt.node.destinations`)."""
 
     def __init__(
         self,
@@ -119,7 +128,7 @@ class Worker:
                     stop.wait(delay)
                 else:
                     failures = 0
-                    if not (report.finished or report.failed):
+                    if not (report.finished or report.failed or report.inferred):
                         stop.wait(self.poll_s)
         finally:
             self.close()
@@ -145,19 +154,23 @@ class Worker:
     # ------------------------------------------------------------------ one pass
 
     def run_once(self) -> PassReport:
-        """One pass: infer the pending images that have no results yet, send every image's
-        results to the destinations that have not acknowledged them, settle each image."""
-        report = PassReport()
-        pending = self.spool.pending()[: self.max_per_pass]
+        """One pass: on a thread of its own, send the results made so far to the destinations that
+        have not acknowledged them and settle those images; meanwhile infer the next pending
+        images (at most ``max_per_pass``), whose results the next pass sends. Triton and the
+        destinations work at the same time: neither waits for the other."""
+        report, delivered = PassReport(), PassReport()
+        pending = self.spool.pending()
         names = {p.name for p in pending}
         for name in [n for n in self._ready if n not in names]:  # gone meanwhile (operator)
             self._forget(name)
-        to_infer = [p for p in pending if p.name not in self._ready]
-        if to_infer:
-            self._infer(to_infer, report)
-        for path in pending:
-            if path.name in self._ready:
-                self._deliver(path, report)
+        ready = [p for p in pending if p.name in self._ready]
+        to_infer = [p for p in pending if p.name not in self._ready][: self.max_per_pass]
+        with ThreadPoolExecutor(1, thread_name_prefix="mmtrt-node-sender") as sender:
+            sending = sender.submit(self._deliver, ready, delivered)
+            if to_infer:
+                self._infer(to_infer, report)
+            sending.result()  # re-raises what went wrong while sending
+        report.merge(delivered)
         return report
 
     def _infer(self, paths: list[Path], report: PassReport) -> None:
@@ -209,8 +222,10 @@ class Worker:
                     continue
                 log.info("not evaluated: %s: %s", name, r.refusal_reason)
                 self._ready[name] = _Ready(files)
+                report.inferred.append(name)
             elif r.dicom_paths:
                 self._ready[name] = _Ready(list(r.dicom_paths))
+                report.inferred.append(name)
             else:
                 self._fail(r.source, "no DICOM results were made for it (is it a DICOM file?)", report)
         shutil.rmtree(out, ignore_errors=True)  # the JSON and PNG: the DICOM results carry them
@@ -220,31 +235,34 @@ class Worker:
             except OSError:
                 break
 
-    def _deliver(self, path: Path, report: PassReport) -> None:
-        ready = self._ready[path.name]
+    def _deliver(self, paths: list[Path], report: PassReport) -> None:
+        """Send the results of ``paths`` to each destination that has not acknowledged them (all
+        of them in one call per destination), then settle each image."""
         for k, destination in enumerate(self.destinations):
-            if k in ready.acknowledged:
+            todo = [p for p in paths if p.name in self._ready and k not in self._ready[p.name].acknowledged]
+            if not todo:
                 continue
-            try:
-                destination.send(ready.files)
-            except DeliveryError as e:
-                if e.transient:
-                    report.waiting[path.name] = str(e)
-                    continue
-                done = [str(self.destinations[j]) for j in sorted(ready.acknowledged)]
-                acknowledged = f" (acknowledged by {', '.join(done)})" if done else ""
-                self._fail(path, f"{e}{acknowledged}", report)
-                return
-            except OSError as e:  # the result files themselves unreadable: make them again
-                report.waiting[path.name] = f"{destination}: cannot read the results: {e}"
+            outcomes = destination.send([self._ready[p.name].files for p in todo])
+            for path, outcome in zip(todo, outcomes):
+                ready = self._ready[path.name]
+                if outcome is None:
+                    ready.acknowledged.add(k)
+                    log.info("sent %d result(s) of %s to %s", len(ready.files), path.name, destination)
+                elif not isinstance(outcome, DeliveryError):  # the result files unreadable: make them again
+                    report.waiting[path.name] = f"{destination}: cannot read the results: {outcome}"
+                    self._forget(path.name)
+                elif outcome.transient:
+                    report.waiting[path.name] = str(outcome)
+                else:
+                    done = [str(self.destinations[j]) for j in sorted(ready.acknowledged)]
+                    acknowledged = f" (acknowledged by {', '.join(done)})" if done else ""
+                    self._fail(path, f"{outcome}{acknowledged}", report)
+        for path in paths:
+            ready = self._ready.get(path.name)
+            if ready is not None and len(ready.acknowledged) == len(self.destinations):
+                self.spool.finish(path)
                 self._forget(path.name)
-                return
-            ready.acknowledged.add(k)
-            log.info("sent %d result(s) of %s to %s", len(ready.files), path.name, destination)
-        if len(ready.acknowledged) == len(self.destinations):
-            self.spool.finish(path)
-            self._forget(path.name)
-            report.finished.append(path.name)
+                report.finished.append(path.name)
 
     def _fail(self, path: Path, reason: str, report: PassReport) -> None:
         log.error("failed: %s: %s", path.name, reason)

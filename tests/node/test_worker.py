@@ -31,7 +31,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from mmtrt.cli import main
 from mmtrt.dicom_results import NOT_EVALUATED_SERIES_NUMBER, SR_SERIES_NUMBER
-from mmtrt.node.destinations import CStoreDestination, StowDestination
+from mmtrt.node.destinations import CStoreDestination, DeliveryError, StowDestination
 from mmtrt.node.scp import ScpSettings, start_scp
 from mmtrt.node.spool import Spool
 from mmtrt.node.worker import Worker
@@ -84,14 +84,17 @@ class _Worker:
 
 
 class _Catcher:
-    """A pynetdicom Storage SCP that answers every C-STORE with ``status`` and keeps what it got."""
+    """A pynetdicom Storage SCP that answers every C-STORE with ``status`` (or ``status(data set)``)
+    and keeps what it got and the associations it came over."""
 
-    def __init__(self, port: int, status: int = 0x0000):
+    def __init__(self, port: int, status=0x0000):
         self.received: list[pydicom.Dataset] = []
+        self.associations: set[int] = set()
 
         def on_store(event):
             self.received.append(event.dataset)
-            return status
+            self.associations.add(id(event.assoc))
+            return status(event.dataset) if callable(status) else status
 
         ae = AE(ae_title="CATCHER")
         ae.supported_contexts = AllStoragePresentationContexts
@@ -322,11 +325,44 @@ def test_permanent_failures_go_to_failed_with_the_reason(server, tmp_path):
         worker.close()
         refusing.close()
     stow = StowDestination(f"http://127.0.0.1:{_free_port('127.0.0.1')}/dicom-web")
-    from mmtrt.node.destinations import DeliveryError
+    outcomes = stow.send([[p] for p in spool.failed.glob("*.dcm")])
+    assert len(outcomes) == 2 and outcomes[0] is outcomes[1]  # not reached: the second not tried
+    assert isinstance(outcomes[0], DeliveryError) and outcomes[0].transient and "STOW-RS" in str(outcomes[0])
 
-    with pytest.raises(DeliveryError) as e:
-        stow.send([next(spool.failed.glob("*.dcm"))])
-    assert e.value.transient and "STOW-RS" in str(e.value)
+
+def test_c_store_sends_several_images_over_a_few_associations_and_answers_per_image(tmp_path):
+    """The results of four images in one send over two associations: the image refused for good
+    (0xA900) and the one whose file is gone (to be made again) fail alone, the others are
+    acknowledged. A destination down: every image waits, with the same transient error."""
+    images = [_radiograph(60 + i) for i in range(3)]
+    refused = images[1].SOPInstanceUID
+    results = []
+    for ds in images:
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        path.write_bytes(_bytes(ds))
+        results.append([path])
+    results.insert(2, [tmp_path / "gone.dcm"])
+    catcher = _Catcher(
+        _free_port("127.0.0.1"), status=lambda ds: 0xA900 if ds.SOPInstanceUID == refused else 0
+    )
+    try:
+        destination = CStoreDestination(
+            "127.0.0.1", catcher.server.server_address[1], "CATCHER", associations=2
+        )
+        outcomes = destination.send(results)
+    finally:
+        catcher.close()
+    assert outcomes[0] is None and outcomes[3] is None
+    assert isinstance(outcomes[1], DeliveryError) and not outcomes[1].transient
+    assert f"{refused}.dcm refused with status 0xA900" in str(outcomes[1])
+    assert isinstance(outcomes[2], FileNotFoundError)
+    assert len(catcher.associations) == 2
+    received = {ds.SOPInstanceUID: ds for ds in catcher.received}
+    assert sorted(received) == sorted(ds.SOPInstanceUID for ds in images)
+    assert received[images[0].SOPInstanceUID].PixelData == images[0].PixelData  # sent as stored, whole
+
+    down = CStoreDestination("127.0.0.1", _free_port("127.0.0.1"), "CATCHER").send(results[:2])
+    assert all(isinstance(e, DeliveryError) and e.transient and "association" in str(e) for e in down)
 
 
 def test_the_node_needs_a_destination(tmp_path):
