@@ -117,7 +117,5 @@ print(f"  at the operating point  sensitivity {sens['value']:.3f} (95% CI {sens[
       f"specificity {spec['value']:.3f} (95% CI {spec['ci95'][0]:.3f}-{spec['ci95'][1]:.3f})")
 if "ece_uncalibrated" in c:
     print(f"  calibration error (ECE) {c['ece_uncalibrated']['value']:.3f} before the temperature, {c['ece']['value']:.3f} after")
-ok = acc["value"] >= 0.85 and dice["mean"] >= 0.90
-print("  targets (accuracy >= 0.85, Dice >= 0.90): " + ("met" if ok else "NOT met"))
 PY
 printf '\nDone in %d s. Everything is under %s: train/ (checkpoints, metrics.json), export/ (ONNX,\nmanifest, parity), repo/, predictions/ (JSON + overlays), evaluate/ (report.html, metrics.json,\nCSVs, figures), bench/ (bench.md, plots).\n' "$SECONDS" "$WORK"
