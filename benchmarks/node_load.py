@@ -211,7 +211,9 @@ def _run(kind: str, paths, export: Path, work: Path) -> dict:
         "lost": sum(1 for u in uids if reports.get(u, 0) == 0),
         "duplicated": sum(1 for u in uids if reports.get(u, 0) > 1),
         "failed_in_spool": len(list((spool / "failed").glob("*.dcm"))),
+        "node_retries": (work / "node.log").read_text(errors="replace").count("retrying "),
         "seconds": round(elapsed, 1),
+        "all_accepted_after_s": round(max(sent.values()) - t0, 1) if sent else None,
         "images_per_s": round(len(done) / elapsed, 2),
         "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
         "store_to_results_s": {
@@ -316,7 +318,7 @@ def main(export: Path, faults: str, pairs: int, out: Path):
     }
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     table = [
-        {k: str(r[k]) for k in ("run", "accepted", "results_in_orthanc", "lost", "duplicated", "failed_in_spool", "seconds", "images_per_s")}
+        {k: str(r[k]) for k in ("run", "accepted", "results_in_orthanc", "lost", "duplicated", "failed_in_spool", "node_retries", "all_accepted_after_s", "seconds", "images_per_s")}
         | {"C-STORE -> results p50 / p95 s": f"{r['store_to_results_s']['p50']} / {r['store_to_results_s']['p95']}"}
         | {"CPU s (node / Triton)": f"{r['cpu_s'].get('node')} / {r['cpu_s'].get('triton')}"}
         for r in rows

@@ -580,18 +580,17 @@ def write_results(
     stem: str,
     info: ResultInfo,
     mask_probs: np.ndarray | None = None,
-    overlay_png: Path | None = None,
+    overlay: np.ndarray | None = None,
     probabilities: Sequence[float] | None = None,
     label: int | None = None,
 ) -> list[Path]:
     """Make and write ``out/<stem>.seg.dcm`` (when ``mask_probs``, [H, W] probabilities),
-    ``out/<stem>.sc.dcm`` (when ``overlay_png``) and ``out/<stem>.sr.dcm`` (when
-    ``probabilities``: [p(NORMAL), p(PNEUMONIA)]; the finding is ``label``, the class the model
-    answered at its export's operating point, or their argmax without one) for the DICOM file
-    ``source_path``. All are made in memory first, then written all-or-nothing.
+    ``out/<stem>.sc.dcm`` (when ``overlay``, the overlay picture: uint8 [H, W, 3]) and
+    ``out/<stem>.sr.dcm`` (when ``probabilities``: [p(NORMAL), p(PNEUMONIA)]; the finding is
+    ``label``, the class the model answered at its export's operating point, or their argmax
+    without one) for the DICOM file ``source_path``. All are made in memory first, then written
+    all-or-nothing.
     DicomResultError if they cannot be made (OSError if they cannot be written)."""
-    from PIL import Image
-
     from mmtrt.data.dicom import read_dataset
 
     source = read_dataset(Path(source_path))
@@ -602,10 +601,8 @@ def write_results(
             mask = native_mask(mask_probs, int(source.Rows), int(source.Columns))
             seg = make_segmentation(source, mask, info)
             items.append((Path(out) / f"{stem}.seg.dcm", seg))
-        if overlay_png is not None:
-            with Image.open(overlay_png) as im:
-                rgb = np.asarray(im.convert("RGB"))
-            items.append((Path(out) / f"{stem}.sc.dcm", make_overlay_capture(source, rgb, info)))
+        if overlay is not None:
+            items.append((Path(out) / f"{stem}.sc.dcm", make_overlay_capture(source, overlay, info)))
         if probabilities is not None:
             p = [float(x) for x in probabilities]
             pneumonia = p[1] > p[0] if label is None else int(label) == 1

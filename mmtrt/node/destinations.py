@@ -88,11 +88,13 @@ class CStoreDestination:
         try:
             assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
         except OSError as e:
-            return self._all(outcomes, DeliveryError(f"{self}: cannot connect: {e}", transient=True))
+            return self._all(
+                outcomes, DeliveryError(f"{self}: cannot connect: {e}", transient=True, unreached=True)
+            )
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
             message = f"{self}: association {why} (is it listening, and does it know AE {self.calling_ae}?)"
-            return self._all(outcomes, DeliveryError(message, transient=True))
+            return self._all(outcomes, DeliveryError(message, transient=True, unreached=True))
         try:
             for i, files in enumerate(results):
                 if outcomes[i] is None:

@@ -1,6 +1,6 @@
-"""The node's worker: spooled images -> Triton (:func:`mmtrt.serving.infer.infer_files`, several
-servers with fail-over) -> their DICOM results -> every destination -> ``done/``; one pass's
-results are sent while the next pass's images are inferred.
+"""The node's worker: spooled images -> Triton (:func:`mmtrt.serving.infer.infer_stream`, several
+servers with fail-over) -> their DICOM results -> every destination -> ``done/``; each batch's
+results are sent, on a thread of their own, while the next batches are inferred.
 
 An image leaves ``incoming/`` only when each destination has acknowledged its results; until
 then it stays, and a failure is sorted:
@@ -23,6 +23,7 @@ sending them again replaces rather than duplicates.
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import tempfile
 import threading
@@ -55,7 +56,7 @@ class PassReport:
     finished: list[str] = field(default_factory=list)  # spool names sent everywhere -> done/
     failed: list[str] = field(default_factory=list)  # -> failed/
     waiting: dict[str, str] = field(default_factory=dict)  # name -> why it stays (transient)
-    inferred: list[str] = field(default_factory=list)  # results made, to be sent next pass
+    inferred: list[str] = field(default_factory=list)  # results made (sent in this pass or later)
 
     def merge(self, other: PassReport) -> None:
         self.finished += other.finished
@@ -78,7 +79,7 @@ class Worker:
         destinations: Sequence,
         *,
         batch_size: int = 8,
-        max_per_pass: int = 64,
+        max_per_pass: int = 256,
         checkpoint_sha256: str | None = None,
         relaxed: frozenset[str] = frozenset(),
         backoff: Backoff = RETRY_BACKOFF,
@@ -154,10 +155,11 @@ class Worker:
     # ------------------------------------------------------------------ one pass
 
     def run_once(self) -> PassReport:
-        """One pass: on a thread of its own, send the results made so far to the destinations that
-        have not acknowledged them and settle those images; meanwhile infer the next pending
-        images (at most ``max_per_pass``), whose results the next pass sends. Triton and the
-        destinations work at the same time: neither waits for the other."""
+        """One pass: infer the pending images (at most ``max_per_pass``) and, on a thread of its
+        own, send each batch's results as soon as they are made to the destinations, and the
+        results made in earlier passes to those that have not acknowledged them yet; settle
+        each image. Triton and the destinations work at the same time: neither waits for the
+        other."""
         report, delivered = PassReport(), PassReport()
         pending = self.spool.pending()
         names = {p.name for p in pending}
@@ -165,17 +167,25 @@ class Worker:
             self._forget(name)
         ready = [p for p in pending if p.name in self._ready]
         to_infer = [p for p in pending if p.name not in self._ready][: self.max_per_pass]
+        outbox: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        for path in ready:
+            outbox.put(path)
         with ThreadPoolExecutor(1, thread_name_prefix="mmtrt-node-sender") as sender:
-            sending = sender.submit(self._deliver, ready, delivered)
-            if to_infer:
-                self._infer(to_infer, report)
+            sending = sender.submit(self._send_until_done, outbox, delivered)
+            try:
+                if to_infer:
+                    self._infer(to_infer, report, outbox.put)
+            finally:
+                outbox.put(None)  # nothing more this pass
             sending.result()  # re-raises what went wrong while sending
         report.merge(delivered)
+        self._remove_empty_pass_folders()
         return report
 
-    def _infer(self, paths: list[Path], report: PassReport) -> None:
-        from mmtrt.dicom_results import DicomResultError, ResultInfo, write_not_evaluated
-        from mmtrt.serving.infer import InferError, infer_files
+    def _infer(self, paths: list[Path], report: PassReport, send: Callable[[Path], None]) -> None:
+        """Infer ``paths``; ``send`` each image whose results are made (or its not-evaluated
+        report) as soon as they are."""
+        from mmtrt.serving.infer import InferError, infer_stream
 
         self._passes += 1
         work = self.results_folder() / f"pass-{self._passes}"
@@ -183,66 +193,90 @@ class Worker:
         dicom_out.mkdir(parents=True)
         servers = self._current = self.servers()
         servers.say = lambda line: log.info("%s", line)
+        settled: set[str] = set()
         try:
-            results = infer_files(
+            for results in infer_stream(
                 paths,
                 servers,
                 batch_size=self.batch_size,
                 out=out,
+                overlays=False,  # (no PNG: the DICOM Secondary Capture carries the overlay)
                 dicom_out=dicom_out,
                 checkpoint_sha256=self.checkpoint_sha256,
                 relaxed=self.relaxed,
-            )
+            ):
+                for r in results.values():
+                    settled.add(r.source.name)
+                    if self._settle(r, dicom_out, report):
+                        send(r.source)
         except InferError as e:  # no server ready at all, or none serving the model: later
             for p in paths:
-                report.waiting[p.name] = str(e)
-            shutil.rmtree(work, ignore_errors=True)
-            return
+                if p.name not in settled:
+                    report.waiting[p.name] = str(e)
         finally:
             servers.close()
             self._current = None
-        info = ResultInfo(checkpoint_sha256=self.checkpoint_sha256)
-        for r in results:
-            name = r.source.name
-            if r.error is not None:
-                if r.transient:
-                    report.waiting[name] = r.error
-                else:
-                    self._fail(r.source, r.error, report)
-            elif r.refused:
-                try:
-                    files = write_not_evaluated(
-                        r.source, out=dicom_out, stem=r.source.stem, info=info, reason=r.refusal_reason
-                    )
-                except DicomResultError as e:
-                    self._fail(r.source, f"refused by the input gate ({r.refusal_reason}); {e}", report)
-                    continue
-                except OSError as e:
-                    report.waiting[name] = f"cannot write the not-evaluated report: {e}"
-                    continue
-                log.info("not evaluated: %s: %s", name, r.refusal_reason)
-                self._ready[name] = _Ready(files)
-                report.inferred.append(name)
-            elif r.dicom_paths:
-                self._ready[name] = _Ready(list(r.dicom_paths))
-                report.inferred.append(name)
-            else:
-                self._fail(r.source, "no DICOM results were made for it (is it a DICOM file?)", report)
-        shutil.rmtree(out, ignore_errors=True)  # the JSON and PNG: the DICOM results carry them
-        for folder in (dicom_out, work):  # nothing kept from this pass (all failed or waiting)
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+            shutil.rmtree(out, ignore_errors=True)  # the JSON: the DICOM results carry it
 
-    def _deliver(self, paths: list[Path], report: PassReport) -> None:
+    def _settle(self, r, dicom_out: Path, report: PassReport) -> bool:
+        """Sort one inferred image: its results ready to send (True), or waiting, or failed."""
+        from mmtrt.dicom_results import DicomResultError, ResultInfo, write_not_evaluated
+
+        name = r.source.name
+        if r.error is not None:
+            if r.transient:
+                report.waiting[name] = r.error
+            else:
+                self._fail(r.source, r.error, report)
+            return False
+        if r.refused:
+            info = ResultInfo(checkpoint_sha256=self.checkpoint_sha256)
+            try:
+                files = write_not_evaluated(
+                    r.source, out=dicom_out, stem=r.source.stem, info=info, reason=r.refusal_reason
+                )
+            except DicomResultError as e:
+                self._fail(r.source, f"refused by the input gate ({r.refusal_reason}); {e}", report)
+                return False
+            except OSError as e:
+                report.waiting[name] = f"cannot write the not-evaluated report: {e}"
+                return False
+            log.info("not evaluated: %s: %s", name, r.refusal_reason)
+        elif r.dicom_paths:
+            files = list(r.dicom_paths)
+        else:
+            self._fail(r.source, "no DICOM results were made for it (is it a DICOM file?)", report)
+            return False
+        self._ready[name] = _Ready(files)
+        report.inferred.append(name)
+        return True
+
+    def _send_until_done(self, outbox: queue.SimpleQueue, report: PassReport) -> None:
+        """Deliver what arrives in ``outbox`` until None: all that waits there at once, in one
+        send per destination. A destination not reached is not tried again in this pass (each
+        try would wait for its time-out): its images wait for the next."""
+        unreached: dict[int, DeliveryError] = {}
+        more = True
+        while more:
+            paths = [outbox.get()]
+            while not outbox.empty():
+                paths.append(outbox.get())
+            more = paths[-1] is not None
+            paths = [p for p in paths if p is not None]
+            if paths:
+                self._deliver(paths, report, unreached)
+
+    def _deliver(self, paths: list[Path], report: PassReport, unreached: dict[int, DeliveryError]) -> None:
         """Send the results of ``paths`` to each destination that has not acknowledged them (all
         of them in one call per destination), then settle each image."""
         for k, destination in enumerate(self.destinations):
             todo = [p for p in paths if p.name in self._ready and k not in self._ready[p.name].acknowledged]
             if not todo:
                 continue
-            outcomes = destination.send([self._ready[p.name].files for p in todo])
+            if k in unreached:
+                outcomes: list = [unreached[k]] * len(todo)
+            else:
+                outcomes = destination.send([self._ready[p.name].files for p in todo])
             for path, outcome in zip(todo, outcomes):
                 ready = self._ready[path.name]
                 if outcome is None:
@@ -253,6 +287,8 @@ class Worker:
                     self._forget(path.name)
                 elif outcome.transient:
                     report.waiting[path.name] = str(outcome)
+                    if outcome.unreached:
+                        unreached[k] = outcome
                 else:
                     done = [str(self.destinations[j]) for j in sorted(ready.acknowledged)]
                     acknowledged = f" (acknowledged by {', '.join(done)})" if done else ""
@@ -274,7 +310,13 @@ class Worker:
         ready = self._ready.pop(name, None)
         for p in ready.files if ready else ():
             p.unlink(missing_ok=True)
-            for folder in (p.parent, p.parent.parent):  # a pass's folders, once emptied
+
+    def _remove_empty_pass_folders(self) -> None:
+        """The folders of passes whose results were all acknowledged (or dropped)."""
+        if self._folder is None:
+            return
+        for work in self._folder.glob("pass-*"):
+            for folder in (work / "dicom", work):
                 try:
                     folder.rmdir()
                 except OSError:

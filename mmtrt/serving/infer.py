@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +61,9 @@ __all__ = [
     "InferError",
     "SEND_MODES",
     "infer_files",
-    "render_overlay",
+    "infer_stream",
+    "overlay_picture",
+    "write_png",
     "summary_table",
     "expand_inputs",
 ]
@@ -141,9 +143,8 @@ def _output_stems(paths: Sequence[Path]) -> list[str]:
 # --------------------------------------------------------------------------- overlay
 
 
-def render_overlay(
+def overlay_picture(
     image: np.ndarray,
-    path: Path,
     *,
     probs: np.ndarray,
     label: int | None = None,
@@ -151,10 +152,10 @@ def render_overlay(
     saliency: np.ndarray | None = None,
     title: str | None = None,
     size_px: int = 512,
-) -> Path:
-    """Write a PNG: ``image`` (H x W in [0, 1]) in grey, the saliency as a heat map whose opacity
-    grows with its value, the mask's 0.5 contour, and the predicted class (``label``, default the
-    argmax of ``probs``) with its probability.
+) -> np.ndarray:
+    """The overlay picture, uint8 [size_px, size_px, 3]: ``image`` (H x W in [0, 1]) in grey,
+    the saliency as a heat map whose opacity grows with its value, the mask's 0.5 contour, and
+    the predicted class (``label``, default the argmax of ``probs``) with its probability.
     Uses matplotlib's object API (no pyplot, no global backend change)."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -165,7 +166,7 @@ def render_overlay(
 
     dpi = 100
     fig = Figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
     ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
@@ -221,9 +222,18 @@ def render_overlay(
             text.set_color("white")
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
-    path = Path(path)
-    atomic_write(path, lambda fh: fig.savefig(fh, dpi=dpi, format="png"))
-    return path
+    canvas.draw()
+    return np.array(canvas.buffer_rgba())[..., :3]
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    """``rgb`` (uint8 [H, W, 3]) as a PNG at ``path``, written atomically. zlib's fastest level:
+    at the default one, encoding was the largest part of a client's time per image, for files
+    only a few percent smaller."""
+    from PIL import Image
+
+    atomic_write(Path(path), lambda fh: Image.fromarray(rgb).save(fh, format="PNG", compress_level=1))
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- the run
@@ -242,7 +252,17 @@ class Batch:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-def infer_files(
+def infer_files(paths: Sequence[Path], servers: Servers, **options) -> list[ImageResult]:
+    """Every image of ``paths`` through :func:`infer_stream` (``options``: its options); their
+    results, in the order of ``paths``."""
+    results: list[ImageResult] = [ImageResult(Path(p)) for p in paths]
+    for settled in infer_stream(paths, servers, **options):
+        for i, r in settled.items():
+            results[i] = r
+    return results
+
+
+def infer_stream(
     paths: Sequence[Path],
     servers: Servers,
     *,
@@ -255,10 +275,13 @@ def infer_files(
     checkpoint_sha256: str | None = None,
     relaxed: frozenset[str] = frozenset(),
     model_version: str = "",
-) -> list[ImageResult]:
+) -> Iterator[dict[int, ImageResult]]:
     """Run ``paths`` through ``model`` on ``servers``, in batches of ``batch_size`` (at most the
     model's max_batch_size); write ``out/<stem>.json`` and ``out/<stem>.png`` per image when
-    ``out``. Lines about the run go to ``servers.say``.
+    ``out``. Lines about the run go to ``servers.say``. Yields the images as they are settled,
+    {index in ``paths``: its :class:`ImageResult`}, each image once: those the input gate refused
+    or that could not be read, then each batch once answered (its results written), then those
+    no server answered; so a caller can pass results on while later batches are inferred.
 
     ``send`` (:func:`send_modes`): ``tensor`` sends the decoded images to ``model``; ``bytes``
     sends the files themselves to the model that decodes them in the server (``multimix`` ->
@@ -327,6 +350,9 @@ def infer_files(
         if not verdict.accepted and read_batch(paths, [i], results, errors_only):
             refuse(r, verdict.reason, by="mmtrt infer", out=out, stem=stem, say=say)
     to_send = [kind if r.ok and not r.refused else None for r, kind in zip(results, modes)]
+    settled = {i: r for i, (r, kind) in enumerate(zip(results, to_send)) if kind is None}
+    if settled:
+        yield settled
     batches = [Batch(kind, indices) for kind, indices in plan_batches(to_send, batch_size)]
     max_attempts = (int(servers.retries or 0) + 1) * len(servers.endpoints)
 
@@ -398,6 +424,7 @@ def infer_files(
                 results[x.index].transient = kind == TRANSIENT
             say(f"error: a batch of {len(loaded)} image(s) failed: {error}")
         batch.loaded = None  # the pixels are no longer needed
+        yield {i: results[i] for i in batch.indices}  # (one that could not be read: its error)
     if given_up:
         reason = servers.no_server_left() or "no server left"
         failed = [i for b in given_up if b.servers for i in b.indices if results[i].error is None]
@@ -412,7 +439,7 @@ def infer_files(
             f"error: giving up: {reason}; {len(failed)} image(s) failed and {len(unsent)} image(s) "
             "were not sent"
         )
-    return results
+        yield {i: results[i] for b in given_up for i in b.indices}
 
 
 def _short(e: BaseException) -> str:
@@ -598,21 +625,24 @@ def write_result(
     if out is None:
         return
     written: list[Path] = []
+    dicom = dicom if r.meta is not None and r.meta.is_dicom else None
     try:
-        if overlays:
-            r.overlay_path = render_overlay(
+        picture = None
+        if overlays or dicom is not None:  # (the DICOM Secondary Capture is the overlay)
+            picture = overlay_picture(
                 image,
-                out / f"{stem}.png",
                 probs=r.probs,
                 label=r.label_index,
                 mask=mask,
                 saliency=saliency,
                 title=f"{r.source.name} | {model}",
             )
+        if overlays:
+            r.overlay_path = write_png(out / f"{stem}.png", picture)
             written.append(r.overlay_path)
-        if dicom is not None and r.meta is not None and r.meta.is_dicom:
+        if dicom is not None:
             folder, info = dicom
-            r.dicom_paths = _write_dicom(r, folder, stem, info, mask)
+            r.dicom_paths = _write_dicom(r, folder, stem, info, mask, picture)
             written += r.dicom_paths
         r.json_path = out / f"{stem}.json"
         record = _record(r, model=model, model_version=model_version, sent=sent, server=server)
@@ -677,7 +707,7 @@ def refuse(
         say(f"error: {r.error}")
 
 
-def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
+def _write_dicom(r, dicom_out, stem, info, mask, picture) -> list[Path]:
     from mmtrt.dicom_results import ResultInfo, write_results
 
     model, version, sha = info
@@ -688,7 +718,7 @@ def _write_dicom(r, dicom_out, stem, info, mask) -> list[Path]:
         stem=stem,
         info=info,
         mask_probs=mask,
-        overlay_png=r.overlay_path,
+        overlay=picture,
         probabilities=r.probs,
         label=r.label_index,  # the served label (the export's operating point), as the JSON says
     )

@@ -237,16 +237,10 @@ def _results(ds, folder: Path, probabilities=(0.3, 0.7), info=None) -> dict[str,
             stem="r",
             info=info,
             mask_probs=_blob(),
-            overlay_png=_overlay_png(folder),
+            overlay=np.full((32, 32, 3), 90, np.uint8),
             probabilities=probabilities,
         )
     return {p.name.split(".")[1]: p for p in paths}
-
-
-def _overlay_png(folder: Path) -> Path:
-    path = folder / "overlay.png"
-    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(path)
-    return path
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -290,6 +290,43 @@ def test_no_triton_server_keeps_the_images_until_one_answers(server, tmp_path, c
         catcher.close()
 
 
+@needs_server
+def test_a_destination_that_does_not_answer_is_tried_once_a_pass(server, tmp_path):
+    """An archive that accepts the connection and never answers (a hung PACS): the first batch's
+    association times out, the pass's later batches are not sent there (each would wait for the
+    time-out again), and every image waits for the next pass, its results kept."""
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    connections: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connections.append(silent.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    spool = Spool(tmp_path / "spool")
+    for seed in (51, 52, 53):
+        ds = _radiograph(seed)
+        spool.store(_bytes(ds), ds.SOPInstanceUID)
+    destination = CStoreDestination("127.0.0.1", silent.getsockname()[1], "HUNG", timeout_s=1.0)
+    worker = Worker(spool, _triton(server), [destination], batch_size=1)
+    try:
+        report = worker.run_once()
+        assert len(connections) == 1  # three batches, one try
+        assert sorted(report.waiting) == sorted(p.name for p in spool.pending()) and len(report.waiting) == 3
+        assert all("association" in why for why in report.waiting.values()), report.waiting
+        assert sorted(report.inferred) == sorted(report.waiting)  # made once, kept for the next pass
+    finally:
+        worker.close()
+        silent.close()
+        for c in connections:
+            c.close()
+
+
 def test_store_destinations_are_parsed():
     assert CStoreDestination.parse("PACS@10.0.0.2:4242", "NODE") == CStoreDestination(
         "10.0.0.2", 4242, "PACS", "NODE"
@@ -320,7 +357,8 @@ def test_permanent_failures_go_to_failed_with_the_reason(server, tmp_path):
         assert "pixel" in reasons[f"{broken.SOPInstanceUID}.reason.txt"].lower()
         assert "refused with status 0xA900" in reasons[f"{pa.SOPInstanceUID}.reason.txt"]
         assert spool.pending() == []
-        assert list(worker.worker.results_folder().iterdir()) == []  # nothing kept of them
+        folder = worker.worker.results_folder()
+        _wait(lambda: list(folder.iterdir()) == [], 10, "nothing kept of them")
     finally:
         worker.close()
         refusing.close()

@@ -210,7 +210,7 @@ def test_overlay_write_replaces_a_planted_link_and_is_private(tmp_path):
     replaces a symbolic link planted at its path (the file it points to is untouched); 0600."""
     import stat
 
-    from mmtrt.serving.infer import render_overlay
+    from mmtrt.serving.infer import overlay_picture, write_png
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
@@ -219,7 +219,7 @@ def test_overlay_write_replaces_a_planted_link_and_is_private(tmp_path):
     (out / "x.png").symlink_to(victim)
     (out / ".x.png.tmp").symlink_to(victim)  # the name a predictable temporary file would have had
     image = np.random.default_rng(0).random((64, 64), dtype=np.float32)
-    render_overlay(image, out / "x.png", probs=np.array([0.3, 0.7]), size_px=64)
+    write_png(out / "x.png", overlay_picture(image, probs=np.array([0.3, 0.7]), size_px=64))
     assert victim.read_text() == "keep"
     assert not (out / "x.png").is_symlink() and (out / "x.png").read_bytes().startswith(b"\x89PNG")
     assert stat.S_IMODE((out / "x.png").stat().st_mode) == 0o600
