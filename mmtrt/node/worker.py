@@ -188,8 +188,7 @@ class Worker:
         from mmtrt.serving.infer import InferError, infer_stream
 
         self._passes += 1
-        work = self.results_folder() / f"pass-{self._passes}"
-        out, dicom_out = work / "json", work / "dicom"
+        dicom_out = self.results_folder() / f"pass-{self._passes}" / "dicom"
         dicom_out.mkdir(parents=True)
         servers = self._current = self.servers()
         servers.say = lambda line: log.info("%s", line)
@@ -199,9 +198,7 @@ class Worker:
                 paths,
                 servers,
                 batch_size=self.batch_size,
-                out=out,
-                overlays=False,  # (no PNG: the DICOM Secondary Capture carries the overlay)
-                dicom_out=dicom_out,
+                dicom_out=dicom_out,  # (no JSON or PNG: the DICOM results carry them)
                 checkpoint_sha256=self.checkpoint_sha256,
                 relaxed=self.relaxed,
             ):
@@ -216,7 +213,6 @@ class Worker:
         finally:
             servers.close()
             self._current = None
-            shutil.rmtree(out, ignore_errors=True)  # the JSON: the DICOM results carry it
 
     def _settle(self, r, dicom_out: Path, report: PassReport) -> bool:
         """Sort one inferred image: its results ready to send (True), or waiting, or failed."""

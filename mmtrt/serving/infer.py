@@ -255,11 +255,10 @@ class Batch:
 def infer_files(paths: Sequence[Path], servers: Servers, **options) -> list[ImageResult]:
     """Every image of ``paths`` through :func:`infer_stream` (``options``: its options); their
     results, in the order of ``paths``."""
-    results: list[ImageResult] = [ImageResult(Path(p)) for p in paths]
+    results: dict[int, ImageResult] = {}
     for settled in infer_stream(paths, servers, **options):
-        for i, r in settled.items():
-            results[i] = r
-    return results
+        results.update(settled)
+    return [results[i] for i in range(len(paths))]
 
 
 def infer_stream(
@@ -301,10 +300,10 @@ def infer_stream(
     server rejects is the error of the images it carried. Raises InferError only when no server
     is ready at the start or the model cannot be used at all.
 
-    ``dicom_out``: for each DICOM source, also ``dicom_out/<stem>.seg.dcm`` (the lung mask as a
-    DICOM Segmentation at the source's size), ``dicom_out/<stem>.sc.dcm`` (the overlay as a
-    Secondary Capture) and ``dicom_out/<stem>.sr.dcm`` (the classification and the lung area as a
-    Structured Report), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them
+    ``dicom_out`` (with or without ``out``): for each DICOM source, ``dicom_out/<stem>.seg.dcm``
+    (the lung mask as a DICOM Segmentation at the source's size), ``dicom_out/<stem>.sc.dcm`` (the
+    overlay as a Secondary Capture) and ``dicom_out/<stem>.sr.dcm`` (the classification and the
+    lung area as a Structured Report), see :mod:`mmtrt.dicom_results`; ``checkpoint_sha256`` is recorded in them
     and, with the source's SOP Instance UID, makes their UIDs.
     ``model_version``: the version of the model sent to that must answer every request (a
     server that does not serve it is not used); ``""``: the newest each server serves.
@@ -588,11 +587,11 @@ def write_result(
     dicom=None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> None:
-    """Fill ``r`` from one image's outputs (``got``: probs [2], mask / saliency [1, H, W]) and,
-    with ``out``, write its overlay PNG, its DICOM results (``dicom``: (folder, (model, version,
-    checkpoint sha256)), for DICOM sources) and its JSON (the served ``model`` and the
-    ``model_version`` that answered, what was ``sent``:
-    "tensor" or "bytes", and the ``server`` that answered: url, protocol ...). A result that
+    """Fill ``r`` from one image's outputs (``got``: probs [2], mask / saliency [1, H, W]); with
+    ``out``, write its overlay PNG (``overlays``) and its JSON (the served ``model`` and the
+    ``model_version`` that answered, what was ``sent``: "tensor" or "bytes", and the ``server``
+    that answered: url, protocol ...); with ``dicom`` ((folder, (model, version, checkpoint
+    sha256))), a DICOM source's DICOM results, with or without ``out``. A result that
     cannot be written whole is removed and becomes the image's error. An image sent as bytes comes
     back with the size the server decoded (``original_size``); one that differs from the size
     decoded here is said. An image the server's input gate refused (``accepted`` false) is
@@ -622,13 +621,14 @@ def write_result(
     saliency = got["saliency"][0] if "saliency" in got else None
     if mask is not None:
         r.mask_fraction = float((mask > MASK_THRESHOLD).mean())
-    if out is None:
+    dicom = dicom if r.meta is not None and r.meta.is_dicom else None
+    png = overlays and out is not None
+    if out is None and dicom is None:
         return
     written: list[Path] = []
-    dicom = dicom if r.meta is not None and r.meta.is_dicom else None
     try:
         picture = None
-        if overlays or dicom is not None:  # (the DICOM Secondary Capture is the overlay)
+        if png or dicom is not None:  # (the DICOM Secondary Capture is the overlay)
             picture = overlay_picture(
                 image,
                 probs=r.probs,
@@ -637,22 +637,24 @@ def write_result(
                 saliency=saliency,
                 title=f"{r.source.name} | {model}",
             )
-        if overlays:
+        if png:
             r.overlay_path = write_png(out / f"{stem}.png", picture)
             written.append(r.overlay_path)
         if dicom is not None:
             folder, info = dicom
             r.dicom_paths = _write_dicom(r, folder, stem, info, mask, picture)
             written += r.dicom_paths
-        r.json_path = out / f"{stem}.json"
-        record = _record(r, model=model, model_version=model_version, sent=sent, server=server)
-        text = json.dumps(record, indent=2) + "\n"
-        atomic_write(r.json_path, lambda fh: fh.write(text.encode()))
+        if out is not None:
+            r.json_path = out / f"{stem}.json"
+            record = _record(r, model=model, model_version=model_version, sent=sent, server=server)
+            text = json.dumps(record, indent=2) + "\n"
+            atomic_write(r.json_path, lambda fh: fh.write(text.encode()))
     except (OSError, ValueError) as e:  # ValueError: DICOM results that cannot be made
         for p in written:
             p.unlink(missing_ok=True)
         r.overlay_path = r.json_path = r.dicom_paths = None
-        r.error = f"{r.source}: cannot write the results to {out}: {e}"
+        where = out if out is not None else dicom[0]
+        r.error = f"{r.source}: cannot write the results to {where}: {e}"
         r.transient = isinstance(e, OSError)  # a full or unwritable disk; a DICOM refusal stays
         say(f"error: {r.error}")
 
